@@ -1,0 +1,112 @@
+"""Checkpoints in Hugging Face format: `config.json` + `model.safetensors`.
+
+The directory loads both here (`load_checkpoint`) and in transformers as a `BitNetForCausalLM`
+with online-quantised `AutoBitLinear` layers (the latent fp32 weights are stored; transformers
+re-quantises them on the fly exactly as BitLinear does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from bitnet.model import BitNetConfig, BitNetLM
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message says what to do."""
+
+
+def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32) -> dict:
+    """The `config.json` transformers needs for BitNetForCausalLM with online quantisation."""
+    return {
+        "architectures": ["BitNetForCausalLM"],
+        "model_type": "bitnet",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "relu2",
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_theta": config.rope_theta,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "initializer_range": config.initializer_range,
+        "attention_bias": False,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "quantization_config": {
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": "online",
+        },
+        "magnet": {"tokenizer": "bytes"},
+    }
+
+
+def config_from_hf(data: dict) -> BitNetConfig:
+    names = {f.name for f in fields(BitNetConfig)}
+    values = {k: v for k, v in data.items() if k in names}
+    if "rope_parameters" in data:
+        values["rope_theta"] = data["rope_parameters"].get("rope_theta", BitNetConfig.rope_theta)
+    return BitNetConfig(**values)
+
+
+def save_checkpoint(model: BitNetLM, out_dir: str | os.PathLike) -> Path:
+    """Write config.json and model.safetensors atomically (a reader never sees half a file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight")  # safetensors refuses shared storage; HF re-ties on load
+    tmp_weights = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp_weights), metadata={"format": "pt"})
+    os.replace(tmp_weights, out / WEIGHTS_FILE)
+    tmp_config = out / (CONFIG_FILE + ".tmp")
+    tmp_config.write_text(json.dumps(hf_config(model.config, model.lm_head.weight.dtype), indent=2))
+    os.replace(tmp_config, out / CONFIG_FILE)
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike) -> BitNetLM:
+    """Load a checkpoint directory written by `save_checkpoint` (or exported from HF)."""
+    ckpt = Path(path)
+    config_path, weights_path = ckpt / CONFIG_FILE, ckpt / WEIGHTS_FILE
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise CheckpointError(f"{needed} is missing: point to a directory made by training")
+    try:
+        config = config_from_hf(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_path} is corrupt ({err}): re-export the model") from err
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights_path} is corrupt ({err}): re-export the model") from err
+    model = BitNetLM(config)
+    if config.tie_word_embeddings:
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"{weights_path} does not match {config_path} ({first}): re-export the model"
+        ) from err
+    return model.eval()
+

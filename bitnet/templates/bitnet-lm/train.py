@@ -1,0 +1,147 @@
+"""Train a small BitNet b1.58 byte-level language model within a fixed CPU time budget.
+
+Read it top to bottom: constants, data, model, optimiser, schedule, loop, evaluation, report.
+It follows MAGNET's training-code contract:
+  MAGNET_TIME_BUDGET  seconds of training (the loop stops itself when they are spent)
+  MAGNET_STEPS        if set, train exactly this many steps instead (deterministic replay)
+  MAGNET_SEED         seed for initialisation and batch sampling
+  MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
+  prints one `METRIC name=value` line per result; val_bpb (validation bits per byte) is the score.
+The validation set and the byte count it is scored on are fixed outside this file
+(bitnet.evaluate), so experiments that edit this file compare fairly.
+"""
+
+import json
+import math
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from bitnet.checkpoint import save_checkpoint
+from bitnet.data import VOCAB_SIZE, get_batch, load_corpus
+from bitnet.evaluate import evaluate_bpb
+from bitnet.model import BitNetConfig, BitNetLM
+
+# --- tunable constants -------------------------------------------------------------------------
+CORPUS = os.environ.get("MAGNET_CORPUS", "pycode")  # pycode | pyprose | text:PATH
+N_LAYER = 4
+N_EMBD = 96  # hidden size
+N_HEAD = 4
+N_KV_HEAD = 2  # fewer key/value heads than query heads = grouped-query attention
+MLP_RATIO = 4  # intermediate size = MLP_RATIO * N_EMBD
+SEQ_LEN = 128  # context length in bytes
+BATCH_SIZE = 16
+LEARNING_RATE = 4e-3  # peak; BitNet tolerates (and wants) higher rates than dense models
+STAGE2_LR_RATIO = 0.4  # at half time the LR drops to this fraction of the peak...
+WEIGHT_DECAY = 0.1  # ...and weight decay goes to zero (two-stage schedule of BitNet b1.58)
+BETA1 = 0.9
+BETA2 = 0.95
+WARMUP_STEPS = 30
+GRAD_CLIP = 1.0
+TIE_EMBEDDINGS = False
+LOG_EVERY = 25
+
+# --- the contract ------------------------------------------------------------------------------
+TIME_BUDGET = float(os.environ.get("MAGNET_TIME_BUDGET", "60"))
+FIXED_STEPS = int(os.environ["MAGNET_STEPS"]) if os.environ.get("MAGNET_STEPS") else None
+SEED = int(os.environ.get("MAGNET_SEED", "1337"))
+OUTPUT_DIR = Path(os.environ.get("MAGNET_OUTPUT_DIR", "out"))
+
+torch.manual_seed(SEED)
+generator = torch.Generator().manual_seed(SEED)
+
+# --- data --------------------------------------------------------------------------------------
+corpus = load_corpus(CORPUS)
+print(f"corpus {CORPUS}: {len(corpus.train):,} train bytes, {len(corpus.val):,} val bytes")
+
+# --- model -------------------------------------------------------------------------------------
+config = BitNetConfig(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=N_EMBD,
+    intermediate_size=MLP_RATIO * N_EMBD,
+    num_hidden_layers=N_LAYER,
+    num_attention_heads=N_HEAD,
+    num_key_value_heads=N_KV_HEAD,
+    max_position_embeddings=SEQ_LEN,
+    tie_word_embeddings=TIE_EMBEDDINGS,
+)
+model = BitNetLM(config)
+n_params = model.num_parameters()
+print(f"model: {n_params:,} parameters, {N_LAYER} layers x {N_EMBD} wide")
+
+# --- optimiser: decay only the matrices, never norms or embeddings -----------------------------
+matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+others = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
+optimizer = torch.optim.AdamW(
+    [{"params": matrices, "decay": True}, {"params": others, "decay": False}],
+    lr=LEARNING_RATE,
+    betas=(BETA1, BETA2),
+    weight_decay=0.0,
+)
+
+
+def schedule(step: int, progress: float) -> tuple[float, float]:
+    """(learning rate, weight decay) at a step; progress runs from 0 to 1 over the budget.
+
+    Warmup, then stage 1 (peak LR decaying to 3/4 of it, weight decay on) for the first half;
+    stage 2 drops the LR to STAGE2_LR_RATIO of the peak, decays it linearly to zero and turns
+    weight decay off.
+    """
+    if progress < 0.5:
+        lr = LEARNING_RATE * (1.0 - 0.5 * progress)
+        weight_decay = WEIGHT_DECAY
+    else:
+        lr = LEARNING_RATE * STAGE2_LR_RATIO * (1.0 - progress) / 0.5
+        weight_decay = 0.0
+    return lr * min(1.0, (step + 1) / WARMUP_STEPS), weight_decay
+
+
+# --- training loop -----------------------------------------------------------------------------
+model.train()
+step, smoothed_loss = 0, None
+train_start = time.perf_counter()
+while True:
+    elapsed = time.perf_counter() - train_start
+    progress = step / FIXED_STEPS if FIXED_STEPS else elapsed / TIME_BUDGET
+    if progress >= 1.0:
+        break
+    lr, weight_decay = schedule(step, progress)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = weight_decay if group["decay"] else 0.0
+
+    inputs, targets = get_batch(corpus.train, BATCH_SIZE, SEQ_LEN, generator)
+    _, loss = model(inputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    optimizer.step()
+    step += 1
+
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise SystemExit(f"loss became {loss_value} at step {step}: lower LEARNING_RATE")
+    smoothed_loss = loss_value if smoothed_loss is None else 0.9 * smoothed_loss + 0.1 * loss_value
+    if step % LOG_EVERY == 0:
+        print(f"step {step:5d} | loss {smoothed_loss:.4f} | lr {lr:.2e} | {elapsed:5.1f}s")
+train_seconds = time.perf_counter() - train_start
+
+# --- evaluation and report ---------------------------------------------------------------------
+val_bpb, val_bytes = evaluate_bpb(model, corpus.val, SEQ_LEN)
+save_checkpoint(model, OUTPUT_DIR)
+metrics = {
+    "val_bpb": round(val_bpb, 6),
+    "train_loss": round(smoothed_loss or float("nan"), 6),
+    "steps": step,
+    "train_seconds": round(train_seconds, 3),
+    "tokens_per_s": round(step * BATCH_SIZE * SEQ_LEN / max(train_seconds, 1e-9), 1),
+    "params": n_params,
+    "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    "val_bytes": val_bytes,
+}
+(OUTPUT_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2))
+for name, value in metrics.items():
+    print(f"METRIC {name}={value}")

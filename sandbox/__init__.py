@@ -1,0 +1,53 @@
+"""MAGNET sandbox: git workspaces, safe edits and confined training runs.
+
+ws = Workspace.create("runs/r1", template="bitnet-lm", editable=["train.py"])
+ws.begin(1, "raise the learning rate")
+ws.apply([SearchReplace("train.py", "LR = 1e-3", "LR = 3e-3")])
+ws.commit()
+result = ws.run("python train.py", time_budget=60, metric="val_bpb")
+ws.keep(1, {"metric": result.metrics["val_bpb"]}) if result.status == "ok" else ...
+"""
+
+from sandbox.edits import Edit, KnobSet, SearchReplace, apply_edits, parse_edit
+from sandbox.env import is_secret, run_environ, scrubbed_environ
+from sandbox.errors import EditError, GitError, SandboxError, TemplateError, WorkspaceError
+from sandbox.knobs import KnobSpec, parse_knobs
+from sandbox.metrics import parse_metric_lines, read_metrics_json
+from sandbox.paths import resolve_editable
+from sandbox.runner import STATUSES, RunLimits, RunResult, kill_group, run_command
+from sandbox.templates import copy_template, known_templates, template_dir
+from sandbox.workspace import BEST_TAG, NOTES_REF, Recovery, Workspace, exp_ref
+
+__all__ = [
+    "BEST_TAG",
+    "NOTES_REF",
+    "STATUSES",
+    "Edit",
+    "EditError",
+    "GitError",
+    "KnobSet",
+    "KnobSpec",
+    "Recovery",
+    "RunLimits",
+    "RunResult",
+    "SandboxError",
+    "SearchReplace",
+    "TemplateError",
+    "Workspace",
+    "WorkspaceError",
+    "apply_edits",
+    "copy_template",
+    "exp_ref",
+    "is_secret",
+    "kill_group",
+    "known_templates",
+    "parse_edit",
+    "parse_knobs",
+    "parse_metric_lines",
+    "read_metrics_json",
+    "resolve_editable",
+    "run_command",
+    "run_environ",
+    "scrubbed_environ",
+    "template_dir",
+]

@@ -1,0 +1,412 @@
+"""Run one training command confined: own session, wall limit, memory limit, streamed log.
+
+Single-threaded on purpose: one select() loop reads the output, notices the exit (pidfd) and
+checks the limits, so no thread can outlive a run or race the cleanup.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from sandbox.metrics import Number, parse_metric_line, read_metrics_json
+
+STATUSES = ("ok", "crashed", "timeout", "oom", "no_metric")
+TAIL_LINES = 50
+_MAX_LINE = 64 * 1024
+_OOM_TEXT = re.compile(r"\bMemoryError\b|std::bad_alloc|Cannot allocate memory|out of memory", re.I)
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """Wall limit = time_budget + grace (start-up, evaluation); then SIGTERM, then SIGKILL."""
+
+    time_budget: float
+    grace: float = 60.0
+    term_grace: float = 5.0
+    mem_limit: int | None = None  # bytes of resident memory, summed over the process tree
+    poll: float = 0.1  # seconds between memory checks
+
+    @property
+    def wall(self) -> float:
+        return self.time_budget + self.grace
+
+
+@dataclass
+class RunResult:
+    status: str  # one of STATUSES
+    exit_code: int | None  # negative: killed by that signal
+    metrics: dict[str, Number]
+    seconds: float
+    log_tail: str
+    log_path: Path | None = None
+    reason: str = ""  # one line saying why the status is not `ok`
+    peak_rss: int = 0
+    pid: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+LineCallback = Callable[[str], None]
+
+
+class _Output:
+    """Splits the child's bytes into lines: to the log file, the tail, the metrics, the callback."""
+
+    def __init__(self, log_path: Path | None, on_line: LineCallback | None) -> None:
+        self.log = open(log_path, "w", encoding="utf-8", buffering=1) if log_path else None  # noqa: SIM115
+        self.on_line = on_line
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.metrics: dict[str, Number] = {}
+        self.buf = b""
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        for raw in lines:
+            self.line(raw.rstrip(b"\r").decode("utf-8", "replace"))
+        if len(self.buf) > _MAX_LINE:  # no newline for a long time: do not grow without bound
+            self.line(self.buf.decode("utf-8", "replace"))
+            self.buf = b""
+
+    def flush(self) -> None:
+        if self.buf:
+            self.line(self.buf.rstrip(b"\r").decode("utf-8", "replace"))
+            self.buf = b""
+
+    def line(self, text: str, parse: bool = True) -> None:
+        if parse and (hit := parse_metric_line(text)):
+            self.metrics[hit[0]] = hit[1]
+        self.tail.append(text)
+        if self.log:
+            self.log.write(text + "\n")
+        if self.on_line is not None:
+            try:
+                self.on_line(text)
+            except Exception as e:  # a broken display must not break the experiment
+                self.on_line = None
+                if self.log:
+                    self.log.write(f"[sandbox] display callback failed and was dropped: {e!r}\n")
+
+    def close(self) -> None:
+        if self.log:
+            self.log.close()
+
+
+def run_command(
+    command: str,
+    cwd: Path,
+    *,
+    env: Mapping[str, str],
+    limits: RunLimits,
+    log_path: Path | None = None,
+    output_dir: Path | None = None,
+    metric: str | None = None,
+    on_line: LineCallback | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Run `command` through the shell in `cwd` and return what happened.
+
+    `metric` names the metric an `ok` run must report (else `no_metric`); without it any metric
+    will do. `on_start(pid)` is called once the process exists (its pid is also its group id).
+    """
+    out = _Output(log_path, on_line)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        command,
+        shell=True,
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # own session and process group: killpg reaches every child
+    )
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)  # a straggler holding the pipe must never block a read
+    watch = _Watch(proc.pid, limits)
+    killed_for: str | None = None
+    seconds = 0.0
+    try:
+        if on_start is not None:
+            on_start(proc.pid)
+        killed_for, seconds = _supervise(proc.pid, fd, out, watch, limits, start)
+    finally:
+        # Whatever happened above (even KeyboardInterrupt), nothing of the run may survive.
+        watch.kill_all(signal.SIGKILL)
+        watch.wait_gone(5.0)
+        rc = proc.wait()
+        _drain(fd, out, 2.0)
+        proc.stdout.close()
+    metrics = {**read_metrics_json(output_dir / "metrics.json")} if output_dir else {}
+    metrics.update(out.metrics)
+    status, reason = _status(killed_for, rc, metrics, metric, list(out.tail), limits, watch.peak)
+    if reason:
+        out.line(f"[sandbox] {reason}", parse=False)
+    out.close()
+    return RunResult(
+        status=status,
+        exit_code=rc,
+        metrics=metrics,
+        seconds=round(seconds, 3),
+        log_tail="\n".join(out.tail),
+        log_path=log_path,
+        reason=reason,
+        peak_rss=watch.peak,
+        pid=proc.pid,
+    )
+
+
+def _supervise(
+    pid: int, fd: int, out: _Output, watch: _Watch, limits: RunLimits, start: float
+) -> tuple[str | None, float]:
+    """Loop until the leader exits or a limit is hit; returns (killed_for, seconds)."""
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ, "out")
+    pidfd = _pidfd(pid)
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+    deadline = start + limits.wall
+    next_check = start + min(limits.poll, 0.02)  # first check early: catch fast allocators
+    killed_for: str | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, min(deadline, next_check) - now)
+            if pidfd is None:
+                wait = min(wait, 0.01)
+            for key, _ in sel.select(wait):
+                if key.data == "out" and not _read(fd, out):
+                    sel.unregister(fd)
+            if _exited(pid):
+                return killed_for, time.monotonic() - start
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + limits.poll
+                rss = watch.check()
+                if limits.mem_limit is not None and rss > limits.mem_limit:
+                    killed_for = "oom"
+                    watch.kill_all(signal.SIGKILL)  # memory runs away fast: no grace
+                    break
+            if now >= deadline:
+                killed_for = "timeout"
+                watch.kill_all(signal.SIGTERM)
+                _wait_gone(watch, limits.term_grace, fd, out)  # let them save and exit
+                watch.kill_all(signal.SIGKILL)
+                break
+    finally:
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+    _wait_exit(pid, 5.0, fd, out)
+    return killed_for, time.monotonic() - start
+
+
+class _Watch:
+    """Knows every process of the run: its group plus any child seen that left the group."""
+
+    def __init__(self, pid: int, limits: RunLimits) -> None:
+        self.pgid = pid
+        self.limits = limits
+        self.seen: dict[int, psutil.Process] = {}
+        self.peak = 0
+        try:
+            self.leader: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self.leader = None
+
+    def check(self) -> int:
+        """Total resident memory of the tree now; remembers its members for the final kill."""
+        if self.leader is None:
+            return 0
+        try:
+            procs = [self.leader, *self.leader.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            self.seen.setdefault(p.pid, p)
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        self.peak = max(self.peak, total)
+        return total
+
+    def kill_all(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+        for p in self.seen.values():  # processes that called setsid() are outside the group
+            with contextlib.suppress(psutil.Error):
+                if p.pid != self.pgid and p.is_running():  # is_running() also checks pid reuse
+                    p.send_signal(sig)
+
+    def alive(self) -> list[int]:
+        pids = {p.pid for p in self.seen.values() if _live(p)}
+        pids.update(group_members(self.pgid))
+        pids.discard(self.pgid)  # the leader is reaped by Popen.wait()
+        return sorted(pids)
+
+    def wait_gone(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < end:
+            self.kill_all(signal.SIGKILL)
+            time.sleep(0.01)
+
+
+def _live(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    found = []
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def kill_group(pgid: int, timeout: float = 5.0) -> bool:
+    """SIGKILL what is left of a run's process group (e.g. after the controller died).
+
+    True when something was killed. Safe against pid reuse: a group id stays reserved while any
+    process of the group lives, so live members of `pgid` belong to the orphaned run.
+    """
+    members = group_members(pgid)
+    if not members:
+        return False
+    end = time.monotonic() + timeout
+    while members and time.monotonic() < end:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        time.sleep(0.02)
+        members = group_members(pgid)
+    return True
+
+
+def kill_by_env(name: str, value: str, timeout: float = 5.0) -> int:
+    """SIGKILL every process whose environment has `name=value`; returns how many there were.
+
+    Finds a run's processes when its pid was never journaled (a crash right after the spawn)
+    and those that left its process group: each run has its own MAGNET_OUTPUT_DIR.
+    """
+    victims = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.pid != os.getpid() and p.environ().get(name) == value:
+                victims.append(p)
+    for p in victims:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(victims, timeout=timeout)
+    return len(victims)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _exited(pid: int) -> bool:
+    """True once the leader has exited; WNOWAIT leaves it a zombie so its pid (= the group id)
+    cannot be reused before the group is killed."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None and info.si_pid == pid
+
+
+def _wait_exit(pid: int, timeout: float, fd: int, out: _Output) -> None:
+    end = time.monotonic() + timeout
+    while not _exited(pid) and time.monotonic() < end:
+        _read(fd, out)
+        time.sleep(0.01)
+
+
+def _wait_gone(watch: _Watch, timeout: float, fd: int, out: _Output) -> None:
+    """Wait for every process of the run (not only the shell that leads it) to exit."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and (not _exited(watch.pgid) or watch.alive()):
+        _read(fd, out)
+        time.sleep(0.02)
+
+
+def _read(fd: int, out: _Output) -> bool:
+    """Read what is available; False at end of file."""
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    if not data:
+        return False
+    out.feed(data)
+    return True
+
+
+def _drain(fd: int, out: _Output, timeout: float) -> None:
+    """Read the rest of the output; the writers are dead, so end of file comes at once."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            time.sleep(0.005)
+            continue
+        except OSError:
+            break
+        if not data:
+            break
+        out.feed(data)
+    out.flush()
+
+
+def _status(
+    killed_for: str | None,
+    rc: int,
+    metrics: dict[str, Number],
+    metric: str | None,
+    tail: list[str],
+    limits: RunLimits,
+    peak: int,
+) -> tuple[str, str]:
+    if killed_for == "timeout":
+        return "timeout", (
+            f"killed: wall limit of {limits.wall:g} s exceeded (budget {limits.time_budget:g} s "
+            f"+ grace {limits.grace:g} s); stop training within MAGNET_TIME_BUDGET"
+        )
+    if killed_for == "oom":
+        return "oom", (
+            f"killed: memory {peak / 2**20:.0f} MiB exceeded the limit of "
+            f"{(limits.mem_limit or 0) / 2**20:.0f} MiB; use a smaller model or batch"
+        )
+    if rc != 0:
+        sigkill = rc in (-signal.SIGKILL, 128 + signal.SIGKILL)
+        if sigkill or any(_OOM_TEXT.search(line) for line in tail[-10:]):
+            return "oom", f"out of memory (exit code {rc}); use a smaller model or batch"
+        return "crashed", f"crashed with exit code {rc}; see the log tail"
+    if metric is not None and metric not in metrics:
+        return "no_metric", f"exited 0 but printed no `METRIC {metric}=<value>` line"
+    if not metrics:
+        return "no_metric", "exited 0 but printed no `METRIC name=value` line"
+    return "ok", ""

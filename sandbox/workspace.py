@@ -1,0 +1,618 @@
+"""A run's git workspace: experiments as commits, notes, refs and a crash-safe journal.
+
+Layout of `runs/<run-id>/`: `workspace/` (the git repository, branch `magnet/<run-id>`),
+`sandbox.json` (journal), `sandbox.lock`, `logs/exp-NNN.log`, `outputs/exp-NNN/`.
+
+Every step of an experiment is first written to the journal; `recover()` (run by `open()`)
+reads it and brings the repository back to the last kept commit, preserving whatever the
+unfinished experiment did under `refs/magnet/exp/NNN`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox.edits import Edit, apply_edits
+from sandbox.env import run_environ
+from sandbox.errors import WorkspaceError
+from sandbox.gitcli import IDENTITY_EMAIL, IDENTITY_NAME, Git
+from sandbox.journal import Journal
+from sandbox.knobs import parse_knobs
+from sandbox.paths import is_editable
+from sandbox.runner import (
+    LineCallback,
+    RunLimits,
+    RunResult,
+    kill_by_env,
+    kill_group,
+    run_command,
+)
+from sandbox.templates import copy_template
+
+NOTES_REF = "refs/notes/magnet"
+BEST_TAG = "magnet/best"
+BASELINE_TAG = "magnet/baseline"
+JOURNAL_FILE = "sandbox.json"
+LOCK_FILE = "sandbox.lock"
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_EXCLUDE = "__pycache__/\n*.pyc\n.pytest_cache/\n"
+
+
+def exp_ref(exp: int) -> str:
+    """Where experiment `exp`'s commit is kept, whatever became of it."""
+    return f"refs/magnet/exp/{exp:03d}"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `recover()` found and did about an experiment a crash left unfinished."""
+
+    exp: int
+    hypothesis: str
+    step: str  # the step it stopped in: editing, committing, committed, running, ran, ...
+    status: str  # `interrupted`, or the keep/discard status whose completion it finished
+    commit: str | None  # the preserved commit (at `ref`), None if nothing was left to keep
+    ref: str | None
+    killed_run: bool  # an orphaned training process group was still running and was killed
+
+
+class Workspace:
+    """One run's sandbox. Create with `Workspace.create`, reopen with `Workspace.open`."""
+
+    def __init__(self, run_dir: Path, journal: Journal, lock_fd: int) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / "workspace"
+        self.git = Git(self.path)
+        self.journal = journal
+        self._lock_fd: int | None = lock_fd
+        self.recovered: Recovery | None = None
+
+    # --- creating and opening -------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        run_dir: Path | str,
+        *,
+        template: str | Path | None = None,
+        repo: Path | str | None = None,
+        editable: Sequence[str] = (),
+        knobs: Mapping[str, Any] | None = None,
+        goal: str = "minimize",
+    ) -> Workspace:
+        """Make `run_dir/workspace` from a template (name or directory) or a clone of `repo`.
+
+        The run id is `run_dir`'s name; the branch is `magnet/<run-id>`. The user's repository
+        is only read: the clone copies its objects and drops the remote, so nothing is pushed.
+        """
+        run_dir = Path(run_dir).absolute()
+        run_id = run_dir.name
+        if not _RUN_ID.match(run_id) or ".." in run_id or run_id.endswith((".lock", ".")):
+            raise WorkspaceError(
+                f"run id {run_id!r} is not usable as a git branch name; use letters, digits, . _ -"
+            )
+        if (template is None) == (repo is None):
+            raise WorkspaceError("give exactly one of template= or repo= to create a workspace")
+        if goal not in ("minimize", "maximize"):
+            raise WorkspaceError(f"goal must be minimize or maximize, not {goal!r}")
+        parse_knobs(knobs)  # refuse a bad knob spec before anything is created
+        ws_path = run_dir / "workspace"
+        if (run_dir / JOURNAL_FILE).exists() or ws_path.exists():
+            raise WorkspaceError(
+                f"{run_dir} already holds a workspace; reopen it with Workspace.open or pick "
+                "another run id"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(run_dir)
+        branch = f"magnet/{run_id}"
+        git = Git(ws_path)
+        try:
+            if template is not None:
+                src = copy_template(template, ws_path)
+                source = f"template {template if isinstance(template, str) else src}"
+                git.run("init", "-q", "-b", branch)
+                _configure(git)
+                git.run("add", "-A")
+                git.commit(f"baseline: {source}")
+            else:
+                source = _clone(Path(repo).expanduser().absolute(), ws_path, git, branch)  # type: ignore[arg-type]
+                _configure(git)
+            baseline = git.head()
+            git.run("tag", "-f", BASELINE_TAG, baseline)
+            _check_editable(ws_path, editable)
+        except BaseException:
+            os.close(lock_fd)
+            shutil.rmtree(ws_path, ignore_errors=True)
+            raise
+        journal = Journal(
+            run_dir / JOURNAL_FILE,
+            {
+                "version": 1,
+                "run_id": run_id,
+                "branch": branch,
+                "source": source,
+                "baseline": baseline,
+                "kept": baseline,
+                "best": None,
+                "goal": goal,
+                "editable": list(editable),
+                "knobs": dict(knobs or {}),
+                "next_exp": 0,
+                "current": None,
+                "history": [],
+            },
+        )
+        journal.save()  # written last: a workspace without a journal was never created
+        return cls(run_dir, journal, lock_fd)
+
+    @classmethod
+    def open(cls, run_dir: Path | str) -> Workspace:
+        """Reopen a workspace and bring it to a consistent state (see `recover()`)."""
+        run_dir = Path(run_dir).absolute()
+        jpath = run_dir / JOURNAL_FILE
+        if not jpath.exists() or not (run_dir / "workspace" / ".git").exists():
+            raise WorkspaceError(
+                f"{run_dir} holds no sandbox workspace (no {JOURNAL_FILE}); create one first"
+            )
+        lock_fd = _lock(run_dir)
+        try:
+            ws = cls(run_dir, Journal.load(jpath), lock_fd)
+            ws.recovered = ws.recover()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return ws
+
+    def close(self) -> None:
+        """Release the lock so another process may open the workspace."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        return self.journal["run_id"]
+
+    @property
+    def branch(self) -> str:
+        return self.journal["branch"]
+
+    @property
+    def editable(self) -> list[str]:
+        return self.journal["editable"]
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        return self.journal["knobs"]
+
+    @property
+    def kept(self) -> str:
+        """The last kept commit (the baseline until something is kept)."""
+        return self.journal["kept"]
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """{exp, commit, metric} of the best kept experiment, or None."""
+        return self.journal["best"]
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        """The unfinished experiment's journal entry, or None."""
+        return self.journal["current"]
+
+    @property
+    def next_exp(self) -> int:
+        return self.journal["next_exp"]
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per finished experiment: exp, status, commit, base, metric."""
+        return self.journal["history"]
+
+    def log_path(self, exp: int) -> Path:
+        return self.run_dir / "logs" / f"exp-{exp:03d}.log"
+
+    def output_dir(self, exp: int) -> Path:
+        return self.run_dir / "outputs" / f"exp-{exp:03d}"
+
+    # --- one experiment -------------------------------------------------------------------
+
+    def begin(self, exp: int, hypothesis: str) -> None:
+        """Start experiment `exp` (numbers only go up) from the last kept commit."""
+        self._need_open()
+        cur = self.current
+        if cur is not None:
+            raise WorkspaceError(
+                f"experiment {cur['exp']} is unfinished; keep() or discard() it before {exp}"
+            )
+        if not isinstance(exp, int) or exp < self.next_exp:
+            raise WorkspaceError(
+                f"experiment number {exp!r} is used or invalid; the next free one is "
+                f"{self.next_exp}"
+            )
+        if not hypothesis.strip():
+            raise WorkspaceError("an experiment needs a hypothesis; say what it tests")
+        self.journal["current"] = {
+            "exp": exp,
+            "hypothesis": hypothesis.strip(),
+            "step": "editing",
+            "base": self.kept,
+            "changed": [],
+            "commit": None,
+        }
+        self.journal["next_exp"] = exp + 1
+        self.journal.save()
+
+    def apply(self, edits: Iterable[Edit | Mapping[str, Any]]) -> list[str]:
+        """Apply edits to editable files (all or nothing); returns the changed paths."""
+        cur = self._cur("apply edits to")
+        if cur["step"] != "editing":
+            raise WorkspaceError(
+                f"experiment {cur['exp']} is already committed; begin a new one to edit again"
+            )
+        changed = apply_edits(self.path, edits, self.editable, self.knobs)
+        # Not journaled: recovery stages every tracked change itself (`git add -u`).
+        cur["changed"] = sorted(set(cur["changed"]) | set(changed))
+        return changed
+
+    def commit(self) -> str:
+        """Commit the experiment's edits as `exp NNN: <hypothesis>`; returns the commit id."""
+        cur = self._cur("commit")
+        if cur["step"] != "editing":
+            return cur["commit"]
+        # Not journaled: after a crash here HEAD itself tells whether the commit happened.
+        sha = self.git.commit(_message(cur["exp"], cur["hypothesis"]), cur["changed"])
+        self.git.run("update-ref", exp_ref(cur["exp"]), sha)
+        cur.update(step="committed", commit=sha)
+        return sha
+
+    def run(
+        self,
+        command: str,
+        *,
+        time_budget: float,
+        seed: int = 0,
+        steps: int | None = None,
+        grace: float = 60.0,
+        term_grace: float = 5.0,
+        mem_limit: int | None = None,
+        metric: str | None = None,
+        on_line: LineCallback | None = None,
+        env: Mapping[str, str] | None = None,
+        threads: int | None = None,
+    ) -> RunResult:
+        """Run `command` on the committed experiment (committing first if needed)."""
+        cur = self._cur("run")
+        if cur["step"] == "editing":
+            self.commit()
+        if cur["step"] not in ("committed", "running", "ran"):
+            raise WorkspaceError(f"experiment {cur['exp']} is {cur['step']}; it cannot run now")
+        exp = cur["exp"]
+        out_dir = self.output_dir(exp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path(exp).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").unlink(missing_ok=True)  # a rerun must not read stale metrics
+
+        def started(pid: int) -> None:
+            # Durable before the run goes on: a new controller can then kill an orphaned run.
+            cur.update(step="running", pid=pid)
+            self.journal.save()
+
+        result = run_command(
+            command,
+            self.path,
+            env=run_environ(
+                time_budget=time_budget,
+                seed=seed,
+                output_dir=out_dir,
+                steps=steps,
+                threads=threads,
+                extra=env,
+            ),
+            limits=RunLimits(time_budget, grace, term_grace, mem_limit),
+            log_path=self.log_path(exp),
+            output_dir=out_dir,
+            metric=metric,
+            on_line=on_line,
+            on_start=started,
+        )
+        cur.update(
+            step="ran", pid=None, result={"status": result.status, "metrics": result.metrics}
+        )
+        self.journal.save()
+        return result
+
+    def keep(self, exp: int, record: Mapping[str, Any], *, best: bool | None = None) -> bool:
+        """Keep experiment `exp` on the branch with `record` as its note.
+
+        Moves tag magnet/best when `best` is True, or (when None) when record["metric"] beats
+        the best kept metric in the goal's direction. Returns whether it became the best.
+        """
+        cur = self._cur("keep", exp)
+        if cur["step"] == "editing":
+            self.commit()
+        if cur["step"] not in ("committed", "ran"):
+            raise WorkspaceError(f"experiment {exp} is {cur['step']}; it cannot be kept now")
+        metric = record.get("metric")
+        is_best = self._better(metric) if best is None else bool(best)
+        cur.update(step="keeping", note=self._note(cur, record, "keep"), is_best=is_best)
+        self.journal.save()
+        self._finish_keep(cur)
+        return is_best
+
+    def discard(self, exp: int, record: Mapping[str, Any], status: str = "discard") -> str:
+        """Reset experiment `exp` away (status e.g. discard, crash, timeout); its commit stays at
+        refs/magnet/exp/NNN with `record` as its note. Returns that commit id."""
+        cur = self._cur("discard", exp)
+        if not status or status == "keep":
+            raise WorkspaceError(f"discard status {status!r} is invalid; use keep() to keep")
+        cur.update(step="discarding", note=self._note(cur, record, status))
+        self.journal.save()
+        return self._finish_discard(cur)
+
+    # --- reading the history --------------------------------------------------------------
+
+    def record(self, exp: int) -> dict[str, Any] | None:
+        """The JSON note of experiment `exp`, or None."""
+        out = self.git.run("notes", "--ref", NOTES_REF, "show", exp_ref(exp), check=False)
+        try:
+            return json.loads(out) if out else None
+        except ValueError:
+            return None
+
+    def diff(self, exp: int) -> str:
+        """What experiment `exp` changed, relative to the commit it started from."""
+        if self.git.rev(exp_ref(exp)) is None:
+            raise WorkspaceError(f"experiment {exp} has no commit; it never got that far")
+        base = next((h["base"] for h in self.history if h["exp"] == exp), None)
+        if base is None:
+            return self.git.run("show", "--format=", exp_ref(exp))
+        return self.git.run("diff", base, exp_ref(exp))
+
+    # --- crash recovery -------------------------------------------------------------------
+
+    def recover(self) -> Recovery | None:
+        """Bring the workspace to a consistent state after a crash at any moment.
+
+        Kills an orphaned run, clears stale git locks, then finishes a keep/discard whose
+        decision was already journaled, or else preserves the unfinished experiment (its commit
+        plus any uncommitted edits) at refs/magnet/exp/NNN, notes it as `interrupted` and
+        checks out the last kept commit. Returns None when there was nothing to do.
+        """
+        self._need_open()
+        cur = self.current
+        killed = False
+        if cur is not None:
+            # An orphaned run would go on writing into the workspace: stop it first.
+            killed = bool(cur.get("pid")) and kill_group(int(cur["pid"]))
+            out_dir = str(self.output_dir(cur["exp"]))
+            killed = kill_by_env("MAGNET_OUTPUT_DIR", out_dir) > 0 or killed
+        self._clear_git_locks()
+        if cur is None:
+            self._tidy()
+            return None
+        step = cur["step"]
+        if step == "keeping":
+            self._finish_keep(cur)
+        elif step == "discarding":
+            self._finish_discard(cur)
+        else:
+            record = {"step": step, "reason": "the controller stopped during this experiment"}
+            cur.update(step="discarding", note=self._note(cur, record, "interrupted"))
+            self.journal.save()
+            self._finish_discard(cur)
+        entry = self.history[-1]
+        return Recovery(
+            exp=cur["exp"],
+            hypothesis=cur["hypothesis"],
+            step=step,
+            status=entry["status"],
+            commit=entry["commit"],
+            ref=exp_ref(cur["exp"]) if entry["commit"] else None,
+            killed_run=killed,
+        )
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _need_open(self) -> None:
+        if self._lock_fd is None:
+            raise WorkspaceError("workspace is closed; reopen it with Workspace.open")
+
+    def _cur(self, action: str, exp: int | None = None) -> dict[str, Any]:
+        self._need_open()
+        cur = self.current
+        if cur is None:
+            raise WorkspaceError(f"no experiment to {action}; call begin() first")
+        if exp is not None and cur["exp"] != exp:
+            raise WorkspaceError(
+                f"cannot {action} experiment {exp}: the current experiment is {cur['exp']}"
+            )
+        return cur
+
+    def _note(self, cur: dict[str, Any], record: Mapping[str, Any], status: str) -> dict[str, Any]:
+        note = {"exp": cur["exp"], "hypothesis": cur["hypothesis"], **record, "status": status}
+        json.dumps(note)  # fail here, before anything moves, if the record is not JSON
+        return note
+
+    def _better(self, metric: Any) -> bool:
+        if not isinstance(metric, int | float) or isinstance(metric, bool):
+            return False
+        if not math.isfinite(metric):
+            return False
+        best = self.best
+        if best is None or best.get("metric") is None:
+            return True
+        if self.journal["goal"] == "maximize":
+            return metric > best["metric"]
+        return metric < best["metric"]
+
+    def _write_note(self, sha: str, note: Mapping[str, Any]) -> None:
+        self.git.run("notes", "--ref", NOTES_REF, "add", "-f", "-m", json.dumps(note), sha)
+
+    def _finish_keep(self, cur: dict[str, Any]) -> None:
+        """Idempotent second half of keep(): note, tag, clean tree, journal."""
+        sha, exp = cur["commit"], cur["exp"]
+        if self.git.dirty():  # the run wrote to tracked files: keep that too, off the branch
+            stash = self.git.run("stash", "create", f"exp {exp:03d}: left by the run")
+            if stash:
+                self.git.run("update-ref", f"refs/magnet/leftover/{exp:03d}", stash)
+        self._write_note(sha, cur["note"])
+        if cur["is_best"]:
+            self.git.run("tag", "-f", BEST_TAG, sha)
+        if self.git.head() != sha or self.git.dirty():
+            self.git.run("checkout", "-q", "-f", "-B", self.branch, sha)
+        self.journal["kept"] = sha
+        if cur["is_best"]:
+            self.journal["best"] = {"exp": exp, "commit": sha, "metric": cur["note"].get("metric")}
+        self._close_experiment(cur, sha)
+
+    def _finish_discard(self, cur: dict[str, Any]) -> str:
+        """Idempotent second half of discard(): preserve, note, reset, journal."""
+        exp, ref = cur["exp"], exp_ref(cur["exp"])
+        head, kept = self.git.head(), self.kept
+        preserved = self.git.rev(ref) if head == kept else None
+        if preserved:
+            # The ref is only ever set while HEAD is ahead of `kept`; with HEAD back at `kept`
+            # the experiment was already preserved and reset before the crash.
+            top = preserved
+        else:
+            top = head if head != kept else None
+            if top is None or self.git.dirty():
+                self.git.run("add", "-u")
+                why = (
+                    "interrupted" if cur["note"]["status"] == "interrupted" else "left uncommitted"
+                )
+                msg = (
+                    _message(exp, cur["hypothesis"])
+                    if top is None
+                    else f"exp {exp:03d}: changes {why}"
+                )
+                top = self.git.commit(msg)
+            self.git.run("update-ref", ref, top)
+        assert top is not None
+        self._write_note(top, cur["note"])
+        self.git.run("checkout", "-q", "-f", "-B", self.branch, kept)
+        self._close_experiment(cur, top)
+        return top
+
+    def _close_experiment(self, cur: dict[str, Any], sha: str) -> None:
+        note = cur["note"]
+        self.history.append(
+            {
+                "exp": cur["exp"],
+                "status": note["status"],
+                "commit": sha,
+                "base": cur["base"],
+                "metric": note.get("metric"),
+            }
+        )
+        self.journal["current"] = None
+        self.journal.save()
+
+    def _tidy(self) -> None:
+        """No experiment in flight: HEAD must be the kept commit on the branch, tree clean.
+
+        Anything else (e.g. hand edits) is preserved under refs/magnet/recovered/ first.
+        """
+        on_branch = self.git.run("symbolic-ref", "-q", "HEAD", check=False)
+        head, kept = self.git.head(), self.kept
+        dirty = self.git.dirty()
+        if on_branch == f"refs/heads/{self.branch}" and head == kept and not dirty:
+            return
+        if dirty or head != kept:
+            stash = self.git.run("stash", "create", "found at recovery") if dirty else ""
+            ref = f"refs/magnet/recovered/{time.strftime('%Y%m%d-%H%M%S')}"
+            self.git.run("update-ref", ref, stash or head)
+        self.git.run("checkout", "-q", "-f", "-B", self.branch, kept)
+
+    def _clear_git_locks(self) -> None:
+        """A killed git leaves *.lock files; we hold the workspace lock, so they are stale."""
+        gitdir = self.path / ".git"
+        candidates = [
+            gitdir / n
+            for n in (
+                "index.lock",
+                "HEAD.lock",
+                "packed-refs.lock",
+                "config.lock",
+                "ORIG_HEAD.lock",
+            )
+        ]
+        candidates += list((gitdir / "refs").rglob("*.lock"))
+        for lock in candidates:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+
+
+def _lock(run_dir: Path) -> int:
+    """Exclusive lock on the run: one controller at a time. The kernel drops it when the
+    process dies, so a crash never leaves a stale lock."""
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WorkspaceError(
+            f"{run_dir} is in use by another MAGNET process; stop it or wait for it to finish"
+        ) from None
+    return fd
+
+
+def _configure(git: Git) -> None:
+    """Identity in the repository itself, so plain `git commit` by a person works there too."""
+    git.run("config", "user.name", IDENTITY_NAME)
+    git.run("config", "user.email", IDENTITY_EMAIL)
+    exclude = git.path / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    with exclude.open("a", encoding="utf-8") as f:
+        f.write(_EXCLUDE)
+
+
+def _clone(src: Path, dest: Path, git: Git, branch: str) -> str:
+    probe = Git(src)
+    if not src.is_dir() or probe.rev("HEAD") is None:
+        raise WorkspaceError(
+            f"{src} is not a git repository with a commit; commit your code there first or use "
+            "a template"
+        )
+    # --no-hardlinks: the clone shares no files with the user's repository
+    probe.run("clone", "-q", "--no-hardlinks", str(src), str(dest), cwd=src.parent)
+    git.run("checkout", "-q", "-b", branch)
+    git.run("remote", "remove", "origin")  # nothing can ever be pushed back
+    return f"clone of {src} at {git.head()[:12]}"
+
+
+def _check_editable(root: Path, editable: Sequence[str]) -> None:
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if ".git" not in p.parts]
+    for pattern in editable:
+        if not any(is_editable(f, [pattern]) for f in files):
+            raise WorkspaceError(
+                f"editable file {pattern!r} does not exist in the workspace; fix `editable:`"
+            )
+
+
+def _message(exp: int, hypothesis: str) -> str:
+    """`exp 007: <first line>`; a longer hypothesis goes in the body."""
+    first = hypothesis.splitlines()[0].strip()
+    subject = first if len(first) <= 100 else first[:99] + "…"
+    body = hypothesis if subject != hypothesis else ""
+    return f"exp {exp:03d}: {subject}" + (f"\n\n{body}" if body else "")

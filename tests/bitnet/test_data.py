@@ -1,0 +1,393 @@
+"""Corpora, split, cache and batching of bitnet.data, on real files and the real stdlib."""
+
+import hashlib
+import importlib.util
+import io
+import os
+import sysconfig
+import tokenize
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bitnet import data
+from bitnet.data import (
+    KNOWN_CORPORA,
+    SEPARATOR,
+    VOCAB_SIZE,
+    CorpusError,
+    decode,
+    encode,
+    get_batch,
+    is_val_path,
+    load_corpus,
+)
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def both(corpus) -> bytes:
+    return bytes(corpus.train) + bytes(corpus.val)
+
+
+def docs(array) -> list[bytes]:
+    """The documents in a split (every document ends with SEPARATOR)."""
+    return bytes(array).split(SEPARATOR)[:-1]
+
+
+def names(val: bool, count: int, stem: str = "doc") -> list[str]:
+    """The first `count` file names whose hash puts them in validation (or in training)."""
+    found = (f"{stem}{i:03d}.txt" for i in range(10_000))
+    return [n for n in found if is_val_path(n) == val][:count]
+
+
+def write_folder(root: Path, files: list[str]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (root / name).write_text(f"contents of {name}\n")
+
+
+@pytest.fixture(scope="module")
+def stdlib_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stdlib-cache")
+
+
+@pytest.fixture(scope="module")
+def pycode(stdlib_cache):
+    return load_corpus("pycode", stdlib_cache)
+
+
+@pytest.fixture(scope="module")
+def pyprose(stdlib_cache):
+    return load_corpus("pyprose", stdlib_cache)
+
+
+# --- tokenizer and batches ------------------------------------------------------------------
+
+
+def test_encode_decode_roundtrip_including_non_ascii():
+    text = "def f(x):  # Grüße, naïve café — 日本語 🙂\n"
+    ids = encode(text)
+    assert ids == list(text.encode("utf-8"))
+    assert len(ids) > len(text)  # multi-byte characters become several tokens
+    assert all(0 <= i < VOCAB_SIZE for i in ids) and VOCAB_SIZE == 256
+    assert decode(ids) == text
+    assert decode(torch.tensor(ids)) == text
+    assert decode([0xFF, 104, 105]) == "\ufffdhi"  # invalid UTF-8 is replaced, not raised
+
+
+def test_get_batch_shapes_shift_and_determinism():
+    stream = (np.arange(5000) % 251).astype(np.uint8)  # byte i+1 = byte i + 1 (mod 251)
+    x, y = get_batch(stream, 8, 32, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (8, 32) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(y, (x + 1) % 251)  # consecutive bytes of the stream
+    again = get_batch(stream, 8, 32, torch.Generator().manual_seed(0))
+    other = get_batch(stream, 8, 32, torch.Generator().manual_seed(1))
+    assert torch.equal(x, again[0]) and torch.equal(y, again[1])
+    assert not torch.equal(x, other[0])
+
+
+def test_get_batch_reaches_the_last_byte_and_rejects_short_data():
+    stream = np.arange(10, dtype=np.uint8)
+    x, y = get_batch(stream, 200, 9, torch.Generator().manual_seed(0))
+    assert x[:, 0].unique().tolist() == [0] and y[0, -1].item() == 9  # only one window fits
+    with pytest.raises(CorpusError, match="seq_len"):
+        get_batch(stream, 1, 10, torch.Generator())
+
+
+# --- split ----------------------------------------------------------------------------------
+
+
+def test_split_rule_is_a_fixed_sha256_bucket():
+    paths = [f"pkg/module_{i}.py" for i in range(4000)]
+    expected = [
+        int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "big") % 100 < 5 for p in paths
+    ]
+    assert [is_val_path(p) for p in paths] == expected
+    assert 0.03 < sum(expected) / len(paths) < 0.07
+
+
+def test_split_is_by_file_deterministic_and_disjoint(tmp_path):
+    files = names(True, 3) + names(False, 40)
+    write_folder(tmp_path / "corpus", files)
+    first = load_corpus(f"text:{tmp_path / 'corpus'}", tmp_path / "cache1")
+    second = load_corpus(f"text:{tmp_path / 'corpus'}", tmp_path / "cache2")
+    assert bytes(first.train) == bytes(second.train) and bytes(first.val) == bytes(second.val)
+
+    val_docs, train_docs = set(docs(first.val)), set(docs(first.train))
+    assert val_docs == {f"contents of {n}\n".encode() for n in files[:3]}
+    assert train_docs == {f"contents of {n}\n".encode() for n in files[3:]}
+    assert (first.n_val_files, first.n_train_files) == (3, 40)
+    assert first.name == f"text:{tmp_path / 'corpus'}"
+    assert first.train.dtype == np.uint8 and not first.train.flags.writeable
+
+
+def test_val_unchanged_when_a_train_file_is_added(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, names(True, 2) + names(False, 20))
+    before = load_corpus(f"text:{root}", tmp_path / "cache")
+    new_train, new_val = names(False, 1, "extra")[0], names(True, 1, "extra")[0]
+
+    write_folder(root, [new_train])
+    after = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert bytes(after.val) == bytes(before.val)
+    assert len(after.train) > len(before.train) and after.n_train_files == 21
+
+    write_folder(root, [new_val])  # the only kind of addition that may change validation
+    last = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert f"contents of {new_val}".encode() in bytes(last.val) and last.n_val_files == 3
+    assert bytes(last.train) == bytes(after.train)
+
+
+def test_folder_walk_is_recursive_sorted_and_skips_hidden_and_binary(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / ".git").mkdir()
+    (root / "b.txt").write_text("bee\n")
+    (root / "a.txt").write_text("ay\n")
+    (root / "sub" / "deeper" / "c.md").write_text("sea ✓\n")
+    (root / ".hidden.txt").write_text("secret\n")
+    (root / ".git" / "config").write_text("secret too\n")
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(100))
+    (root / "blank.txt").write_text("  \n\n")
+    corpus = load_corpus(f"text:{root}", tmp_path / "cache")
+    # too few files to split by file: validation is the tail of the stream in sorted order
+    assert both(corpus) == "ay\n\0bee\n\0sea ✓\n\0".encode()
+    assert (corpus.n_train_files, corpus.n_val_files) == (3, 0)
+
+
+def test_single_file_is_split_by_its_tail(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("x" * 999)
+    corpus = load_corpus(f"text:{path}", tmp_path / "cache")
+    assert (len(corpus.train), len(corpus.val)) == (900, 100)  # 1000 bytes with the separator
+    assert both(corpus) == b"x" * 999 + SEPARATOR
+    path.write_text("y")
+    tiny = load_corpus(f"text:{path}", tmp_path / "cache")
+    assert (bytes(tiny.train), bytes(tiny.val)) == (b"y", SEPARATOR)  # at least one val byte
+
+
+# --- cache ----------------------------------------------------------------------------------
+
+
+def test_second_load_reuses_the_cache_without_reading_sources(tmp_path, monkeypatch):
+    root = tmp_path / "corpus"
+    write_folder(root, names(True, 1) + names(False, 5))
+    first = load_corpus(f"text:{root}", tmp_path / "cache")
+    bin_path = Path(first.train.filename)
+    stamp = (bin_path.stat().st_ino, bin_path.stat().st_mtime_ns)
+    assert {p.name for p in bin_path.parent.iterdir()} == {"train.bin", "val.bin", "meta.json"}
+
+    def no_reading(*args):
+        raise AssertionError("source file read on a cached load")
+
+    monkeypatch.setattr(data, "_read_file", no_reading)
+    second = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert Path(second.train.filename) == bin_path
+    assert (bin_path.stat().st_ino, bin_path.stat().st_mtime_ns) == stamp
+    assert bytes(second.train) == bytes(first.train) and bytes(second.val) == bytes(first.val)
+
+
+def test_changed_file_invalidates_the_cache_and_drops_the_stale_entry(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, names(True, 1) + names(False, 5))
+    old = load_corpus(f"text:{root}", tmp_path / "cache")
+    old_entry = Path(old.train.filename).parent
+    changed = root / names(False, 1)[0]
+    changed.write_text("edited by the user\n")
+    new = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert b"edited by the user" in bytes(new.train)
+    assert b"edited by the user" not in bytes(old.train)
+    assert Path(new.train.filename).parent != old_entry and not old_entry.exists()
+
+    os.utime(changed, ns=(1, 1))  # same size, only the mtime differs: still a new entry
+    touched = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert Path(touched.train.filename).parent != Path(new.train.filename).parent
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, names(True, 1) + names(False, 5))
+    good = load_corpus(f"text:{root}", tmp_path / "cache")
+    expected = bytes(good.train)
+    with open(good.train.filename, "r+b") as f:
+        f.truncate(10)  # e.g. a disk that filled up
+    rebuilt = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert bytes(rebuilt.train) == expected
+
+
+def test_interrupted_build_leaves_no_cache_behind(tmp_path, monkeypatch):
+    root = tmp_path / "corpus"
+    write_folder(root, names(True, 1) + names(False, 5))
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data.os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            load_corpus(f"text:{root}", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # no entry and no temporary folder
+    assert load_corpus(f"text:{root}", tmp_path / "cache").n_train_files == 5
+
+
+def test_default_cache_dir_comes_from_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello world\n")
+    monkeypatch.setenv("MAGNET_CACHE_DIR", str(tmp_path / "env-cache"))
+    corpus = load_corpus(f"text:{path}")
+    assert Path(corpus.train.filename).parent.parent == tmp_path / "env-cache"
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def one_line_error(spec: str, cache: Path) -> str:
+    with pytest.raises(CorpusError) as info:
+        load_corpus(spec, cache)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_corpus_lists_the_known_ones(tmp_path):
+    message = one_line_error("wikipedia", tmp_path)
+    assert "'wikipedia'" in message and all(known in message for known in KNOWN_CORPORA)
+    assert "text:PATH" in one_line_error("text", tmp_path)
+
+
+def test_missing_or_empty_path_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    assert str(missing) in one_line_error(f"text:{missing}", tmp_path)
+    assert "text:PATH" in one_line_error("text:", tmp_path)
+
+
+def test_empty_corpus_says_what_was_searched(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    message = one_line_error(f"text:{root}", tmp_path / "cache")
+    assert "no usable text" in message and str(root) in message and "0 files" in message
+    (root / "blob.bin").write_bytes(b"\x00\x01\x02")
+    (root / "empty.txt").write_text("")
+    (root / ".hidden").write_text("not searched")
+    message = one_line_error(f"text:{root}", tmp_path / "cache")
+    assert "2 files" in message and "1 binary" in message and "1 empty" in message
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+
+
+def test_broken_symlink_is_named_as_unreadable(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, ["fine.txt"])
+    (root / "dangling.txt").symlink_to(tmp_path / "deleted.txt")
+    message = one_line_error(f"text:{root}", tmp_path / "cache")
+    assert f"cannot read {root / 'dangling.txt'}" in message and "remove it" in message
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, ["fine.txt"])
+    os.mkfifo(root / "pipe.txt")  # opening it for reading would block forever
+    message = one_line_error(f"text:{root}", tmp_path / "cache")
+    assert str(root / "pipe.txt") in message and "not a regular file" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_permission_denied_file_is_named(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, ["fine.txt", "locked.txt"])
+    (root / "locked.txt").chmod(0)
+    message = one_line_error(f"text:{root}", tmp_path / "cache")
+    assert str(root / "locked.txt") in message and "ermission denied" in message
+
+
+# --- the stdlib corpora ---------------------------------------------------------------------
+
+
+def test_pycode_is_the_stdlib_source(pycode):
+    text = both(pycode)
+    assert len(text) > 5_000_000
+    assert b"def dedent(text):" in text  # textwrap.py
+    installed = [p for p in sorted(STDLIB.glob("site-packages/*/*.py")) if p.stat().st_size > 2000]
+    if installed:  # third-party code next to the stdlib is not part of it
+        assert installed[0].read_bytes() not in text
+    n_docs = pycode.n_train_files + pycode.n_val_files
+    assert n_docs > 500 and text.count(SEPARATOR) == n_docs
+    assert 0.02 < pycode.n_val_files / n_docs < 0.08
+    textwrap = (STDLIB / "textwrap.py").read_bytes()
+    split = pycode.val if is_val_path("textwrap.py") else pycode.train
+    assert textwrap + SEPARATOR in bytes(split)  # raw bytes, whole file, on its hashed side
+
+
+def test_pyprose_holds_docstrings_and_comments_but_not_code(pycode, pyprose):
+    text = both(pyprose).decode("utf-8")
+    assert 1_000_000 < len(text) < len(both(pycode)) / 2
+    assert "Text wrapping and filling." in text  # textwrap's module docstring
+    assert "Hardcode the recognized whitespace characters to the US-ASCII" in text  # a comment
+    assert "def dedent(text):" not in text and "import re" not in text.splitlines()
+    # docstrings may quote code (doctest examples); code itself is gone
+    code_line = ("def ", "class ", "import ", "return ")
+    prose_code = sum(line.startswith(code_line) for line in text.splitlines())
+    source_code = sum(
+        line.lstrip().startswith(code_line)
+        for line in both(pycode).decode("utf-8", errors="replace").splitlines()
+    )
+    assert source_code > 50_000 and prose_code < source_code / 100
+    # the same files land on the same side as in pycode: no leakage between the two corpora
+    assert pyprose.n_val_files <= pycode.n_val_files
+
+
+def test_extract_prose_keeps_docstrings_and_comments_in_order():
+    source = b'''#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+"""Module docstring, caf\xc3\xa9."""
+import os  # the operating system
+s = "not # a comment"
+t = """# nor this"""
+
+# ----------------------
+## A section header
+# spanning two lines.
+# x = compute(1, 2)
+if os.name:
+    class Thing:
+        """Thing docstring."""
+
+        def method(self):  # noqa: E501
+            """Method docstring."""
+            return 1
+'''
+    assert data.extract_prose(source) == (
+        "Module docstring, café.\n\n"
+        "the operating system\n\n"
+        "A section header\nspanning two lines.\n\n"
+        "Thing docstring.\n\n"
+        "Method docstring."
+    )
+    assert data.extract_prose(b"def broken(:\n    '''Never seen.'''\n") is None
+
+
+def test_comment_scanner_matches_tokenize_on_stdlib_files():
+    paths = sorted(STDLIB.glob("*.py"))[::6] + [STDLIB / "tokenize.py", STDLIB / "inspect.py"]
+    checked = 0
+    for path in paths:
+        raw = path.read_bytes()
+        try:
+            expected = [
+                (tok.start[0], tok.string)
+                for tok in tokenize.tokenize(io.BytesIO(raw).readline)
+                if tok.type == tokenize.COMMENT
+            ]
+        except (tokenize.TokenError, SyntaxError):
+            continue
+        text = importlib.util.decode_source(raw)
+        found = [
+            (text.count("\n", 0, m.start()) + 1, m.group())
+            for m in data._STRING_OR_COMMENT.finditer(text)
+            if m.lastgroup == "comment"
+        ]
+        assert found == expected, path
+        checked += 1
+    assert checked > 20
