@@ -1,11 +1,17 @@
 """MAGNET sandbox: git workspaces, safe edits and confined training runs.
 
-ws = Workspace.create("runs/r1", template="bitnet-lm", editable=["train.py"])
-ws.begin(1, "raise the learning rate")
-ws.apply([SearchReplace("train.py", "LR = 1e-3", "LR = 3e-3")])
-ws.commit()
-result = ws.run("python train.py", time_budget=60, metric="val_bpb")
-ws.keep(1, {"metric": result.metrics["val_bpb"]}) if result.status == "ok" else ...
+    ws = Workspace.create("runs/r1", template="bitnet-lm", editable=["train.py"])
+    ws.begin(1, "raise the learning rate")
+    ws.apply([SearchReplace("train.py", "LEARNING_RATE = 4e-3", "LEARNING_RATE = 6e-3")])
+    ws.commit()
+    result = ws.run("python train.py", time_budget=60, metric="val_bpb")
+    if result.status == "ok":
+        ws.keep(1, {"metric": result.metrics["val_bpb"]})
+    else:
+        ws.discard(1, {"error": result.log_tail}, status=result.status)
+
+After a crash, `Workspace.open("runs/r1")` restores a consistent state; `ws.recovered` says
+what happened to the unfinished experiment.
 """
 
 from sandbox.edits import Edit, KnobSet, SearchReplace, apply_edits, parse_edit

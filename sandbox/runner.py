@@ -15,12 +15,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from sandbox.metrics import Number, parse_metric_line, read_metrics_json
+from sandbox.metrics import Number, is_finite, parse_metric_line, read_metrics_json
 
 STATUSES = ("ok", "crashed", "timeout", "oom", "no_metric")
 TAIL_LINES = 50
@@ -54,7 +54,6 @@ class RunResult:
     reason: str = ""  # one line saying why the status is not `ok`
     peak_rss: int = 0
     pid: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 LineCallback = Callable[[str], None]
@@ -407,6 +406,8 @@ def _status(
         return "crashed", f"crashed with exit code {rc}; see the log tail"
     if metric is not None and metric not in metrics:
         return "no_metric", f"exited 0 but printed no `METRIC {metric}=<value>` line"
+    if metric is not None and not is_finite(metrics[metric]):
+        return "no_metric", f"{metric} is {metrics[metric]}: training diverged; lower the LR"
     if not metrics:
         return "no_metric", "exited 0 but printed no `METRIC name=value` line"
     return "ok", ""

@@ -47,6 +47,10 @@ JOURNAL_FILE = "sandbox.json"
 LOCK_FILE = "sandbox.lock"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _EXCLUDE = "__pycache__/\n*.pyc\n.pytest_cache/\n"
+_HALF_MADE = (
+    "{run_dir} has a workspace/ but no journal: its creation was interrupted; delete {run_dir} "
+    "and create the run again"
+)
 
 
 def exp_ref(exp: int) -> str:
@@ -108,11 +112,13 @@ class Workspace:
             raise WorkspaceError(f"goal must be minimize or maximize, not {goal!r}")
         parse_knobs(knobs)  # refuse a bad knob spec before anything is created
         ws_path = run_dir / "workspace"
-        if (run_dir / JOURNAL_FILE).exists() or ws_path.exists():
+        if (run_dir / JOURNAL_FILE).exists():
             raise WorkspaceError(
                 f"{run_dir} already holds a workspace; reopen it with Workspace.open or pick "
                 "another run id"
             )
+        if ws_path.exists():
+            raise WorkspaceError(_HALF_MADE.format(run_dir=run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(run_dir)
         branch = f"magnet/{run_id}"
@@ -130,7 +136,7 @@ class Workspace:
                 _configure(git)
             baseline = git.head()
             git.run("tag", "-f", BASELINE_TAG, baseline)
-            _check_editable(ws_path, editable)
+            _check_editable(git, editable)
         except BaseException:
             os.close(lock_fd)
             shutil.rmtree(ws_path, ignore_errors=True)
@@ -161,6 +167,8 @@ class Workspace:
         """Reopen a workspace and bring it to a consistent state (see `recover()`)."""
         run_dir = Path(run_dir).absolute()
         jpath = run_dir / JOURNAL_FILE
+        if not jpath.exists() and (run_dir / "workspace").exists():
+            raise WorkspaceError(_HALF_MADE.format(run_dir=run_dir))
         if not jpath.exists() or not (run_dir / "workspace" / ".git").exists():
             raise WorkspaceError(
                 f"{run_dir} holds no sandbox workspace (no {JOURNAL_FILE}); create one first"
@@ -449,7 +457,9 @@ class Workspace:
         return cur
 
     def _note(self, cur: dict[str, Any], record: Mapping[str, Any], status: str) -> dict[str, Any]:
-        note = {"exp": cur["exp"], "hypothesis": cur["hypothesis"], **record, "status": status}
+        note: dict[str, Any] = {"exp": cur["exp"], "hypothesis": cur["hypothesis"]}
+        note.update(record)
+        note.update(exp=cur["exp"], status=status)  # the record cannot relabel the experiment
         json.dumps(note)  # fail here, before anything moves, if the record is not JSON
         return note
 
@@ -471,14 +481,15 @@ class Workspace:
     def _finish_keep(self, cur: dict[str, Any]) -> None:
         """Idempotent second half of keep(): note, tag, clean tree, journal."""
         sha, exp = cur["commit"], cur["exp"]
-        if self.git.dirty():  # the run wrote to tracked files: keep that too, off the branch
+        dirty = self.git.dirty()
+        if dirty:  # the run wrote to tracked files: keep that too, off the branch
             stash = self.git.run("stash", "create", f"exp {exp:03d}: left by the run")
             if stash:
                 self.git.run("update-ref", f"refs/magnet/leftover/{exp:03d}", stash)
         self._write_note(sha, cur["note"])
         if cur["is_best"]:
             self.git.run("tag", "-f", BEST_TAG, sha)
-        if self.git.head() != sha or self.git.dirty():
+        if dirty or self.git.head() != sha:
             self.git.run("checkout", "-q", "-f", "-B", self.branch, sha)
         self.journal["kept"] = sha
         if cur["is_best"]:
@@ -601,12 +612,15 @@ def _clone(src: Path, dest: Path, git: Git, branch: str) -> str:
     return f"clone of {src} at {git.head()[:12]}"
 
 
-def _check_editable(root: Path, editable: Sequence[str]) -> None:
-    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if ".git" not in p.parts]
+def _check_editable(git: Git, editable: Sequence[str]) -> None:
+    """Each editable entry must name a tracked file: an experiment commit can only hold those."""
+    tracked = git.run("ls-files", "-z").split("\0")
     for pattern in editable:
-        if not any(is_editable(f, [pattern]) for f in files):
+        if not any(is_editable(f, [pattern]) for f in tracked):
+            where = "is not tracked by git" if (git.path / pattern).exists() else "does not exist"
             raise WorkspaceError(
-                f"editable file {pattern!r} does not exist in the workspace; fix `editable:`"
+                f"editable file {pattern!r} {where} in the workspace; fix `editable:`"
+                + (" or commit it in your repository" if "tracked" in where else "")
             )
 
 

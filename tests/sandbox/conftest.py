@@ -46,6 +46,16 @@ KNOBS = {
 
 
 @pytest.fixture
+def train_py() -> str:
+    return TRAIN_PY
+
+
+@pytest.fixture
+def knobs() -> dict:
+    return KNOBS
+
+
+@pytest.fixture
 def template(tmp_path: Path) -> Path:
     root = tmp_path / "template"
     root.mkdir()

@@ -92,8 +92,15 @@ def test_controller_killed_mid_run(make_ws, tmp_path):
 
 def check_after_crash(run_dir: Path, decision: str, label: str) -> None:
     wdir = run_dir / "workspace"
-    edited = "0.0005" in (wdir / "train.py").read_text() or "0.0005" in git_out(
-        wdir, "show", "HEAD:train.py"
+    # Wherever the edit was before recovery (files, HEAD, the experiment's ref), it must be
+    # reachable from a ref afterwards.
+    edited = any(
+        "0.0005" in text
+        for text in (
+            (wdir / "train.py").read_text(),
+            git_out(wdir, "show", "HEAD:train.py"),
+            git_out(wdir, "show", f"{exp_ref(0)}:train.py"),
+        )
     )
     with Workspace.open(run_dir) as ws:
         assert_consistent(ws)

@@ -2,17 +2,16 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import KNOBS, TRAIN_PY  # noqa: I001  (pytest puts this directory on sys.path)
 
 from sandbox import EditError, KnobSet, SearchReplace, apply_edits
 from sandbox.knobs import KnobSpec
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
+def root(tmp_path: Path, train_py: str) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
-    (ws / "train.py").write_text(TRAIN_PY)
+    (ws / "train.py").write_text(train_py)
     (ws / "model.py").write_text("X = 1\nY = 2\nX = 3\n")
     (ws / "config.py").write_text("SECRET = 1\n")
     return ws
@@ -111,7 +110,7 @@ def test_later_edit_failure_leaves_earlier_edits_unapplied(root: Path):
     assert snapshot(root) == before
 
 
-def test_knob_assignment_keeps_types_and_rest_of_file(root: Path):
+def test_knob_assignment_keeps_types_and_rest_of_file(root: Path, train_py: str, knobs: dict):
     changed = apply_edits(
         root,
         [
@@ -121,7 +120,7 @@ def test_knob_assignment_keeps_types_and_rest_of_file(root: Path):
             KnobSet("BATCH", 16),
         ],
         ["train.py"],
-        KNOBS,
+        knobs,
     )
     text = (root / "train.py").read_text()
     assert changed == ["train.py"]
@@ -134,7 +133,7 @@ def test_knob_assignment_keeps_types_and_rest_of_file(root: Path):
         .replace("= 6\n", "= 4\n")
         .replace("'gelu'", '"relu"')
         .replace("= 16\n", "= 8\n")
-        == TRAIN_PY
+        == train_py
     )
 
 
@@ -150,10 +149,10 @@ def test_knob_assignment_keeps_types_and_rest_of_file(root: Path):
         ("DROPOUT", 0.1, "unknown knob DROPOUT"),
     ],
 )
-def test_knob_range_checks(root: Path, name: str, value, fragment: str):
+def test_knob_range_checks(root: Path, name: str, value, fragment: str, knobs: dict):
     before = snapshot(root)
     with pytest.raises(EditError) as err:
-        apply_edits(root, [KnobSet(name, value)], ["train.py"], KNOBS)
+        apply_edits(root, [KnobSet(name, value)], ["train.py"], knobs)
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)  # one line
     assert snapshot(root) == before

@@ -253,3 +253,27 @@ def test_builtin_bitnet_template_when_installed(tmp_path):
     with Workspace.create(tmp_path / "r", template="bitnet-lm", editable=["train.py"]) as ws:
         assert (ws.path / "train.py").is_file()
         assert not list(ws.path.rglob("__pycache__"))
+
+
+def test_stale_git_lock_from_a_killed_git_is_cleared(make_ws, git):
+    ws = make_ws()
+    ws.begin(1, "edit then die inside git")
+    ws.apply([KnobSet("N_LAYER", 3)])
+    ws.close()
+    (ws.path / ".git" / "index.lock").write_text("")  # what a SIGKILLed `git commit` leaves
+    with Workspace.open(ws.run_dir) as ws:
+        assert ws.recovered is not None and ws.recovered.status == "interrupted"
+        assert_consistent(ws, git)
+        assert "+N_LAYER = 3" in git(ws.path, "show", exp_ref(1))
+        assert not (ws.path / ".git" / "index.lock").exists()
+
+
+def test_half_created_workspace_gives_one_clear_instruction(tmp_path, template):
+    run_dir = tmp_path / "runs" / "r1"
+    (run_dir / "workspace").mkdir(parents=True)  # creation died before the journal was written
+    for attempt in (
+        lambda: Workspace.open(run_dir),
+        lambda: Workspace.create(run_dir, template=template),
+    ):
+        with pytest.raises(WorkspaceError, match="creation was interrupted; delete"):
+            attempt()

@@ -1,0 +1,66 @@
+"""The research loop as a LangGraph state machine, checkpointed to SQLite after every node."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+from agent.nodes import BASELINE, Nodes
+from agent.state import RunState
+
+CHECKPOINTS = "checkpoints.sqlite"
+
+
+def after_baseline(state: RunState) -> str:
+    if state.get("stop_reason"):
+        return "finish"
+    return "baseline" if len(state["baseline_metrics"]) < len(BASELINE) else "plan"
+
+
+def after_plan(state: RunState) -> str:
+    if state.get("stop_reason"):
+        return "finish"
+    return "edit" if state.get("proposal") else "reflect"
+
+
+def after_edit(state: RunState) -> str:
+    return "revert" if state.get("decision") else "run"
+
+
+def after_judge(state: RunState) -> str:
+    return "keep" if state["decision"] == "keep" else "revert"
+
+
+def after_settle(state: RunState) -> str:
+    return "run" if state.get("decision") == "rerun" else "record"
+
+
+def after_record(state: RunState) -> str:
+    return "reflect" if state.get("failure") else "plan"
+
+
+def build_graph(nodes: Nodes) -> StateGraph:
+    graph = StateGraph(RunState)
+    for name in ("baseline", "plan", "edit", "run", "judge", "keep", "revert", "record",
+                 "reflect", "finish"):
+        graph.add_node(name, getattr(nodes, name))
+    graph.add_edge(START, "baseline")
+    graph.add_conditional_edges("baseline", after_baseline, ["baseline", "plan", "finish"])
+    graph.add_conditional_edges("plan", after_plan, ["edit", "reflect", "finish"])
+    graph.add_conditional_edges("edit", after_edit, ["run", "revert"])
+    graph.add_edge("run", "judge")
+    graph.add_conditional_edges("judge", after_judge, ["keep", "revert"])
+    graph.add_conditional_edges("keep", after_settle, ["run", "record"])
+    graph.add_conditional_edges("revert", after_settle, ["run", "record"])
+    graph.add_conditional_edges("record", after_record, ["reflect", "plan"])
+    graph.add_edge("reflect", "plan")
+    graph.add_edge("finish", END)
+    return graph
+
+
+def checkpointer(run_dir: Path) -> SqliteSaver:
+    conn = sqlite3.connect(run_dir / CHECKPOINTS, check_same_thread=False)
+    return SqliteSaver(conn)

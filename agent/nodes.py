@@ -1,0 +1,356 @@
+"""The research loop's nodes. Each does one thing and returns a state update.
+
+    baseline (x2) -> plan -> edit -> run -> judge -> keep | revert -> record -> plan ...
+                         \\-> reflect (invalid reply)   failures: record -> reflect -> plan
+
+Side effects go through the sandbox workspace, whose journal makes each one durable and
+recoverable; LangGraph checkpoints the state after every node. A node re-executed after a
+crash therefore first asks the workspace what already happened (`_settled`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent.diagnosis import rule_based_diagnosis
+from agent.goal import Goal
+from agent.knob_values import read_knob_values
+from agent.planners.base import ExperimentSummary, PlanContext, Planner, PlannerError, Proposal
+from agent.records import RunRecords
+from agent.state import RunState
+from agent.view import RunView
+from sandbox.errors import EditError
+from sandbox.workspace import Workspace
+
+BASELINE = ("baseline", "baseline (repeat, to measure noise)")
+FAILED_RUN = ("crashed", "timeout", "oom", "no_metric")
+MAX_PLANNER_FAILURES = 3
+
+
+@dataclass
+class Runtime:
+    """What the nodes work with besides the state: not checkpointed, rebuilt on resume."""
+
+    goal: Goal
+    run_dir: Path
+    workspace: Workspace
+    planner: Planner
+    records: RunRecords
+    view: RunView
+    grace: float = 60.0
+    memory_limit_bytes: int | None = None
+    session_start: float = field(default_factory=time.monotonic)
+    session_base: float = 0.0  # wall seconds used before this session
+
+    def wall_used(self) -> float:
+        return self.session_base + time.monotonic() - self.session_start
+
+
+class Nodes:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.ws = rt.workspace
+        self.spec = rt.goal.spec
+
+    # --- baseline ---------------------------------------------------------------------------
+
+    def baseline(self, state: RunState) -> dict[str, Any]:
+        """Run the unmodified code; twice over two visits, to measure the noise."""
+        done = list(state["baseline_metrics"])
+        hypothesis = BASELINE[len(done)]
+        exp = self._begin(hypothesis)
+        self.ws.commit()
+        result = self._run(exp, hypothesis)
+        metric = result["metrics"].get(self.spec.metric.name)
+        record = self._record(exp, hypothesis, result=result, metric=metric, baseline=True)
+        if result["status"] != "ok" or metric is None:
+            commit = self.ws.discard(exp, record, status=result["status"])
+            self._append({**record, "status": result["status"], "commit": commit})
+            return {"stop_reason": f"the baseline {result['status']} ({result['reason']}); "
+                                   f"fix the code first, see {result['log_path']}"}
+        self.ws.keep(exp, record, best=not done)
+        self._append({**record, "status": "keep", "commit": self._commit_of(exp)})
+        done.append(metric)
+        update: dict[str, Any] = {"baseline_metrics": done}
+        if len(done) == len(BASELINE):
+            update["noise"] = abs(done[0] - done[1])
+            update["best_metric"] = statistics.fmean(done)
+            update["wall_seconds"] = self.rt.wall_used()
+        return update
+
+    # --- plan ---------------------------------------------------------------------------------
+
+    def plan(self, state: RunState) -> dict[str, Any]:
+        if stop := self._budget_exhausted(state):
+            return {"stop_reason": stop}
+        context = self._context(state)
+        self.rt.view.message(f"planning with {self.rt.planner.name}…")
+        try:
+            proposal = self.rt.planner.propose(context)
+        except PlannerError as err:
+            failures = state["planner_failures"] + 1
+            update: dict[str, Any] = {"proposal": None, "planner_failures": failures,
+                                      "failure": f"the planner gave no valid proposal: {err}"}
+            if failures >= MAX_PLANNER_FAILURES:
+                update["stop_reason"] = (f"{failures} planner replies in a row were invalid "
+                                         f"(last: {err})")
+            return update
+        tokens = state["tokens"] + proposal.usage.total_tokens
+        # the diagnosis has now entered a proposal's context: it is consumed
+        return {"proposal": _dump(proposal), "planner_failures": 0, "tokens": tokens,
+                "diagnosis": None}
+
+    # --- edit ---------------------------------------------------------------------------------
+
+    def edit(self, state: RunState) -> dict[str, Any]:
+        proposal = state["proposal"]
+        assert proposal is not None
+        exp = self._begin(proposal["hypothesis"])
+        update: dict[str, Any] = {"exp": exp, "experiments": state["experiments"] + 1,
+                                  "result": None, "diff_hash": None}
+        try:
+            self.ws.apply(proposal["edits"])
+        except EditError as err:
+            return {**update, "decision": "invalid_edit",
+                    "failure": f"exp {exp:03d}: the edit did not apply: {err}"}
+        diff_hash = self._diff_hash()
+        if diff_hash is None:
+            return {**update, "decision": "invalid_edit",
+                    "failure": f"exp {exp:03d}: the edit changes nothing (the code already "
+                               "says that); propose a real change"}
+        if diff_hash in state["tried"]:
+            return {**update, "decision": "duplicate", "diff_hash": diff_hash,
+                    "failure": f"exp {exp:03d}: this exact change was already tried; "
+                               "propose a different one"}
+        self.ws.commit()
+        return {**update, "decision": None, "diff_hash": diff_hash}
+
+    # --- run ----------------------------------------------------------------------------------
+
+    def run(self, state: RunState) -> dict[str, Any]:
+        exp = state["exp"]
+        proposal = state["proposal"]
+        assert proposal is not None and exp is not None
+        current = self.ws.current
+        if current is None or current["exp"] != exp:
+            # The experiment was cut off (the workspace recovered it as interrupted): redo it
+            # under a new number, so the interrupted one keeps its own record.
+            exp = self._begin(proposal["hypothesis"])
+            self.ws.apply(proposal["edits"])
+            self.ws.commit()
+        result = self._run(exp, proposal["hypothesis"])
+        tried = [*state["tried"], state["diff_hash"]] if state["diff_hash"] else state["tried"]
+        return {"exp": exp, "result": result, "tried": tried}
+
+    # --- judge --------------------------------------------------------------------------------
+
+    def judge(self, state: RunState) -> dict[str, Any]:
+        """Greedy keep rule with a noise guard: beat the best by more than the noise."""
+        result = state["result"]
+        assert result is not None
+        if result["status"] != "ok":
+            return {"decision": result["status"],
+                    "failure": f"exp {state['exp']:03d} {result['status']}: {result['reason']}"}
+        metric = result["metrics"].get(self.spec.metric.name)
+        if metric is None:
+            return {"decision": "no_metric",
+                    "failure": f"exp {state['exp']:03d} printed no METRIC "
+                               f"{self.spec.metric.name}=…"}
+        margin = max(state["noise"], self.spec.min_delta or 0.0)
+        best = state["best_metric"]
+        gain = (best - metric) if self.spec.metric.goal == "minimize" else (metric - best)
+        return {"decision": "keep" if gain > margin else "discard", "failure": None}
+
+    # --- keep / revert ------------------------------------------------------------------------
+
+    def keep(self, state: RunState) -> dict[str, Any]:
+        exp = state["exp"]
+        if (settled := self._settled(exp)) is not None:
+            return settled
+        metric = state["result"]["metrics"][self.spec.metric.name]
+        self.ws.keep(exp, self._note(state, metric), best=True)
+        return {"best_metric": metric}
+
+    def revert(self, state: RunState) -> dict[str, Any]:
+        exp = state["exp"]
+        if (settled := self._settled(exp)) is not None:
+            return settled
+        result = state.get("result") or {}
+        metric = (result.get("metrics") or {}).get(self.spec.metric.name)
+        self.ws.discard(exp, self._note(state, metric), status=state["decision"])
+        return {}
+
+    # --- record -------------------------------------------------------------------------------
+
+    def record(self, state: RunState) -> dict[str, Any]:
+        exp = state["exp"]
+        entry = next(h for h in reversed(self.ws.history) if h["exp"] == exp)
+        record = {**self._note(state, entry["metric"]), "status": entry["status"],
+                  "commit": entry["commit"]}
+        if self._append(record):  # told once: a resumed planner re-learns from the records
+            self.rt.planner.observe(Proposal.model_validate(state["proposal"]), record["knobs"],
+                                    record["metric"], record["status"])
+        return {"wall_seconds": self.rt.wall_used(), "result": None}
+
+    # --- reflect ------------------------------------------------------------------------------
+
+    def reflect(self, state: RunState) -> dict[str, Any]:
+        """Read the failure and say what to do differently; it enters the next prompt."""
+        failure = state["failure"] or "unknown failure"
+        result = state.get("result") or {}
+        log_tail = result.get("log_tail", "")
+        diagnose = getattr(self.rt.planner, "diagnose", None)
+        diagnosis, tokens = None, 0
+        if diagnose is not None:
+            try:
+                diagnosis, usage = diagnose(self._context(state), f"{failure}\n{log_tail}")
+                tokens = usage.total_tokens
+            except PlannerError:
+                diagnosis = None
+        diagnosis = diagnosis or rule_based_diagnosis(failure, log_tail)
+        self.rt.view.message(f"reflect: {diagnosis}")
+        text = f"{failure}\nDiagnosis: {diagnosis}"
+        if log_tail:
+            text += "\nLog tail:\n" + "\n".join(log_tail.splitlines()[-15:])
+        return {"diagnosis": text, "failure": None, "tokens": state["tokens"] + tokens,
+                "result": None}
+
+    # --- finish -------------------------------------------------------------------------------
+
+    def finish(self, state: RunState) -> dict[str, Any]:
+        from agent.report import write_report
+
+        reason = state.get("stop_reason") or "done"
+        write_report(self.rt.run_dir, self.rt.goal, self.rt.records.read(), stop_reason=reason)
+        self.rt.view.message(f"finished: {reason}; report at {self.rt.run_dir / 'report.md'}")
+        return {"stop_reason": reason, "wall_seconds": self.rt.wall_used()}
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _begin(self, hypothesis: str) -> int:
+        exp = self.ws.next_exp
+        self.ws.begin(exp, hypothesis)
+        self.rt.view.experiment_started(exp, hypothesis, self.spec.budget.per_experiment)
+        return exp
+
+    def _run(self, exp: int, hypothesis: str) -> dict[str, Any]:
+        result = self.ws.run(
+            self.spec.command,
+            time_budget=self.spec.budget.per_experiment,
+            seed=self.spec.seed,
+            grace=self.rt.grace,
+            mem_limit=self.rt.memory_limit_bytes,
+            metric=self.spec.metric.name,
+            on_line=self.rt.view.line,
+        )
+        return {"status": result.status, "exit_code": result.exit_code,
+                "metrics": dict(result.metrics), "seconds": round(result.seconds, 3),
+                "reason": result.reason, "log_tail": result.log_tail,
+                "log_path": str(result.log_path or self.ws.log_path(exp))}
+
+    def _settled(self, exp: int) -> dict[str, Any] | None:
+        """After a crash: the workspace may have finished this experiment already (nothing to
+        do) or recovered it as interrupted (it must run again)."""
+        if self.ws.current is not None and self.ws.current["exp"] == exp:
+            return None
+        entry = next((h for h in reversed(self.ws.history) if h["exp"] == exp), None)
+        if entry is not None and entry["status"] == "interrupted":
+            return {"decision": "rerun"}
+        return {}
+
+    def _diff_hash(self) -> str | None:
+        """Hash of the uncommitted change (None when there is none): equal changes, equal hash."""
+        diff = self.ws.git.run("diff", "HEAD", "--", *self.spec.editable)
+        return hashlib.sha256(diff.encode()).hexdigest()[:16] if diff.strip() else None
+
+    def _commit_of(self, exp: int) -> str | None:
+        return next((h["commit"] for h in reversed(self.ws.history) if h["exp"] == exp), None)
+
+    def _note(self, state: RunState, metric: float | None) -> dict[str, Any]:
+        proposal = state["proposal"] or {}
+        return self._record(
+            state["exp"], proposal.get("hypothesis", ""), result=state.get("result"),
+            metric=metric, proposal=proposal, diff_hash=state.get("diff_hash"),
+            failure=state.get("failure"),
+        )
+
+    def _record(self, exp: int, hypothesis: str, *, result: dict | None, metric: float | None,
+                proposal: dict | None = None, diff_hash: str | None = None,
+                failure: str | None = None, baseline: bool = False) -> dict[str, Any]:
+        """The JSON record of one experiment: git note and experiments.jsonl line."""
+        proposal = proposal or {}
+        usage = proposal.get("usage") or {}
+        result = result or {}
+        files = {p: (self.ws.path / p).read_text(encoding="utf-8", errors="replace")
+                 for p in self.spec.editable if (self.ws.path / p).is_file()}
+        return {
+            "exp": exp,
+            "hypothesis": hypothesis,
+            "rationale": proposal.get("rationale", ""),
+            "edits": proposal.get("edits", []),
+            "baseline": baseline,
+            "metric": metric,
+            "metric_name": self.spec.metric.name,
+            "metrics": result.get("metrics", {}),
+            "run_status": result.get("status"),
+            "seconds": result.get("seconds"),
+            "reason": failure or result.get("reason") or "",
+            "planner": "none" if baseline else self.rt.planner.name,
+            "tokens": {"prompt": usage.get("prompt_tokens", 0),
+                       "completion": usage.get("completion_tokens", 0)},
+            "cost_usd": usage.get("cost_usd"),
+            "propose_seconds": usage.get("seconds"),
+            "knobs": read_knob_values(files, self.rt.goal.knobs),
+            "diff_hash": diff_hash,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _append(self, record: dict[str, Any]) -> bool:
+        if not self.rt.records.append(record):
+            return False
+        self.rt.view.recorded(record)
+        return True
+
+    def _budget_exhausted(self, state: RunState) -> str | None:
+        budget = self.spec.budget
+        if state["experiments"] >= budget.experiments:
+            return f"experiment budget of {budget.experiments} reached"
+        if self.rt.wall_used() + budget.per_experiment > budget.wall:
+            return f"wall budget of {budget.wall:g}s reached"
+        if budget.tokens is not None and state["tokens"] >= budget.tokens:
+            return f"token budget of {budget.tokens} reached"
+        return None
+
+    def _context(self, state: RunState) -> PlanContext:
+        files = {p: (self.ws.path / p).read_text(encoding="utf-8", errors="replace")
+                 for p in self.spec.editable}
+        history = [
+            ExperimentSummary(exp=r["exp"], hypothesis=r["hypothesis"],
+                              status="baseline" if r.get("baseline") else r["status"],
+                              metric=r.get("metric"), knobs=r.get("knobs") or {})
+            for r in self.rt.records.read()
+        ]
+        baseline = state["baseline_metrics"]
+        return PlanContext(
+            brief=self.rt.goal.brief, metric_name=self.spec.metric.name,
+            goal=self.spec.metric.goal, editable_files=files, knobs=self.rt.goal.knobs,
+            current_knobs=read_knob_values(files, self.rt.goal.knobs), history=history,
+            best_metric=state["best_metric"],
+            baseline_metric=statistics.fmean(baseline) if baseline else None,
+            last_failure=state.get("diagnosis"), hints=[], seed=self.spec.seed + len(history),
+        )
+
+
+def _dump(proposal: Proposal) -> dict[str, Any]:
+    data = proposal.model_dump()
+    usage = proposal.usage
+    data["usage"] = {"prompt_tokens": usage.prompt_tokens,
+                     "completion_tokens": usage.completion_tokens, "seconds": usage.seconds,
+                     "cost_usd": usage.cost_usd, "attempts": usage.attempts}
+    return data

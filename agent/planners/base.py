@@ -1,0 +1,98 @@
+"""The one interface every planner shares: `propose(context) -> Proposal`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from sandbox.knobs import KnobSpec
+
+
+class SearchReplaceEdit(BaseModel):
+    """Replace the single occurrence of `search` in the editable file `path` with `replace`."""
+
+    path: str
+    search: str = Field(min_length=1)
+    replace: str
+
+
+class KnobEdit(BaseModel):
+    """Set the top-level constant `knob` (declared in the goal's knobs) to `value`."""
+
+    knob: str
+    value: float | int | str | bool
+
+
+@dataclass(frozen=True)
+class Usage:
+    """LLM cost of one proposal (zero for planners without an LLM)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    cost_usd: float | None = None
+    attempts: int = 1  # replies it took to get a valid proposal (repairs, retries)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ProposalReply(BaseModel):
+    """What an LLM must send: the schema given to it and validated on its reply."""
+
+    hypothesis: str = Field(min_length=3, max_length=300)  # one line: what and why it helps
+    rationale: str = ""
+    edits: list[SearchReplaceEdit | KnobEdit] = Field(min_length=1)
+
+
+class Proposal(ProposalReply):
+    """A validated reply plus what it cost to get."""
+
+    usage: Usage = Field(default_factory=Usage, exclude=True)
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """What the planner may know about a past experiment."""
+
+    exp: int
+    hypothesis: str
+    status: str  # keep | discard | crashed | timeout | oom | no_metric | invalid | rejected ...
+    metric: float | None
+    knobs: dict[str, Any] = field(default_factory=dict)  # knob values the experiment ran with
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    brief: str  # the goal's research brief
+    metric_name: str
+    goal: Literal["minimize", "maximize"]
+    editable_files: dict[str, str]  # path -> current best code
+    knobs: dict[str, KnobSpec]  # tunable constants and their allowed values
+    current_knobs: dict[str, Any]  # their values in the current best code
+    history: list[ExperimentSummary]  # oldest first
+    best_metric: float | None
+    baseline_metric: float | None
+    last_failure: str | None = None  # reflect's diagnosis + log tail of the last failure
+    hints: list[str] = field(default_factory=list)  # from a person, newest last
+    seed: int = 1337
+
+
+class PlannerError(RuntimeError):
+    """The planner could not produce a valid proposal; the message says why (one line)."""
+
+
+class Planner(Protocol):
+    name: str
+
+    def propose(self, context: PlanContext) -> Proposal:
+        """A new proposal for the next experiment, or PlannerError."""
+        ...
+
+    def observe(self, proposal: Proposal, knobs: dict[str, Any], metric: float | None,
+                status: str) -> None:
+        """Learn the outcome of a proposal (the search planner tells its sampler)."""
+        ...

@@ -1,0 +1,63 @@
+"""The run's append-only records: `experiments.jsonl` (full) and `results.tsv` (one line each).
+
+Appends are idempotent by experiment number, so a node re-executed after a crash never writes an
+experiment twice; a torn last line (crash mid-write) is ignored when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TSV_HEADER = "exp\tcommit\tmetric\tstatus\tdescription\n"
+
+
+class RunRecords:
+    def __init__(self, run_dir: Path) -> None:
+        self.jsonl = run_dir / "experiments.jsonl"
+        self.tsv = run_dir / "results.tsv"
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every complete record, oldest first."""
+        if not self.jsonl.exists():
+            return []
+        records = []
+        for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a crash mid-append
+        return records
+
+    def has(self, exp: int) -> bool:
+        return any(r.get("exp") == exp for r in self.read())
+
+    def append(self, record: dict[str, Any]) -> bool:
+        """Append one experiment's record unless it is already there; True if written."""
+        if self.has(record["exp"]):
+            return False
+        _append_line(self.jsonl, json.dumps(record, sort_keys=True))
+        if not self.tsv.exists():
+            _append_line(self.tsv, TSV_HEADER.rstrip("\n"))
+        metric = record.get("metric")
+        description = " ".join(str(record.get("hypothesis", "")).split())
+        _append_line(self.tsv, "\t".join([
+            f"{record['exp']:03d}", (record.get("commit") or "")[:7],
+            "" if metric is None else f"{metric:.6f}", record["status"], description,
+        ]))
+        return True
+
+
+def _append_line(path: Path, line: str) -> None:
+    # A torn previous line (crash mid-write) must not swallow this one: start on a new line.
+    prefix = ""
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            prefix = "" if f.read(1) == b"\n" else "\n"
+    with path.open("a", encoding="utf-8") as f:
+        f.write(prefix + line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
