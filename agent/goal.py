@@ -55,8 +55,9 @@ class Budget(Strict):
     experiments: int = Field(default=20, ge=1)
     wall: float = 1800.0  # seconds for the whole run
     tokens: int | None = Field(default=None, ge=1)  # LLM tokens for the whole run
+    grace: float = 120.0  # beyond per_experiment: start-up, evaluation, checkpointing
 
-    _durations = field_validator("per_experiment", "wall", mode="before")(
+    _durations = field_validator("per_experiment", "wall", "grace", mode="before")(
         lambda v: parse_duration(v)
     )
 

@@ -43,7 +43,6 @@ class Runtime:
     planner: Planner
     records: RunRecords
     view: RunView
-    grace: float = 60.0
     memory_limit_bytes: int | None = None
     session_start: float = field(default_factory=time.monotonic)
     session_base: float = 0.0  # wall seconds used before this session
@@ -244,7 +243,7 @@ class Nodes:
             self.spec.command,
             time_budget=self.spec.budget.per_experiment,
             seed=self.spec.seed,
-            grace=self.rt.grace,
+            grace=self.spec.budget.grace,
             mem_limit=self.rt.memory_limit_bytes,
             metric=self.spec.metric.name,
             on_line=self.rt.view.line,

@@ -172,7 +172,7 @@ def _list_files(source: _Source) -> list[tuple[str, int, int]]:
             st = path.stat()
         except OSError as err:
             raise _unreadable(path, err.strerror or str(err), source) from err
-        if False:
+        if not stat.S_ISREG(st.st_mode):
             raise _unreadable(path, "not a regular file (FIFO, socket or device)", source)
         listed.append((path.relative_to(source.root).as_posix(), st.st_size, st.st_mtime_ns))
     return listed
@@ -223,7 +223,9 @@ def _documents(source: _Source, files: list[tuple[str, int, int]], skipped: dict
         yield rel, doc
 
 
-def _build_entry(entry: Path, source: _Source, files, spec: str) -> dict:
+def _build_entry(
+    entry: Path, source: _Source, files: list[tuple[str, int, int]], spec: str
+) -> dict:
     train: list[bytes] = []
     val: list[bytes] = []
     skipped = {"binary": 0, "empty": 0, "unparsable": 0}
@@ -251,6 +253,17 @@ def _build_entry(entry: Path, source: _Source, files, spec: str) -> dict:
         meta |= {"split": "tail", "n_train_files": len(train or val), "n_val_files": 0}
         train, val = [stream[:cut]], [stream[cut:]]
 
+    try:
+        return _write_entry(entry, meta, train, val, source.prefix)
+    except OSError as err:
+        raise CorpusError(
+            f"cannot write the corpus cache in {entry.parent}: {err.strerror or err}; "
+            "free some space or set MAGNET_CACHE_DIR to a writable folder"
+        ) from err
+
+
+def _write_entry(entry: Path, meta: dict, train: list[bytes], val: list[bytes], prefix: str):
+    """Write into a temporary folder, then rename it into place: readers never see half."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
     try:
@@ -271,7 +284,7 @@ def _build_entry(entry: Path, source: _Source, files, spec: str) -> dict:
             return existing
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only left after a failure
-    for old in entry.parent.glob(f"{source.prefix}-*"):
+    for old in entry.parent.glob(f"{prefix}-*"):
         if old != entry:  # stale builds of the same source
             shutil.rmtree(old, ignore_errors=True)
     return meta
@@ -319,19 +332,20 @@ def extract_prose(source: bytes) -> str | None:
         warnings.simplefilter("ignore")  # invalid escapes etc. in deliberately odd test files
         try:
             tree = ast.parse(source)
-        except (SyntaxError, ValueError, RecursionError):
+            text = importlib.util.decode_source(source)  # PEP 263 encoding, universal newlines
+        except (SyntaxError, ValueError, RecursionError):  # includes UnicodeDecodeError
             return None
     chunks = _docstrings(tree)
     blocks: list[tuple[int, list[str]]] = []  # (first line, comment lines)
     previous = -1
-    for line, text in _comments(importlib.util.decode_source(source)):
+    for line, comment in _comments(text):
         if not blocks or line != previous + 1:
             blocks.append((line, []))
-        blocks[-1][1].append(text)
+        blocks[-1][1].append(comment)
         previous = line
     chunks += [(line, "\n".join(lines)) for line, lines in blocks]
     chunks.sort(key=lambda chunk: chunk[0])
-    return "\n\n".join(text for _, text in chunks)
+    return "\n\n".join(chunk for _, chunk in chunks)
 
 
 def _docstrings(tree: ast.Module) -> list[tuple[int, str]]:

@@ -1,10 +1,12 @@
 """Corpora, split, cache and batching of bitnet.data, on real files and the real stdlib."""
 
+import contextlib
 import hashlib
 import importlib.util
 import io
 import os
 import sysconfig
+import threading
 import tokenize
 from pathlib import Path
 
@@ -112,14 +114,14 @@ def test_split_rule_is_a_fixed_sha256_bucket():
 
 def test_split_is_by_file_deterministic_and_disjoint(tmp_path):
     files = names(True, 3) + names(False, 40)
-    write_folder(tmp_path / "corpus", files)
+    write_folder(tmp_path / "corpus", files[::7] + files)  # created out of order
     first = load_corpus(f"text:{tmp_path / 'corpus'}", tmp_path / "cache1")
     second = load_corpus(f"text:{tmp_path / 'corpus'}", tmp_path / "cache2")
     assert bytes(first.train) == bytes(second.train) and bytes(first.val) == bytes(second.val)
 
-    val_docs, train_docs = set(docs(first.val)), set(docs(first.train))
-    assert val_docs == {f"contents of {n}\n".encode() for n in files[:3]}
-    assert train_docs == {f"contents of {n}\n".encode() for n in files[3:]}
+    # each file is whole on exactly one side, in sorted path order
+    assert docs(first.val) == [f"contents of {n}\n".encode() for n in files[:3]]
+    assert docs(first.train) == [f"contents of {n}\n".encode() for n in files[3:]]
     assert (first.n_val_files, first.n_train_files) == (3, 40)
     assert first.name == f"text:{tmp_path / 'corpus'}"
     assert first.train.dtype == np.uint8 and not first.train.flags.writeable
@@ -289,9 +291,23 @@ def test_broken_symlink_is_named_as_unreadable(tmp_path):
 def test_fifo_is_refused_without_blocking(tmp_path):
     root = tmp_path / "corpus"
     write_folder(root, ["fine.txt"])
-    os.mkfifo(root / "pipe.txt")  # opening it for reading would block forever
-    message = one_line_error(f"text:{root}", tmp_path / "cache")
-    assert str(root / "pipe.txt") in message and "not a regular file" in message
+    fifo = root / "pipe.txt"
+    os.mkfifo(fifo)  # opening it for reading blocks until a writer comes
+    done = threading.Event()
+
+    def writer() -> None:  # should the loader open the FIFO, unblock it so the test fails
+        while not done.wait(0.2):
+            with contextlib.suppress(OSError):  # ENXIO: nobody is reading
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        message = one_line_error(f"text:{root}", tmp_path / "cache")
+    finally:
+        done.set()
+        thread.join()
+    assert str(fifo) in message and "not a regular file" in message
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
@@ -311,6 +327,9 @@ def test_pycode_is_the_stdlib_source(pycode):
     assert len(text) > 5_000_000
     assert b"def dedent(text):" in text  # textwrap.py
     installed = [p for p in sorted(STDLIB.glob("site-packages/*/*.py")) if p.stat().st_size > 2000]
+    license = STDLIB / "LICENSE.txt"
+    if license.exists():  # only .py files
+        assert license.read_bytes()[:500] not in text
     if installed:  # third-party code next to the stdlib is not part of it
         assert installed[0].read_bytes() not in text
     n_docs = pycode.n_train_files + pycode.n_val_files

@@ -1,0 +1,324 @@
+"""The `openai` planner: any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp).
+
+One proposal = one chat request (plus at most one repair round when the reply is not a valid
+ProposalReply). Structured output (`response_format` json_schema) is asked for first; a server
+that rejects it gets plain JSON-in-text for the rest of the run. 429 / 5xx / timeouts /
+connection errors are retried here with exponential backoff (the SDK's own retries are off, so
+the attempts and the time they take are counted in one place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from pydantic import ValidationError
+
+from agent.planners.base import PlanContext, PlannerError, Proposal, ProposalReply, Usage
+from agent.prompt import (
+    DEFAULT_TOKEN_BUDGET,
+    Message,
+    build_messages,
+    estimate_tokens,
+    messages_tokens,
+    reflect_messages,
+    repair_prompt,
+)
+
+log = logging.getLogger(__name__)
+
+# USD per million (prompt, completion) tokens; dated snapshots match by prefix. Approximate list
+# prices (2025) for a few OpenAI models; any other model gets cost_usd=None.
+PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "o3-mini": (1.10, 4.40),
+    "o4-mini": (1.10, 4.40),
+    "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-nano": (0.05, 0.40),
+}
+RETRY_STATUS = {408, 409, 429}  # plus every 5xx, as the SDK itself would retry
+DIAGNOSIS_CHARS = 600
+
+
+class ReplyError(ValueError):
+    """A reply that is not a valid proposal; str() is one line, sent back in the repair round."""
+
+
+def parse_reply(text: str) -> ProposalReply:
+    """The first JSON object in `text` (prose and ``` fences around it are fine), validated."""
+    data = extract_json_object(text)
+    try:
+        return ProposalReply.model_validate(data)
+    except ValidationError as err:
+        problems = [_problem(error, data) for error in err.errors()]
+        shown = "; ".join(dict.fromkeys(p for p in problems if p))  # unique, in order
+        raise ReplyError(f"the JSON does not match the schema: {shown}") from None
+
+
+EDIT_KINDS = {"SearchReplaceEdit", "KnobEdit"}
+
+
+def _problem(error: Any, data: dict[str, Any]) -> str | None:
+    """`edits.0.search: String should have ...`, or None for the union branch the edit is not.
+
+    An edit fails against both union members; only the one its keys point at is worth telling.
+    """
+    loc = list(error["loc"])
+    if len(loc) >= 3 and loc[0] == "edits" and loc[2] in EDIT_KINDS:
+        edit = data["edits"][loc[1]]
+        meant = "KnobEdit" if isinstance(edit, dict) and "knob" in edit else "SearchReplaceEdit"
+        if loc[2] != meant:
+            return None
+        del loc[2]
+    return f"{'.'.join(str(part) for part in loc) or 'reply'}: {error['msg']}"
+
+
+def extract_json_object(text: str) -> dict[str, Any]:
+    """Decode the first `{...}` in `text` that is a whole JSON object."""
+    decoder = json.JSONDecoder()
+    first_error: json.JSONDecodeError | None = None
+    start = text.find("{")
+    while start != -1:
+        try:
+            data, _ = decoder.raw_decode(text, start)
+            if isinstance(data, dict):
+                return data
+        except json.JSONDecodeError as err:
+            first_error = first_error or err
+        start = text.find("{", start + 1)
+    if first_error is not None:
+        raise ReplyError(f"the reply is not valid JSON ({first_error.msg} at line "
+                         f"{first_error.lineno} column {first_error.colno})")
+    raise ReplyError("the reply contains no JSON object")
+
+
+def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Cost in USD when the price table knows `model` (longest matching prefix), else None."""
+    known = [name for name in PRICES_PER_MTOK if model == name or model.startswith(name + "-")]
+    if not known:
+        return None
+    prompt_rate, completion_rate = PRICES_PER_MTOK[max(known, key=len)]
+    return (prompt_tokens * prompt_rate + completion_tokens * completion_rate) / 1e6
+
+
+@dataclass
+class _Tally:
+    """Usage accumulated over the requests of one proposal or diagnosis."""
+
+    model: str
+    started: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     seconds=round(time.perf_counter() - self.started, 3),
+                     cost_usd=price(self.model, self.prompt_tokens, self.completion_tokens),
+                     attempts=max(1, self.requests))
+
+
+class OpenAIPlanner:
+    """Proposals from a chat model behind an OpenAI-compatible endpoint."""
+
+    name = "openai"
+
+    def __init__(self, model: str | None, *, base_url: str | None = None,
+                 api_key: str | None = None, timeout: float | None = None, attempts: int = 4,
+                 base_delay: float | None = None, max_delay: float = 60.0,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, temperature: float | None = None,
+                 max_tokens: int | None = None, structured: bool = True,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not model:
+            raise PlannerError("the openai planner needs a model name; "
+                               "set `model:` in the goal or pass --model")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        if api_key is None:
+            if base_url is None:
+                raise PlannerError("the openai planner needs OPENAI_API_KEY, or OPENAI_BASE_URL "
+                                   "for a local server (vLLM, Ollama, llama.cpp)")
+            api_key = "none"  # local servers ignore it, but the SDK insists on one
+        # unset: MAGNET_OPENAI_TIMEOUT / MAGNET_OPENAI_RETRY_DELAY (seconds), so tests and slow
+        # local servers can tune them without code
+        timeout = timeout if timeout is not None else _env_seconds("MAGNET_OPENAI_TIMEOUT", 120.0)
+        if base_delay is None:
+            base_delay = _env_seconds("MAGNET_OPENAI_RETRY_DELAY", 2.0)
+        self.model = model
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout,
+                                    max_retries=0)
+        self.attempts, self.base_delay, self.max_delay = max(1, attempts), base_delay, max_delay
+        self.token_budget = token_budget
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.structured = structured  # set to False for good when the server rejects it
+        self.total = Usage(attempts=0)  # everything this planner has spent, failures included
+        self._sleep = sleep
+
+    # --- the Planner interface --------------------------------------------------------------
+
+    def propose(self, context: PlanContext) -> Proposal:
+        """Ask for a proposal; one repair round if the reply is invalid, then PlannerError."""
+        tally = _Tally(self.model, time.perf_counter())
+        messages = build_messages(context, token_budget=self.token_budget)
+        try:
+            reply_text = self._complete(messages, tally, want_json=True)
+            try:
+                reply = parse_reply(reply_text)
+            except ReplyError as err:
+                log.info("invalid proposal (%s); asking for a repair", err)
+                messages = [*messages, {"role": "assistant", "content": reply_text},
+                            {"role": "user", "content": repair_prompt(str(err))}]
+                try:
+                    reply = parse_reply(self._complete(messages, tally, want_json=True))
+                except ReplyError as again:
+                    raise PlannerError(f"invalid reply after one repair round: {again}") from None
+        except PlannerError as err:
+            err.usage = self._spend(tally)  # type: ignore[attr-defined] - tokens still spent
+            raise
+        return Proposal(hypothesis=reply.hypothesis, rationale=reply.rationale,
+                        edits=reply.edits, usage=self._spend(tally))
+
+    def observe(self, proposal: Proposal, knobs: dict[str, Any], metric: float | None,
+                status: str) -> None:
+        """Nothing to learn here: the outcome reaches the model through the next prompt."""
+
+    def diagnose(self, context: PlanContext, failure_text: str,
+                 hypothesis: str | None = None) -> tuple[str, Usage]:
+        """A one-paragraph diagnosis of a failure (`status` line, then the log tail).
+
+        The hypothesis defaults to the newest experiment's, which is the failed one once the
+        loop has recorded it.
+        """
+        status, _, log_tail = failure_text.strip().partition("\n")
+        if hypothesis is None:
+            hypothesis = context.history[-1].hypothesis if context.history else "(unknown)"
+        tally = _Tally(self.model, time.perf_counter())
+        messages = reflect_messages(context, hypothesis=hypothesis, status=status,
+                                    log_tail=log_tail)
+        try:
+            text = " ".join(self._complete(messages, tally, want_json=False).split())
+        finally:
+            usage = self._spend(tally)
+        if not text:
+            raise PlannerError("the model sent an empty diagnosis")
+        if len(text) > DIAGNOSIS_CHARS:
+            text = text[: DIAGNOSIS_CHARS - 1].rsplit(" ", 1)[0] + "…"
+        return text, usage
+
+    # --- one reply, with retries and the structured-output fallback ------------------------
+
+    def _complete(self, messages: list[Message], tally: _Tally, *, want_json: bool) -> str:
+        attempt, fell_back = 0, False
+        while True:
+            structured = want_json and self.structured
+            attempt += 1
+            tally.requests += 1
+            try:
+                response = self.client.chat.completions.create(
+                    **self._request(messages, structured))
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
+                if structured:  # most likely response_format itself: try once without it
+                    log.warning("the server rejected structured output (%s); using plain JSON "
+                                "replies from now on", _one_line(err))
+                    self.structured, fell_back = False, True
+                    attempt -= 1  # not a server failure: does not use up a retry
+                    continue
+                if fell_back:
+                    self.structured = True  # refused without it too: it was not response_format
+                raise PlannerError(f"the endpoint refused the request: {_one_line(err)}") from None
+            except (openai.APIConnectionError, openai.APIStatusError) as err:
+                if not _retryable(err):
+                    raise PlannerError(f"the endpoint failed: {_one_line(err)}") from None
+                if attempt >= self.attempts:
+                    raise PlannerError(f"the endpoint failed {attempt} times, giving up: "
+                                       f"{_one_line(err)}") from None
+                wait = self._backoff(attempt, err)
+                log.warning("%s; retrying in %.1fs", _one_line(err), wait)
+                self._sleep(wait)
+                continue
+            except openai.OpenAIError as err:  # e.g. a response the SDK cannot read
+                raise PlannerError(f"the endpoint failed: {_one_line(err)}") from None
+            return self._account(response, messages, tally)
+
+    def _request(self, messages: list[Message], structured: bool) -> dict[str, Any]:
+        request: dict[str, Any] = {"model": self.model, "messages": messages}
+        if self.temperature is not None:
+            request["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            request["max_tokens"] = self.max_tokens
+        if structured:
+            request["response_format"] = {"type": "json_schema", "json_schema": {
+                # not strict: OpenAI's strict mode forbids the schema's defaults and length bounds;
+                # replies are validated here anyway
+                "name": "proposal", "strict": False,
+                "schema": ProposalReply.model_json_schema()}}
+        return request
+
+    def _account(self, response: Any, messages: list[Message], tally: _Tally) -> str:
+        choice = response.choices[0] if response.choices else None
+        content = (choice.message.content if choice and choice.message else None) or ""
+        usage = getattr(response, "usage", None)
+        if usage is not None and usage.prompt_tokens is not None:
+            tally.prompt_tokens += usage.prompt_tokens
+            tally.completion_tokens += usage.completion_tokens or 0
+        else:  # some servers send no usage; estimate so token budgets still hold
+            tally.prompt_tokens += messages_tokens(messages)
+            tally.completion_tokens += estimate_tokens(content)
+        return content
+
+    def _backoff(self, attempt: int, err: Exception) -> float:
+        wait = self.base_delay * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+        response = getattr(err, "response", None)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        with contextlib.suppress(ValueError):  # an HTTP date is ignored: the wait is bounded
+            wait = max(wait, float(retry_after)) if retry_after else wait
+        return min(wait, self.max_delay)
+
+    def _spend(self, tally: _Tally) -> Usage:
+        usage, total = tally.usage(), self.total
+        self.total = Usage(
+            prompt_tokens=total.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=total.completion_tokens + usage.completion_tokens,
+            seconds=round(total.seconds + usage.seconds, 3),
+            cost_usd=None if usage.cost_usd is None else (total.cost_usd or 0.0) + usage.cost_usd,
+            attempts=total.attempts + usage.attempts)
+        return usage
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise PlannerError(f"{name}={raw!r} is not a number of seconds; e.g. {name}=30") from None
+
+
+def _retryable(err: Exception) -> bool:
+    if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    status = getattr(err, "status_code", 0)
+    return status in RETRY_STATUS or status >= 500
+
+
+def _one_line(err: Exception) -> str:
+    status = getattr(err, "status_code", None)
+    body = getattr(err, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message")
+    text = " ".join(str(message or err).split()) or type(err).__name__
+    text = text if len(text) <= 300 else text[:299] + "…"
+    return f"HTTP {status}: {text}" if status else f"{type(err).__name__}: {text}"

@@ -1,0 +1,89 @@
+"""Goal files: the shipped goals load; every mistake is one line naming the key and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from agent.goal import GoalError, load_goal, parse_duration
+
+ROOT = Path(__file__).parents[2]
+GOOD = """---
+name: tiny
+template: bitnet-lm
+editable: [train.py]
+command: python train.py
+metric: {name: val_bpb, goal: minimize}
+budget: {per_experiment: 30s, experiments: 5, wall: 10m}
+knobs:
+  LEARNING_RATE: {low: 1e-3, high: 1e-2, log: true}
+---
+Lower val_bpb.
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "GOAL.md"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["pycode-bitnet", "pyprose-bitnet"])
+def test_shipped_goals_load(name):
+    goal = load_goal(ROOT / "goals" / f"{name}.md")
+    assert goal.spec.name == name
+    assert goal.spec.metric.name == "val_bpb"
+    assert goal.knobs["LEARNING_RATE"].log
+    assert "bits-per-byte" in goal.brief
+
+
+def test_good_goal_parses_durations_and_knobs(tmp_path):
+    goal = load_goal(write(tmp_path, GOOD))
+    assert goal.spec.budget.per_experiment == 30 and goal.spec.budget.wall == 600
+    assert goal.source_dir.name == "bitnet-lm"
+    assert goal.brief == "Lower val_bpb."
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("name: tiny", "name: tiny\ncolour: red"), "unknown key `colour`"),
+        (("metric: {name: val_bpb, goal: minimize}", "metric: {name: val_bpb, goal: lower}"),
+         "`metric.goal`"),
+        (("per_experiment: 30s", "per_experiment: 30x"), "is not a duration; write e.g. 60s"),
+        (("wall: 10m", "wall: 10s"), "exceeds wall"),
+        (("experiments: 5", "experiments: 0"), "`budget.experiments`"),
+        (("editable: [train.py]", "editable: [nope.py]"), "nope.py does not exist"),
+        (("editable: [train.py]", "editable: [../x.py]"), "must be a path inside"),
+        (("template: bitnet-lm", "template: gpt-9"), "unknown template 'gpt-9'"),
+        (("template: bitnet-lm", "workspace: /nonexistent"), "is not a git repository"),
+        (("template: bitnet-lm\n", ""), "give exactly one of"),
+        (("command: python train.py\n", ""), "`command` is missing"),
+        (("LEARNING_RATE: {low: 1e-3", "NOT_A_KNOB: {low: 1e-3"), "NOT_A_KNOB is not a top-level"),
+        (("{low: 1e-3, high: 1e-2, log: true}", "{low: 1e-2, high: 1e-3}"),
+         "needs finite low <= high"),
+        (("metric: {name", "metric: {name: [oops"), "not valid YAML"),
+        (("Lower val_bpb.", ""), "research brief after the front matter is empty"),
+    ],
+)
+def test_mistakes_are_one_clear_line(tmp_path, change, expected):
+    old, new = change
+    assert old in GOOD
+    with pytest.raises(GoalError) as info:
+        load_goal(write(tmp_path, GOOD.replace(old, new, 1)))
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message and message.startswith(str(tmp_path))
+
+
+def test_missing_file_and_missing_front_matter(tmp_path):
+    with pytest.raises(GoalError, match="no such goal file"):
+        load_goal(tmp_path / "absent.md")
+    with pytest.raises(GoalError, match="no YAML front matter"):
+        load_goal(write(tmp_path, "just text\n"))
+
+
+def test_durations():
+    assert parse_duration("90") == 90 and parse_duration("2m") == 120
+    assert parse_duration("1.5h") == 5400 and parse_duration(45) == 45
+    with pytest.raises(ValueError):
+        parse_duration("0s")

@@ -1,0 +1,112 @@
+"""A whole research run driven over HTTP by a scripted OpenAI-compatible server (real client).
+
+Scripted: an improving proposal (kept), a worse one (reverted), an edit that does not apply
+(fed back), a crashing edit (through reflect), a hanging one (timed out), a 500 error and a
+malformed reply (survived).
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from openai_server import error, proposal, text
+
+from agent.runner import start_run
+
+TRAIN = """import time
+X = 3.0
+MODE = "ok"
+if MODE == "crash":
+    raise RuntimeError("boom: MODE crash")
+if MODE == "hang":
+    time.sleep(600)
+print(f"METRIC score={(X - 1.0) ** 2 + 0.5}")
+"""
+GOAL = """---
+name: scripted
+workspace: repo
+editable: [train.py]
+command: python train.py
+metric: {name: score, goal: minimize}
+budget: {per_experiment: 2s, grace: 3s, experiments: 5, wall: 10m}
+planner: openai
+model: scripted-model
+knobs:
+  X: {low: 0.0, high: 4.0}
+---
+Make the score small. The score is (X - 1)^2 + 0.5.
+"""
+
+
+def sr(search: str, replace: str, hypothesis: str) -> dict:
+    return {"hypothesis": hypothesis, "rationale": "scripted",
+            "edits": [{"path": "train.py", "search": search, "replace": replace}]}
+
+
+@pytest.fixture
+def goal(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.py").write_text(TRAIN)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    path = tmp_path / "GOAL.md"
+    path.write_text(GOAL)
+    return path
+
+
+def test_scripted_run(tmp_path, goal, openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    monkeypatch.setenv("MAGNET_OPENAI_RETRY_DELAY", "0.01")
+    openai_server.push(
+        proposal(sr("X = 3.0", "X = 2.0", "move X towards 1")),                   # exp 2: keep
+        proposal({"hypothesis": "overshoot X", "edits": [{"knob": "X", "value": 3.5}]}),  # 3
+        proposal(sr("Y = 1", "Y = 2", "tune Y")),                     # exp 4: does not apply
+        text("The search text Y = 1 is not in train.py; edit X instead."),      # diagnosis
+        error(500),                                                     # survived by a retry
+        proposal(sr('MODE = "ok"', 'MODE = "crash"', "try crash mode")),   # exp 5: crashes
+        text("It raised RuntimeError in crash mode; do not use it."),           # diagnosis
+        text("{not json at all"),                                       # malformed: repair
+        proposal(sr('MODE = "ok"', 'MODE = "hang"', "try hang mode")),     # exp 6: hangs
+        text("It hung past the time budget."),                                  # diagnosis
+    )
+
+    run_dir = start_run(goal, runs_dir=tmp_path / "runs")
+
+    records = [json.loads(line) for line in (run_dir / "experiments.jsonl").read_text().splitlines()]
+    assert [r["exp"] for r in records] == list(range(7))
+    assert [r["status"] for r in records] == [
+        "keep", "keep", "keep", "discard", "invalid_edit", "crashed", "timeout"]
+    assert records[2]["metric"] == 1.5 and records[3]["metric"] == 6.75
+    assert openai_server.pending == 0  # every scripted reply was asked for, no more
+    assert len(openai_server.requests) == 10
+
+    # the edit that did not apply was fed back into the next proposal's prompt
+    after_invalid = "\n".join(openai_server.user_messages(4))
+    assert "Y = 1" in after_invalid and "did not apply" in after_invalid
+    # the crash's log tail reached the planner
+    after_crash = "\n".join(openai_server.user_messages(7))
+    assert "boom: MODE crash" in after_crash
+    assert "repair" in json.dumps(openai_server.requests[8]).lower() or \
+        "not valid" in json.dumps(openai_server.requests[8]).lower()
+    assert all(r["tokens"]["prompt"] > 0 for r in records[2:])
+
+    # git holds the same story: the kept change on the branch, the others at their refs
+    ws = run_dir / "workspace"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ws), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert 'X = 2.0' in git("show", "HEAD:train.py") and 'MODE = "ok"' in git("show", "HEAD:train.py")
+    assert git("rev-parse", "magnet/best") == git("rev-parse", "refs/magnet/exp/002")
+    assert 'MODE = "hang"' in git("show", "refs/magnet/exp/006:train.py")
+    assert '"status": "crashed"' in git("notes", "--ref", "magnet", "show", "refs/magnet/exp/005")
+    tsv = (run_dir / "results.tsv").read_text().splitlines()
+    assert tsv[3].split("\t")[3] == "keep" and tsv[7].split("\t")[3] == "timeout"
+    assert (run_dir / "progress.png").stat().st_size > 1000
+    assert "Baseline 4.5000 → best 1.5000" in (run_dir / "report.md").read_text()
