@@ -94,8 +94,11 @@ class Nodes:
             proposal = self.rt.planner.propose(context)
         except PlannerError as err:
             failures = state["planner_failures"] + 1
-            update: dict[str, Any] = {"proposal": None, "planner_failures": failures,
-                                      "failure": f"the planner gave no valid proposal: {err}"}
+            spent = getattr(err, "usage", None)  # failed replies cost tokens too
+            update: dict[str, Any] = {
+                "proposal": None, "planner_failures": failures,
+                "failure": f"the planner gave no valid proposal: {err}",
+                "tokens": state["tokens"] + (spent.total_tokens if spent else 0)}
             if failures >= MAX_PLANNER_FAILURES:
                 update["stop_reason"] = (f"{failures} planner replies in a row were invalid "
                                          f"(last: {err})")
@@ -208,7 +211,10 @@ class Nodes:
         diagnosis, tokens = None, 0
         if diagnose is not None:
             try:
-                diagnosis, usage = diagnose(self._context(state), f"{failure}\n{log_tail}")
+                proposal = state.get("proposal") or {}
+                hypothesis = proposal.get("hypothesis", "(the reply held no valid proposal)")
+                diagnosis, usage = diagnose(self._context(state), f"{failure}\n{log_tail}",
+                                            hypothesis=hypothesis)
                 tokens = usage.total_tokens
             except PlannerError:
                 diagnosis = None

@@ -210,10 +210,12 @@ class OpenAIPlanner:
                                     log_tail=log_tail)
         try:
             text = " ".join(self._complete(messages, tally, want_json=False).split())
-        finally:
-            usage = self._spend(tally)
-        if not text:
-            raise PlannerError("the model sent an empty diagnosis")
+            if not text:
+                raise PlannerError("the model sent an empty diagnosis")
+        except PlannerError as err:
+            err.usage = self._spend(tally)  # type: ignore[attr-defined] - tokens still spent
+            raise
+        usage = self._spend(tally)
         if len(text) > DIAGNOSIS_CHARS:
             text = text[: DIAGNOSIS_CHARS - 1].rsplit(" ", 1)[0] + "…"
         return text, usage

@@ -77,7 +77,8 @@ def test_scripted_run(tmp_path, goal, openai_server, monkeypatch):
 
     run_dir = start_run(goal, runs_dir=tmp_path / "runs")
 
-    records = [json.loads(line) for line in (run_dir / "experiments.jsonl").read_text().splitlines()]
+    lines = (run_dir / "experiments.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     assert [r["exp"] for r in records] == list(range(7))
     assert [r["status"] for r in records] == [
         "keep", "keep", "keep", "discard", "invalid_edit", "crashed", "timeout"]
@@ -102,7 +103,8 @@ def test_scripted_run(tmp_path, goal, openai_server, monkeypatch):
         return subprocess.run(["git", "-C", str(ws), *args], capture_output=True, text=True,
                               check=True).stdout.strip()
 
-    assert 'X = 2.0' in git("show", "HEAD:train.py") and 'MODE = "ok"' in git("show", "HEAD:train.py")
+    kept_code = git("show", "HEAD:train.py")
+    assert "X = 2.0" in kept_code and 'MODE = "ok"' in kept_code
     assert git("rev-parse", "magnet/best") == git("rev-parse", "refs/magnet/exp/002")
     assert 'MODE = "hang"' in git("show", "refs/magnet/exp/006:train.py")
     assert '"status": "crashed"' in git("notes", "--ref", "magnet", "show", "refs/magnet/exp/005")

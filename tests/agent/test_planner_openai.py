@@ -212,9 +212,13 @@ def test_diagnose_returns_a_short_plain_paragraph(openai_server):
 
 
 def test_diagnose_failure_is_a_planner_error(openai_server):
-    openai_server.push(*[error(500)] * 2)
-    with pytest.raises(PlannerError):
-        planner(openai_server, attempts=2).diagnose(context(), "timeout\n(no output)")
+    openai_server.push(*[error(500)] * 2, text("  \n "))
+    plan = planner(openai_server, attempts=2)
+    with pytest.raises(PlannerError, match="failed 2 times"):
+        plan.diagnose(context(), "timeout\n(no output)")
+    with pytest.raises(PlannerError, match="empty diagnosis") as caught:
+        plan.diagnose(context(), "timeout\n(no output)")
+    assert caught.value.usage.attempts == 1 and plan.total.attempts == 3
 
 
 def test_parse_reply_errors_are_one_line():

@@ -17,7 +17,8 @@ TRAIN = Path(__file__).parents[2] / "bitnet" / "templates" / "bitnet-lm" / "trai
 def text_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     for i in range(12):
-        (root / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the lazy dog.\n" * 200)
+        line = f"The quick brown fox {i} jumps over the lazy dog.\n"
+        (root / f"doc{i}.txt").write_text(line * 200)
     return root
 
 
