@@ -27,6 +27,10 @@ def after_plan(state: RunState) -> str:
 
 
 def after_edit(state: RunState) -> str:
+    return "revert" if state.get("decision") else "approve"
+
+
+def after_approve(state: RunState) -> str:
     return "revert" if state.get("decision") else "run"
 
 
@@ -39,18 +43,19 @@ def after_settle(state: RunState) -> str:
 
 
 def after_record(state: RunState) -> str:
-    return "reflect" if state.get("failure") else "plan"
+    return "reflect" if state.get("failure") else "plan"  # a rejection needs no reflection
 
 
 def build_graph(nodes: Nodes) -> StateGraph:
     graph = StateGraph(RunState)
-    for name in ("baseline", "plan", "edit", "run", "judge", "keep", "revert", "record",
+    for name in ("baseline", "plan", "edit", "approve", "run", "judge", "keep", "revert", "record",
                  "reflect", "finish"):
         graph.add_node(name, getattr(nodes, name))
     graph.add_edge(START, "baseline")
     graph.add_conditional_edges("baseline", after_baseline, ["baseline", "plan", "finish"])
     graph.add_conditional_edges("plan", after_plan, ["edit", "reflect", "finish"])
-    graph.add_conditional_edges("edit", after_edit, ["run", "revert"])
+    graph.add_conditional_edges("edit", after_edit, ["approve", "revert"])
+    graph.add_conditional_edges("approve", after_approve, ["run", "revert"])
     graph.add_edge("run", "judge")
     graph.add_conditional_edges("judge", after_judge, ["keep", "revert"])
     graph.add_conditional_edges("keep", after_settle, ["run", "record"])

@@ -11,6 +11,7 @@ crash therefore first asks the workspace what already happened (`_settled`).
 from __future__ import annotations
 
 import hashlib
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from agent import control
 from agent.diagnosis import rule_based_diagnosis
 from agent.goal import Goal
 from agent.knob_values import read_knob_values
@@ -31,6 +33,7 @@ from sandbox.workspace import Workspace
 BASELINE = ("baseline", "baseline (repeat, to measure noise)")
 FAILED_RUN = ("crashed", "timeout", "oom", "no_metric")
 MAX_PLANNER_FAILURES = 3
+CONTROL_POLL_SECONDS = 0.3
 
 
 @dataclass
@@ -86,16 +89,24 @@ class Nodes:
     # --- plan ---------------------------------------------------------------------------------
 
     def plan(self, state: RunState) -> dict[str, Any]:
+        update = self._steer(state)
+        while (state := {**state, **update})["paused"] and not state["stop_requested"]:
+            self._status(state, "paused")
+            time.sleep(CONTROL_POLL_SECONDS)
+            update |= self._steer(state)
+        if state["stop_requested"]:
+            return {**update, "stop_reason": "stopped by a person"}
         if stop := self._budget_exhausted(state):
-            return {"stop_reason": stop}
+            return {**update, "stop_reason": stop}
         context = self._context(state)
+        self._status(state, "planning")
         self.rt.view.message(f"planning with {self.rt.planner.name}…")
         try:
             proposal = self.rt.planner.propose(context)
         except PlannerError as err:
             failures = state["planner_failures"] + 1
             spent = getattr(err, "usage", None)  # failed replies cost tokens too
-            update: dict[str, Any] = {
+            update |= {
                 "proposal": None, "planner_failures": failures,
                 "failure": f"the planner gave no valid proposal: {err}",
                 "tokens": state["tokens"] + (spent.total_tokens if spent else 0)}
@@ -104,9 +115,9 @@ class Nodes:
                                          f"(last: {err})")
             return update
         tokens = state["tokens"] + proposal.usage.total_tokens
-        # the diagnosis has now entered a proposal's context: it is consumed
-        return {"proposal": _dump(proposal), "planner_failures": 0, "tokens": tokens,
-                "diagnosis": None}
+        # the diagnosis and the hints have now entered a proposal's context: consumed
+        return {**update, "proposal": {**_dump(proposal), "hints": state["hints"]},
+                "planner_failures": 0, "tokens": tokens, "diagnosis": None, "hints": []}
 
     # --- edit ---------------------------------------------------------------------------------
 
@@ -130,23 +141,56 @@ class Nodes:
             return {**update, "decision": "duplicate", "diff_hash": diff_hash,
                     "failure": f"exp {exp:03d}: this exact change was already tried; "
                                "propose a different one"}
-        self.ws.commit()
+        if not state["approve"]:
+            self.ws.commit()
         return {**update, "decision": None, "diff_hash": diff_hash}
+
+    # --- approve ------------------------------------------------------------------------------
+
+    def approve(self, state: RunState) -> dict[str, Any]:
+        """With approval on, a person sees the diff and answers yes, no or a new hypothesis."""
+        if not state["approve"]:
+            return {}
+        exp = self._prepared(state)
+        proposal = state["proposal"]
+        diff = self.ws.git.run("diff", "HEAD")
+        control.write_approval(self.rt.run_dir, {
+            "exp": exp, "hypothesis": proposal["hypothesis"],
+            "rationale": proposal.get("rationale", ""), "diff": diff})
+        update: dict[str, Any] = {"exp": exp}
+        self._status({**state, **update}, "waiting_approval")
+        self.rt.view.message(f"exp {exp:03d} waits for approval (answer in the REPL)")
+        answer = None
+        while answer is None:
+            commands, seen = control.read_new(self.rt.run_dir, state["control_seen"])
+            answer = next((c for c in commands if c["cmd"] == "answer" and c.get("exp") == exp),
+                          None)
+            if answer is not None:  # apply only the commands up to the answer
+                commands = commands[: commands.index(answer)]
+            update |= self._apply_commands({**state, **update}, commands)
+            state = {**state, **update, "control_seen": seen}
+            update["control_seen"] = seen
+            if answer is None and (state["stop_requested"] or not state["approve"]):
+                answer = {"decision": "no" if state["stop_requested"] else "yes"}
+            if answer is None:
+                time.sleep(CONTROL_POLL_SECONDS)
+        control.clear_approval(self.rt.run_dir)
+        if answer["decision"] == "no":
+            return {**update, "decision": "rejected",
+                    "diagnosis": f"A person rejected exp {exp:03d} ({proposal['hypothesis']}) "
+                                 "before it ran; propose something different."}
+        if answer["decision"] == "edit" and str(answer.get("hypothesis", "")).strip():
+            self.ws.retitle(answer["hypothesis"])
+            update["proposal"] = {**proposal, "hypothesis": answer["hypothesis"].strip()}
+        self.ws.commit()
+        return update
 
     # --- run ----------------------------------------------------------------------------------
 
     def run(self, state: RunState) -> dict[str, Any]:
-        exp = state["exp"]
-        proposal = state["proposal"]
-        assert proposal is not None and exp is not None
-        current = self.ws.current
-        if current is None or current["exp"] != exp:
-            # The experiment was cut off (the workspace recovered it as interrupted): redo it
-            # under a new number, so the interrupted one keeps its own record.
-            exp = self._begin(proposal["hypothesis"])
-            self.ws.apply(proposal["edits"])
-            self.ws.commit()
-        result = self._run(exp, proposal["hypothesis"])
+        exp = self._prepared(state)
+        self._status({**state, "exp": exp}, "running")
+        result = self._run(exp, state["proposal"]["hypothesis"])
         tried = [*state["tried"], state["diff_hash"]] if state["diff_hash"] else state["tried"]
         return {"exp": exp, "result": result, "tried": tried}
 
@@ -232,11 +276,73 @@ class Nodes:
         from agent.report import write_report
 
         reason = state.get("stop_reason") or "done"
+        self._status(state, "finished")
         write_report(self.rt.run_dir, self.rt.goal, self.rt.records.read(), stop_reason=reason)
         self.rt.view.message(f"finished: {reason}; report at {self.rt.run_dir / 'report.md'}")
         return {"stop_reason": reason, "wall_seconds": self.rt.wall_used()}
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _prepared(self, state: RunState) -> int:
+        """The number of the experiment in flight, redoing its edits if it was cut off (the
+        workspace recovered it as interrupted) under a new number, so the interrupted one keeps
+        its own record."""
+        exp, proposal = state["exp"], state["proposal"]
+        assert exp is not None and proposal is not None
+        current = self.ws.current
+        if current is not None and current["exp"] == exp:
+            return exp
+        exp = self._begin(proposal["hypothesis"])
+        self.ws.apply(proposal["edits"])
+        return exp
+
+    def _steer(self, state: RunState) -> dict[str, Any]:
+        """Apply the person's new commands from control.jsonl."""
+        commands, seen = control.read_new(self.rt.run_dir, state["control_seen"])
+        return {**self._apply_commands(state, commands), "control_seen": seen}
+
+    def _apply_commands(self, state: RunState, commands: list[dict[str, Any]]) -> dict[str, Any]:
+        update: dict[str, Any] = {}
+        hints = list(state["hints"])
+        for c in commands:
+            match c["cmd"]:
+                case "hint":
+                    hints.append(str(c["text"]).strip())
+                    self.rt.view.message(f"hint received: {hints[-1]}")
+                case "pause" | "resume":
+                    update["paused"] = c["cmd"] == "pause"
+                    self.rt.view.message(f"{c['cmd']}d by a person")
+                case "stop":
+                    update["stop_requested"] = True
+                    self.rt.view.message("stop requested: finishing")
+                case "budget":
+                    key = "budget_experiments" if c["what"] == "experiments" else "budget_wall"
+                    update[key] = int(c["value"]) if key == "budget_experiments" else c["value"]
+                    self.rt.view.message(f"budget {c['what']} set to {c['value']}")
+                case "approve":
+                    update["approve"] = bool(c["on"])
+                    self.rt.view.message(f"approval {'on' if c['on'] else 'off'}")
+        if hints != state["hints"]:
+            update["hints"] = hints
+        return update
+
+    def _status(self, state: RunState, name: str) -> None:
+        proposal = state.get("proposal") or {}
+        control.write_status(self.rt.run_dir, {
+            "run_id": self.rt.run_dir.name, "state": name, "pid": os.getpid(),
+            "exp": state.get("exp") if name != "planning" else None,
+            "hypothesis": proposal.get("hypothesis") if name != "planning" else None,
+            "experiments": state["experiments"], "budget": self._budget(state),
+            "approve": state["approve"], "paused": state["paused"],
+            "best_metric": state["best_metric"], "tokens": state["tokens"],
+            "wall_seconds": round(self.rt.wall_used(), 1),
+        })
+
+    def _budget(self, state: RunState) -> dict[str, Any]:
+        budget = self.spec.budget
+        return {"experiments": state.get("budget_experiments") or budget.experiments,
+                "wall": state.get("budget_wall") or budget.wall,
+                "per_experiment": budget.per_experiment, "tokens": budget.tokens}
 
     def _begin(self, hypothesis: str) -> int:
         exp = self.ws.next_exp
@@ -313,6 +419,7 @@ class Nodes:
             "propose_seconds": usage.get("seconds"),
             "knobs": read_knob_values(files, self.rt.goal.knobs),
             "diff_hash": diff_hash,
+            "hints": proposal.get("hints", []),
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -323,13 +430,13 @@ class Nodes:
         return True
 
     def _budget_exhausted(self, state: RunState) -> str | None:
-        budget = self.spec.budget
-        if state["experiments"] >= budget.experiments:
-            return f"experiment budget of {budget.experiments} reached"
-        if self.rt.wall_used() + budget.per_experiment > budget.wall:
-            return f"wall budget of {budget.wall:g}s reached"
-        if budget.tokens is not None and state["tokens"] >= budget.tokens:
-            return f"token budget of {budget.tokens} reached"
+        budget = self._budget(state)
+        if state["experiments"] >= budget["experiments"]:
+            return f"experiment budget of {budget['experiments']} reached"
+        if self.rt.wall_used() + budget["per_experiment"] > budget["wall"]:
+            return f"wall budget of {budget['wall']:g}s reached"
+        if budget["tokens"] is not None and state["tokens"] >= budget["tokens"]:
+            return f"token budget of {budget['tokens']} reached"
         return None
 
     def _context(self, state: RunState) -> PlanContext:
@@ -348,7 +455,8 @@ class Nodes:
             current_knobs=read_knob_values(files, self.rt.goal.knobs), history=history,
             best_metric=state["best_metric"],
             baseline_metric=statistics.fmean(baseline) if baseline else None,
-            last_failure=state.get("diagnosis"), hints=[], seed=self.spec.seed + len(history),
+            last_failure=state.get("diagnosis"), hints=list(state["hints"]),
+            seed=self.spec.seed + len(history),
         )
 
 

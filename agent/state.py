@@ -27,6 +27,14 @@ class RunState(TypedDict, total=False):
     tokens: int  # LLM tokens used by the whole run
     wall_seconds: float  # run time used by earlier sessions (resume adds to it)
     stop_reason: str | None
+    # steering from control.jsonl
+    control_seen: int  # lines of control.jsonl already applied
+    hints: list[str]  # from a person, waiting for the next proposal
+    paused: bool
+    approve: bool  # ask a person before each proposal runs
+    stop_requested: bool
+    budget_experiments: int | None  # overrides of the goal's budget
+    budget_wall: float | None
 
 
 def initial_state(run_id: str) -> RunState:
@@ -34,5 +42,6 @@ def initial_state(run_id: str) -> RunState:
         run_id=run_id, baseline_metrics=[], noise=0.0, best_metric=None, exp=None,
         proposal=None, diff_hash=None, result=None, decision=None, failure=None, diagnosis=None,
         tried=[], experiments=0, planner_failures=0, tokens=0, wall_seconds=0.0,
-        stop_reason=None,
+        stop_reason=None, control_seen=0, hints=[], paused=False, approve=False,
+        stop_requested=False, budget_experiments=None, budget_wall=None,
     )

@@ -282,6 +282,19 @@ class Workspace:
         cur["changed"] = sorted(set(cur["changed"]) | set(changed))
         return changed
 
+    def retitle(self, hypothesis: str) -> None:
+        """Change the unfinished experiment's hypothesis (e.g. a person edited it) before the
+        commit that carries it as its message."""
+        cur = self._cur("retitle")
+        if cur["step"] != "editing":
+            raise WorkspaceError(
+                f"experiment {cur['exp']} is already committed; retitle it before commit()"
+            )
+        if not hypothesis.strip():
+            raise WorkspaceError("an experiment needs a hypothesis; say what it tests")
+        cur["hypothesis"] = hypothesis.strip()
+        self.journal.save()
+
     def commit(self) -> str:
         """Commit the experiment's edits as `exp NNN: <hypothesis>`; returns the commit id."""
         cur = self._cur("commit")
