@@ -1,11 +1,11 @@
-# Quick start:  make run   (set up, then a real training run)      make test   (set up, then the tests)
+# Quick start:  make run   (set up, then a ~10 minute research run)   make test   (set up, then the tests)
 # TORCH_SPEC picks your PyTorch build, e.g. make test TORCH_SPEC='torch==2.5.1'
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/magnet-agent train --corpus pycode --budget 60
+	$(BIN)/magnet-agent run goals/pycode-bitnet.md
 
 test: setup
 	$(BIN)/ruff check .
@@ -28,6 +28,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/bitnet_train.py
 	$(BIN)/python bench/sandbox_overhead.py
+	$(BIN)/python bench/planners.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -27,15 +27,14 @@ def make_planner(name: str, goal: Goal, *, model: str | None = None,
         if not goal.knobs:
             raise PlannerError("the search planner needs `knobs:` in the goal; declare some "
                                "tunable constants or choose another planner")
-        return SearchPlanner(goal.knobs, goal=goal.spec.metric.goal, seed=goal.spec.seed,
-                             history=history or [])
+        return SearchPlanner(history or [])
     if name == "local":
         from agent.planners.local import LocalPlanner
 
         if not goal.knobs:
             raise PlannerError("the local planner edits knobs only; declare `knobs:` in the goal "
                                "or use planner: openai")
-        return LocalPlanner(model_path=model)
+        return LocalPlanner(gguf_path=model)
     if name == "openai":
         from agent.planners.openai_planner import OpenAIPlanner
 

