@@ -114,6 +114,7 @@ def review(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from agent import review as rv
+    from agent.rundir import find_run
     from sandbox.errors import GitError
 
     console = Console(highlight=False)
@@ -129,7 +130,7 @@ def review(args: argparse.Namespace) -> int:
         if args.command == "runs":
             console.print(rv.runs_table(args.runs_dir))
             return 0
-        run = rv.Run.load(rv.find_run(args.run, args.runs_dir))
+        run = rv.Run.load(find_run(args.run, args.runs_dir))
         if args.command == "history":
             if args.last is not None and args.last < 1:
                 return fail("--last must be at least 1")

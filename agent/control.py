@@ -65,7 +65,8 @@ def send(run_dir: Path, command: dict[str, Any]) -> None:
 def read_new(run_dir: Path, seen: int) -> tuple[list[dict[str, Any]], int]:
     """Complete commands after the first `seen` lines, and the new count of lines seen.
 
-    A malformed line is skipped (counted as seen) rather than stopping the run.
+    Each command carries `line`: the count of lines seen once it is applied. A malformed line
+    is skipped (counted as seen) rather than stopping the run.
     """
     path = run_dir / CONTROL_FILE
     if not path.exists():
@@ -73,11 +74,12 @@ def read_new(run_dir: Path, seen: int) -> tuple[list[dict[str, Any]], int]:
     lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     complete = lines[:-1]  # the text after the last newline is a line still being written
     commands = []
-    for line in complete[seen:]:
+    for number, line in enumerate(complete[seen:], start=seen + 1):
         try:
-            commands.append(validate(json.loads(line)))
+            command = validate(json.loads(line))
         except (ValueError, AttributeError):
             continue
+        commands.append({**command, "line": number})  # lines seen once this one is applied
     return commands, len(complete)
 
 

@@ -66,6 +66,7 @@ class Nodes:
         """Run the unmodified code; twice over two visits, to measure the noise."""
         done = list(state["baseline_metrics"])
         hypothesis = BASELINE[len(done)]
+        self._status({**state, "proposal": {"hypothesis": hypothesis}}, "running")
         exp = self._begin(hypothesis)
         self.ws.commit()
         result = self._run(exp, hypothesis)
@@ -165,8 +166,9 @@ class Nodes:
             commands, seen = control.read_new(self.rt.run_dir, state["control_seen"])
             answer = next((c for c in commands if c["cmd"] == "answer" and c.get("exp") == exp),
                           None)
-            if answer is not None:  # apply only the commands up to the answer
+            if answer is not None:  # the commands after the answer are for later nodes
                 commands = commands[: commands.index(answer)]
+                seen = answer["line"]
             update |= self._apply_commands({**state, **update}, commands)
             state = {**state, **update, "control_seen": seen}
             update["control_seen"] = seen
@@ -336,6 +338,7 @@ class Nodes:
             "approve": state["approve"], "paused": state["paused"],
             "best_metric": state["best_metric"], "tokens": state["tokens"],
             "wall_seconds": round(self.rt.wall_used(), 1),
+            "stop_reason": state.get("stop_reason"),
         })
 
     def _budget(self, state: RunState) -> dict[str, Any]:

@@ -34,24 +34,21 @@ from rich.text import Text
 from agent import control
 from agent.report import best_so_far
 from agent.review import (
-    GOAL_COPY,
     LIVE_STATES,
-    RUN_FILE,
     ReviewError,
     Run,
     best_record,
     diff_between,
     diff_text,
-    find_run,
     history_table,
     parse_exp,
     record_line,
-    runs_root,
     show_experiment,
     status_view,
     text_plot,
     write_progress_png,
 )
+from agent.rundir import GOAL_COPY, RUN_FILE, find_run, runs_root
 from sandbox.errors import GitError
 
 POLL_SECONDS = 0.3
@@ -87,17 +84,20 @@ class Repl:
         self.console = console or Console(highlight=False)
         self.child = child  # the run this REPL started, if it did
         self.tty = sys.stdin.isatty() and sys.stdout.isatty()
-        self.session: PromptSession[str] = PromptSession(
-            history=_history(), completer=CommandCompleter(self._exp_numbers),
-            complete_while_typing=False)
-        self.ask: PromptSession[str] = PromptSession()  # answers stay out of the history
+        self.sessions: dict[str, PromptSession[str]] = {}
+        if self.tty:  # without a terminal: plain input() lines (scripts)
+            self.sessions = {
+                "command": PromptSession(history=_history(), complete_while_typing=False,
+                                         completer=CommandCompleter(self._exp_numbers)),
+                "answer": PromptSession(),  # answers stay out of the command history
+            }
         self._lock = threading.Lock()
         self._active: Application[Any] | None = None  # the prompt the watcher may interrupt
         self._pending: dict[str, Any] | None = None  # an approval request to ask about
         self._handling: int | None = None  # the experiment being asked about
         self._settled: set[int] = set()  # answered or put off: not asked again by itself
         self._seen = len(run.records())
-        self._state = self._last_state = self._state_key()[0]
+        self._state = self._last_state = self._state_news()[0]
         self._done = threading.Event()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -126,22 +126,23 @@ class Repl:
                 self._approve(request)
                 continue
             try:
-                line = self._prompt(self.session, "magnet> ", default=carry)
+                line = self._prompt("command", "magnet> ", default=carry)
             except KeyboardInterrupt:
                 carry = ""
                 continue
             except EOFError:
                 return
             if line == WAKE:
-                carry = self.session.default_buffer.text
+                carry = self.sessions["command"].default_buffer.text
                 continue
             carry = ""
             if not self.handle(line):
                 return
 
-    def _prompt(self, session: PromptSession[str], message: str, default: str = "") -> str:
-        if not self.tty:  # piped input (scripts): plain lines
+    def _prompt(self, kind: str, message: str, default: str = "") -> str:
+        if not self.tty:
             return input(message)
+        session = self.sessions[kind]
         with self._lock:
             self._active = session.app
         try:
@@ -348,9 +349,9 @@ class Repl:
         """yes / no / edit (with the new hypothesis); None when put off or no longer asked."""
         while True:
             try:
-                answer = self._prompt(self.ask, "run it? yes / no / edit> ").strip().lower()
+                answer = self._prompt("answer", "run it? yes / no / edit> ").strip().lower()
                 if answer in ("e", "edit"):
-                    hypothesis = self._prompt(self.ask, "new hypothesis (empty: back)> ").strip()
+                    hypothesis = self._prompt("answer", "new hypothesis (empty: back)> ").strip()
                     if hypothesis == WAKE:
                         answer = WAKE
                     elif hypothesis:
@@ -404,29 +405,34 @@ class Repl:
 
     def _announce_state(self) -> None:
         """Print a state change once two polls agree (the run's files change in steps)."""
-        key, state, status = self._state_key()
+        key, news = self._state_news()
         if key != self._state:
             self._state = key
-            return
-        if key == self._last_state:
-            return
-        self._last_state = key
-        if state == "running":
-            self.say(Text(f"exp {status.get('exp', 0):03d} running: "
-                          f"{status.get('hypothesis') or ''}", "dim"))
-        elif state == "paused":
-            self.say(Text("the run is paused; `resume` lets it go on", "yellow"))
-        elif state in ("finished", "stopped"):
-            self.say(Text(f"the run {state}: {self.run.stop_reason() or 'done'}; "
-                          "`history` and `plot` review it", "bold"))
-        elif state == "interrupted":
-            self.say(Text(f"the run stopped (no process runs it); continue it with "
-                          f"`magnet-agent resume {self.run.id}`", "yellow"))
+        elif key != self._last_state:
+            self._last_state = key
+            if news is not None:
+                self.say(news)
 
-    def _state_key(self) -> tuple[str, str, dict[str, Any]]:
+    def _state_news(self) -> tuple[str, Text | None]:
+        """The run's state as a key that changes when there is news, and that news."""
         state = self.run.state()
         status = self.run.status() or {}
-        return (f"{state}:{status.get('exp')}" if state == "running" else state), state, status
+        if state == "running":
+            return f"running:{status.get('exp')}", Text(
+                f"exp {status.get('exp') or 0:03d} running: {status.get('hypothesis') or ''}",
+                "dim")
+        if state == "paused":
+            return state, Text("the run is paused; `resume` lets it go on", "yellow")
+        if state in ("finished", "stopped"):
+            reason = self.run.stop_reason()
+            if reason is None and self.run.controller_pid() is not None:
+                return "finishing", None  # news once the report says why
+            return state, Text(f"the run {state}: {reason or 'done'}; `history` and `plot` "
+                               "review it", "bold")
+        if state == "interrupted":
+            return state, Text("the run stopped (no process runs it); continue it with "
+                               f"`magnet-agent resume {self.run.id}`", "yellow")
+        return state, None
 
     # --- output -----------------------------------------------------------------------------
 
@@ -516,6 +522,7 @@ def start_in_background(goal: Path, runs_dir: str | None,
                 if p not in before and (p / RUN_FILE).is_file() and (p / GOAL_COPY).is_file()]
         if made:
             os.replace(log, made[0] / "controller.log")  # the open file moves with it
+            _wait_live(Run.load(made[0]), child)
             print(f"started {made[0].name} in the background (pid {child.pid}); its output "
                   f"goes to {made[0] / 'controller.log'}")
             return made[0], child
@@ -526,6 +533,13 @@ def start_in_background(goal: Path, runs_dir: str | None,
         time.sleep(0.1)
     raise ReviewError(f"the run (pid {child.pid}) made no run directory under {root} in "
                       f"{START_TIMEOUT:.0f}s; see {log}")
+
+
+def _wait_live(run: Run, child: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Until the new run holds its workspace and so reads as live (not as interrupted)."""
+    deadline = time.monotonic() + timeout
+    while run.state() == "interrupted" and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _history() -> History:

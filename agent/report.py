@@ -91,7 +91,8 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
         hypothesis = " ".join(str(r.get("hypothesis", "")).split()).replace("|", "\\|")
         lines.append(f"| {r['exp']:03d} | {r['status']} | {'' if m is None else f'{m:.4f}'} | "
                      f"{'' if b is None else f'{b:.4f}'} | {hypothesis} |")
-    lines += ["", "Review with git: `git -C workspace log --notes=magnet`.", ""]
+    lines += ["", "Review with git (every experiment, kept or not): "
+              "`git -C workspace log --notes=magnet --glob=refs/magnet/exp`.", ""]
     path = run_dir / "report.md"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")

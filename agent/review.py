@@ -22,51 +22,19 @@ from rich.text import Text
 from agent import control
 from agent.records import RunRecords
 from agent.report import best_so_far
+from agent.rundir import GOAL_COPY, RUN_FILE, RunError, list_runs, runs_root
 from sandbox.gitcli import Git
 
-# As in agent.runner, which is not imported here: it pulls in LangGraph and the planners
-# (1.5 s), too slow for a review command or the REPL's start.
-RUN_FILE = "run.json"
-GOAL_COPY = "goal.md"
 STATUS_STYLE = {"keep": "green", "discard": "yellow", "rejected": "cyan", "interrupted": "magenta"}
 LOG_TAIL_LINES = 15
 LIVE_STATES = ("starting", "planning", "running", "paused", "waiting_approval")
 
 
-class ReviewError(ValueError):
-    """Something that cannot be shown; str() is one line naming the problem and the fix."""
+# one error type for whatever a run lookup or a review cannot show
+ReviewError = RunError
 
 
 # --- finding runs ---------------------------------------------------------------------------
-
-
-def runs_root(runs_dir: str | Path | None = None) -> Path:
-    return Path(runs_dir or os.environ.get("MAGNET_RUNS_DIR") or "runs")
-
-
-def list_runs(runs_dir: str | Path | None = None) -> list[Path]:
-    """Every run under the runs directory, oldest first."""
-    root = runs_root(runs_dir)
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if (p / RUN_FILE).is_file()]
-    return sorted(runs, key=lambda p: ((p / RUN_FILE).stat().st_mtime, p.name))
-
-
-def find_run(run: str | None, runs_dir: str | Path | None = None) -> Path:
-    """A run directory from its id (under runs/) or its path; the newest run when None."""
-    if run is None:
-        runs = list_runs(runs_dir)
-        if not runs:
-            raise ReviewError(f"no runs under {runs_root(runs_dir)}; start one with "
-                              "`magnet-agent repl GOAL.md` or pass --runs-dir")
-        return runs[-1].resolve()
-    for candidate in (Path(run), runs_root(runs_dir) / run):
-        if (candidate / RUN_FILE).is_file():
-            return candidate.resolve()
-    known = [p.name for p in list_runs(runs_dir)]
-    hint = f"; runs here: {', '.join(known[-5:])}" if known else ""
-    raise ReviewError(f"no run {run!r} under {runs_root(runs_dir)}{hint}")
 
 
 # --- one run --------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 from datetime import datetime
@@ -18,31 +17,12 @@ from agent.nodes import Nodes, Runtime
 from agent.planners import make_planner, resolve_planner_name
 from agent.planners.base import ExperimentSummary
 from agent.records import RunRecords
+from agent.rundir import GOAL_COPY, RUN_FILE, RunError, find_run, runs_root
 from agent.state import initial_state
 from agent.view import RunView
 from sandbox.workspace import Workspace
 
-RUN_FILE = "run.json"  # the options a run was started with, so resume needs none
-GOAL_COPY = "goal.md"
 RECURSION_LIMIT = 1_000_000  # budgets end the loop, not LangGraph's step cap
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or resume; one line naming the problem and the fix."""
-
-
-def runs_root(runs_dir: str | Path | None = None) -> Path:
-    return Path(runs_dir or os.environ.get("MAGNET_RUNS_DIR") or "runs")
-
-
-def find_run(run: str, runs_dir: str | Path | None = None) -> Path:
-    """A run directory from its id (under runs/) or its path."""
-    for candidate in (Path(run), runs_root(runs_dir) / run):
-        if (candidate / RUN_FILE).is_file():
-            return candidate.resolve()
-    known = sorted(p.name for p in runs_root(runs_dir).glob("*") if (p / RUN_FILE).is_file())
-    hint = f"; runs here: {', '.join(known[-5:])}" if known else ""
-    raise RunError(f"no run {run!r} under {runs_root(runs_dir)}{hint}")
 
 
 def start_run(goal_path: str | Path, *, runs_dir: str | Path | None = None,

@@ -13,20 +13,16 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agent.rundir import runs_root
 from sandbox.templates import copy_template
 
 METRIC_LINE = re.compile(r"^METRIC (\w+)=(\S+)$")
 STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
-
-
-def runs_root(runs_dir: str | None) -> Path:
-    return Path(runs_dir or os.environ.get("MAGNET_RUNS_DIR") or "runs")
 
 
 def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None) -> int:

@@ -112,6 +112,7 @@ class SearchPlanner:
         self.max_asks = max_asks
         self._outcomes = [Outcome.of(s) for s in history]
         self._last_config: dict[str, Any] | None = None
+        self._proposed: set[tuple] = set()  # configurations proposed (maybe not yet in history)
 
     # --- the Planner interface -----------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class SearchPlanner:
             raise PlannerError("the goal has no knob with more than one value to search; "
                                "add ranges or choices under `knobs:` in the goal file")
         tried = {config_key(o.knobs, space) for o in self._outcomes if o.knobs}
-        tried.add(config_key(context.current_knobs, space))
+        tried |= self._proposed | {config_key(context.current_knobs, space)}
         study = self.build_study(context)
         rationale = self._rationale(study)
         new: dict[str, Any] | None = None
@@ -151,6 +152,7 @@ class SearchPlanner:
             except EditError as err:  # a goal whose range the clean-up cannot respect
                 raise PlannerError(f"search produced an invalid value: {err}") from None
         self._last_config = {**context.current_knobs, **new}
+        self._proposed.add(config_key(self._last_config, space))
         return Proposal(hypothesis=describe_changes(changes), rationale=rationale, edits=edits,
                         usage=Usage(seconds=time.perf_counter() - start, attempts=asks))
 

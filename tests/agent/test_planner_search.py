@@ -86,6 +86,10 @@ def test_same_seed_and_history_give_the_same_proposal():
     others = {tuple(map(str, SearchPlanner(history).propose(goal_context(seed=s)).edits))
               for s in (12, 13, 14)}
     assert len(others | {tuple(map(str, first.edits))}) > 1, "the seed changes nothing"
+    # asked again before the experiment reaches the history, it does not repeat itself
+    planner = SearchPlanner(history)
+    assert planner.propose(goal_context(seed=11)).edits == first.edits
+    assert planner.propose(goal_context(seed=11)).edits != first.edits
 
 
 def test_resume_retells_history_to_a_fresh_study():

@@ -146,6 +146,9 @@ def test_steer_a_live_run(tmp_path, env, openai_server):
         wait_for(lambda: (read_json(run_dir / "status.json") or {}).get("state") == "paused",
                  what="state paused")
         term.expect("the run is paused")
+        term.send("status")
+        term.expect(f"{run_dir.name}  paused")
+        term.expect("experiments 0/10")
         time.sleep(1.5)
         assert read_json(run_dir / "status.json")["state"] == "paused"
         assert openai_server.requests == []
@@ -155,6 +158,10 @@ def test_steer_a_live_run(tmp_path, env, openai_server):
                                 capture_output=True, text=True, check=True).stdout
         assert re.search(rf"{run_dir.name}\s.*steered\s.*paused", listed), listed
 
+        term.send("budget wall 1h")
+        term.expect("budget sent: wall 3600s")
+        wait_for(lambda: read_json(run_dir / "status.json")["budget"]["wall"] == 3600,
+                 what="the wall budget applied while paused")
         term.send("hint use smaller X")
         term.expect("hint sent")
         term.send("approve on")
@@ -218,7 +225,8 @@ def test_steer_a_live_run(tmp_path, env, openai_server):
     assert done[4]["metric"] == 0.75
     assert len(openai_server.requests) == 3  # stopped before asking for a fourth proposal
     sent = [c["cmd"] for c in map(json.loads, (run_dir / "control.jsonl").read_text().splitlines())]
-    assert sent == ["pause", "hint", "approve", "resume", "answer", "answer", "answer", "stop"]
+    assert sent == ["pause", "budget", "hint", "approve", "resume", "answer", "answer", "answer",
+                    "stop"]
 
 
 def test_repl_starts_a_run_that_outlives_it(tmp_path, env, openai_server):

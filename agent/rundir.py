@@ -1,0 +1,43 @@
+"""Finding runs on disk. Light on purpose (no LangGraph, no planners): review commands and the
+REPL start fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RUN_FILE = "run.json"  # the options a run was started with, so resume needs none
+GOAL_COPY = "goal.md"
+
+
+class RunError(ValueError):
+    """A run that cannot be found, started or shown; one line naming the problem and the fix."""
+
+
+def runs_root(runs_dir: str | Path | None = None) -> Path:
+    return Path(runs_dir or os.environ.get("MAGNET_RUNS_DIR") or "runs")
+
+
+def list_runs(runs_dir: str | Path | None = None) -> list[Path]:
+    """Every run under the runs directory, oldest first."""
+    root = runs_root(runs_dir)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if (p / RUN_FILE).is_file()]
+    return sorted(runs, key=lambda p: ((p / RUN_FILE).stat().st_mtime, p.name))
+
+
+def find_run(run: str | None, runs_dir: str | Path | None = None) -> Path:
+    """A run directory from its id (under runs/) or its path; the newest run when None."""
+    if run is None:
+        runs = list_runs(runs_dir)
+        if not runs:
+            raise RunError(f"no runs under {runs_root(runs_dir)}; start one with "
+                           "`magnet-agent repl GOAL.md` or pass --runs-dir")
+        return runs[-1].resolve()
+    for candidate in (Path(run), runs_root(runs_dir) / run):
+        if (candidate / RUN_FILE).is_file():
+            return candidate.resolve()
+    known = [p.name for p in list_runs(runs_dir)]
+    hint = f"; runs here: {', '.join(known[-5:])}" if known else ""
+    raise RunError(f"no run {run!r} under {runs_root(runs_dir)}{hint}")
