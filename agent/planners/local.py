@@ -11,6 +11,7 @@ change, never generated.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
 import json
@@ -43,6 +44,7 @@ from agent.planners.knob_text import (
     round_sig,
     same_value,
 )
+from sandbox.env import available_cpus, free_cpus
 from sandbox.errors import EditError
 from sandbox.knobs import KnobSpec
 
@@ -299,6 +301,13 @@ class LocalPlanner:
                 status: str) -> None:
         """Nothing to learn: every outcome reaches the model through the context's history."""
 
+    def fork(self) -> LocalPlanner:
+        """A planner with the same settings and loaded model but no proposals behind it (a
+        benchmark runs several seeds without loading the model again)."""
+        twin = copy.copy(self)
+        twin._proposed = set()
+        return twin
+
     # --- loading -------------------------------------------------------------------------------
 
     def load(self) -> None:
@@ -311,7 +320,7 @@ class LocalPlanner:
         import torch
         from outlines.backends import OutlinesCoreBackend
 
-        torch.set_num_threads(self.threads or _available_cpus())  # fast conversion when cold
+        torch.set_num_threads(self.threads or available_cpus())  # fast conversion when cold
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # progress bars would break the view
                 tokenizer, model = self._read_weights()
@@ -397,7 +406,7 @@ class LocalPlanner:
         from transformers import LogitsProcessorList
 
         inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        torch.set_num_threads(self.threads or _free_cpus())
+        torch.set_num_threads(self.threads or free_cpus())
         sampling = ({"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
                     if self.temperature > 0 else {"do_sample": False})
         with torch.random.fork_rng():  # seeded sampling without touching the caller's RNG
@@ -455,26 +464,3 @@ def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _available_cpus() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux: the CPUs this process may use
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
-
-
-def _free_cpus() -> int:
-    """The CPUs other processes are not running on right now (Linux; else all of them).
-
-    Two OpenMP threads that share a CPU with a busy process spin at every barrier: measured here,
-    20-26 s per proposal against 7-10 s with one thread (and 3-5 s with two on an idle machine).
-    """
-    cpus = _available_cpus()
-    busy = []
-    try:
-        for _ in range(5):  # the runnable count is instantaneous: take the median of a few
-            with open("/proc/loadavg", encoding="ascii") as file:
-                busy.append(int(file.read().split()[3].split("/")[0]) - 1)  # minus this reader
-            time.sleep(0.01)
-    except (OSError, ValueError, IndexError):
-        return cpus
-    return max(1, min(cpus, cpus - sorted(busy)[len(busy) // 2]))

@@ -51,9 +51,7 @@ def loaded() -> LocalPlanner:
 @pytest.fixture
 def planner(loaded: LocalPlanner) -> LocalPlanner:
     """A planner with no proposals behind it, sharing the module's loaded model."""
-    fresh = LocalPlanner()
-    fresh._loaded = loaded._loaded
-    return fresh
+    return loaded.fork()
 
 
 # --- without the model ---------------------------------------------------------------------------
@@ -164,9 +162,7 @@ def test_the_mask_leaves_the_model_no_way_out(planner):
 def test_same_seed_same_proposal_but_never_the_same_one_twice(planner, loaded):
     context = goal_context(seed=42)
     first = planner.propose(context)
-    twin = LocalPlanner()
-    twin._loaded = loaded._loaded
-    assert twin.propose(context).edits == first.edits
+    assert loaded.fork().propose(context).edits == first.edits
     # asked again before the experiment is in the history, it proposes something else
     assert planner.propose(context).edits != first.edits
 
