@@ -84,16 +84,11 @@ def read_new(run_dir: Path, seen: int) -> tuple[list[dict[str, Any]], int]:
 
 
 def write_approval(run_dir: Path, request: dict[str, Any]) -> None:
-    tmp = run_dir / (APPROVAL_FILE + ".tmp")
-    tmp.write_text(json.dumps(request, indent=2))
-    os.replace(tmp, run_dir / APPROVAL_FILE)
+    _write_json(run_dir / APPROVAL_FILE, request)
 
 
 def read_approval(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / APPROVAL_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+    return _read_json(run_dir / APPROVAL_FILE)
 
 
 def clear_approval(run_dir: Path) -> None:
@@ -106,13 +101,21 @@ STATUS_FILE = "status.json"
 def write_status(run_dir: Path, status: dict[str, Any]) -> None:
     """The loop's public state for watchers: state (running | paused | waiting_approval |
     finished | stopped), pid, exp, hypothesis, experiments, budget, approve, updated."""
-    tmp = run_dir / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps({**status, "updated": time.time()}, indent=2))
-    os.replace(tmp, run_dir / STATUS_FILE)
+    _write_json(run_dir / STATUS_FILE, {**status, "updated": time.time()})
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
+    return _read_json(run_dir / STATUS_FILE)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)  # a reader sees the old file or the new one, never half
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
+        return json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None

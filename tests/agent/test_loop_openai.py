@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from goal_repo import make_goal, sr
 from openai_server import error, proposal, text
 
 from agent.runner import start_run
@@ -39,23 +40,9 @@ Make the score small. The score is (X - 1)^2 + 0.5.
 """
 
 
-def sr(search: str, replace: str, hypothesis: str) -> dict:
-    return {"hypothesis": hypothesis, "rationale": "scripted",
-            "edits": [{"path": "train.py", "search": search, "replace": replace}]}
-
-
 @pytest.fixture
 def goal(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "train.py").write_text(TRAIN)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], check=True)
-    path = tmp_path / "GOAL.md"
-    path.write_text(GOAL)
-    return path
+    return make_goal(tmp_path, TRAIN, GOAL)
 
 
 def test_scripted_run(tmp_path, goal, openai_server, monkeypatch):

@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pexpect
 import pytest
+from goal_repo import make_goal, sr, wait_for
 from openai_server import proposal, text
 
 from agent.review import Run
@@ -45,20 +45,6 @@ Make the score small. The score is (X - 1)^2 + 0.5.
 """
 CLI = [sys.executable, "-m", "agent.cli"]
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]|\r")
-
-
-def sr(search: str, replace: str, hypothesis: str) -> dict:
-    return {"hypothesis": hypothesis, "rationale": f"scripted: {hypothesis}",
-            "edits": [{"path": "train.py", "search": search, "replace": replace}]}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not reached in {timeout}s: {what}")
-        time.sleep(0.05)
-    return value
 
 
 class Term:
@@ -98,14 +84,7 @@ class Term:
 
 @pytest.fixture
 def env(tmp_path: Path, openai_server) -> dict[str, str]:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "train.py").write_text(TRAIN)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], check=True)
-    (tmp_path / "GOAL.md").write_text(GOAL)
+    make_goal(tmp_path, TRAIN, GOAL)
     return {**os.environ, "OPENAI_BASE_URL": openai_server.base_url,
             "OPENAI_API_KEY": "sk-test-not-a-secret", "MAGNET_OPENAI_RETRY_DELAY": "0.01",
             "XDG_CACHE_HOME": str(tmp_path / "cache"), "TERM": "xterm",

@@ -5,10 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from goal_repo import make_goal, wait_for
 
 TRAIN = """import time
 X = 3.0
@@ -33,24 +33,7 @@ CLI = [sys.executable, "-m", "agent.cli"]
 
 @pytest.fixture
 def goal(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "train.py").write_text(TRAIN)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], check=True)
-    path = tmp_path / "GOAL.md"
-    path.write_text(GOAL)
-    return path
-
-
-def wait_for(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
+    return make_goal(tmp_path, TRAIN, GOAL)
 
 
 def test_sigkill_mid_experiment_then_resume(tmp_path, goal):
@@ -65,7 +48,7 @@ def test_sigkill_mid_experiment_then_resume(tmp_path, goal):
         log = found[0] if found else None
         return log is not None and log.stat().st_size == 0  # started, not finished
 
-    wait_for(third_experiment_running, timeout=120)
+    wait_for(third_experiment_running, timeout=120, what="exp 003 running")
     run_dir = log.parents[1]
 
     def running_pid() -> int | None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from goal_repo import make_goal, sr
 from openai_server import ScriptedServer, proposal, text
 
 from agent.review import (
@@ -46,27 +47,16 @@ CLI = [sys.executable, "-m", "agent.cli"]
 STATUSES = ["keep", "keep", "keep", "discard", "crashed"]
 
 
-def sr(search: str, replace: str, hypothesis: str) -> dict:
-    return {"hypothesis": hypothesis, "rationale": f"because {hypothesis}",
-            "edits": [{"path": "train.py", "search": search, "replace": replace}]}
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("review")
-    repo = tmp / "repo"
-    repo.mkdir()
-    (repo / "train.py").write_text(TRAIN)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], check=True)
-    (tmp / "GOAL.md").write_text(GOAL)
+    make_goal(tmp, TRAIN, GOAL)
     with ScriptedServer() as server, pytest.MonkeyPatch.context() as mp:
         mp.setenv("OPENAI_BASE_URL", server.base_url)
         mp.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
         server.push(
-            proposal(sr("X = 3.0", "X = 2.0", "move X towards 1")),          # exp 2: kept
+            proposal(sr("X = 3.0", "X = 2.0", "move X towards 1",
+                        "because move X towards 1")),                        # exp 2: kept
             proposal(sr("X = 2.0", "X = 3.5", "overshoot X")),               # exp 3: discarded
             proposal(sr('MODE = "ok"', 'MODE = "crash"', "try crash mode")),  # exp 4: crashed
             text("It raised RuntimeError in crash mode; do not use it."),     # its diagnosis
