@@ -28,18 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override the goal's planner")
     run.add_argument("--model", help="model name (openai) or GGUF path (local)")
     run.add_argument("--experiments", type=int, help="override the experiment budget")
-    run.add_argument("--runs-dir", help="where runs go (default ./runs or MAGNET_RUNS_DIR)")
+    _runs_dir(run)
 
     resume = commands.add_parser("resume", help="continue a stopped run")
     resume.add_argument("run", help="run id (under runs/) or run directory")
-    resume.add_argument("--runs-dir", help="where runs are (default ./runs or MAGNET_RUNS_DIR)")
+    _runs_dir(resume)
 
     train = commands.add_parser("train", help="one time-budgeted training run of a template")
     train.add_argument("--template", default="bitnet-lm")
     train.add_argument("--corpus", default="pycode", help="pycode | pyprose | text:PATH")
     train.add_argument("--budget", type=float, default=60.0, help="training seconds")
     train.add_argument("--seed", type=int, default=1337)
-    train.add_argument("--runs-dir", help="where runs go (default ./runs or MAGNET_RUNS_DIR)")
+    _runs_dir(train)
 
     repl = commands.add_parser("repl", help="steer and review a run interactively")
     repl.add_argument("run", nargs="?",

@@ -99,3 +99,32 @@ def test_scripted_run(tmp_path, goal, openai_server, monkeypatch):
     assert tsv[3].split("\t")[3] == "keep" and tsv[7].split("\t")[3] == "timeout"
     assert (run_dir / "progress.png").stat().st_size > 1000
     assert "Baseline 4.5000 → best 1.5000" in (run_dir / "report.md").read_text()
+
+
+def test_a_repeated_change_never_runs_twice(tmp_path, goal, openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    goal.write_text(goal.read_text().replace("experiments: 5", "experiments: 4"))
+    overshoot = {"hypothesis": "overshoot X", "edits": [{"knob": "X", "value": 3.5}]}
+    openai_server.push(
+        proposal(sr("X = 3.0", "X = 2.0", "move X towards 1")),                    # exp 2: keep
+        proposal(overshoot),                                                     # exp 3: discard
+        proposal(overshoot),                                 # exp 4: the same diff: not run
+        text("That change was tried in exp 3."),                                # diagnosis
+        proposal({"hypothesis": "set X to 2", "edits": [{"knob": "X", "value": 2.0}]}),  # 5
+        text("X is already 2.0."),                                              # diagnosis
+    )
+
+    run_dir = start_run(goal, runs_dir=tmp_path / "runs")
+
+    lines = (run_dir / "experiments.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["status"] for r in records] == [
+        "keep", "keep", "keep", "discard", "duplicate", "invalid_edit"]
+    assert records[4]["diff_hash"] == records[3]["diff_hash"]
+    assert "already tried" in records[4]["reason"] and "changes nothing" in records[5]["reason"]
+    for exp in (4, 5):  # neither ran
+        assert not (run_dir / "logs" / f"exp-{exp:03d}.log").exists()
+        assert records[exp]["metric"] is None
+    assert "already tried" in "\n".join(openai_server.user_messages(3))
+    assert openai_server.pending == 0
