@@ -5,7 +5,6 @@ Every mistake becomes one `GoalError` line that names the key and the fix, befor
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.knob_values import top_level_assignments
 from sandbox.errors import EditError, TemplateError
 from sandbox.knobs import KnobSpec, parse_knobs
 from sandbox.templates import template_dir
@@ -206,13 +206,9 @@ def _check_knobs_exist(
     for name in editable:
         if name.endswith(".py"):
             try:
-                tree = ast.parse((source_dir / name).read_text(encoding="utf-8"))
+                assigned.update(top_level_assignments((source_dir / name).read_text("utf-8")))
             except (SyntaxError, UnicodeDecodeError):
                 continue  # the sandbox reports unparsable files when an edit touches them
-            for node in tree.body:
-                targets = node.targets if isinstance(node, ast.Assign) else (
-                    [node.target] if isinstance(node, ast.AnnAssign) else [])
-                assigned.update(t.id for t in targets if isinstance(t, ast.Name))
     for name in knobs:
         if name not in assigned:
             raise GoalError(f"{path}: knobs: {name} is not a top-level constant of "

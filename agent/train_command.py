@@ -19,9 +19,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agent.rundir import runs_root
+from sandbox.metrics import parse_metric_line
 from sandbox.templates import copy_template
 
-METRIC_LINE = re.compile(r"^METRIC (\w+)=(\S+)$")
 STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
 
 
@@ -39,7 +39,7 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
         "PYTHONUNBUFFERED": "1",
     }
     console.print(f"[bold]training[/] {template} on {corpus} for {budget:g}s → {run_dir}")
-    metrics: dict[str, str] = {}
+    metrics: dict[str, float] = {}
     log_path = run_dir / "train.log"
     with log_path.open("w") as log, Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -59,8 +59,8 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
         for line in proc.stdout:
             log.write(line)
             line = line.rstrip()
-            if match := METRIC_LINE.match(line):
-                metrics[match[1]] = match[2]
+            if metric := parse_metric_line(line):
+                metrics[metric[0]] = metric[1]
             elif match := STEP_LINE.match(line):
                 started = started or time.monotonic()
                 progress.update(task, description="training",
@@ -78,7 +78,7 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        table.add_row(name, value)
+        table.add_row(name, str(value))
     console.print(table)
     console.print(f"checkpoint: {run_dir / 'output'}  log: {log_path}")
     shutil.rmtree(run_dir / "workspace" / "__pycache__", ignore_errors=True)

@@ -11,6 +11,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from agent.report import best_so_far
+
 STATUS_STYLE = {"keep": "green", "discard": "yellow", "interrupted": "magenta"}
 SHOWN_ROWS = 10
 
@@ -76,11 +78,7 @@ class RunView:
     # --- rendering ------------------------------------------------------------------------
 
     def best(self) -> float | None:
-        kept = [r["metric"] for r in self.records
-                if r.get("status") == "keep" and r.get("metric") is not None]
-        if not kept:
-            return None
-        return min(kept) if self.goal == "minimize" else max(kept)
+        return best_so_far(self.records, self.goal)[-1] if self.records else None
 
     def __rich__(self) -> Group:
         baseline = [r["metric"] for r in self.records if r.get("baseline") and r.get("metric")]
