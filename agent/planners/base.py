@@ -66,6 +66,23 @@ class ExperimentSummary:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """What went wrong last, handed from `reflect` to the next proposal."""
+
+    what: str  # e.g. "exp 007 crashed: exit 1"
+    diagnosis: str  # reflect's reading of it: the cause and what to do differently
+    log_tail: str = ""  # the newest lines of its log (the error is at the end)
+
+    @property
+    def head(self) -> str:
+        """What failed and the diagnosis, without the log."""
+        return f"{self.what}\nDiagnosis: {self.diagnosis}" if self.diagnosis else self.what
+
+    def as_dict(self) -> dict[str, str]:
+        return {"what": self.what, "diagnosis": self.diagnosis, "log_tail": self.log_tail}
+
+
+@dataclass(frozen=True)
 class PlanContext:
     brief: str  # the goal's research brief
     metric_name: str
@@ -76,13 +93,19 @@ class PlanContext:
     history: list[ExperimentSummary]  # oldest first
     best_metric: float | None
     baseline_metric: float | None
-    last_failure: str | None = None  # reflect's diagnosis + log tail of the last failure
+    last_failure: Failure | None = None  # the last failure, diagnosed by reflect
     hints: list[str] = field(default_factory=list)  # from a person, newest last
     seed: int = 1337
 
 
 class PlannerError(RuntimeError):
     """The planner could not produce a valid proposal; the message says why (one line)."""
+
+
+class PlannerUnavailable(PlannerError):
+    """The planner's endpoint could not be used (connection, HTTP status, refusal): a transport
+    failure, reported as such and never handed to the LLM as an experiment to diagnose. The
+    message names the endpoint, the status and what the server said."""
 
 
 class Planner(Protocol):

@@ -198,7 +198,7 @@ def build_messages(context: PlanContext, options: Mapping[str, Sequence[Any]],
     if context.best_metric is not None:
         lines.append(f"Best {context.metric_name} so far: {context.best_metric:.4g}")
     if context.last_failure:
-        lines.append(f"Last failure: {_ascii(context.last_failure, 240)}")
+        lines.append(f"Last failure: {_ascii(context.last_failure.head, 240)}")
     if context.hints:
         lines.append("Hints from the person: "
                      + " / ".join(_ascii(h, 160) for h in context.hints[-3:]))

@@ -23,7 +23,7 @@ import openai
 from pydantic import ValidationError
 
 from agent.planners.base import PlanContext, PlannerError, Proposal, ProposalReply, Usage
-from agent.prompt import (
+from agent.planners.prompt import (
     DEFAULT_TOKEN_BUDGET,
     Message,
     build_messages,

@@ -13,7 +13,7 @@ import pytest
 
 from agent.goal import load_goal
 from agent.knob_values import read_knob_values
-from agent.planners.base import ExperimentSummary, KnobEdit, PlanContext, PlannerError
+from agent.planners.base import ExperimentSummary, Failure, KnobEdit, PlanContext, PlannerError
 from agent.planners.knob_text import config_key
 from agent.planners.local import (
     LocalPlanner,
@@ -173,7 +173,8 @@ def test_long_context_is_cut_to_the_token_budget(planner):
                                  {**CURRENT, "LEARNING_RATE": 0.001 + i / 10_000})
                for i in range(80)]
     context = goal_context(history, hints=["try much wider models " * 20] * 5,
-                           last_failure="Traceback (most recent call last): " * 40)
+                           last_failure=Failure("exp 080 crashed",
+                                                "Traceback (most recent call last): " * 40))
     options = candidate_changes(context, set())
     prompt, size = planner._prompt(planner._loaded.tokenizer, context, options)
     assert size == len(planner._loaded.tokenizer(prompt).input_ids) <= 1000

@@ -9,8 +9,8 @@ import pytest
 
 from agent.goal import load_goal
 from agent.knob_values import read_knob_values
-from agent.planners.base import ExperimentSummary, PlanContext, ProposalReply
-from agent.prompt import (
+from agent.planners.base import ExperimentSummary, Failure, PlanContext, ProposalReply
+from agent.planners.prompt import (
     MAX_ROWS,
     MIN_ROWS,
     PROMPTS_DIR,
@@ -28,9 +28,10 @@ from sandbox.knobs import parse_knobs
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = "LEARNING_RATE = 0.004\nN_LAYER = 4\n\nprint(f'METRIC val_bpb={2.0}')\n"
-FAILURE = ("crashed (exit 1)\nDiagnosis: the shapes do not match; keep N_EMBD divisible by "
-           "N_HEAD\nLog tail:\n" + "\n".join(f"log line {i}" for i in range(30))
-           + "\nRuntimeError: shape mismatch 96 vs 100")
+FAILURE = Failure(what="crashed (exit 1)",
+                  diagnosis="the shapes do not match; keep N_EMBD divisible by N_HEAD",
+                  log_tail="\n".join(f"log line {i}" for i in range(30))
+                  + "\nRuntimeError: shape mismatch 96 vs 100")
 
 
 def rows(n: int, start: int = 1) -> list[ExperimentSummary]:

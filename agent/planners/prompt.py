@@ -22,10 +22,10 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from agent.planners.base import ExperimentSummary, PlanContext, ProposalReply
+from agent.planners.base import ExperimentSummary, Failure, PlanContext, ProposalReply
 from sandbox.knobs import KnobSpec
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 CHARS_PER_TOKEN = 3.5
 DEFAULT_TOKEN_BUDGET = 6000
 MAX_ROWS = 40  # newest experiments shown as table rows even when the budget would allow more
@@ -208,18 +208,12 @@ def summarise(rows: Sequence[ExperimentSummary], goal: str) -> str:
     return text
 
 
-def split_failure(failure: str | None) -> tuple[str, list[str]]:
+def split_failure(failure: Failure | None) -> tuple[str, list[str]]:
     """(what failed + diagnosis, log lines): the log is the part that may be cut."""
-    if not failure or not failure.strip():
+    if failure is None:
         return "", []
-    lines = failure.strip().splitlines()
-    marker = next((i for i, line in enumerate(lines) if line.strip() == LOG_TAIL_MARKER), None)
-    if marker is None:  # no marker: the head ends at the diagnosis, else after the first line
-        marker = next((i for i, line in enumerate(lines) if line.startswith("Diagnosis:")), 0)
-        head, log = lines[: marker + 1], lines[marker + 1 :]
-    else:
-        head, log = lines[:marker], lines[marker + 1 :]
-    return "\n".join(head)[:FAILURE_HEAD_CHARS], log
+    log = [line for line in failure.log_tail.splitlines() if line.strip()]
+    return failure.head.strip()[:FAILURE_HEAD_CHARS], log
 
 
 def failure_section(head: str, log: list[str], n_log: int) -> str:
