@@ -43,6 +43,8 @@ from sandbox.templates import copy_template
 NOTES_REF = "refs/notes/magnet"
 BEST_TAG = "magnet/best"
 BASELINE_TAG = "magnet/baseline"
+KEPT_STATUSES = ("keep", "baseline")  # statuses of experiments that stay on the branch
+MAX_REPEATS = 2  # runs of one experiment: the first, and one confirmation with another seed
 JOURNAL_FILE = "sandbox.json"
 LOCK_FILE = "sandbox.lock"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -236,11 +238,12 @@ class Workspace:
         """One entry per finished experiment: exp, status, commit, base, metric."""
         return self.journal["history"]
 
-    def log_path(self, exp: int) -> Path:
-        return self.run_dir / "logs" / f"exp-{exp:03d}.log"
+    def log_path(self, exp: int, repeat: int = 0) -> Path:
+        """Experiment `exp`'s log; a repeat run (another seed, to confirm) has its own."""
+        return self.run_dir / "logs" / f"exp-{exp:03d}{_repeat_suffix(repeat)}.log"
 
-    def output_dir(self, exp: int) -> Path:
-        return self.run_dir / "outputs" / f"exp-{exp:03d}"
+    def output_dir(self, exp: int, repeat: int = 0) -> Path:
+        return self.run_dir / "outputs" / f"exp-{exp:03d}{_repeat_suffix(repeat)}"
 
     # --- one experiment -------------------------------------------------------------------
 
@@ -320,17 +323,19 @@ class Workspace:
         on_line: LineCallback | None = None,
         env: Mapping[str, str] | None = None,
         threads: int | None = None,
+        repeat: int = 0,
     ) -> RunResult:
-        """Run `command` on the committed experiment (committing first if needed)."""
+        """Run `command` on the committed experiment (committing first if needed); `repeat` > 0
+        runs it again (say with another seed) into its own log and output directory."""
         cur = self._cur("run")
         if cur["step"] == "editing":
             self.commit()
         if cur["step"] not in ("committed", "running", "ran"):
             raise WorkspaceError(f"experiment {cur['exp']} is {cur['step']}; it cannot run now")
         exp = cur["exp"]
-        out_dir = self.output_dir(exp)
+        out_dir = self.output_dir(exp, repeat)
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path(exp).parent.mkdir(parents=True, exist_ok=True)
+        self.log_path(exp, repeat).parent.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").unlink(missing_ok=True)  # a rerun must not read stale metrics
 
         def started(pid: int) -> None:
@@ -350,7 +355,7 @@ class Workspace:
                 extra=env,
             ),
             limits=RunLimits(time_budget, grace, term_grace, mem_limit),
-            log_path=self.log_path(exp),
+            log_path=self.log_path(exp, repeat),
             output_dir=out_dir,
             metric=metric,
             on_line=on_line,
@@ -362,8 +367,10 @@ class Workspace:
         self.journal.save()
         return result
 
-    def keep(self, exp: int, record: Mapping[str, Any], *, best: bool | None = None) -> bool:
-        """Keep experiment `exp` on the branch with `record` as its note.
+    def keep(self, exp: int, record: Mapping[str, Any], *, best: bool | None = None,
+             status: str = "keep") -> bool:
+        """Keep experiment `exp` on the branch with `record` as its note (`status` names how it
+        was kept: `keep`, or `baseline` for a measurement of the unmodified code).
 
         Moves tag magnet/best when `best` is True, or (when None) when record["metric"] beats
         the best kept metric in the goal's direction. Returns whether it became the best.
@@ -375,7 +382,10 @@ class Workspace:
             raise WorkspaceError(f"experiment {exp} is {cur['step']}; it cannot be kept now")
         metric = record.get("metric")
         is_best = self._better(metric) if best is None else bool(best)
-        cur.update(step="keeping", note=self._note(cur, record, "keep"), is_best=is_best)
+        if status not in KEPT_STATUSES:
+            raise WorkspaceError(f"keep status {status!r} is invalid; use one of "
+                                 f"{', '.join(KEPT_STATUSES)}")
+        cur.update(step="keeping", note=self._note(cur, record, status), is_best=is_best)
         self.journal.save()
         self._finish_keep(cur)
         return is_best
@@ -384,7 +394,7 @@ class Workspace:
         """Reset experiment `exp` away (status e.g. discard, crash, timeout); its commit stays at
         refs/magnet/exp/NNN with `record` as its note. Returns that commit id."""
         cur = self._cur("discard", exp)
-        if not status or status == "keep":
+        if not status or status in KEPT_STATUSES:
             raise WorkspaceError(f"discard status {status!r} is invalid; use keep() to keep")
         cur.update(step="discarding", note=self._note(cur, record, status))
         self.journal.save()
@@ -425,8 +435,9 @@ class Workspace:
         if cur is not None:
             # An orphaned run would go on writing into the workspace: stop it first.
             killed = bool(cur.get("pid")) and kill_group(int(cur["pid"]))
-            out_dir = str(self.output_dir(cur["exp"]))
-            killed = kill_by_env("MAGNET_OUTPUT_DIR", out_dir) > 0 or killed
+            for repeat in range(MAX_REPEATS):
+                out_dir = str(self.output_dir(cur["exp"], repeat))
+                killed = kill_by_env("MAGNET_OUTPUT_DIR", out_dir) > 0 or killed
         self._clear_git_locks()
         if cur is None:
             self._tidy()
@@ -635,6 +646,10 @@ def _check_editable(git: Git, editable: Sequence[str]) -> None:
                 f"editable file {pattern!r} {where} in the workspace; fix `editable:`"
                 + (" or commit it in your repository" if "tracked" in where else "")
             )
+
+
+def _repeat_suffix(repeat: int) -> str:
+    return f"-run{repeat + 1}" if repeat else ""
 
 
 def _message(exp: int, hypothesis: str) -> str:
