@@ -17,7 +17,7 @@ CHECKPOINTS = "checkpoints.sqlite"
 def after_baseline(state: RunState) -> str:
     if state.get("stop_reason"):
         return "finish"
-    return "baseline" if len(state["baseline_metrics"]) < len(BASELINE) else "plan"
+    return "baseline" if state["baselines"] < len(BASELINE) else "plan"
 
 
 def after_plan(state: RunState) -> str:
@@ -35,7 +35,8 @@ def after_approve(state: RunState) -> str:
 
 
 def after_judge(state: RunState) -> str:
-    return "keep" if state["decision"] == "keep" else "revert"
+    decision = state["decision"]
+    return "run" if decision == "confirm" else "keep" if decision == "keep" else "revert"
 
 
 def after_settle(state: RunState) -> str:
@@ -57,7 +58,7 @@ def build_graph(nodes: Nodes) -> StateGraph:
     graph.add_conditional_edges("edit", after_edit, ["approve", "revert"])
     graph.add_conditional_edges("approve", after_approve, ["run", "revert"])
     graph.add_edge("run", "judge")
-    graph.add_conditional_edges("judge", after_judge, ["keep", "revert"])
+    graph.add_conditional_edges("judge", after_judge, ["run", "keep", "revert"])
     graph.add_conditional_edges("keep", after_settle, ["run", "record"])
     graph.add_conditional_edges("revert", after_settle, ["run", "record"])
     graph.add_conditional_edges("record", after_record, ["reflect", "plan"])

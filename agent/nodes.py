@@ -1,7 +1,13 @@
 """The research loop's nodes. Each does one thing and returns a state update.
 
     baseline (x2) -> plan -> edit -> run -> judge -> keep | revert -> record -> plan ...
-                         \\-> reflect (invalid reply)   failures: record -> reflect -> plan
+                         \\-> reflect (invalid reply)   judge -> run (confirm with another seed)
+                                                   failures: record -> reflect -> plan
+
+An experiment's record is built once: `edit` drafts it from the workspace as it will run (edits,
+knob values, diff hash and size, parent commit), `judge` adds the outcome, and keep/revert and
+`record` write that same record as the git note, the experiments.jsonl line and what the
+planner learns.
 
 Side effects go through the sandbox workspace, whose journal makes each one durable and
 recoverable; LangGraph checkpoints the state after every node. A node re-executed after a
@@ -12,28 +18,36 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from agent import control
+from agent import control, scores
+from agent.decision import decide
 from agent.diagnosis import rule_based_diagnosis
 from agent.goal import Goal
 from agent.knob_values import read_knob_values
-from agent.planners.base import ExperimentSummary, PlanContext, Planner, PlannerError, Proposal
+from agent.planners.base import (
+    ExperimentSummary,
+    Failure,
+    PlanContext,
+    Planner,
+    PlannerError,
+    PlannerUnavailable,
+    Proposal,
+)
 from agent.records import RunRecords
 from agent.state import RunState
 from agent.view import RunView
 from sandbox.errors import EditError
 from sandbox.workspace import Workspace
 
-BASELINE = ("baseline", "baseline (repeat, to measure noise)")
-FAILED_RUN = ("crashed", "timeout", "oom", "no_metric")
+BASELINE = ("baseline", "baseline (repeat with another seed, to measure noise)")
 MAX_PLANNER_FAILURES = 3
 CONTROL_POLL_SECONDS = 0.3
+FAILURE_LOG_LINES = 15
 
 
 @dataclass
@@ -63,29 +77,30 @@ class Nodes:
     # --- baseline ---------------------------------------------------------------------------
 
     def baseline(self, state: RunState) -> dict[str, Any]:
-        """Run the unmodified code; twice over two visits, to measure the noise."""
-        done = list(state["baseline_metrics"])
-        hypothesis = BASELINE[len(done)]
+        """Run the unmodified code; twice (another seed the second time), to measure noise."""
+        done = len(self._baselines())
+        if done == len(BASELINE):  # recorded before a crash cut the checkpoint
+            return {"baselines": done}
+        hypothesis = BASELINE[done]
         self._status({**state, "proposal": {"hypothesis": hypothesis}}, "running")
         exp = self._begin(hypothesis)
         self.ws.commit()
-        result = self._run(exp, hypothesis)
+        draft = self._draft({"hypothesis": hypothesis}, planner="none")
+        result = self._run(exp, hypothesis, repeat=done)
         metric = result["metrics"].get(self.spec.metric.name)
-        record = self._record(exp, hypothesis, result=result, metric=metric, baseline=True)
-        if result["status"] != "ok" or metric is None:
-            commit = self.ws.discard(exp, record, status=result["status"])
-            self._append({**record, "status": result["status"], "commit": commit})
-            return {"stop_reason": f"the baseline {result['status']} ({result['reason']}); "
-                                   f"fix the code first, see {result['log_path']}"}
-        self.ws.keep(exp, record, best=not done)
-        self._append({**record, "status": "keep", "commit": self._commit_of(exp)})
-        done.append(metric)
-        update: dict[str, Any] = {"baseline_metrics": done}
-        if len(done) == len(BASELINE):
-            update["noise"] = abs(done[0] - done[1])
-            update["best_metric"] = statistics.fmean(done)
-            update["wall_seconds"] = self.rt.wall_used()
-        return update
+        outcome = self._outcome([result], metric, result["reason"])
+        note = {**draft, **outcome}
+        if result["status"] != "ok" or not scores.is_finite(metric):
+            status = result["status"] if result["status"] != "ok" else "no_metric"
+            commit = self.ws.discard(exp, note, status=status)
+            self._append({**note, "exp": exp, "status": status, "commit": commit})
+            why = result["reason"] or f"no finite METRIC {self.spec.metric.name}"
+            return {"stop_reason": f"the baseline {status} ({why}); fix the code first, see "
+                                   f"{result['log_path']}"}
+        self.ws.keep(exp, note, best=done == 0, status=scores.BASELINE)
+        self._append({**note, "exp": exp, "status": scores.BASELINE,
+                      "commit": self._commit_of(exp)})
+        return {"baselines": done + 1, "wall_seconds": self.rt.wall_used()}
 
     # --- plan ---------------------------------------------------------------------------------
 
@@ -104,21 +119,25 @@ class Nodes:
         self.rt.view.message(f"planning with {self.rt.planner.name}…")
         try:
             proposal = self.rt.planner.propose(context)
+        except PlannerUnavailable as err:  # a transport failure: nothing for the LLM to learn
+            return {**update, "proposal": None, "planner_down": True,
+                    "stop_reason": f"the planner failed: {err}"}
         except PlannerError as err:
             failures = state["planner_failures"] + 1
             spent = getattr(err, "usage", None)  # failed replies cost tokens too
             update |= {
                 "proposal": None, "planner_failures": failures,
-                "failure": f"the planner gave no valid proposal: {err}",
+                "failure": {"what": f"the planner gave no valid proposal: {err}"},
                 "tokens": state["tokens"] + (spent.total_tokens if spent else 0)}
             if failures >= MAX_PLANNER_FAILURES:
+                update["planner_down"] = True
                 update["stop_reason"] = (f"{failures} planner replies in a row were invalid "
                                          f"(last: {err})")
             return update
         tokens = state["tokens"] + proposal.usage.total_tokens
-        # the diagnosis and the hints have now entered a proposal's context: consumed
+        # the failure and the hints have now entered a proposal's context: consumed
         return {**update, "proposal": {**_dump(proposal), "hints": state["hints"]},
-                "planner_failures": 0, "tokens": tokens, "diagnosis": None, "hints": []}
+                "planner_failures": 0, "tokens": tokens, "last_failure": None, "hints": []}
 
     # --- edit ---------------------------------------------------------------------------------
 
@@ -127,24 +146,26 @@ class Nodes:
         assert proposal is not None
         exp = self._begin(proposal["hypothesis"])
         update: dict[str, Any] = {"exp": exp, "experiments": state["experiments"] + 1,
-                                  "result": None, "diff_hash": None}
+                                  "results": [], "outcome": None, "decision": None}
         try:
             self.ws.apply(proposal["edits"])
         except EditError as err:
-            return {**update, "decision": "invalid_edit",
-                    "failure": f"exp {exp:03d}: the edit did not apply: {err}"}
-        diff_hash = self._diff_hash()
-        if diff_hash is None:
-            return {**update, "decision": "invalid_edit",
-                    "failure": f"exp {exp:03d}: the edit changes nothing (the code already "
-                               "says that); propose a real change"}
-        if diff_hash in state["tried"]:
-            return {**update, "decision": "duplicate", "diff_hash": diff_hash,
-                    "failure": f"exp {exp:03d}: this exact change was already tried; "
-                               "propose a different one"}
+            # nothing changed (edits apply all or nothing): no code of its own to describe
+            return self._refused(update, self._draft(proposal, ran=False), "invalid_edit",
+                                 f"exp {exp:03d}: the edit did not apply: {err}")
+        draft = self._draft(proposal)
+        update["draft"] = draft
+        if draft["diff_hash"] is None:
+            return self._refused(update, draft, "invalid_edit",
+                                 f"exp {exp:03d}: the edit changes nothing (the code already "
+                                 "says that); propose a real change")
+        if draft["diff_hash"] in state["tried"]:
+            return self._refused(update, draft, "duplicate",
+                                 f"exp {exp:03d}: this exact change was already tried; "
+                                 "propose a different one")
         if not state["approve"]:
             self.ws.commit()
-        return {**update, "decision": None, "diff_hash": diff_hash}
+        return update
 
     # --- approve ------------------------------------------------------------------------------
 
@@ -178,42 +199,55 @@ class Nodes:
                 time.sleep(CONTROL_POLL_SECONDS)
         control.clear_approval(self.rt.run_dir)
         if answer["decision"] == "no":
-            return {**update, "decision": "rejected",
-                    "diagnosis": f"A person rejected exp {exp:03d} ({proposal['hypothesis']}) "
-                                 "before it ran; propose something different."}
+            why = f"a person rejected exp {exp:03d} before it ran"
+            return {**update, "decision": "rejected", "failure": None,
+                    "outcome": self._outcome([], None, why),
+                    "last_failure": Failure(why, "propose something different").as_dict()}
         if answer["decision"] == "edit" and str(answer.get("hypothesis", "")).strip():
             self.ws.retitle(answer["hypothesis"])
-            update["proposal"] = {**proposal, "hypothesis": answer["hypothesis"].strip()}
+            hypothesis = answer["hypothesis"].strip()
+            update["proposal"] = {**proposal, "hypothesis": hypothesis}
+            update["draft"] = {**state["draft"], "hypothesis": hypothesis}
         self.ws.commit()
         return update
 
     # --- run ----------------------------------------------------------------------------------
 
     def run(self, state: RunState) -> dict[str, Any]:
+        """Run the experiment; a second visit (decision `confirm`) runs it with another seed."""
         exp = self._prepared(state)
+        results = state["results"] if exp == state["exp"] else []  # re-run from the start
         self._status({**state, "exp": exp}, "running")
-        result = self._run(exp, state["proposal"]["hypothesis"])
-        tried = [*state["tried"], state["diff_hash"]] if state["diff_hash"] else state["tried"]
-        return {"exp": exp, "result": result, "tried": tried}
+        if results:
+            self.rt.view.message(f"exp {exp:03d}: confirming with another seed")
+        result = self._run(exp, state["proposal"]["hypothesis"], repeat=len(results))
+        tried = state["tried"]
+        if state["draft"]["diff_hash"] not in tried:
+            tried = [*tried, state["draft"]["diff_hash"]]
+        return {"exp": exp, "results": [*results, result], "tried": tried}
 
     # --- judge --------------------------------------------------------------------------------
 
     def judge(self, state: RunState) -> dict[str, Any]:
-        """Greedy keep rule with a noise guard: beat the best by more than the noise."""
-        result = state["result"]
-        assert result is not None
-        if result["status"] != "ok":
-            return {"decision": result["status"],
-                    "failure": f"exp {state['exp']:03d} {result['status']}: {result['reason']}"}
-        metric = result["metrics"].get(self.spec.metric.name)
-        if metric is None:
-            return {"decision": "no_metric",
-                    "failure": f"exp {state['exp']:03d} printed no METRIC "
-                               f"{self.spec.metric.name}=…"}
-        margin = max(state["noise"], self.spec.min_delta or 0.0)
-        best = state["best_metric"]
-        gain = (best - metric) if self.spec.metric.goal == "minimize" else (metric - best)
-        return {"decision": "keep" if gain > margin else "discard", "failure": None}
+        """Keep, discard or confirm (agent.decision); failures go to reflect."""
+        results, exp = state["results"], state["exp"]
+        last = results[-1]
+        name = self.spec.metric.name
+        if last["status"] != "ok":
+            what = f"exp {exp:03d} {last['status']}: {last['reason']}"
+            return self._failed(results, last["status"], what, last)
+        if not scores.is_finite(last["metrics"].get(name)):
+            what = f"exp {exp:03d} printed no finite METRIC {name}=…"
+            return self._failed(results, "no_metric", what, last)
+        runs = [r["metrics"][name] for r in results]
+        diff = state["draft"]["diff"]
+        judgement = decide(runs, self.rt.records.read(), self.spec.metric.goal,
+                           min_delta=self.spec.min_delta or 0.0, lines_added=diff["added"],
+                           lines_removed=diff["removed"])
+        outcome = {**self._outcome(results, judgement.metric, judgement.reason),
+                   "judgement": judgement.as_dict()}
+        self.rt.view.message(f"exp {exp:03d}: {judgement.reason}")
+        return {"decision": judgement.action, "outcome": outcome, "failure": None}
 
     # --- keep / revert ------------------------------------------------------------------------
 
@@ -221,56 +255,55 @@ class Nodes:
         exp = state["exp"]
         if (settled := self._settled(exp)) is not None:
             return settled
-        metric = state["result"]["metrics"][self.spec.metric.name]
-        self.ws.keep(exp, self._note(state, metric), best=True)
-        return {"best_metric": metric}
+        note = self._note(state)
+        ref, _ = scores.reference(self.rt.records.read(), self.spec.metric.goal)
+        is_best = ref is None or scores.better(note["metric"], ref, self.spec.metric.goal)
+        self.ws.keep(exp, note, best=is_best)
+        return {}
 
     def revert(self, state: RunState) -> dict[str, Any]:
         exp = state["exp"]
         if (settled := self._settled(exp)) is not None:
             return settled
-        result = state.get("result") or {}
-        metric = (result.get("metrics") or {}).get(self.spec.metric.name)
-        self.ws.discard(exp, self._note(state, metric), status=state["decision"])
+        self.ws.discard(exp, self._note(state), status=state["decision"])
         return {}
 
     # --- record -------------------------------------------------------------------------------
 
     def record(self, state: RunState) -> dict[str, Any]:
+        """Append the record the note holds, with its status and commit; tell the planner."""
         exp = state["exp"]
         entry = next(h for h in reversed(self.ws.history) if h["exp"] == exp)
-        record = {**self._note(state, entry["metric"]), "status": entry["status"],
+        record = {**self._note(state), "exp": exp, "status": entry["status"],
                   "commit": entry["commit"]}
         if self._append(record):  # told once: a resumed planner re-learns from the records
             self.rt.planner.observe(Proposal.model_validate(state["proposal"]), record["knobs"],
                                     record["metric"], record["status"])
-        return {"wall_seconds": self.rt.wall_used(), "result": None}
+        return {"wall_seconds": self.rt.wall_used(), "results": [], "draft": None,
+                "outcome": None}
 
     # --- reflect ------------------------------------------------------------------------------
 
     def reflect(self, state: RunState) -> dict[str, Any]:
         """Read the failure and say what to do differently; it enters the next prompt."""
-        failure = state["failure"] or "unknown failure"
-        result = state.get("result") or {}
-        log_tail = result.get("log_tail", "")
+        failure = state["failure"] or {"what": "unknown failure"}
+        what, log_tail = failure["what"], failure.get("log_tail", "")
         diagnose = getattr(self.rt.planner, "diagnose", None)
         diagnosis, tokens = None, 0
         if diagnose is not None:
             try:
                 proposal = state.get("proposal") or {}
                 hypothesis = proposal.get("hypothesis", "(the reply held no valid proposal)")
-                diagnosis, usage = diagnose(self._context(state), f"{failure}\n{log_tail}",
+                diagnosis, usage = diagnose(self._context(state), f"{what}\n{log_tail}",
                                             hypothesis=hypothesis)
                 tokens = usage.total_tokens
-            except PlannerError:
+            except PlannerError:  # unavailable or no answer: the rules still read the log
                 diagnosis = None
-        diagnosis = diagnosis or rule_based_diagnosis(failure, log_tail)
+        diagnosis = diagnosis or rule_based_diagnosis(what, log_tail)
         self.rt.view.message(f"reflect: {diagnosis}")
-        text = f"{failure}\nDiagnosis: {diagnosis}"
-        if log_tail:
-            text += "\nLog tail:\n" + "\n".join(log_tail.splitlines()[-15:])
-        return {"diagnosis": text, "failure": None, "tokens": state["tokens"] + tokens,
-                "result": None}
+        tail = "\n".join(log_tail.splitlines()[-FAILURE_LOG_LINES:])
+        return {"last_failure": Failure(what, diagnosis, tail).as_dict(), "failure": None,
+                "tokens": state["tokens"] + tokens}
 
     # --- finish -------------------------------------------------------------------------------
 
@@ -278,8 +311,14 @@ class Nodes:
         from agent.report import write_report
 
         reason = state.get("stop_reason") or "done"
-        self._status(state, "finished")
-        write_report(self.rt.run_dir, self.rt.goal, self.rt.records.read(), stop_reason=reason)
+        records = self.rt.records.read()
+        judged = [r for r in scores.experiments(records) if scores.is_finite(r.get("metric"))]
+        failed = bool(state.get("planner_down")) or not judged
+        if not judged and not state.get("planner_down"):
+            reason = f"{reason}; no experiment completed"
+        state = {**state, "stop_reason": reason}
+        self._status(state, "finished", failed=failed)
+        write_report(self.rt.run_dir, self.rt.goal, records, stop_reason=reason)
         self.rt.view.message(f"finished: {reason}; report at {self.rt.run_dir / 'report.md'}")
         return {"stop_reason": reason, "wall_seconds": self.rt.wall_used()}
 
@@ -297,6 +336,76 @@ class Nodes:
         exp = self._begin(proposal["hypothesis"])
         self.ws.apply(proposal["edits"])
         return exp
+
+    def _refused(self, update: dict[str, Any], draft: dict[str, Any], decision: str,
+                 what: str) -> dict[str, Any]:
+        """An experiment that never runs: recorded, and its failure goes to reflect."""
+        return {**update, "draft": draft, "decision": decision, "failure": {"what": what},
+                "outcome": self._outcome([], None, what)}
+
+    def _failed(self, results: list[dict[str, Any]], status: str, what: str,
+                last: dict[str, Any]) -> dict[str, Any]:
+        outcome = self._outcome(results, None, what)
+        return {"decision": status, "outcome": outcome,
+                "failure": {"what": what, "log_tail": last.get("log_tail", "")}}
+
+    def _outcome(self, results: list[dict[str, Any]], metric: float | None,
+                 reason: str) -> dict[str, Any]:
+        """What the runs gave: the judged metric, every run's value, the first run's metrics."""
+        name = self.spec.metric.name
+        first = results[0] if results else {}
+        return {
+            "metric": metric,
+            "runs": [r["metrics"].get(name) for r in results],
+            "seeds": [r["seed"] for r in results],
+            "metrics": first.get("metrics", {}),
+            "run_status": results[-1]["status"] if results else None,
+            "seconds": round(sum(r["seconds"] for r in results), 3) if results else None,
+            "run_seconds": [r["seconds"] for r in results],
+            "reason": reason,
+        }
+
+    def _draft(self, proposal: dict[str, Any], *, planner: str | None = None,
+               ran: bool = True) -> dict[str, Any]:
+        """The record of the experiment in flight, from the workspace as it will run."""
+        usage = proposal.get("usage") or {}
+        files = {p: (self.ws.path / p).read_text(encoding="utf-8", errors="replace")
+                 for p in self._editable_files()}
+        diff = self.ws.git.run("diff", "HEAD", "--", *self.spec.editable) if ran else ""
+        added = removed = 0
+        for line in diff.splitlines():
+            if line.startswith(("+++", "---")):
+                continue
+            added += line.startswith("+")
+            removed += line.startswith("-")
+        current = self.ws.current or {}
+        return {
+            "hypothesis": proposal.get("hypothesis", ""),
+            "rationale": proposal.get("rationale", ""),
+            "edits": proposal.get("edits", []),
+            "hints": proposal.get("hints", []),
+            "planner": planner or self.rt.planner.name,
+            "tokens": {"prompt": usage.get("prompt_tokens", 0),
+                       "completion": usage.get("completion_tokens", 0)},
+            "cost_usd": usage.get("cost_usd"),
+            "propose_seconds": usage.get("seconds"),
+            "knobs": read_knob_values(files, self.rt.goal.knobs) if ran else {},
+            "diff_hash": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff.strip() else None,
+            "diff": {"added": added, "removed": removed},
+            "parent": current.get("base"),
+            "metric_name": self.spec.metric.name,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _note(self, state: RunState) -> dict[str, Any]:
+        """The experiment's record as far as it goes before keep or revert: the git note."""
+        return {**state["draft"], **(state.get("outcome") or {})}
+
+    def _editable_files(self) -> list[str]:
+        return [p for p in self.spec.editable if (self.ws.path / p).is_file()]
+
+    def _baselines(self) -> list[dict[str, Any]]:
+        return [r for r in self.rt.records.read() if r.get("status") == scores.BASELINE]
 
     def _steer(self, state: RunState) -> dict[str, Any]:
         """Apply the person's new commands from control.jsonl."""
@@ -328,17 +437,20 @@ class Nodes:
             update["hints"] = hints
         return update
 
-    def _status(self, state: RunState, name: str) -> None:
+    def _status(self, state: RunState, name: str, *, failed: bool = False) -> None:
         proposal = state.get("proposal") or {}
+        records = self.rt.records.read()
+        goal = self.spec.metric.goal
         control.write_status(self.rt.run_dir, {
             "run_id": self.rt.run_dir.name, "state": name, "pid": os.getpid(),
             "exp": state.get("exp") if name != "planning" else None,
             "hypothesis": proposal.get("hypothesis") if name != "planning" else None,
             "experiments": state["experiments"], "budget": self._budget(state),
             "approve": state["approve"], "paused": state["paused"],
-            "best_metric": state["best_metric"], "tokens": state["tokens"],
+            "baseline_metric": scores.baseline(records), "best_metric": scores.best(records, goal),
+            "verdict": scores.verdict(records, goal), "tokens": state["tokens"],
             "wall_seconds": round(self.rt.wall_used(), 1),
-            "stop_reason": state.get("stop_reason"),
+            "stop_reason": state.get("stop_reason"), "failed": failed,
         })
 
     def _budget(self, state: RunState) -> dict[str, Any]:
@@ -353,20 +465,23 @@ class Nodes:
         self.rt.view.experiment_started(exp, hypothesis, self.spec.budget.per_experiment)
         return exp
 
-    def _run(self, exp: int, hypothesis: str) -> dict[str, Any]:
+    def _run(self, exp: int, hypothesis: str, *, repeat: int = 0) -> dict[str, Any]:
+        """One run of the experiment in flight; a repeat uses another seed and its own log."""
+        seed = self.spec.seed + repeat
         result = self.ws.run(
             self.spec.command,
             time_budget=self.spec.budget.per_experiment,
-            seed=self.spec.seed,
+            seed=seed,
             grace=self.spec.budget.grace,
             mem_limit=self.rt.memory_limit_bytes,
             metric=self.spec.metric.name,
             on_line=self.rt.view.line,
+            repeat=repeat,
         )
-        return {"status": result.status, "exit_code": result.exit_code,
+        return {"status": result.status, "exit_code": result.exit_code, "seed": seed,
                 "metrics": dict(result.metrics), "seconds": round(result.seconds, 3),
                 "reason": result.reason, "log_tail": result.log_tail,
-                "log_path": str(result.log_path or self.ws.log_path(exp))}
+                "log_path": str(result.log_path or self.ws.log_path(exp, repeat))}
 
     def _settled(self, exp: int) -> dict[str, Any] | None:
         """After a crash: the workspace may have finished this experiment already (nothing to
@@ -375,56 +490,11 @@ class Nodes:
             return None
         entry = next((h for h in reversed(self.ws.history) if h["exp"] == exp), None)
         if entry is not None and entry["status"] == "interrupted":
-            return {"decision": "rerun"}
+            return {"decision": "rerun", "results": []}
         return {}
-
-    def _diff_hash(self) -> str | None:
-        """Hash of the uncommitted change (None when there is none): equal changes, equal hash."""
-        diff = self.ws.git.run("diff", "HEAD", "--", *self.spec.editable)
-        return hashlib.sha256(diff.encode()).hexdigest()[:16] if diff.strip() else None
 
     def _commit_of(self, exp: int) -> str | None:
         return next((h["commit"] for h in reversed(self.ws.history) if h["exp"] == exp), None)
-
-    def _note(self, state: RunState, metric: float | None) -> dict[str, Any]:
-        proposal = state["proposal"] or {}
-        return self._record(
-            state["exp"], proposal.get("hypothesis", ""), result=state.get("result"),
-            metric=metric, proposal=proposal, diff_hash=state.get("diff_hash"),
-            failure=state.get("failure"),
-        )
-
-    def _record(self, exp: int, hypothesis: str, *, result: dict | None, metric: float | None,
-                proposal: dict | None = None, diff_hash: str | None = None,
-                failure: str | None = None, baseline: bool = False) -> dict[str, Any]:
-        """The JSON record of one experiment: git note and experiments.jsonl line."""
-        proposal = proposal or {}
-        usage = proposal.get("usage") or {}
-        result = result or {}
-        files = {p: (self.ws.path / p).read_text(encoding="utf-8", errors="replace")
-                 for p in self.spec.editable if (self.ws.path / p).is_file()}
-        return {
-            "exp": exp,
-            "hypothesis": hypothesis,
-            "rationale": proposal.get("rationale", ""),
-            "edits": proposal.get("edits", []),
-            "baseline": baseline,
-            "metric": metric,
-            "metric_name": self.spec.metric.name,
-            "metrics": result.get("metrics", {}),
-            "run_status": result.get("status"),
-            "seconds": result.get("seconds"),
-            "reason": failure or result.get("reason") or "",
-            "planner": "none" if baseline else self.rt.planner.name,
-            "tokens": {"prompt": usage.get("prompt_tokens", 0),
-                       "completion": usage.get("completion_tokens", 0)},
-            "cost_usd": usage.get("cost_usd"),
-            "propose_seconds": usage.get("seconds"),
-            "knobs": read_knob_values(files, self.rt.goal.knobs),
-            "diff_hash": diff_hash,
-            "hints": proposal.get("hints", []),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
 
     def _append(self, record: dict[str, Any]) -> bool:
         if not self.rt.records.append(record):
@@ -445,20 +515,18 @@ class Nodes:
     def _context(self, state: RunState) -> PlanContext:
         files = {p: (self.ws.path / p).read_text(encoding="utf-8", errors="replace")
                  for p in self.spec.editable}
-        history = [
-            ExperimentSummary(exp=r["exp"], hypothesis=r["hypothesis"],
-                              status="baseline" if r.get("baseline") else r["status"],
-                              metric=r.get("metric"), knobs=r.get("knobs") or {})
-            for r in self.rt.records.read()
-        ]
-        baseline = state["baseline_metrics"]
+        records = self.rt.records.read()
+        goal = self.spec.metric.goal
+        history = [ExperimentSummary(exp=r["exp"], hypothesis=r["hypothesis"],
+                                     status=r["status"], metric=r.get("metric"),
+                                     knobs=r.get("knobs") or {}) for r in records]
+        failure = state.get("last_failure")
         return PlanContext(
             brief=self.rt.goal.brief, metric_name=self.spec.metric.name,
-            goal=self.spec.metric.goal, editable_files=files, knobs=self.rt.goal.knobs,
+            goal=goal, editable_files=files, knobs=self.rt.goal.knobs,
             current_knobs=read_knob_values(files, self.rt.goal.knobs), history=history,
-            best_metric=state["best_metric"],
-            baseline_metric=statistics.fmean(baseline) if baseline else None,
-            last_failure=state.get("diagnosis"), hints=list(state["hints"]),
+            best_metric=scores.best(records, goal), baseline_metric=scores.baseline(records),
+            last_failure=Failure(**failure) if failure else None, hints=list(state["hints"]),
             seed=self.spec.seed + len(history),
         )
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from agent.control import read_status
 from agent.goal import Goal, GoalError, load_goal
 from agent.graph import build_graph, checkpointer
 from agent.nodes import Nodes, Runtime
@@ -75,12 +76,15 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
         budget = goal.spec.budget.model_copy(update={"experiments": options["experiments"]})
         goal = goal.model_copy(update={"spec": goal.spec.model_copy(update={"budget": budget})})
     records = RunRecords(run_dir)
+    saver = checkpointer(run_dir)
+    config = {"configurable": {"thread_id": run_dir.name}, "recursion_limit": RECURSION_LIMIT}
     workspace = Workspace.open(run_dir)  # recovers an experiment a crash left unfinished
     try:
         if workspace.recovered is not None and workspace.recovered.status == "interrupted":
             rec = workspace.recovered
-            records.append({"exp": rec.exp, "hypothesis": rec.hypothesis, "status": "interrupted",
-                            "commit": rec.commit, "metric": None, "baseline": False,
+            records.append({**_draft_of(saver, config, rec.exp), "exp": rec.exp,
+                            "hypothesis": rec.hypothesis, "status": "interrupted",
+                            "commit": rec.commit, "metric": None,
                             "reason": f"the run stopped during {rec.step}; it is re-run"})
         history = [ExperimentSummary(exp=r["exp"], hypothesis=r["hypothesis"],
                                      status=r["status"], metric=r.get("metric"),
@@ -91,15 +95,12 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
         with RunView(run_dir.name, spec.metric.name, spec.metric.goal, planner.name,
                      console=console) as view:
             view.preload(records.read())
-            saver = checkpointer(run_dir)
             graph = build_graph(Nodes(Runtime(
                 goal=goal, run_dir=run_dir, workspace=workspace, planner=planner,
                 records=records, view=view,
                 memory_limit_bytes=(spec.memory_limit_mb or 0) * 2**20 or None,
                 session_base=_wall_used(saver, run_dir.name),
             ))).compile(checkpointer=saver)
-            config = {"configurable": {"thread_id": run_dir.name},
-                      "recursion_limit": RECURSION_LIMIT}
             if not fresh and not graph.get_state(config).next and graph.get_state(config).values:
                 view.message(f"{run_dir.name} already finished; nothing to resume")
                 return
@@ -108,6 +109,23 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
                              durability="sync")
     finally:
         workspace.close()
+
+
+def run_failure(run_dir: Path) -> str | None:
+    """Why a finished run failed (no experiment completed, or the planner failed), else None:
+    `magnet-agent run` then exits non-zero with this as its last line."""
+    status = read_status(run_dir) or {}
+    if status.get("state") != "finished" or not status.get("failed"):
+        return None
+    return f"the run failed: {status.get('stop_reason') or 'unknown reason'}"
+
+
+def _draft_of(saver: Any, config: dict[str, Any], exp: int) -> dict[str, Any]:
+    """The record an interrupted experiment had drafted before it ran (its code facts), if the
+    last checkpoint holds it."""
+    latest = saver.get_tuple(config)
+    values = latest.checkpoint["channel_values"] if latest is not None else {}
+    return dict(values.get("draft") or {}) if values.get("exp") == exp else {}
 
 
 def _wall_used(saver: Any, run_id: str) -> float:

@@ -19,6 +19,11 @@ KEEP = "keep"
 Record = dict[str, Any]
 
 
+def experiments(records: Sequence[Record]) -> list[Record]:
+    """The records of proposals (everything but the baseline runs)."""
+    return [r for r in records if r.get("status") != BASELINE]
+
+
 def better(a: float, b: float, goal: str) -> bool:
     """Whether metric `a` is strictly better than `b`."""
     return gain(a, b, goal) > 0
@@ -32,7 +37,7 @@ def gain(a: float, b: float, goal: str) -> float:
 def baseline(records: Sequence[Record]) -> float | None:
     """Mean metric of the baseline runs (None until one has a metric)."""
     values = [r["metric"] for r in records
-              if r.get("status") == BASELINE and _finite(r.get("metric"))]
+              if r.get("status") == BASELINE and is_finite(r.get("metric"))]
     return statistics.fmean(values) if values else None
 
 
@@ -42,7 +47,7 @@ def best_so_far(records: Sequence[Record], goal: str) -> list[float | None]:
     line = []
     for r in records:
         metric = r.get("metric")
-        if r.get("status") == KEEP and _finite(metric) and (best is None
+        if r.get("status") == KEEP and is_finite(metric) and (best is None
                                                              or better(metric, best, goal)):
             best = metric
         line.append(best)
@@ -68,7 +73,7 @@ def reference(records: Sequence[Record], goal: str) -> tuple[float | None, int]:
     top = best_record(records, goal)
     if top is not None:
         return top["metric"], len(runs_of(top))
-    runs = [r for r in records if r.get("status") == BASELINE and _finite(r.get("metric"))]
+    runs = [r for r in records if r.get("status") == BASELINE and is_finite(r.get("metric"))]
     return baseline(records), len(runs)
 
 
@@ -76,7 +81,7 @@ def runs_of(record: Record) -> list[float]:
     """Every finite value measured for a record (one per run, or its metric alone)."""
     runs = record.get("runs")
     values = runs if isinstance(runs, list) and runs else [record.get("metric")]
-    return [v for v in values if _finite(v)]
+    return [v for v in values if is_finite(v)]
 
 
 def noise_sd(records: Sequence[Record]) -> float | None:
@@ -84,7 +89,7 @@ def noise_sd(records: Sequence[Record]) -> float | None:
     of the same code: the baseline runs, and every experiment confirmed with a second seed.
     None until some code was measured twice."""
     groups = [[r["metric"] for r in records
-               if r.get("status") == BASELINE and _finite(r.get("metric"))]]
+               if r.get("status") == BASELINE and is_finite(r.get("metric"))]]
     groups += [runs_of(r) for r in records if r.get("status") != BASELINE]
     groups = [g for g in groups if len(g) >= 2]
     dof = sum(len(g) - 1 for g in groups)
@@ -109,5 +114,6 @@ def verdict(records: Sequence[Record], goal: str) -> str:
     return f"Baseline {base:.4f} → best {top:.4f} ({change_pct(base, top, goal):+.2f}% better)."
 
 
-def _finite(value: Any) -> bool:
+def is_finite(value: Any) -> bool:
+    """A real, finite metric value (not None, bool, NaN or infinite)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,7 +1,8 @@
 """The research loop's typed state: what LangGraph checkpoints after every node.
 
-Only plain JSON-able values live here; the workspace (git + journal) is the source of truth
-for experiment numbers and what was kept, so a resumed run re-derives them from it.
+Only plain JSON-able values live here. The records (experiments.jsonl) are the source of truth
+for the baseline, the best and the noise (agent.scores reads them), and the workspace (git +
+journal) for experiment numbers and what was kept, so a resumed run re-derives them.
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ from typing import Any, TypedDict
 
 class RunState(TypedDict, total=False):
     run_id: str
-    baseline_metrics: list[float]  # the unmodified code, measured twice
-    noise: float  # |difference| of the two baseline runs: the keep rule's margin
-    best_metric: float | None
+    baselines: int  # baseline runs recorded (two: the unmodified code, measured twice)
     exp: int | None  # the experiment in flight
     proposal: dict[str, Any] | None  # ProposalReply fields + usage of the experiment in flight
-    diff_hash: str | None
-    result: dict[str, Any] | None  # status, metrics, seconds, reason, log_tail of its run
-    decision: str | None  # keep | discard | crashed | timeout | oom | no_metric | invalid_edit ...
-    failure: str | None  # what went wrong last (for reflect), cleared once reflected on
-    diagnosis: str | None  # reflect's reading of it, given to the next proposal
+    # The in-flight experiment's record as built from the workspace before it ran (code facts:
+    # edits, knob values, diff hash and size, parent commit); keep/revert/record only add to it.
+    draft: dict[str, Any] | None
+    results: list[dict[str, Any]]  # its runs: one, or two after a confirmation
+    outcome: dict[str, Any] | None  # what judge (or a refusal) concluded: metric, reason, ...
+    decision: str | None  # keep | discard | confirm | crashed | timeout | invalid_edit ...
+    failure: dict[str, Any] | None  # {what, log_tail} of the last failure, for reflect
+    last_failure: dict[str, Any] | None  # reflect's Failure, handed to the next proposal
     tried: list[str]  # diff hashes of every experiment that ran
     experiments: int  # experiments started (baselines excluded): the experiment budget
     planner_failures: int  # consecutive replies that gave no valid proposal
+    planner_down: bool  # the run stopped because the planner's endpoint failed
     tokens: int  # LLM tokens used by the whole run
     wall_seconds: float  # run time used by earlier sessions (resume adds to it)
     stop_reason: str | None
@@ -39,9 +42,9 @@ class RunState(TypedDict, total=False):
 
 def initial_state(run_id: str) -> RunState:
     return RunState(
-        run_id=run_id, baseline_metrics=[], noise=0.0, best_metric=None, exp=None,
-        proposal=None, diff_hash=None, result=None, decision=None, failure=None, diagnosis=None,
-        tried=[], experiments=0, planner_failures=0, tokens=0, wall_seconds=0.0,
-        stop_reason=None, control_seen=0, hints=[], paused=False, approve=False,
-        stop_requested=False, budget_experiments=None, budget_wall=None,
+        run_id=run_id, baselines=0, exp=None, proposal=None, draft=None, results=[],
+        outcome=None, decision=None, failure=None, last_failure=None, tried=[], experiments=0,
+        planner_failures=0, planner_down=False, tokens=0, wall_seconds=0.0, stop_reason=None,
+        control_seen=0, hints=[], paused=False, approve=False, stop_requested=False,
+        budget_experiments=None, budget_wall=None,
     )

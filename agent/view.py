@@ -11,9 +11,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from agent.report import best_so_far
+from agent import scores
 
-STATUS_STYLE = {"keep": "green", "discard": "yellow", "interrupted": "magenta"}
+STATUS_STYLE = {"baseline": "blue", "keep": "green", "discard": "yellow",
+                "interrupted": "magenta"}
 SHOWN_ROWS = 10
 
 
@@ -61,9 +62,8 @@ class RunView:
         self.current = None
         metric = record.get("metric")
         shown = "-" if metric is None else f"{metric:.4f}"
-        best = self.best()
         self._plain(f"exp {record['exp']:03d} {record['status']}: {self.metric}={shown} "
-                    f"(best {best if best is None else f'{best:.4f}'})")
+                    f"({scores.verdict(self.records, self.goal)})")
 
     def message(self, text: str) -> None:
         self.last_message = text
@@ -77,17 +77,11 @@ class RunView:
 
     # --- rendering ------------------------------------------------------------------------
 
-    def best(self) -> float | None:
-        return best_so_far(self.records, self.goal)[-1] if self.records else None
-
     def __rich__(self) -> Group:
-        baseline = [r["metric"] for r in self.records if r.get("baseline") and r.get("metric")]
         tokens = sum(sum((r.get("tokens") or {}).values()) for r in self.records)
-        best = self.best()
         header = Text.assemble(
-            (f"{self.run_id}", "bold"), f"  planner {self.planner}  ",
-            f"best {self.metric} ", (f"{best:.4f}" if best is not None else "-", "bold green"),
-            f"  baseline {baseline[0]:.4f}" if baseline else "", f"  tokens {tokens:,}",
+            (f"{self.run_id}", "bold"), f"  planner {self.planner}  {self.metric}: ",
+            (scores.verdict(self.records, self.goal), "bold green"), f"  tokens {tokens:,}",
         )
         table = Table(expand=True, show_edge=False)
         for column, justify in (("exp", "right"), ("status", "left"),

@@ -22,8 +22,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from agent import scores
 from agent.records import RunRecords
-from agent.report import best_so_far
 from agent.runner import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,21 +43,35 @@ def goal_variant(goal: Path, out: Path, *, seed: int, per_experiment: int, exper
 
 def measure(run_dir: Path, wall: float) -> dict[str, float]:
     records = RunRecords(run_dir).read()
-    baseline = statistics.fmean(r["metric"] for r in records if r.get("baseline"))
-    best = best_so_far(records, "minimize")[-1]
-    proposals = [r for r in records if not r.get("baseline")]
+    baseline = scores.baseline(records)
+    best = scores.best(records, "minimize")
+    proposals = scores.experiments(records)
     command_seconds = sum(r.get("seconds") or 0 for r in records)
     propose = [r["propose_seconds"] for r in proposals if r.get("propose_seconds") is not None]
+    confirmed = [r for r in proposals if len(scores.runs_of(r)) > 1]
     return {
         "baseline": baseline,
-        "best": best,
-        "reduction_pct": (baseline - best) / baseline * 100,
+        "best": best if best is not None else baseline,
+        "reduction_pct": scores.change_pct(baseline, best, "minimize") if best else 0.0,
         "overhead_s": (wall - command_seconds) / max(len(records), 1),
         "propose_s": statistics.median(propose) if propose else 0.0,
-        "kept": sum(r["status"] == "keep" for r in proposals),
+        "kept": sum(r["status"] == scores.KEEP for r in proposals),
         "experiments": len(proposals),
-        "curve": best_so_far(records, "minimize"),
+        "confirmed": len(confirmed),
+        "flipped": sum(flipped(r, records) for r in confirmed),
+        "confirm_s": sum(r["run_seconds"][-1] for r in confirmed),
+        "wall_s": wall,
+        "curve": scores.best_so_far(records, "minimize"),
     }
+
+
+def flipped(record: dict, records: list[dict]) -> bool:
+    """Whether confirming changed the decision the previous rule (one run; keep when it beats
+    the best by more than the two baselines' difference) would have made."""
+    base = [r["metric"] for r in records if r["status"] == scores.BASELINE]
+    judgement = record["judgement"]
+    first_gain = scores.gain(record["runs"][0], judgement["reference"], "minimize")
+    return (first_gain > abs(base[0] - base[1])) != (record["status"] == scores.KEEP)
 
 
 def main() -> None:
@@ -86,7 +100,8 @@ def main() -> None:
     table = Table(title=f"planners on {args.goal.name}: {args.experiments} experiments of "
                         f"{args.per_experiment}s, seeds {args.seeds}")
     for column in ("planner", "best reduction %", "mean reduction %", "kept",
-                   "overhead s/exp", "overhead % budget", "s/proposal"):
+                   "overhead s/exp", "overhead % budget", "s/proposal", "confirmed",
+                   "flipped", "confirm time %"):
         table.add_column(column, justify="right")
     summary = {}
     for planner, runs in results.items():
@@ -95,21 +110,30 @@ def main() -> None:
             "best": max(r["reduction_pct"] for r in runs),
             "overhead_pct": overhead / args.per_experiment * 100,
             "propose_s": statistics.median(r["propose_s"] for r in runs),
+            "confirm_pct": sum(r["confirm_s"] for r in runs) / sum(r["wall_s"] for r in runs)
+            * 100,
         }
         table.add_row(planner, f"{summary[planner]['best']:.2f}",
                       f"{statistics.fmean(r['reduction_pct'] for r in runs):.2f}",
                       f"{sum(r['kept'] for r in runs)}/{sum(r['experiments'] for r in runs)}",
                       f"{overhead:.2f}", f"{summary[planner]['overhead_pct']:.1f}",
-                      f"{summary[planner]['propose_s']:.1f}")
+                      f"{summary[planner]['propose_s']:.1f}",
+                      f"{sum(r['confirmed'] for r in runs)}/{sum(r['experiments'] for r in runs)}",
+                      f"{sum(r['flipped'] for r in runs)}",
+                      f"{summary[planner]['confirm_pct']:.1f}")
     console.print(table)
     plot(results, ROOT / "bench" / "planners.png")
 
     best_planner = max(summary, key=lambda p: summary[p]["best"])
     search = summary.get("search", {"overhead_pct": float("nan")})
     local = summary.get("local", {"propose_s": float("nan")})
+    confirmed = sum(r["confirmed"] for runs in results.values() for r in runs)
+    flips = sum(r["flipped"] for runs in results.values() for r in runs)
+    confirm_pct = statistics.fmean(s["confirm_pct"] for s in summary.values())
     print(f"RESULT best_reduction_pct={summary[best_planner]['best']:.2f} "
           f"best_planner={best_planner} overhead_pct={search['overhead_pct']:.1f} "
-          f"local_propose_s={local['propose_s']:.1f}")
+          f"local_propose_s={local['propose_s']:.1f} confirmed={confirmed} flipped={flips} "
+          f"confirm_time_pct={confirm_pct:.1f}")
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:

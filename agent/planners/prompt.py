@@ -17,11 +17,13 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 from string import Template
 from typing import Any
 
+from agent import scores
 from agent.planners.base import ExperimentSummary, Failure, PlanContext, ProposalReply
 from sandbox.knobs import KnobSpec
 
@@ -102,7 +104,7 @@ def propose_prompt(context: PlanContext, *, token_budget: int = DEFAULT_TOKEN_BU
         "metric_name": context.metric_name,
         "direction": _direction(context.goal),
         "baseline": _metric_or(context.baseline_metric, "not measured yet"),
-        "best": _metric_or(context.best_metric, "none yet"),
+        "best": _metric_or(context.best_metric, "none yet (nothing has beaten the baseline)"),
         "knobs": knobs_section(context.knobs, context.current_knobs),
         "hints": hints_section(context.hints),
     }
@@ -196,12 +198,10 @@ def summarise(rows: Sequence[ExperimentSummary], goal: str) -> str:
     counts = Counter(row.status for row in rows)
     text = f"exps {rows[0].exp}-{rows[-1].exp} (summarised): " + ", ".join(
         f"{n} {status}" for status, n in counts.most_common())
-    scored = [row for row in rows if row.metric is not None]
-    if scored:
-        pick = min if goal == "minimize" else max
-        best = pick(scored, key=lambda row: row.metric)  # type: ignore[arg-type, return-value]
-        text += f"; best {_metric_or(best.metric, '-')} at exp {best.exp}"
-    kept = [str(row.exp) for row in rows if row.status == "keep"]
+    best = scores.best_record([asdict(row) for row in rows], goal)
+    if best is not None:
+        text += f"; best kept {_metric_or(best['metric'], '-')} at exp {best['exp']}"
+    kept = [str(row.exp) for row in rows if row.status == scores.KEEP]
     if kept:  # the newest few: a long run keeps many
         more = f" ({len(kept)} in all)" if len(kept) > MAX_KEPT_LISTED else ""
         text += f"; kept: exp {', '.join(kept[-MAX_KEPT_LISTED:])}{more}"

@@ -104,7 +104,7 @@ def test_long_history_is_summarised_within_the_budget_keeping_newest_rows():
         assert line.startswith(f"| {row.exp} | {row.hypothesis} |")
     summary = next(line for line in user.splitlines() if "(summarised)" in line)
     assert summary.startswith(f"exps 0-{history[-len(table) - 1].exp} (summarised): ")
-    assert "best 3 at exp 0" in summary
+    assert "best kept 3 at exp 7" in summary  # a discarded 3.0 at exp 0 is not the best
     assert "kept: exp " in summary and "(" in summary.split("kept:")[1]  # a long list is capped
     assert TRAIN.rstrip() in user  # the code is never what gets cut first
     assert "RuntimeError: shape mismatch 96 vs 100" in user  # nor the log's last line
@@ -137,12 +137,13 @@ def test_code_is_cut_only_when_it_alone_exceeds_the_budget_and_the_prompt_says_s
     assert all(f"| {row.exp} |" in user for row in rows(40)[-MIN_ROWS:])
 
 
-def test_summary_picks_the_best_by_goal_direction():
-    history = [ExperimentSummary(1, "a", "discard", 3.5), ExperimentSummary(2, "b", "keep", 3.1),
-               ExperimentSummary(3, "c", "crashed", None)]
-    assert "best 3.1 at exp 2" in summarise(history, "minimize")
-    assert "best 3.5 at exp 1" in summarise(history, "maximize")
-    assert "1 discard, 1 keep, 1 crashed" in summarise(history, "minimize")
+def test_summary_picks_the_best_kept_by_goal_direction():
+    history = [ExperimentSummary(1, "a", "discard", 3.0), ExperimentSummary(2, "b", "keep", 3.1),
+               ExperimentSummary(3, "c", "keep", 3.3), ExperimentSummary(4, "d", "crashed", None),
+               ExperimentSummary(5, "e", "discard", 3.5)]
+    assert "best kept 3.1 at exp 2" in summarise(history, "minimize")
+    assert "best kept 3.3 at exp 3" in summarise(history, "maximize")
+    assert "2 discard, 2 keep, 1 crashed" in summarise(history, "minimize")
 
 
 def test_hypotheses_cannot_break_the_table():

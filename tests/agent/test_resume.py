@@ -74,7 +74,10 @@ def test_sigkill_mid_experiment_then_resume(tmp_path, goal):
     assert by_exp[3]["status"] == "interrupted"
     assert by_exp[4]["hypothesis"] == by_exp[3]["hypothesis"]  # the cut-off one was re-run
     assert by_exp[4]["status"] in ("keep", "discard")
-    proposals = [r for r in records if not r.get("baseline") and r["status"] != "interrupted"]
+    # the interrupted record describes the code it was running, as its re-run does
+    assert by_exp[3]["knobs"] == by_exp[4]["knobs"] and by_exp[3]["knobs"]["X"] != 3.0
+    assert by_exp[3]["diff_hash"] == by_exp[4]["diff_hash"] is not None
+    proposals = [r for r in records if r["status"] not in ("baseline", "interrupted")]
     assert len(proposals) == 4  # the experiment budget, the re-run counted once
     assert "Stopped: experiment budget of 4 reached" in (run_dir / "report.md").read_text()
 
