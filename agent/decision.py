@@ -51,7 +51,9 @@ def decide(runs: Sequence[float], records: Sequence[scores.Record], goal: str, *
     metric = statistics.fmean(runs)
     reference, behind = scores.reference(records, goal)
     assert reference is not None, "the baseline is measured before any candidate is judged"
-    sd = scores.noise_sd(records) or 0.0
+    # the candidate's own repeated runs are a measurement of the noise too
+    sd = scores.noise_sd([*records, {"status": "candidate", "metric": metric,
+                                     "runs": list(runs)}]) or 0.0
     stderr = sd * math.sqrt(1 / len(runs) + 1 / max(behind, 1))
     gain = scores.gain(metric, reference, goal)
     z = gain / stderr if stderr else math.copysign(math.inf, gain) if gain else 0.0
