@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean llama-server-run
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ bench: setup
 	$(BIN)/python bench/bitnet_train.py
 	$(BIN)/python bench/sandbox_overhead.py
 	$(BIN)/python bench/planners.py
+
+# not part of `make test`: builds llama-cpp-python (~4 min) on first use, then a 3-experiment
+# run of the main goal with the openai planner against its server on the bundled SmolLM2
+llama-server-run: setup
+	$(BIN)/python bench/llama_server_run.py --goal goals/pycode-bitnet.md --experiments 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,10 +1,14 @@
 """The `openai` planner: any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp).
 
 One proposal = one chat request (plus at most one repair round when the reply is not a valid
-ProposalReply). Structured output (`response_format` json_schema) is asked for first; a server
-that rejects it gets plain JSON-in-text for the rest of the run. 429 / 5xx / timeouts /
-connection errors are retried here with exponential backoff (the SDK's own retries are off, so
-the attempts and the time they take are counted in one place).
+ProposalReply). Structured output is negotiated once per run and remembered: `response_format`
+json_schema, then json_object with the schema (llama.cpp's extension), then plain json_object,
+then JSON in text. A refusal is recognised by what the error says about the response format,
+whatever its status (llama-cpp-python answers 500), and is never retried as transient.
+429 / 5xx / timeouts / connection errors are retried here with exponential backoff (the SDK's
+own retries are off, so the attempts and the time they take are counted in one place); what
+survives the retries, and any other HTTP error, is PlannerUnavailable naming the endpoint, the
+status and the server's message.
 """
 
 from __future__ import annotations
@@ -14,15 +18,23 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from pydantic import ValidationError
 
-from agent.planners.base import PlanContext, PlannerError, Proposal, ProposalReply, Usage
+from agent.planners.base import (
+    PlanContext,
+    PlannerError,
+    PlannerUnavailable,
+    Proposal,
+    ProposalReply,
+    Usage,
+)
 from agent.planners.prompt import (
     DEFAULT_TOKEN_BUDGET,
     Message,
@@ -51,6 +63,17 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
 }
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx, as the SDK itself would retry
 DIAGNOSIS_CHARS = 600
+
+OutputMode = Literal["json_schema", "json_object_schema", "json_object", "text"]
+# best first; a refused mode is never asked for again in the run
+OUTPUT_MODES: tuple[OutputMode, ...] = ("json_schema", "json_object_schema", "json_object", "text")
+MODE_NAMES = {"json_schema": "json_schema", "json_object_schema": "json_object with the schema",
+              "json_object": "json_object", "text": "JSON in plain text"}
+# what servers say when they do not take a response_format: "Input should be 'text' or
+# 'json_object'" (llama-cpp-python, HTTP 500), "'response_format' of type 'json_schema' is not
+# supported" (OpenAI, 400), "Unrecognized request argument supplied: schema"...
+REFUSAL = re.compile(r"response[_ ]?format|json_schema|json_object|\bschema\b|structured output",
+                     re.IGNORECASE)
 
 
 class ReplyError(ValueError):
@@ -163,9 +186,21 @@ class OpenAIPlanner:
         self.attempts, self.base_delay, self.max_delay = max(1, attempts), base_delay, max_delay
         self.token_budget = token_budget
         self.temperature, self.max_tokens = temperature, max_tokens
-        self.structured = structured  # set to False for good when the server rejects it
+        # the response_format asked for; steps down OUTPUT_MODES when refused, for the whole run
+        self.output_mode: OutputMode = "json_schema" if structured else "text"
+        self.negotiated = not structured  # True once a reply came back in output_mode
+        self.last_unavailable: PlannerUnavailable | None = None  # cleared by any reply
         self.total = Usage(attempts=0)  # everything this planner has spent, failures included
         self._sleep = sleep
+
+    @property
+    def structured(self) -> bool:
+        """Whether replies are asked for with a response_format."""
+        return self.output_mode != "text"
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.client.base_url).rstrip("/")
 
     # --- the Planner interface --------------------------------------------------------------
 
@@ -202,6 +237,10 @@ class OpenAIPlanner:
         The hypothesis defaults to the newest experiment's, which is the failed one once the
         loop has recorded it.
         """
+        if self.last_unavailable is not None:
+            # the failure is the endpoint itself: the model has nothing to diagnose, and an
+            # answer would only feed its guess about a transport error to the next prompt
+            raise PlannerUnavailable(str(self.last_unavailable))
         status, _, log_tail = failure_text.strip().partition("\n")
         if hypothesis is None:
             hypothesis = context.history[-1].hypothesis if context.history else "(unknown)"
@@ -220,53 +259,74 @@ class OpenAIPlanner:
             text = text[: DIAGNOSIS_CHARS - 1].rsplit(" ", 1)[0] + "…"
         return text, usage
 
-    # --- one reply, with retries and the structured-output fallback ------------------------
+    # --- one reply, with retries and the structured-output negotiation ----------------------
 
     def _complete(self, messages: list[Message], tally: _Tally, *, want_json: bool) -> str:
-        attempt, fell_back = 0, False
+        attempt = 0
         while True:
-            structured = want_json and self.structured
+            mode: OutputMode = self.output_mode if want_json else "text"
             attempt += 1
             tally.requests += 1
             try:
-                response = self.client.chat.completions.create(
-                    **self._request(messages, structured))
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
-                if structured:  # most likely response_format itself: try once without it
-                    log.warning("the server rejected structured output (%s); using plain JSON "
-                                "replies from now on", _one_line(err))
-                    self.structured, fell_back = False, True
-                    attempt -= 1  # not a server failure: does not use up a retry
+                response = self.client.chat.completions.create(**self._request(messages, mode))
+            except openai.APIStatusError as err:
+                if mode != "text" and REFUSAL.search(_message(err)):
+                    self._refused(mode, err)
+                    attempt -= 1  # the endpoint works: a refusal does not use up a retry
                     continue
-                if fell_back:
-                    self.structured = True  # refused without it too: it was not response_format
-                raise PlannerError(f"the endpoint refused the request: {_one_line(err)}") from None
-            except (openai.APIConnectionError, openai.APIStatusError) as err:
-                if not _retryable(err):
-                    raise PlannerError(f"the endpoint failed: {_one_line(err)}") from None
+                if not _retryable(err) or attempt >= self.attempts:
+                    raise self._unavailable(err, attempt) from None
+                self._wait(attempt, err)
+                continue
+            except openai.APIConnectionError as err:  # includes APITimeoutError
                 if attempt >= self.attempts:
-                    raise PlannerError(f"the endpoint failed {attempt} times, giving up: "
-                                       f"{_one_line(err)}") from None
-                wait = self._backoff(attempt, err)
-                log.warning("%s; retrying in %.1fs", _one_line(err), wait)
-                self._sleep(wait)
+                    raise self._unavailable(err, attempt) from None
+                self._wait(attempt, err)
                 continue
             except openai.OpenAIError as err:  # e.g. a response the SDK cannot read
-                raise PlannerError(f"the endpoint failed: {_one_line(err)}") from None
+                raise self._unavailable(err, attempt) from None
+            self.last_unavailable = None
+            if mode != "text" and not self.negotiated:
+                self.negotiated = True
+                log.info("structured output from %s: %s", self.endpoint, MODE_NAMES[mode])
             return self._account(response, messages, tally)
 
-    def _request(self, messages: list[Message], structured: bool) -> dict[str, Any]:
+    def _refused(self, mode: OutputMode, err: openai.APIStatusError) -> None:
+        """Step down to the next output mode, for the rest of the run."""
+        self.output_mode = OUTPUT_MODES[OUTPUT_MODES.index(mode) + 1]
+        log.warning("%s refused response_format %s (%s); asking for %s from now on",
+                    self.endpoint, MODE_NAMES[mode], _one_line(err),
+                    MODE_NAMES[self.output_mode])
+
+    def _wait(self, attempt: int, err: Exception) -> None:
+        wait = self._backoff(attempt, err)
+        log.warning("%s: %s; retrying in %.1fs", self.endpoint, _one_line(err), wait)
+        self._sleep(wait)
+
+    def _unavailable(self, err: Exception, attempts: int) -> PlannerUnavailable:
+        """The one-line transport failure: endpoint, status, the server's message, the fix."""
+        tries = f" {attempts} times, giving up" if attempts > 1 else ""
+        error = PlannerUnavailable(f"the openai endpoint {self.endpoint} failed{tries}: "
+                                   f"{_one_line(err)}; {_fix(getattr(err, 'status_code', None))}")
+        self.last_unavailable = error
+        return error
+
+    def _request(self, messages: list[Message], mode: OutputMode) -> dict[str, Any]:
         request: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.temperature is not None:
             request["temperature"] = self.temperature
         if self.max_tokens is not None:
             request["max_tokens"] = self.max_tokens
-        if structured:
+        schema = ProposalReply.model_json_schema()
+        if mode == "json_schema":
             request["response_format"] = {"type": "json_schema", "json_schema": {
                 # not strict: OpenAI's strict mode forbids the schema's defaults and length bounds;
                 # replies are validated here anyway
-                "name": "proposal", "strict": False,
-                "schema": ProposalReply.model_json_schema()}}
+                "name": "proposal", "strict": False, "schema": schema}}
+        elif mode == "json_object_schema":
+            request["response_format"] = {"type": "json_object", "schema": schema}
+        elif mode == "json_object":
+            request["response_format"] = {"type": "json_object"}
         return request
 
     def _account(self, response: Any, messages: list[Message], tally: _Tally) -> str:
@@ -308,19 +368,33 @@ def _env_seconds(name: str, default: float) -> float:
         raise PlannerError(f"{name}={raw!r} is not a number of seconds; e.g. {name}=30") from None
 
 
-def _retryable(err: Exception) -> bool:
-    if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError
-        return True
-    status = getattr(err, "status_code", 0)
-    return status in RETRY_STATUS or status >= 500
+def _fix(status: int | None) -> str:
+    if status in (401, 403):
+        return "check OPENAI_API_KEY"
+    if status == 404:
+        return "check OPENAI_BASE_URL (it usually ends in /v1) and the model name"
+    if status is None or status >= 500:
+        return "check that the server is running and answering"
+    return "check the model name and the server's limits"
 
 
-def _one_line(err: Exception) -> str:
-    status = getattr(err, "status_code", None)
+def _retryable(err: openai.APIStatusError) -> bool:
+    return err.status_code in RETRY_STATUS or err.status_code >= 500
+
+
+def _message(err: Exception) -> str:
+    """What the server said (its JSON error message when there is one), or the exception text."""
     body = getattr(err, "body", None)
     message = body.get("message") if isinstance(body, dict) else None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         message = body["error"].get("message")
-    text = " ".join(str(message or err).split()) or type(err).__name__
+    if message is None and isinstance(err, openai.APIConnectionError) and err.__cause__:
+        message = f"{err} ({err.__cause__})"  # "Connection error. ([Errno 111] Connection refused)"
+    return str(message or err)
+
+
+def _one_line(err: Exception) -> str:
+    status = getattr(err, "status_code", None)
+    text = " ".join(_message(err).split()) or type(err).__name__
     text = text if len(text) <= 300 else text[:299] + "…"
     return f"HTTP {status}: {text}" if status else f"{type(err).__name__}: {text}"

@@ -6,10 +6,13 @@
         ...
         server.requests  # every request body received, in order (parsed JSON)
 
-Each POST /v1/chat/completions takes the next scripted reply. With `reject_response_format=True`
-the server answers a request that carries `response_format` with 400, without taking a scripted
-reply, like servers that do not support structured output. An empty script answers 500
-("script exhausted"), so a test that sends more requests than it scripted fails loudly.
+Each POST /v1/chat/completions takes the next scripted reply. A request whose `response_format`
+the server does not take is refused without taking a scripted reply: `response_formats` lists
+the types it takes (None: all; `reject_response_format=True`: none), `json_object_schema` whether
+it takes llama.cpp's `{"type": "json_object", "schema": {...}}`, `refusal` the status and message
+it refuses with. `ScriptedServer.like_llama_cpp()` behaves like llama-cpp-python's server (500 on
+json_schema, json_object with a schema taken). An empty script answers 500 ("script exhausted"),
+so a test that sends more requests than it scripted fails loudly.
 """
 
 from __future__ import annotations
@@ -19,11 +22,19 @@ import json
 import math
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pydantic import BaseModel
+
+# llama-cpp-python 0.3.x (FastAPI) on `response_format: {type: json_schema}`: its route handler
+# turns the request's validation error into HTTP 500 with this message
+LLAMA_CPP_REFUSAL = (
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+    "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+    "'ctx': {'expected': \"'text' or 'json_object'\"}}\n")
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,13 @@ class ScriptedServer:
     """An OpenAI-compatible server answering from a queue of scripted replies."""
 
     def __init__(self, replies: list[Reply] | tuple[Reply, ...] = (), *,
-                 reject_response_format: bool = False, model: str = "scripted-model") -> None:
-        self.reject_response_format = reject_response_format
+                 reject_response_format: bool = False,
+                 response_formats: Collection[str] | None = None, json_object_schema: bool = True,
+                 refusal: tuple[int, str] = (400, "response_format is not supported here"),
+                 model: str = "scripted-model") -> None:
+        self.response_formats = () if reject_response_format else response_formats
+        self.json_object_schema = json_object_schema
+        self.refusal = refusal
         self.model = model
         self.requests: list[dict[str, Any]] = []  # bodies received, in order
         self.replies_sent: list[Reply] = []  # replies answered (incl. rejections), in order
@@ -79,6 +95,19 @@ class ScriptedServer:
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def like_llama_cpp(cls, replies: list[Reply] | tuple[Reply, ...] = ()) -> ScriptedServer:
+        """llama-cpp-python's server: json_schema answered with 500, json_object (+schema) taken."""
+        return cls(replies, response_formats={"text", "json_object"}, json_object_schema=True,
+                   refusal=(500, LLAMA_CPP_REFUSAL))
+
+    def takes(self, response_format: Any) -> bool:
+        """Whether a request carrying this `response_format` gets an answer."""
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if self.response_formats is not None and kind not in self.response_formats:
+            return False
+        return self.json_object_schema or "schema" not in response_format
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -130,6 +159,16 @@ class ScriptedServer:
         with self._lock:
             return len(self._script)
 
+    def formats(self) -> list[str]:
+        """Each request's response_format, in order: `json_schema`, `json_object+schema`,
+        `json_object`, or `-` for none."""
+        kinds = []
+        for body in self.requests:
+            fmt = body.get("response_format")
+            kind = fmt.get("type", "?") if isinstance(fmt, dict) else "-"
+            kinds.append(kind + ("+schema" if isinstance(fmt, dict) and "schema" in fmt else ""))
+        return kinds
+
     def user_messages(self, index: int = -1) -> list[str]:
         """The contents of the user messages of request `index`."""
         return [m["content"] for m in self.requests[index]["messages"] if m["role"] == "user"]
@@ -137,8 +176,8 @@ class ScriptedServer:
     def _next(self, body: dict[str, Any]) -> Reply:
         with self._lock:
             self.requests.append(body)
-            if self.reject_response_format and "response_format" in body:
-                reply = error(400, "response_format is not supported by this server")
+            if "response_format" in body and not self.takes(body["response_format"]):
+                reply = error(*self.refusal)
             elif self._script:
                 reply = self._script.popleft()
             else:

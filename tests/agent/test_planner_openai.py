@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
-from openai_server import ScriptedServer, delay, error, proposal, text
+from openai_server import LLAMA_CPP_REFUSAL, ScriptedServer, delay, error, proposal, text
 
 from agent.planners.base import (
     KnobEdit,
     PlanContext,
     PlannerError,
+    PlannerUnavailable,
     ProposalReply,
     SearchReplaceEdit,
 )
@@ -130,37 +132,126 @@ def test_retry_after_header_is_honoured(openai_server):
     assert waits == [7.0]
 
 
-def test_retries_are_bounded(openai_server):
+def test_a_genuine_500_is_retried_then_reported_as_the_endpoint_failing(openai_server):
+    # "model overloaded" says nothing about response_format: transient, not a refusal
     openai_server.push(*[error(500, "model overloaded")] * 5)
-    with pytest.raises(PlannerError, match=r"failed 4 times.*500.*overloaded"):
-        planner(openai_server, attempts=4).propose(context())
+    plan = planner(openai_server, attempts=4)
+    with pytest.raises(PlannerUnavailable) as caught:
+        plan.propose(context())
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"endpoint {openai_server.base_url} failed 4 times" in message
+    assert "HTTP 500: model overloaded" in message
     assert len(openai_server.requests) == 4 and openai_server.pending == 1
+    assert openai_server.formats() == ["json_schema"] * 4 and plan.output_mode == "json_schema"
+    assert caught.value.usage.attempts == 4  # the loop still learns what was spent
 
 
-def test_client_errors_are_not_retried(openai_server):
-    openai_server.push(error(401, "bad key"), proposal(GOOD))
-    with pytest.raises(PlannerError, match="401.*bad key"):
+@pytest.mark.parametrize(("status", "said", "fix"), [
+    (401, "Incorrect API key provided", "check OPENAI_API_KEY"),
+    (404, "The model `gpt-9` does not exist",
+     "check OPENAI_BASE_URL (it usually ends in /v1) and the model name"),
+])
+def test_client_errors_are_not_retried_and_name_the_fix(openai_server, status, said, fix):
+    openai_server.push(error(status, said), proposal(GOOD))
+    with pytest.raises(PlannerUnavailable) as caught:
         planner(openai_server).propose(context())
+    assert str(caught.value) == (f"the openai endpoint {openai_server.base_url} failed: "
+                                 f"HTTP {status}: {said}; {fix}")
     assert len(openai_server.requests) == 1
 
 
-def test_rejected_response_format_falls_back_for_the_rest_of_the_run():
+def test_connection_refused_is_planner_unavailable():
+    with socket.socket() as probe:  # a port nothing listens on: bound, then released
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    waits: list[float] = []
+    plan = OpenAIPlanner("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                         attempts=3, base_delay=0.01, sleep=waits.append)
+    with pytest.raises(PlannerUnavailable, match=(
+            rf"endpoint http://127.0.0.1:{port}/v1 failed 3 times, giving up: APIConnectionError:"
+            r" Connection error\. \(.*Connection refused\); check that the server is running")):
+        plan.propose(context())
+    assert len(waits) == 2  # retried: a server that is starting up gets its chance
+
+
+def test_llama_cpp_refusal_is_negotiated_once_and_remembered():
+    waits: list[float] = []
+    with ScriptedServer.like_llama_cpp() as server:
+        server.push(proposal(GOOD), text('{"hypothesis": "x", "edits": []}'), proposal(OTHER),
+                    proposal(GOOD))
+        plan = planner(server, sleep=waits.append)
+        first = plan.propose(context())
+        second = plan.propose(context())  # with a repair round
+        third = plan.propose(context())
+
+        assert [first.hypothesis, second.hypothesis, third.hypothesis] == [
+            GOOD["hypothesis"], OTHER["hypothesis"], GOOD["hypothesis"]]
+        assert server.formats() == ["json_schema"] + ["json_object+schema"] * 4
+        assert server.replies_sent[0].status == 500  # the refusal, then only answers
+        assert [r.status for r in server.replies_sent[1:]] == [200] * 4
+        schema = server.requests[1]["response_format"]["schema"]
+        assert schema == ProposalReply.model_json_schema()
+        assert waits == []  # a refusal is not a transient failure: no backoff
+        assert plan.output_mode == "json_object_schema" and plan.negotiated
+        assert first.usage.attempts == 2  # the refused request counts as a request
+
+
+@pytest.mark.parametrize(("status", "said"), [
+    (400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with "
+          "this model."),                                                          # OpenAI
+    (422, "response_format.type: unexpected value; permitted: 'text', 'json_object'"),
+    (500, LLAMA_CPP_REFUSAL),                                                 # llama-cpp-python
+])
+def test_each_refusal_status_is_recognised_by_its_message(status, said):
+    waits: list[float] = []
+    with ScriptedServer(response_formats={"json_object"}, refusal=(status, said)) as server:
+        server.push(proposal(GOOD))
+        plan = planner(server, sleep=waits.append)
+        assert plan.propose(context()).hypothesis == GOOD["hypothesis"]
+        assert server.formats() == ["json_schema", "json_object+schema"]
+        assert waits == [] and plan.output_mode == "json_object_schema"
+
+
+def test_no_response_format_at_all_falls_back_to_json_in_text_for_the_rest_of_the_run():
     with ScriptedServer(reject_response_format=True) as server:
         server.push(proposal(GOOD), text("```json\n" + json.dumps(OTHER) + "\n```"))
         plan = planner(server)
         assert plan.propose(context()).hypothesis == GOOD["hypothesis"]
         assert plan.propose(context()).hypothesis == OTHER["hypothesis"]
 
-        assert ["response_format" in body for body in server.requests] == [True, False, False]
-        assert server.replies_sent[0].status == 400 and plan.structured is False
+        assert server.formats() == ["json_schema", "json_object+schema", "json_object", "-", "-"]
+        assert [r.status for r in server.replies_sent] == [400, 400, 400, 200, 200]
+        assert plan.output_mode == "text" and plan.structured is False
+
+
+def test_json_object_without_a_schema_when_the_server_takes_no_schema():
+    with ScriptedServer(response_formats={"json_object"}, json_object_schema=False,
+                        refusal=(400, "Unrecognized request argument supplied: schema")) as server:
+        server.push(proposal(GOOD), proposal(OTHER))
+        plan = planner(server)
+        plan.propose(context())
+        plan.propose(context())
+        assert server.formats() == ["json_schema", "json_object+schema", "json_object",
+                                    "json_object"]
 
 
 def test_a_400_unrelated_to_response_format_keeps_structured_output(openai_server):
-    openai_server.push(error(400, "context too long"), error(400, "context too long"))
+    openai_server.push(error(400, "context too long"), proposal(GOOD))
     plan = planner(openai_server)
-    with pytest.raises(PlannerError, match="400.*context too long"):
+    with pytest.raises(PlannerUnavailable, match="400: context too long"):
         plan.propose(context())
-    assert len(openai_server.requests) == 2 and plan.structured is True
+    assert len(openai_server.requests) == 1 and plan.output_mode == "json_schema"
+    assert plan.propose(context()).hypothesis == GOOD["hypothesis"]  # asked the same way
+    assert openai_server.formats() == ["json_schema", "json_schema"]
+
+
+def test_timeouts_that_outlast_the_retries_are_planner_unavailable(openai_server):
+    openai_server.push(delay(3.0, proposal(GOOD)), delay(3.0, proposal(GOOD)))
+    with pytest.raises(PlannerUnavailable, match=r"failed 2 times.*APITimeoutError"):
+        planner(openai_server, timeout=0.3, attempts=2).propose(context())
+    assert len(openai_server.requests) == 2
 
 
 def test_timeout_is_retried(openai_server):
@@ -212,13 +303,33 @@ def test_diagnose_returns_a_short_plain_paragraph(openai_server):
 
 
 def test_diagnose_failure_is_a_planner_error(openai_server):
-    openai_server.push(*[error(500)] * 2, text("  \n "))
+    openai_server.push(text("  \n "), *[error(500)] * 2)
     plan = planner(openai_server, attempts=2)
-    with pytest.raises(PlannerError, match="failed 2 times"):
-        plan.diagnose(context(), "timeout\n(no output)")
     with pytest.raises(PlannerError, match="empty diagnosis") as caught:
         plan.diagnose(context(), "timeout\n(no output)")
-    assert caught.value.usage.attempts == 1 and plan.total.attempts == 3
+    assert not isinstance(caught.value, PlannerUnavailable)
+    assert caught.value.usage.attempts == 1
+    with pytest.raises(PlannerUnavailable, match="failed 2 times"):
+        plan.diagnose(context(), "timeout\n(no output)")
+    assert plan.total.attempts == 3
+
+
+def test_a_transport_failure_is_never_diagnosed(openai_server):
+    openai_server.push(*[error(503, "loading model")] * 2, proposal(GOOD),
+                       text("Try a smaller learning rate."))
+    plan = planner(openai_server, attempts=2)
+    with pytest.raises(PlannerUnavailable) as caught:
+        plan.propose(context())
+    # what the loop would hand to reflect: the model is not asked to explain its own endpoint
+    failure = f"the planner gave no valid proposal: {caught.value}"
+    with pytest.raises(PlannerUnavailable, match="503: loading model"):
+        plan.diagnose(context(), f"{failure}\n")
+    assert len(openai_server.requests) == 2
+
+    # once the endpoint answers again, failures of experiments are diagnosed as before
+    assert plan.propose(context()).hypothesis == GOOD["hypothesis"]
+    diagnosis, _ = plan.diagnose(context(), "crashed (exit 1)\nValueError: lr", hypothesis="lr")
+    assert diagnosis == "Try a smaller learning rate." and openai_server.pending == 0
 
 
 def test_parse_reply_errors_are_one_line():
