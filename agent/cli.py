@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run", help="run id (under runs/) or run directory")
     _runs_dir(resume)
 
-    train = commands.add_parser("train", help="one time-budgeted training run of a template")
+    train = commands.add_parser(
+        "train", help="one time-budgeted training run of a template, run as an experiment is "
+                      "(same sandbox environment and limits) into a run directory under runs/")
     train.add_argument("--template", default="bitnet-lm")
     train.add_argument("--corpus", default="pycode", help="pycode | pyprose | text:PATH")
     train.add_argument("--budget", type=float, default=60.0, help="training seconds")
@@ -51,14 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     repl.add_argument("--experiments", type=int, help="for a new run: the experiment budget")
     _runs_dir(repl)
 
-    _runs_dir(commands.add_parser("runs", help="list the runs, their status and best metric"))
+    runs = commands.add_parser("runs", help="list the runs, their status and best metric")
+    _json(runs, "a list of runs: id, goal, status, experiments, metric, baseline, best, "
+                "verdict, path")
+    _runs_dir(runs)
     history = commands.add_parser("history", help="a run's experiments as a table")
     history.add_argument("run", help="run id or directory")
     history.add_argument("--last", type=int, metavar="N", help="only the last N experiments")
+    _json(history, "the records, exactly as experiments.jsonl holds them")
     _runs_dir(history)
     show = commands.add_parser("show", help="one experiment: hypothesis, diff, metrics, log")
     show.add_argument("run", help="run id or directory")
     show.add_argument("exp", help="experiment number, as 7 or 007")
+    _json(show, "the record, its diff, log path and log tail")
     _runs_dir(show)
     report = commands.add_parser("report", help="regenerate a run's report.md and progress.png")
     report.add_argument("run", help="run id or directory")
@@ -68,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _runs_dir(command: argparse.ArgumentParser) -> None:
     command.add_argument("--runs-dir", help="where runs are (default ./runs or MAGNET_RUNS_DIR)")
+
+
+def _json(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--json", action="store_true", help=f"print one JSON document: {what}")
 
 
 def fail(message: str) -> int:
@@ -80,29 +91,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "resume"):
         from agent.goal import GoalError
         from agent.planners.base import PlannerError
-        from agent.runner import RunError, resume_run, start_run
+        from agent.runner import RunError, resume_run, run_failure, start_run
         from sandbox.errors import SandboxError
 
         if args.command == "run" and args.experiments is not None and args.experiments < 1:
             return fail("--experiments must be at least 1")
         try:
             if args.command == "run":
-                start_run(args.goal, runs_dir=args.runs_dir, planner=args.planner,
-                          model=args.model, experiments=args.experiments)
+                run_dir = start_run(args.goal, runs_dir=args.runs_dir, planner=args.planner,
+                                    model=args.model, experiments=args.experiments)
             else:
-                resume_run(args.run, runs_dir=args.runs_dir)
+                run_dir = resume_run(args.run, runs_dir=args.runs_dir)
         except (GoalError, RunError, PlannerError, SandboxError) as err:
             return fail(str(err))
         except KeyboardInterrupt:
             print("stopped; continue with `magnet-agent resume RUN`", file=sys.stderr)
             return 130
+        if failure := run_failure(run_dir):
+            print(f"magnet-agent: {failure}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "train":
+        from agent.goal import GoalError
+        from agent.rundir import RunError as RunDirError
         from agent.train_command import train
+        from sandbox.errors import SandboxError
 
         if args.budget <= 0:
             return fail("--budget must be a positive number of seconds")
-        return train(args.template, args.corpus, args.budget, args.seed, args.runs_dir)
+        try:
+            return train(args.template, args.corpus, args.budget, args.seed, args.runs_dir)
+        except (GoalError, RunDirError, SandboxError) as err:
+            return fail(str(err))
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+            return 130
     if args.command in ("repl", "runs", "history", "show", "report"):
         return review(args)
     return 2
@@ -110,14 +133,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def review(args: argparse.Namespace) -> int:
     """The REPL and the review commands: they only read a run (and append to its
-    control.jsonl), so they work on live and finished runs alike."""
+    control.jsonl), so they work on live and finished runs alike. Piped (not a terminal), they
+    print whole values: tables as tab-separated lines, long lines unbroken."""
     from rich.console import Console
 
     from agent import review as rv
+    from agent.listing import print_listing
     from agent.rundir import find_run
     from sandbox.errors import GitError
+    from sandbox.layout import EXP_REFS
 
     console = Console(highlight=False)
+    console.soft_wrap = not console.is_terminal
     try:
         if args.command == "repl":
             from agent.repl import attach
@@ -128,21 +155,32 @@ def review(args: argparse.Namespace) -> int:
                         if (value := getattr(args, name)) is not None]
             return attach(args.run, args.runs_dir, run_args)
         if args.command == "runs":
-            console.print(rv.runs_table(args.runs_dir))
+            if args.json:
+                console.file.write(rv.to_json(rv.runs_summary(args.runs_dir)))
+            else:
+                print_listing(console, rv.runs_table(args.runs_dir))
             return 0
         run = rv.Run.load(find_run(args.run, args.runs_dir))
         if args.command == "history":
             if args.last is not None and args.last < 1:
                 return fail("--last must be at least 1")
             records = run.records()
-            if not records:
+            if args.json:
+                console.file.write(rv.to_json(records[-args.last:] if args.last else records))
+            elif not records:
                 console.print(f"{run.id} has no finished experiment yet")
-                return 0
-            console.print(rv.history_table(run, records, args.last))
-            console.print(f"with plain git: git -C {run.path / 'workspace'} log --notes=magnet "
-                          "--glob=refs/magnet/exp", markup=False, soft_wrap=True)
+            else:
+                print_listing(console, rv.history_table(run, records, args.last))
+                if console.is_terminal:  # piped, the output is the rows alone
+                    console.print(f"with plain git: git -C {run.sandbox.git.path} log "
+                                  f"--notes=magnet --glob={EXP_REFS}", markup=False,
+                                  soft_wrap=True)
         elif args.command == "show":
-            console.print(rv.show_experiment(run, rv.parse_exp(args.exp)))
+            exp = rv.parse_exp(args.exp)
+            if args.json:
+                console.file.write(rv.to_json(rv.experiment_detail(run, exp)))
+            else:
+                console.print(rv.show_experiment(run, exp))
         else:
             path = rv.regenerate_report(run)
             console.print(f"wrote {path} and {run.path / 'progress.png'}", markup=False,

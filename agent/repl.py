@@ -31,13 +31,11 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from rich.console import Console, RenderableType
 from rich.text import Text
 
-from agent import control
-from agent.report import best_so_far
+from agent import control, scores
 from agent.review import (
     LIVE_STATES,
     ReviewError,
     Run,
-    best_record,
     diff_between,
     diff_text,
     history_table,
@@ -226,12 +224,11 @@ class Repl:
 
     def cmd_best(self, arg: str) -> None:
         _no_argument("best", arg)
-        record = best_record(self.run.records(), self.run.goal)
-        if record is None:
-            raise ReviewError("nothing has been kept yet; the baseline runs first")
-        if record.get("baseline"):
-            self.say(f"no experiment has beaten the baseline yet; the best is baseline "
-                     f"exp {record['exp']:03d}")
+        records = self.run.records()
+        record = scores.best_record(records, self.run.goal)
+        if record is None:  # the verdict says whether there is a baseline to beat yet
+            self.say(scores.verdict(records, self.run.goal))
+            return
         self.say(show_experiment(self.run, record["exp"]))
 
     def cmd_diff(self, arg: str) -> None:
@@ -385,7 +382,7 @@ class Repl:
     def _poll(self) -> None:
         records = self.run.records()
         if len(records) > self._seen:
-            best = best_so_far(records, self.run.goal)
+            best = scores.best_so_far(records, self.run.goal)
             for i in range(self._seen, len(records)):
                 self.say(record_line(records[i], self.run.metric, best[i]))
             self._seen = len(records)
@@ -426,7 +423,7 @@ class Repl:
         if state in ("finished", "stopped"):
             reason = self.run.stop_reason()
             if reason is None and self.run.controller_pid() is not None:
-                return "finishing", None  # news once the report says why
+                return "finishing", None  # news once status.json says why
             return state, Text(f"the run {state}: {reason or 'done'}; `history` and `plot` "
                                "review it", "bold")
         if state == "interrupted":

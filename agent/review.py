@@ -1,40 +1,39 @@
 """Reviewing a run from its directory: records, status, diffs, logs and a terminal plot.
 
 Shared by the REPL and the `runs`, `history`, `show` and `report` commands. Everything here only
-reads the run directory and the workspace's git refs (it never opens the sandbox workspace, which
-would lock it), so it is safe on a live run.
+reads: the run's records and status files, and its sandbox through `sandbox.RunReader` (which
+never opens the workspace, so never takes its lock), so it is safe on a live run. Baseline and
+best come from `agent.scores`, as everywhere else.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import statistics
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
-from agent import control
+from agent import control, scores
+from agent.listing import Listing
 from agent.records import RunRecords
-from agent.report import best_so_far
 from agent.rundir import GOAL_COPY, RUN_FILE, RunError, list_runs, runs_root
-from sandbox.gitcli import Git
+from sandbox.errors import WorkspaceError
+from sandbox.reader import RunReader
 
-STATUS_STYLE = {"keep": "green", "discard": "yellow", "rejected": "cyan", "interrupted": "magenta"}
+STATUS_STYLE = {"keep": "green", "baseline": "blue", "discard": "yellow", "rejected": "cyan",
+                "interrupted": "magenta"}
 LOG_TAIL_LINES = 15
 LIVE_STATES = ("starting", "planning", "running", "paused", "waiting_approval")
+STOPPED_BY_A_PERSON = "stopped by a person"
 
 
 # one error type for whatever a run lookup or a review cannot show
 ReviewError = RunError
-
-
-# --- finding runs ---------------------------------------------------------------------------
 
 
 # --- one run --------------------------------------------------------------------------------
@@ -59,9 +58,9 @@ class Run:
     def id(self) -> str:
         return self.path.name
 
-    @property
-    def git(self) -> Git:
-        return Git(self.path / "workspace")
+    @cached_property
+    def sandbox(self) -> RunReader:
+        return RunReader(self.path)
 
     def records(self) -> list[dict[str, Any]]:
         return RunRecords(self.path).read()
@@ -71,30 +70,23 @@ class Run:
 
     def controller_pid(self) -> int | None:
         """The pid of the process running this run, or None when nothing runs it."""
-        known, holder = _flock_holder(self.path / "sandbox.lock")
+        known, holder = self.sandbox.lock_holder()
         if known:
             return holder
         pid = (self.status() or {}).get("pid")  # no /proc/locks: trust status.json's pid
         return pid if isinstance(pid, int) and _pid_alive(pid) else None
 
     def stop_reason(self) -> str | None:
-        """Why the run finished, as its status or else its report says."""
+        """Why the run finished, as its status.json says (None while it goes on)."""
         reason = (self.status() or {}).get("stop_reason")
-        if reason:
-            return str(reason)
-        try:
-            text = (self.path / "report.md").read_text(encoding="utf-8")
-        except OSError:
-            return None
-        match = re.search(r"^Stopped: (.*)\.$", text, re.MULTILINE)
-        return match[1] if match else None
+        return str(reason) if reason else None
 
     def state(self) -> str:
         """starting | planning | running | paused | waiting_approval (a live run),
         finished | stopped (ended by a person) | interrupted (resume it)."""
         status = self.status() or {}
         if status.get("state") == "finished":
-            return "stopped" if self.stop_reason() == "stopped by a person" else "finished"
+            return "stopped" if self.stop_reason() == STOPPED_BY_A_PERSON else "finished"
         if self.controller_pid() is not None:
             return str(status.get("state") or "starting")  # status.json comes after baselines
         return "interrupted"
@@ -114,26 +106,6 @@ def _front_matter(path: Path) -> dict[str, Any]:
         return split_front_matter(path, path.read_text(encoding="utf-8"))[0]
     except (OSError, GoalError):
         return {}
-
-
-def _flock_holder(lock: Path) -> tuple[bool, int | None]:
-    """(known, pid): who holds the run's workspace lock per /proc/locks; known is False where
-    /proc/locks cannot tell. Only reads: taking the lock, even briefly, could make the run's own
-    start fail."""
-    try:
-        table = Path("/proc/locks").read_text()
-    except OSError:
-        return False, None
-    try:
-        st = lock.stat()
-    except OSError:
-        return True, None
-    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in table.splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
-            return True, int(fields[4])
-    return True, None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -180,22 +152,6 @@ def status_text(status: str) -> Text:
     return Text(status, STATUS_STYLE.get(status, "red"))
 
 
-def baseline_metric(records: list[dict[str, Any]]) -> float | None:
-    values = [r["metric"] for r in records if r.get("baseline") and r.get("metric") is not None]
-    return statistics.fmean(values) if values else None
-
-
-def best_metric(records: list[dict[str, Any]], goal: str) -> float | None:
-    return next((b for b in reversed(best_so_far(records, goal)) if b is not None), None)
-
-
-def best_record(records: list[dict[str, Any]], goal: str) -> dict[str, Any] | None:
-    """The kept experiment holding the best metric (the first to reach it)."""
-    best = best_metric(records, goal)
-    return next((r for r in records if r.get("status") == "keep" and r.get("metric") == best),
-                None) if best is not None else None
-
-
 def tokens_of(record: dict[str, Any]) -> int:
     return sum((record.get("tokens") or {}).values())
 
@@ -209,21 +165,21 @@ def record_line(record: dict[str, Any], metric: str, best: float | None) -> Text
     )
 
 
-def history_table(run: Run, records: list[dict[str, Any]], last: int | None = None) -> Table:
-    table = Table(title=f"{run.id}: {run.goal} {run.metric}", title_justify="left")
-    for name, justify in (("exp", "right"), ("status", "left"), (run.metric, "right"),
-                          ("best so far", "right"), ("sec", "right"), ("tokens", "right"),
-                          ("hypothesis", "left")):
-        table.add_column(name, justify=justify, no_wrap=name != "hypothesis")
-    rows = list(zip(records, best_so_far(records, run.goal), strict=True))
+def history_table(run: Run, records: list[dict[str, Any]], last: int | None = None) -> Listing:
+    table = Listing(f"{run.id}: {run.goal} {run.metric}",
+                    [("exp", "right"), ("status", "left"), (run.metric, "right"),
+                     ("best so far", "right"), ("sec", "right"), ("tokens", "right"),
+                     ("hypothesis", "left")], wrap=("hypothesis",))
+    rows = list(zip(records, scores.best_so_far(records, run.goal), strict=True))
     for r, best in rows[-last:] if last else rows:
         seconds = r.get("seconds")
         hypothesis = " ".join(str(r.get("hypothesis", "")).split())
         if r.get("hints"):
             hypothesis += f"  [hint: {'; '.join(r['hints'])}]"
-        table.add_row(f"{r['exp']:03d}", status_text(r["status"]), fmt_metric(r.get("metric")),
-                      fmt_metric(best), "-" if seconds is None else f"{seconds:.1f}",
-                      str(tokens_of(r) or "-"), hypothesis)
+        table.rows.append([f"{r['exp']:03d}", status_text(r["status"]),
+                           fmt_metric(r.get("metric")), fmt_metric(best),
+                           "-" if seconds is None else f"{seconds:.1f}",
+                           str(tokens_of(r) or "-"), hypothesis])
     return table
 
 
@@ -239,58 +195,74 @@ def diff_text(diff: str) -> Text:
 
 def experiment_diff(run: Run, exp: int) -> str:
     """What experiment `exp` changed, relative to the commit it started from."""
-    git = run.git
-    ref = f"refs/magnet/exp/{exp:03d}"
-    if git.rev(ref) is None:
-        raise ReviewError(f"experiment {exp:03d} has no commit (it stopped before its edit was "
-                          "committed); see its record with `show`")
-    base = _journal_base(run.path, exp)
-    if base is None:
-        return git.run("show", "--format=", ref)
-    return git.run("diff", base, ref)
-
-
-def _journal_base(run_dir: Path, exp: int) -> str | None:
     try:
-        history = json.loads((run_dir / "sandbox.json").read_text())["history"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return next((h.get("base") for h in history if h.get("exp") == exp), None)
+        return run.sandbox.diff(exp)
+    except WorkspaceError as err:
+        raise ReviewError(f"{err}; see its record with `show`") from None
 
 
 def diff_between(run: Run, a: int, b: int) -> str:
     """The code of experiment `b` against that of experiment `a`."""
     records = run.records()
-    refs = []
     for exp in (a, b):
         if not any(r.get("exp") == exp for r in records):
             raise ReviewError(missing_exp(exp, records, run.status()))
-        ref = f"refs/magnet/exp/{exp:03d}"
-        if run.git.rev(ref) is None:
-            raise ReviewError(f"experiment {exp:03d} has no commit to compare; pick another")
-        refs.append(ref)
-    return run.git.run("diff", *refs)
-
-
-def log_tail(run: Run, exp: int, lines: int = LOG_TAIL_LINES) -> str | None:
-    path = run.path / "logs" / f"exp-{exp:03d}.log"
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return "\n".join(text.splitlines()[-lines:])
+        return run.sandbox.diff_between(a, b)
+    except WorkspaceError as err:
+        raise ReviewError(str(err)) from None
+
+
+def experiment_detail(run: Run, exp: int) -> dict[str, Any]:
+    """`show --json`: the record as experiments.jsonl holds it, its diff (None with the reason
+    in `diff_error` when it has no commit), and its log: path and tail (None: it never ran)."""
+    record = run.record(exp)
+    detail: dict[str, Any] = {"record": record}
+    try:
+        detail["diff"] = experiment_diff(run, exp)
+    except ReviewError as err:
+        detail |= {"diff": None, "diff_error": str(err)}
+    tail = run.sandbox.log_tail(exp, LOG_TAIL_LINES)
+    detail["log_path"] = None if tail is None else str(run.sandbox.log_path(exp))
+    detail["log_tail"] = tail
+    detail["repeat_log_paths"] = _repeat_logs(run, record)
+    return detail
+
+
+def _repeat_logs(run: Run, record: dict[str, Any]) -> list[str]:
+    """Logs of the record's confirmation runs (another seed): one per value in `runs` after
+    the first."""
+    paths = (run.sandbox.log_path(record["exp"], repeat)
+             for repeat in range(1, len(record.get("runs") or [])))
+    return [str(path) for path in paths if path.exists()]
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def show_experiment(run: Run, exp: int) -> Group:
-    """Hypothesis, rationale, hints, numbers, diff and log tail of one experiment."""
+    """Hypothesis, rationale, hints, numbers, judgement, diff and log tail of one experiment."""
     records = run.records()
     record = run.record(exp)
-    best = best_so_far(records, run.goal)[records.index(record)]
+    detail = experiment_detail(run, exp)
+    best = scores.best_so_far(records, run.goal)[records.index(record)]
     parts: list[RenderableType] = [Text.assemble(
         (f"exp {exp:03d}  ", "bold"), status_text(record["status"]),
         f"  {run.metric}={fmt_metric(record.get('metric'))}  best so far {fmt_metric(best)}")]
     fields = [("hypothesis", record.get("hypothesis")), ("rationale", record.get("rationale")),
               ("hints", "; ".join(record.get("hints") or [])), ("reason", record.get("reason"))]
+    runs = record.get("runs") or []
+    if len(runs) > 1:
+        fields.append(("runs", ", ".join(fmt_metric(v) for v in runs)
+                       + f" (judged on {fmt_metric(record.get('metric'))})"))
+    judgement = record.get("judgement")
+    if isinstance(judgement, dict):  # its reasoning is the record's reason, shown above
+        fields.append(("judgement", ", ".join(f"{k}={_number(v)}" for k, v in judgement.items()
+                                              if k != "reason")))
+    size = record.get("diff")
+    if isinstance(size, dict):
+        fields.append(("diff size", f"+{size.get('added', 0)} -{size.get('removed', 0)} lines"))
     extras = {k: v for k, v in (record.get("metrics") or {}).items() if k != run.metric}
     numbers = [f"planner {record.get('planner', '-')}",
                f"tokens {tokens_of(record)}",
@@ -302,18 +274,18 @@ def show_experiment(run: Run, exp: int) -> Group:
     for label, value in fields:
         if value:
             parts.append(Text.assemble((f"{label}: " if label else "", "bold"), str(value)))
-    try:
-        diff = experiment_diff(run, exp)
-        parts += [Text("diff:", "bold"), diff_text(diff) if diff.strip()
+    if detail["diff"] is None:
+        parts.append(Text(f"diff: {detail['diff_error']}", "dim"))
+    else:
+        parts += [Text("diff:", "bold"), diff_text(detail["diff"]) if detail["diff"].strip()
                   else Text("(no change: the code as it was)\n", "dim")]
-    except ReviewError as err:
-        parts.append(Text(f"diff: {err}", "dim"))
-    tail = log_tail(run, exp)
-    if tail is None:
+    if detail["log_tail"] is None:
         parts.append(Text("log: none (it never ran)", "dim"))
     else:
-        parts += [Text(f"log tail ({run.path / 'logs' / f'exp-{exp:03d}.log'}):", "bold"),
-                  Text(tail or "(empty)", "dim")]
+        parts += [Text(f"log tail ({detail['log_path']}):", "bold"),
+                  Text(detail["log_tail"] or "(empty)", "dim")]
+    for path in detail["repeat_log_paths"]:
+        parts.append(Text(f"confirmation run's log: {path}", "dim"))
     return Group(*parts)
 
 
@@ -322,51 +294,79 @@ def status_view(run: Run) -> Group:
     records = run.records()
     state = run.state()
     budget = status.get("budget") or {}
-    done = len([r for r in records if not r.get("baseline")])
     lines = [Text.assemble((run.id, "bold"), f"  {state}",
                            f" ({run.stop_reason()})" if state in ("finished", "stopped") else "")]
     if status.get("exp") is not None and state in LIVE_STATES:
         lines.append(Text(f"exp {status['exp']:03d} {state}: {status.get('hypothesis') or ''}"))
     lines.append(Text(
-        f"experiments {done}/{budget.get('experiments', '?')}  "
+        f"experiments {len(scores.experiments(records))}/{budget.get('experiments', '?')}  "
         f"wall {status.get('wall_seconds', 0):.0f}s/{budget.get('wall', 0):.0f}s  "
         f"approval {'on' if status.get('approve') else 'off'}  "
         f"tokens {status.get('tokens', sum(tokens_of(r) for r in records)):,}"))
-    lines.append(Text(f"{run.metric} ({run.goal}): baseline "
-                      f"{fmt_metric(baseline_metric(records))}  best "
-                      f"{fmt_metric(best_metric(records, run.goal))}"))
+    lines.append(Text(f"{run.metric} ({run.goal}): {scores.verdict(records, run.goal)}"))
     if state == "interrupted":
         lines.append(Text(f"nothing runs it; continue with `magnet-agent resume {run.id}`",
                           "yellow"))
     return Group(*lines)
 
 
-def runs_table(runs_dir: str | Path | None = None) -> Table:
-    table = Table(title=f"runs under {runs_root(runs_dir)}", title_justify="left")
-    for name, justify in (("run", "left"), ("goal", "left"), ("status", "left"),
-                          ("exps", "right"), ("metric", "left"), ("baseline", "right"),
-                          ("best", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)
-    for path in list_runs(runs_dir):
-        run = Run.load(path)
-        records = run.records()
-        state = run.state()
+# --- every run ------------------------------------------------------------------------------
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """`runs --json`: one run in a line of facts (best None: nothing beat the baseline)."""
+    records = run.records()
+    return {"id": run.id, "goal": run.goal_name, "status": run.state(),
+            "stop_reason": run.stop_reason(), "experiments": len(scores.experiments(records)),
+            "metric": {"name": run.metric, "goal": run.goal},
+            "baseline": scores.baseline(records), "best": scores.best(records, run.goal),
+            "verdict": scores.verdict(records, run.goal), "path": str(run.path.resolve())}
+
+
+def runs_summary(runs_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every run under the runs directory, oldest first."""
+    return [run_summary(Run.load(path)) for path in list_runs(runs_dir)]
+
+
+def runs_table(runs_dir: str | Path | None = None) -> Listing:
+    table = Listing(f"runs under {runs_root(runs_dir)}",
+                    [("run", "left"), ("goal", "left"), ("status", "left"), ("exps", "right"),
+                     ("metric", "left"), ("baseline", "right"), ("best", "right"),
+                     ("vs baseline", "left")])
+    for run in runs_summary(runs_dir):
+        state = run["status"]
         style = "green" if state in LIVE_STATES else "yellow" if state == "interrupted" else ""
-        table.add_row(run.id, run.goal_name, Text(state, style),
-                      str(len([r for r in records if not r.get("baseline")])),
-                      f"{run.metric} ({run.goal[:3]})", fmt_metric(baseline_metric(records)),
-                      fmt_metric(best_metric(records, run.goal)))
+        table.rows.append([run["id"], run["goal"], Text(state, style), str(run["experiments"]),
+                           f"{run['metric']['name']} ({run['metric']['goal'][:3]})",
+                           fmt_metric(run["baseline"]), fmt_metric(run["best"]),
+                           _versus(run)])
     return table
+
+
+def _versus(run: dict[str, Any]) -> str:
+    base, best = run["baseline"], run["best"]
+    if base is None:
+        return "-"
+    if best is None:
+        return "nothing beat the baseline"
+    return f"{scores.change_pct(base, best, run['metric']['goal']):+.2f}% better"
+
+
+def to_json(value: Any) -> str:
+    """One JSON document for a script (`--json`)."""
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 # --- the terminal plot ----------------------------------------------------------------------
 
-MARKS = {"keep": ("●", "green"), "discard": ("×", "yellow"), "failed": ("!", "red")}
+MARKS = {"baseline": ("●", "blue"), "keep": ("●", "green"), "discard": ("×", "yellow"),
+         "failed": ("!", "red")}
 
 
 def text_plot(records: list[dict[str, Any]], metric: str, goal: str,
               width: int = 60, height: int = 12) -> Text:
-    """The metric per experiment: ● kept, × discarded, ─ best so far, ! no metric (on the axis)."""
+    """The metric per experiment: ● baseline (blue) or kept, × discarded, ─ best so far,
+    ! no metric (on the axis)."""
     points = [(r["exp"], r["metric"], r["status"]) for r in records if r.get("metric") is not None]
     if not points:
         return Text(f"no {metric} measured yet")
@@ -385,7 +385,7 @@ def text_plot(records: list[dict[str, Any]], metric: str, goal: str,
         return round((hi - value) / (hi - lo) * (height - 1))
 
     grid: list[list[tuple[str, str]]] = [[(" ", "")] * width for _ in range(height)]
-    best = best_so_far(records, goal)
+    best = scores.best_so_far(records, goal)
     for i, (r, b) in enumerate(zip(records, best, strict=True)):
         if b is None:
             continue
@@ -413,7 +413,8 @@ def text_plot(records: list[dict[str, Any]], metric: str, goal: str,
     first, last = f"{x0:03d}", f"{x1:03d}"
     text.append("\n" + " " * (pad + 2) + first + last.rjust(width - len(first)) + "\n")
     text.append(" " * (pad + 2))
-    for label, (char, style) in (("kept", MARKS["keep"]), ("discarded", MARKS["discard"]),
+    for label, (char, style) in (("baseline", MARKS["baseline"]), ("kept", MARKS["keep"]),
+                                 ("discarded", MARKS["discard"]),
                                  ("best so far", ("─", "blue")),
                                  ("no metric", MARKS["failed"])):
         text.append(char, style)

@@ -1,85 +1,154 @@
-"""`magnet-agent train`: one run of a template's training script, with a live progress bar.
+"""`magnet-agent train`: one run of a template's training script, exactly as an experiment runs.
 
-It runs the script exactly as an experiment would (same MAGNET_* contract) in a fresh directory
-under runs/, so a person can see what a single experiment does and what the baseline scores.
+It makes a run directory `runs/train-YYYYmmdd-HHMMSS/` like a research run's: a one-experiment
+goal (`goal.md`, whose command names the corpus), `run.json`, a sandbox workspace from the
+template, and experiment 000 run by the sandbox (its environment: secrets scrubbed, threads
+pinned; its limits; `logs/exp-000.log`, the checkpoint in `outputs/exp-000/`) and recorded as a
+baseline. So `runs`, `history`, `show` and `report` read it like any run, and a person sees what
+a single experiment does and what the baseline scores.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import time
-from datetime import datetime
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.rundir import runs_root
+from agent import control, scores
+from agent.goal import Budget, Goal, load_goal
+from agent.records import RunRecords
+from agent.rundir import GOAL_COPY, RUN_FILE, RunError, runs_root
 from sandbox.metrics import parse_metric_line
-from sandbox.templates import copy_template
+from sandbox.runner import RunResult
+from sandbox.templates import template_dir
+from sandbox.workspace import Workspace
 
+NAME = "train"  # run ids are train-YYYYmmdd-HHMMSS
+METRIC = "val_bpb"
 STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
+PASSED_THROUGH = ("MAGNET_CACHE_DIR",)  # this machine's corpus cache: not part of the experiment
+STOPPED = "stopped by a person"
 
 
 def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None) -> int:
+    """Run it; 0 when it reported val_bpb. Raises RunError, GoalError or SandboxError (one
+    line each) when the run cannot start."""
     console = Console()
-    run_dir = runs_root(runs_dir) / f"train-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    copy_template(template, run_dir / "workspace")
-    env = {
-        **os.environ,
-        "MAGNET_TIME_BUDGET": str(budget),
-        "MAGNET_SEED": str(seed),
-        "MAGNET_OUTPUT_DIR": str((run_dir / "output").resolve()),
-        "MAGNET_CORPUS": corpus,
-        "PYTHONUNBUFFERED": "1",
-    }
-    console.print(f"[bold]training[/] {template} on {corpus} for {budget:g}s → {run_dir}")
-    metrics: dict[str, float] = {}
-    log_path = run_dir / "train.log"
-    with log_path.open("w") as log, Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("preparing", total=budget, status="")
-        proc = subprocess.Popen(
-            [sys.executable, "train.py"], cwd=run_dir / "workspace", env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        started = None
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            line = line.rstrip()
-            if metric := parse_metric_line(line):
-                metrics[metric[0]] = metric[1]
-            elif match := STEP_LINE.match(line):
-                started = started or time.monotonic()
-                progress.update(task, description="training",
-                                completed=min(budget, time.monotonic() - started),
-                                status=f"step {match[1]}  loss {match[2]}")
-            elif line:
-                progress.console.print(f"[dim]{line}[/]")
-        code = proc.wait()
-    if code != 0 or "val_bpb" not in metrics:
-        tail = log_path.read_text().splitlines()[-15:]
-        console.print("\n".join(tail), markup=False, highlight=False)
-        console.print(f"[red]training failed (exit {code}); full log: {log_path}[/]")
-        return code or 1
+    editable = sorted(p.name for p in template_dir(template).glob("*.py"))  # TemplateError
+    run_dir = runs_root(runs_dir).resolve() / f"{NAME}-{datetime.now():%Y%m%d-%H%M%S}"
+    if run_dir.exists():
+        raise RunError(f"{run_dir} already exists; wait a second and start again")
+    run_dir.mkdir(parents=True)
+    goal = write_goal(run_dir, template, corpus, budget, seed, editable)
+    spec = goal.spec
+    hypothesis = f"baseline: {template} on {corpus} for {budget:g}s, seed {seed}"
+    status: dict[str, Any] = {"pid": os.getpid(), "exp": 0, "hypothesis": hypothesis,
+                              "experiments": 0, "budget": spec.budget.model_dump()}
+    console.print(f"[bold]training[/] {template} on {corpus} for {budget:g}s → {run_dir}",
+                  soft_wrap=True)
+    with Workspace.create(run_dir, template=spec.template, editable=spec.editable,
+                          knobs=spec.knobs, goal=spec.metric.goal) as ws:
+        (run_dir / RUN_FILE).write_text(json.dumps(
+            {"command": NAME, "goal_path": str(run_dir / GOAL_COPY), "template": template,
+             "corpus": corpus, "budget": budget, "seed": seed}, indent=2))
+        control.write_status(run_dir, {**status, "state": "running"})
+        ws.begin(0, hypothesis)
+        try:
+            result = _run(ws, goal, console)
+        except KeyboardInterrupt:
+            control.write_status(run_dir, {**status, "state": "finished", "stop_reason": STOPPED})
+            raise
+        record = _record(hypothesis, goal, result)
+        if result.status == "ok":
+            ws.keep(0, record, best=True, status=scores.BASELINE)
+            record["status"] = scores.BASELINE
+        else:
+            ws.discard(0, record, status=result.status)
+            record["status"] = result.status
+        record["commit"] = ws.history[-1]["commit"]
+    RunRecords(run_dir).append(record)
+    log = ws.log_path(0)
+    why = ("a single training run (magnet-agent train)" if result.status == "ok" else
+           f"the training run {result.status} ({result.reason}); see {log}")
+    control.write_status(run_dir, {**status, "state": "finished", "stop_reason": why,
+                                   "failed": result.status != "ok"})
+    if result.status != "ok":
+        console.print("\n".join(result.log_tail.splitlines()[-15:]), markup=False,
+                      highlight=False)
+        console.print(f"[red]training {result.status}: {result.reason}; full log: {log}[/]")
+        return 1
     table = Table(title=f"{template} on {corpus}, {budget:g}s budget")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in metrics.items():
+    for name, value in result.metrics.items():
         table.add_row(name, str(value))
     console.print(table)
-    console.print(f"checkpoint: {run_dir / 'output'}  log: {log_path}")
-    shutil.rmtree(run_dir / "workspace" / "__pycache__", ignore_errors=True)
+    console.print(f"checkpoint: {ws.output_dir(0)}  log: {log}\n"
+                  f"review: magnet-agent show {run_dir.name} 0", soft_wrap=True)
     return 0
+
+
+def write_goal(run_dir: Path, template: str, corpus: str, budget: float, seed: int,
+               editable: list[str]) -> Goal:
+    """`goal.md` for this one run (a goal file a research run could start from), checked."""
+    grace = Budget().grace
+    front = {
+        "name": NAME, "template": template, "editable": editable,
+        "command": f"MAGNET_CORPUS={shlex.quote(corpus)} python train.py",
+        "metric": {"name": METRIC, "goal": "minimize"},
+        "budget": {"per_experiment": budget, "experiments": 1, "wall": budget + grace},
+        "seed": seed,
+    }
+    brief = (f"One training run of the `{template}` template on `{corpus}` for {budget:g} s "
+             f"(seed {seed}), made by `magnet-agent train`: the baseline that experiments on "
+             "this template start from.\n")
+    path = run_dir / GOAL_COPY
+    path.write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n{brief}",
+                    encoding="utf-8")
+    return load_goal(path)
+
+
+def _run(ws: Workspace, goal: Goal, console: Console) -> RunResult:
+    """The experiment's run through the sandbox, with a live progress bar."""
+    spec = goal.spec
+    budget = spec.budget.per_experiment
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("preparing", total=budget, status="")
+        started: list[float] = []
+
+        def on_line(line: str) -> None:
+            if match := STEP_LINE.match(line):
+                started[:] = started or [progress.get_time()]
+                progress.update(task, description="training",
+                                completed=min(budget, progress.get_time() - started[0]),
+                                status=f"step {match[1]}  loss {match[2]}")
+            elif line and not parse_metric_line(line):
+                progress.console.print(line, style="dim", markup=False, highlight=False)
+
+        return ws.run(spec.command, time_budget=budget, seed=spec.seed,
+                      grace=spec.budget.grace, metric=spec.metric.name, on_line=on_line,
+                      env={k: os.environ[k] for k in PASSED_THROUGH if k in os.environ},
+                      mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
+
+
+def _record(hypothesis: str, goal: Goal, result: RunResult) -> dict[str, Any]:
+    """The experiment's record, in the fields a research run's records have."""
+    return {
+        "exp": 0, "hypothesis": hypothesis, "rationale": "", "edits": [],
+        "metric": result.metrics.get(goal.spec.metric.name),
+        "metric_name": goal.spec.metric.name, "metrics": dict(result.metrics),
+        "run_status": result.status, "seconds": result.seconds, "reason": result.reason,
+        "planner": "none", "tokens": {"prompt": 0, "completion": 0}, "knobs": {},
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -11,20 +11,24 @@
         ws.discard(1, {"error": result.log_tail}, status=result.status)
 
 After a crash, `Workspace.open("runs/r1")` restores a consistent state; `ws.recovered` says
-what happened to the unfinished experiment.
+what happened to the unfinished experiment. `RunReader("runs/r1")` reads a run (diffs, notes,
+history, logs) without opening it, so it is safe on a live run.
 """
 
 from sandbox.edits import Edit, KnobSet, SearchReplace, apply_edits, parse_edit
 from sandbox.env import is_secret, run_environ, scrubbed_environ
 from sandbox.errors import EditError, GitError, SandboxError, TemplateError, WorkspaceError
 from sandbox.knobs import KnobSpec, parse_knobs
+from sandbox.layout import BASELINE_TAG, BEST_TAG, NOTES_REF, exp_ref
 from sandbox.metrics import parse_metric_lines, read_metrics_json
 from sandbox.paths import resolve_editable
+from sandbox.reader import RunReader
 from sandbox.runner import STATUSES, RunLimits, RunResult, kill_group, run_command
 from sandbox.templates import copy_template, known_templates, template_dir
-from sandbox.workspace import BEST_TAG, NOTES_REF, Recovery, Workspace, exp_ref
+from sandbox.workspace import Recovery, Workspace
 
 __all__ = [
+    "BASELINE_TAG",
     "BEST_TAG",
     "NOTES_REF",
     "STATUSES",
@@ -35,6 +39,7 @@ __all__ = [
     "KnobSpec",
     "Recovery",
     "RunLimits",
+    "RunReader",
     "RunResult",
     "SandboxError",
     "SearchReplace",

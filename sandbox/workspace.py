@@ -29,7 +29,18 @@ from sandbox.errors import WorkspaceError
 from sandbox.gitcli import IDENTITY_EMAIL, IDENTITY_NAME, Git
 from sandbox.journal import Journal
 from sandbox.knobs import parse_knobs
+from sandbox.layout import (
+    BASELINE_TAG,
+    BEST_TAG,
+    JOURNAL_FILE,
+    LOCK_FILE,
+    NOTES_REF,
+    exp_ref,
+    log_path,
+    output_dir,
+)
 from sandbox.paths import is_editable
+from sandbox.reader import read_diff, read_note
 from sandbox.runner import (
     LineCallback,
     RunLimits,
@@ -40,24 +51,14 @@ from sandbox.runner import (
 )
 from sandbox.templates import copy_template
 
-NOTES_REF = "refs/notes/magnet"
-BEST_TAG = "magnet/best"
-BASELINE_TAG = "magnet/baseline"
 KEPT_STATUSES = ("keep", "baseline")  # statuses of experiments that stay on the branch
 MAX_REPEATS = 2  # runs of one experiment: the first, and one confirmation with another seed
-JOURNAL_FILE = "sandbox.json"
-LOCK_FILE = "sandbox.lock"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _EXCLUDE = "__pycache__/\n*.pyc\n.pytest_cache/\n"
 _HALF_MADE = (
     "{run_dir} has a workspace/ but no journal: its creation was interrupted; delete {run_dir} "
     "and create the run again"
 )
-
-
-def exp_ref(exp: int) -> str:
-    """Where experiment `exp`'s commit is kept, whatever became of it."""
-    return f"refs/magnet/exp/{exp:03d}"
 
 
 @dataclass(frozen=True)
@@ -240,10 +241,10 @@ class Workspace:
 
     def log_path(self, exp: int, repeat: int = 0) -> Path:
         """Experiment `exp`'s log; a repeat run (another seed, to confirm) has its own."""
-        return self.run_dir / "logs" / f"exp-{exp:03d}{_repeat_suffix(repeat)}.log"
+        return log_path(self.run_dir, exp, repeat)
 
     def output_dir(self, exp: int, repeat: int = 0) -> Path:
-        return self.run_dir / "outputs" / f"exp-{exp:03d}{_repeat_suffix(repeat)}"
+        return output_dir(self.run_dir, exp, repeat)
 
     # --- one experiment -------------------------------------------------------------------
 
@@ -404,20 +405,11 @@ class Workspace:
 
     def record(self, exp: int) -> dict[str, Any] | None:
         """The JSON note of experiment `exp`, or None."""
-        out = self.git.run("notes", "--ref", NOTES_REF, "show", exp_ref(exp), check=False)
-        try:
-            return json.loads(out) if out else None
-        except ValueError:
-            return None
+        return read_note(self.git, exp)
 
     def diff(self, exp: int) -> str:
         """What experiment `exp` changed, relative to the commit it started from."""
-        if self.git.rev(exp_ref(exp)) is None:
-            raise WorkspaceError(f"experiment {exp} has no commit; it never got that far")
-        base = next((h["base"] for h in self.history if h["exp"] == exp), None)
-        if base is None:
-            return self.git.run("show", "--format=", exp_ref(exp))
-        return self.git.run("diff", base, exp_ref(exp))
+        return read_diff(self.git, self.history, exp)
 
     # --- crash recovery -------------------------------------------------------------------
 
@@ -646,10 +638,6 @@ def _check_editable(git: Git, editable: Sequence[str]) -> None:
                 f"editable file {pattern!r} {where} in the workspace; fix `editable:`"
                 + (" or commit it in your repository" if "tracked" in where else "")
             )
-
-
-def _repeat_suffix(repeat: int) -> str:
-    return f"-run{repeat + 1}" if repeat else ""
 
 
 def _message(exp: int, hypothesis: str) -> str:

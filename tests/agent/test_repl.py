@@ -193,7 +193,7 @@ def test_steer_a_live_run(tmp_path, env, openai_server):
 
     done = records(run_dir)
     assert [(r["exp"], r["status"]) for r in done] == [
-        (0, "keep"), (1, "keep"), (2, "keep"), (3, "rejected"), (4, "keep")]
+        (0, "baseline"), (1, "baseline"), (2, "keep"), (3, "rejected"), (4, "keep")]
     assert done[2]["hints"] == ["use smaller X"] and done[3]["hints"] == []
     assert done[2]["hypothesis"] == "X to 2, as the person says"
     rejected = done[3]
@@ -230,7 +230,7 @@ def test_repl_starts_a_run_that_outlives_it(tmp_path, env, openai_server):
     run = Run.load(run_dir)
     wait_for(lambda: run.state() == "finished" and run.controller_pid() is None, timeout=60,
              what="the run finished and its process ended")
-    assert [r["status"] for r in records(run_dir)] == ["keep", "keep", "keep", "crashed"]
+    assert [r["status"] for r in records(run_dir)] == ["baseline", "baseline", "keep", "crashed"]
     assert "finished: experiment budget of 2 reached" in (run_dir / "controller.log").read_text()
     assert not list(runs.glob(".controller-*"))
 

@@ -6,7 +6,7 @@ The run is real (scripted OpenAI-compatible server): two baselines, a kept chang
 
 import json
 import os
-import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +43,9 @@ model: scripted-model
 ---
 Make the score small. The score is (X - 1)^2 + 0.5.
 """
-CLI = [sys.executable, "-m", "agent.cli"]
-STATUSES = ["keep", "keep", "keep", "discard", "crashed"]
+# the installed console script, as a person or a script runs it; stdout is a pipe, not a terminal
+CLI = [str(Path(sys.executable).with_name("magnet-agent"))]
+STATUSES = ["baseline", "baseline", "keep", "discard", "crashed"]
 
 
 @pytest.fixture(scope="module")
@@ -68,35 +69,84 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run([*CLI, *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"})
+                          env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
     assert (done.returncode == 0) == ok, done.stderr
     return done
 
 
+def tsv(out: str) -> list[dict[str, str]]:
+    """Tab-separated lines under a header, as the review tables print when piped."""
+    header, *rows = (line.split("\t") for line in out.splitlines())
+    assert all(len(row) == len(header) for row in rows), out
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def jsonl(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "experiments.jsonl").read_text().splitlines()]
+
+
 def test_history_lists_every_experiment(run_dir):
     out = cli("history", run_dir.name, "--runs-dir", str(run_dir.parent)).stdout
-    rows = {int(m[1]): m[0] for m in re.finditer(r"^│ (\d{3}) │.*$", out, re.MULTILINE)}
+    rows = {int(row["exp"]): row for row in tsv(out)}
     assert sorted(rows) == [0, 1, 2, 3, 4]
     for record in Run.load(run_dir).records():
         row = rows[record["exp"]]
         metric = record["metric"]
-        assert f" {record['status']} " in row
-        assert (f"{metric:.4f}" if metric is not None else " - ") in row
-        assert " ".join(record["hypothesis"].split())[:20] in row
-    assert "log --notes=magnet" in out
+        assert row["status"] == record["status"]
+        assert row["score"] == (f"{metric:.4f}" if metric is not None else "-")
+        assert row["hypothesis"] == " ".join(record["hypothesis"].split())  # whole, never cut
+    assert [rows[e]["best so far"] for e in range(5)] == ["-", "-", "1.5000", "1.5000", "1.5000"]
     last = cli("history", str(run_dir), "--last", "2").stdout  # a run directory works too
-    assert "│ 003 │" in last and "│ 004 │" in last and "│ 002 │" not in last
+    assert [row["exp"] for row in tsv(last)] == ["003", "004"]
+
+
+def test_history_json_is_the_records(run_dir):
+    assert json.loads(cli("history", str(run_dir), "--json").stdout) == jsonl(run_dir)
+    assert json.loads(cli("history", str(run_dir), "--json", "--last", "2").stdout) \
+        == jsonl(run_dir)[-2:]
 
 
 def test_show_prints_what_the_record_holds(run_dir):
     out = cli("show", run_dir.name, "2", "--runs-dir", str(run_dir.parent)).stdout
     for part in ("exp 002  keep  score=1.5000", "hypothesis: move X towards 1",
                  "rationale: because move X towards 1", "-X = 3.0", "+X = 2.0",
-                 "METRIC score=1.5", "planner openai"):
+                 "METRIC score=1.5", "planner openai", f"log tail ({run_dir}/logs/exp-002.log):"):
         assert part in out, out
     crashed = cli("show", str(run_dir), "004").stdout
     assert "crashed" in crashed and '+MODE = "crash"' in crashed
     assert "RuntimeError: boom: MODE crash" in crashed  # the log tail
+
+
+def test_show_json_holds_record_diff_and_log(run_dir):
+    kept = json.loads(cli("show", str(run_dir), "002", "--json").stdout)
+    assert kept["record"] == jsonl(run_dir)[2]
+    assert "-X = 3.0\n+X = 2.0" in kept["diff"]
+    assert kept["log_path"] == str(run_dir / "logs" / "exp-002.log")
+    assert kept["log_tail"].splitlines()[-1] == "METRIC score=1.5"
+    assert kept["repeat_log_paths"] == []
+    crashed = json.loads(cli("show", str(run_dir), "4", "--json").stdout)
+    assert crashed["record"]["status"] == "crashed"
+    assert "RuntimeError: boom: MODE crash" in crashed["log_tail"]
+
+
+def test_show_a_confirmed_experiment(run_dir, tmp_path):
+    """A record with two runs (confirmed with another seed), its diff size and judgement."""
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy, symlinks=True)
+    records = jsonl(copy)
+    records[2] |= {"runs": [1.5, 1.52], "metric": 1.51, "diff": {"added": 1, "removed": 1},
+                   "judgement": {"action": "keep", "rule": "confirmed gain", "gain": 2.99,
+                                 "stderr": 0.0212, "reason": "confirmed gain: ..."}}
+    (copy / "experiments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (copy / "logs" / "exp-002-run2.log").write_text("METRIC score=1.52\n")
+    out = cli("show", str(copy), "2").stdout
+    for part in ("runs: 1.5000, 1.5200 (judged on 1.5100)", "diff size: +1 -1 lines",
+                 "judgement: action=keep, rule=confirmed gain, gain=2.99, stderr=0.0212",
+                 f"confirmation run's log: {copy}/logs/exp-002-run2.log"):
+        assert part in out, out
+    shown = json.loads(cli("show", str(copy), "2", "--json").stdout)
+    assert shown["record"] == records[2]
+    assert shown["repeat_log_paths"] == [str(copy / "logs" / "exp-002-run2.log")]
 
 
 def test_bad_names_get_one_line_with_the_fix(run_dir):
@@ -108,23 +158,73 @@ def test_bad_names_get_one_line_with_the_fix(run_dir):
     assert parse_exp("7") == parse_exp("007") == parse_exp("exp007") == 7
 
 
-def test_runs_lists_finished_and_interrupted_runs(run_dir, tmp_path):
+@pytest.fixture
+def runs(run_dir, tmp_path) -> Path:
+    """The finished run, and an older one with a long goal name that was killed after its
+    start (nothing runs it, no record)."""
     runs = tmp_path / "runs"
     runs.mkdir()
-    finished = runs / run_dir.name
-    finished.symlink_to(run_dir)
-    stale = runs / "reviewed-19990101-000000"  # started, then killed: nothing runs it
+    (runs / run_dir.name).symlink_to(run_dir)
+    stale = runs / f"{LONG_NAME}-19990101-000000"
     stale.mkdir()
     (stale / "run.json").write_text("{}")
-    (stale / "goal.md").write_text(GOAL)
+    (stale / "goal.md").write_text(GOAL.replace("name: reviewed", f"name: {LONG_NAME}"))
     os.utime(stale / "run.json", (0, 0))
+    return runs
+
+
+LONG_NAME = "a-goal-name-long-enough-that-an-80-column-table-would-cut-it-short"
+
+
+def test_runs_piped_prints_whole_values_a_grep_finds(run_dir, runs):
     out = cli("runs", "--runs-dir", str(runs)).stdout
-    lines = out.splitlines()
-    row = next(line for line in lines if run_dir.name in line)
-    assert re.search(r"reviewed\s+│ finished\s+│\s+3 │ score \(min\)\s+│\s+4\.5000 │\s+1\.5000",
-                     row), row
-    assert re.search(r"interrupted\s+│\s+0 │", next(line for line in lines if stale.name in line))
-    assert out.index(stale.name) < out.index(run_dir.name)  # oldest first
+    listed = {row["run"]: row for row in tsv(out)}
+    assert list(listed) == [f"{LONG_NAME}-19990101-000000", run_dir.name]  # oldest first
+    assert listed[run_dir.name] == {
+        "run": run_dir.name, "goal": "reviewed", "status": "finished", "exps": "3",
+        "metric": "score (min)", "baseline": "4.5000", "best": "1.5000",
+        "vs baseline": "+66.67% better"}
+    stale = listed[f"{LONG_NAME}-19990101-000000"]
+    assert (stale["goal"], stale["status"], stale["exps"], stale["best"]) == (
+        LONG_NAME, "interrupted", "0", "-")
+    grep = subprocess.run(f"{CLI[0]} runs --runs-dir {runs} | grep -F {LONG_NAME}-1999",
+                          shell=True, capture_output=True, text=True)
+    assert grep.returncode == 0 and LONG_NAME + "\t" in grep.stdout, grep.stdout
+    assert "…" not in out
+
+
+def test_runs_json_and_a_run_nothing_beat(run_dir, runs, tmp_path):
+    """A run whose experiments all lost to the baseline says so, in the table and in JSON."""
+    lost = runs / "lost-20000101-000000"
+    lost.mkdir()
+    for name in ("run.json", "goal.md", "status.json"):
+        (lost / name).write_bytes((run_dir / name).read_bytes())
+    (lost / "experiments.jsonl").write_text("".join(
+        json.dumps({**r, "status": "discard" if r["status"] == "keep" else r["status"]}) + "\n"
+        for r in jsonl(run_dir)))
+    summary = {run["id"]: run for run in json.loads(cli("runs", "--runs-dir", str(runs),
+                                                        "--json").stdout)}
+    assert summary[run_dir.name] == {
+        "id": run_dir.name, "goal": "reviewed", "status": "finished",
+        "stop_reason": "experiment budget of 3 reached", "experiments": 3,
+        "metric": {"name": "score", "goal": "minimize"}, "baseline": 4.5, "best": 1.5,
+        "verdict": "Baseline 4.5000 → best 1.5000 (+66.67% better).",
+        "path": str(run_dir.resolve())}
+    assert summary["lost-20000101-000000"]["best"] is None
+    assert summary["lost-20000101-000000"]["verdict"] == "Nothing beat the baseline 4.5000."
+    row = next(r for r in tsv(cli("runs", "--runs-dir", str(runs)).stdout)
+               if r["run"] == "lost-20000101-000000")
+    assert (row["best"], row["vs baseline"]) == ("-", "nothing beat the baseline")
+    assert json.loads(cli("runs", "--runs-dir", str(tmp_path / "none"), "--json").stdout) == []
+
+
+def test_on_a_terminal_the_tables_are_drawn(run_dir):
+    """Through a pseudo-terminal: rich tables, and the plain-git hint under the history."""
+    import pexpect
+
+    out = pexpect.run(" ".join([*CLI, "history", str(run_dir)]), encoding="utf-8",
+                      dimensions=(50, 200), env={**os.environ, "TERM": "xterm"})
+    assert "│ 002 │" in out and "git -C" in out and "log --notes=magnet" in out, out
 
 
 def test_report_regenerates_report_and_plot(run_dir):

@@ -1,0 +1,112 @@
+"""`magnet-agent train` for real: the bitnet-lm template on a tiny text corpus, run through the
+sandbox into a run directory that the review commands read like any research run.
+
+A `sitecustomize` on PYTHONPATH (which the sandbox passes on, as it is no secret) records the
+environment the training process really started with, so the scrubbing is checked on the real
+process, not on a function's return value.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitnet.checkpoint import load_checkpoint
+
+CLI = str(Path(sys.executable).with_name("magnet-agent"))
+SECRETS = {"OPENAI_API_KEY": "sk-test-do-not-leak", "HF_TOKEN": "hf_do_not_leak",
+           "DATABASE_URL": "postgres://user:hunter2@db/x"}
+PROBE = '''\
+import json, os
+out = os.environ.get("MAGNET_OUTPUT_DIR")
+if out and os.path.isdir(out):  # only the training process has it
+    with open(os.path.join(out, "env-seen.json"), "w") as f:
+        json.dump(dict(os.environ), f)
+'''
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("train")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 200)
+    probe = root / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(PROBE)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MAGNET_")}, **SECRETS,
+           "PYTHONPATH": str(probe), "MAGNET_CACHE_DIR": str(root / "cache"),
+           "MAGNET_SEED": "99"}  # an inherited MAGNET_* setting must not reach the run either
+    done = subprocess.run([CLI, "train", "--budget", "2", "--corpus", f"text:{corpus}",
+                           "--seed", "7", "--runs-dir", str(root / "runs")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = (root / "runs").iterdir()
+    return run_dir, done
+
+
+def cli(*args: str) -> str:
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_train_writes_a_run_the_review_commands_read(trained):
+    run_dir, done = trained
+    assert run_dir.name.startswith("train-")
+    records = [json.loads(line) for line in (run_dir / "experiments.jsonl").read_text()
+               .splitlines()]
+    (record,) = records
+    assert record["status"] == "baseline" and record["exp"] == 0
+    assert record["metric"] == record["metrics"]["val_bpb"] and 0 < record["metric"] < 8.5
+    assert json.loads(cli("history", str(run_dir), "--json")) == records
+
+    (summary,) = json.loads(cli("runs", "--runs-dir", str(run_dir.parent), "--json"))
+    assert summary["id"] == run_dir.name and summary["status"] == "finished"
+    assert (summary["experiments"], summary["baseline"], summary["best"]) == (
+        0, record["metric"], None)
+    assert summary["metric"] == {"name": "val_bpb", "goal": "minimize"}
+    assert summary["verdict"] == f"Nothing beat the baseline {record['metric']:.4f}."
+    assert run_dir.name in cli("runs", "--runs-dir", str(run_dir.parent))
+
+    shown = json.loads(cli("show", str(run_dir), "0", "--json"))
+    assert shown["record"] == record
+    assert shown["diff"] == ""  # the template as it is
+    assert shown["log_path"] == str(run_dir / "logs" / "exp-000.log")
+    assert f"METRIC val_bpb={record['metric']}" in shown["log_tail"]
+    assert f"checkpoint: {run_dir / 'outputs' / 'exp-000'}" in done.stdout
+
+    # the checkpoint is where every experiment's is, and is the model that was scored
+    model = load_checkpoint(run_dir / "outputs" / "exp-000")
+    assert model.num_parameters() == record["metrics"]["params"]
+    # the goal it wrote is a real goal: the report command loads it
+    cli("report", str(run_dir))
+    assert (run_dir / "report.md").is_file()
+    git = subprocess.run(["git", "-C", str(run_dir / "workspace"), "log", "--notes=magnet",
+                          "--format=%s %N", "-1"], capture_output=True, text=True, check=True)
+    assert git.stdout.startswith("exp 000: baseline: bitnet-lm on text:")
+    assert '"status": "baseline"' in git.stdout
+
+
+def test_the_training_process_sees_the_sandbox_environment(trained):
+    run_dir, _ = trained
+    seen = json.loads((run_dir / "outputs" / "exp-000" / "env-seen.json").read_text())
+    assert not set(SECRETS) & set(seen), sorted(seen)
+    assert not any(v in value for v in SECRETS.values() for value in seen.values())
+    assert seen["MAGNET_SEED"] == "7" and seen["MAGNET_TIME_BUDGET"] == "2"
+    assert seen["MAGNET_CORPUS"].startswith("text:")  # from the goal's command
+    assert seen["MAGNET_OUTPUT_DIR"] == str(run_dir / "outputs" / "exp-000")
+    assert seen["MAGNET_CACHE_DIR"].endswith("cache")  # this machine's cache is passed on
+    assert int(seen["OMP_NUM_THREADS"]) >= 1 and seen["MKL_NUM_THREADS"] == seen["OMP_NUM_THREADS"]
+
+
+def test_an_unknown_template_fails_in_one_line_before_anything_is_made(tmp_path):
+    done = subprocess.run([CLI, "train", "--template", "nope", "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("magnet-agent: error: unknown template 'nope'; use one of:")
+    assert list(tmp_path.iterdir()) == []
