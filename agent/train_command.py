@@ -26,6 +26,7 @@ from rich.table import Table
 from agent import control, scores
 from agent.goal import Budget, Goal, load_goal
 from agent.records import RunRecords
+from agent.review import STOPPED_BY_A_PERSON
 from agent.rundir import GOAL_COPY, RUN_FILE, RunError, runs_root
 from sandbox.metrics import parse_metric_line
 from sandbox.runner import RunResult
@@ -36,7 +37,6 @@ NAME = "train"  # run ids are train-YYYYmmdd-HHMMSS
 METRIC = "val_bpb"
 STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
 PASSED_THROUGH = ("MAGNET_CACHE_DIR",)  # this machine's corpus cache: not part of the experiment
-STOPPED = "stopped by a person"
 
 
 def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None) -> int:
@@ -65,7 +65,8 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
         try:
             result = _run(ws, goal, console)
         except KeyboardInterrupt:
-            control.write_status(run_dir, {**status, "state": "finished", "stop_reason": STOPPED})
+            control.write_status(run_dir, {**status, "state": "finished",
+                                           "stop_reason": STOPPED_BY_A_PERSON})
             raise
         record = _record(hypothesis, goal, result)
         if result.status == "ok":
