@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+STOPPED_BY_A_PERSON = "stopped by a person"  # the stop reason a `stop` command leads to
 CONTROL_FILE = "control.jsonl"
 APPROVAL_FILE = "approval.json"
 COMMANDS = ("hint", "pause", "resume", "stop", "budget", "approve", "answer")

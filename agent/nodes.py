@@ -111,7 +111,7 @@ class Nodes:
             time.sleep(CONTROL_POLL_SECONDS)
             update |= self._steer(state)
         if state["stop_requested"]:
-            return {**update, "stop_reason": "stopped by a person"}
+            return {**update, "stop_reason": control.STOPPED_BY_A_PERSON}
         if stop := self._budget_exhausted(state):
             return {**update, "stop_reason": stop}
         context = self._context(state)

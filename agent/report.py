@@ -8,6 +8,7 @@ from typing import Any
 
 from agent import scores
 from agent.goal import Goal
+from sandbox.layout import EXP_REFS
 
 
 def write_plot(path: Path, records: list[dict[str, Any]], metric: str, goal: str) -> None:
@@ -84,7 +85,7 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
                      f"{'' if b is None else f'{b:.4f}'} | {size} | {_cell(r.get('hypothesis'))} "
                      f"| {_cell(r.get('reason'))} |")
     lines += ["", "Review with git (every experiment, kept or not): "
-              "`git -C workspace log --notes=magnet --glob=refs/magnet/exp`.", ""]
+              f"`git -C workspace log --notes=magnet --glob={EXP_REFS}`.", ""]
     path = run_dir / "report.md"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")

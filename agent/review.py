@@ -29,7 +29,6 @@ STATUS_STYLE = {"keep": "green", "baseline": "blue", "discard": "yellow", "rejec
                 "interrupted": "magenta"}
 LOG_TAIL_LINES = 15
 LIVE_STATES = ("starting", "planning", "running", "paused", "waiting_approval")
-STOPPED_BY_A_PERSON = "stopped by a person"
 
 
 # one error type for whatever a run lookup or a review cannot show
@@ -86,7 +85,7 @@ class Run:
         finished | stopped (ended by a person) | interrupted (resume it)."""
         status = self.status() or {}
         if status.get("state") == "finished":
-            return "stopped" if self.stop_reason() == STOPPED_BY_A_PERSON else "finished"
+            return "stopped" if self.stop_reason() == control.STOPPED_BY_A_PERSON else "finished"
         if self.controller_pid() is not None:
             return str(status.get("state") or "starting")  # status.json comes after baselines
         return "interrupted"

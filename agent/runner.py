@@ -71,6 +71,9 @@ def _load_goal(run_dir: Path, options: dict[str, Any]) -> Goal:
 
 def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
     options = json.loads((run_dir / RUN_FILE).read_text())
+    if options.get("command") == "train":
+        raise RunError(f"{run_dir.name} is a single training run (magnet-agent train); there is "
+                       "nothing to resume: start another with `magnet-agent train`")
     goal = _load_goal(run_dir, options)
     if options.get("experiments"):
         budget = goal.spec.budget.model_copy(update={"experiments": options["experiments"]})

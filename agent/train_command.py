@@ -26,7 +26,6 @@ from rich.table import Table
 from agent import control, scores
 from agent.goal import Budget, Goal, load_goal
 from agent.records import RunRecords
-from agent.review import STOPPED_BY_A_PERSON
 from agent.rundir import GOAL_COPY, RUN_FILE, RunError, runs_root
 from sandbox.metrics import parse_metric_line
 from sandbox.runner import RunResult
@@ -36,7 +35,6 @@ from sandbox.workspace import Workspace
 NAME = "train"  # run ids are train-YYYYmmdd-HHMMSS
 METRIC = "val_bpb"
 STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
-PASSED_THROUGH = ("MAGNET_CACHE_DIR",)  # this machine's corpus cache: not part of the experiment
 
 
 def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None) -> int:
@@ -66,7 +64,7 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
             result = _run(ws, goal, console)
         except KeyboardInterrupt:
             control.write_status(run_dir, {**status, "state": "finished",
-                                           "stop_reason": STOPPED_BY_A_PERSON})
+                                           "stop_reason": control.STOPPED_BY_A_PERSON})
             raise
         record = _record(hypothesis, goal, result)
         if result.status == "ok":
@@ -139,7 +137,6 @@ def _run(ws: Workspace, goal: Goal, console: Console) -> RunResult:
 
         return ws.run(spec.command, time_budget=budget, seed=spec.seed,
                       grace=spec.budget.grace, metric=spec.metric.name, on_line=on_line,
-                      env={k: os.environ[k] for k in PASSED_THROUGH if k in os.environ},
                       mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
 
 

@@ -23,10 +23,16 @@ def is_secret(name: str, value: str = "") -> bool:
     return bool(SECRET_NAME.search(name.upper()) or SECRET_VALUE.search(value))
 
 
+# MAGNET_* settings an experiment inherits: this machine's corpus cache is not part of it
+PASSED_THROUGH = ("MAGNET_CACHE_DIR",)
+
+
 def scrubbed_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (default os.environ) without secrets and without inherited MAGNET_* settings."""
+    """`base` (default os.environ) without secrets and without inherited MAGNET_* settings
+    (but those in PASSED_THROUGH)."""
     base = os.environ if base is None else base
-    return {k: v for k, v in base.items() if not is_secret(k, v) and not k.startswith("MAGNET_")}
+    return {k: v for k, v in base.items() if not is_secret(k, v)
+            and (not k.startswith("MAGNET_") or k in PASSED_THROUGH)}
 
 
 def run_environ(

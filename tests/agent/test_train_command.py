@@ -110,3 +110,13 @@ def test_an_unknown_template_fails_in_one_line_before_anything_is_made(tmp_path)
     assert done.returncode == 2
     assert done.stderr.startswith("magnet-agent: error: unknown template 'nope'; use one of:")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_training_run_is_not_resumed_as_a_research_run(trained):
+    run_dir, _ = trained
+    done = subprocess.run([CLI, "resume", str(run_dir)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "is a single training run (magnet-agent train); there is nothing to resume" in \
+        done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (run_dir / "checkpoints.sqlite").exists()
