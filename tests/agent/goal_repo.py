@@ -37,3 +37,28 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "") 
             raise TimeoutError(f"not reached in {timeout}s: {what}")
         time.sleep(0.05)
     return value
+
+
+# A script with a knob X (score (X - 1)^2 + 0.5) and a MODE that can crash or hang it.
+MODES_TRAIN = """import time
+X = 3.0
+MODE = "ok"
+if MODE == "crash":
+    raise RuntimeError("boom: MODE crash")
+if MODE == "hang":
+    time.sleep(600)
+print(f"METRIC score={(X - 1.0) ** 2 + 0.5}")
+"""
+
+
+def goal_text(name: str, *, planner: str, knobs: dict[str, str], experiments: int = 5,
+              budget: str = "per_experiment: 2s, grace: 3s", brief: str = "Make the score small.",
+              model: str | None = "scripted-model") -> str:
+    """A goal file over `repo/train.py` minimizing METRIC score; knobs as {NAME: "{spec}"}."""
+    lines = ["---", f"name: {name}", "workspace: repo", "editable: [train.py]",
+             "command: python train.py", "metric: {name: score, goal: minimize}",
+             f"budget: {{{budget}, experiments: {experiments}, wall: 10m}}",
+             f"planner: {planner}"]
+    lines += [f"model: {model}"] if model else []
+    lines += ["knobs:", *(f"  {k}: {spec}" for k, spec in knobs.items()), "---", brief, ""]
+    return "\n".join(lines)

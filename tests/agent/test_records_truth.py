@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from goal_repo import make_goal, sr, wait_for
+from goal_repo import MODES_TRAIN, goal_text, make_goal, sr, wait_for
 from openai_server import proposal, text
 from optuna.trial import TrialState
 
@@ -23,30 +23,8 @@ from agent.runner import resume_run, start_run
 
 CLI = [sys.executable, "-m", "agent.cli"]
 
-MODES = """import time
-X = 3.0
-MODE = "ok"
-if MODE == "crash":
-    raise RuntimeError("boom: MODE crash")
-if MODE == "hang":
-    time.sleep(600)
-print(f"METRIC score={(X - 1.0) ** 2 + 0.5}")
-"""
-MODES_GOAL = """---
-name: truthful
-workspace: repo
-editable: [train.py]
-command: python train.py
-metric: {name: score, goal: minimize}
-budget: {per_experiment: 2s, grace: 3s, experiments: 5, wall: 10m}
-planner: openai
-model: scripted-model
-knobs:
-  X: {low: 0.0, high: 4.0}
-  MODE: {choices: [ok, crash, hang]}
----
-Make the score small.
-"""
+MODES_GOAL = goal_text("truthful", planner="openai",
+                       knobs={"X": "{low: 0.0, high: 4.0}", "MODE": "{choices: [ok, crash, hang]}"})
 
 
 def knob_proposal(hypothesis: str, **values: object) -> dict:
@@ -71,7 +49,7 @@ def serve(monkeypatch, server) -> None:
 
 def test_every_outcome_records_its_own_proposals_knobs(tmp_path, openai_server, monkeypatch):
     serve(monkeypatch, openai_server)
-    goal = make_goal(tmp_path, MODES, MODES_GOAL)
+    goal = make_goal(tmp_path, MODES_TRAIN, MODES_GOAL)
     proposals = [
         knob_proposal("try X 1.8", X=1.8),                              # exp 2: rejected
         knob_proposal("move X towards 1", X=2.0),                       # exp 3: keep
@@ -127,19 +105,8 @@ A = 0.0
 time.sleep(0.4)
 print(f"METRIC score={(A - 2.5) ** 2}")
 """
-QUADRATIC_GOAL = """---
-name: quadratic
-workspace: repo
-editable: [train.py]
-command: python train.py
-metric: {name: score, goal: minimize}
-budget: {per_experiment: 20s, experiments: 6, wall: 10m}
-planner: search
-knobs:
-  A: {low: 0.0, high: 5.0}
----
-Bring A to where the score is smallest.
-"""
+QUADRATIC_GOAL = goal_text("quadratic", planner="search", knobs={"A": "{low: 0.0, high: 5.0}"},
+                           experiments=6, budget="per_experiment: 20s", model=None)
 
 
 def study_trials(planner, goal, records: list[dict]) -> list[tuple[float, float]]:
@@ -197,8 +164,8 @@ X = 3.0
 SHIFT = {1337: 0.0, 1338: 0.2}[int(os.environ["MAGNET_SEED"])]
 print(f"METRIC score={(X - 1.0) ** 2 + 0.5 + SHIFT:.4f}")
 """
-SEEDED_GOAL = MODES_GOAL.replace("name: truthful", "name: seeded").replace(
-    "experiments: 5", "experiments: 2").replace("  MODE: {choices: [ok, crash, hang]}\n", "")
+SEEDED_GOAL = goal_text("seeded", planner="openai", knobs={"X": "{low: 0.0, high: 4.0}"},
+                        experiments=2)
 
 
 def test_a_gain_within_the_noise_band_is_confirmed_with_another_seed(
@@ -260,8 +227,7 @@ def test_simpler_code_at_equal_quality_is_kept(tmp_path, openai_server, monkeypa
 
 def test_nothing_beat_the_baseline_and_a_run_without_experiments_fails(tmp_path):
     crashing = QUADRATIC.replace("time.sleep(0.4)\n", 'assert A == 0.0, "only A = 0 runs"\n')
-    goal = make_goal(tmp_path, crashing, QUADRATIC_GOAL.replace("experiments: 6",
-                                                               "experiments: 2"))
+    goal = make_goal(tmp_path, crashing, QUADRATIC_GOAL.replace("experiments: 6", "experiments: 2"))
     done = subprocess.run([*CLI, "run", str(goal), "--runs-dir", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=120)
 
