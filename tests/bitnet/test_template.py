@@ -1,16 +1,23 @@
-"""The bitnet-lm template's train.py, run for real as a subprocess under the MAGNET contract."""
+"""The bitnet-lm template: train.py run for real under the MAGNET contract, and its model.py,
+which must stay the reference bitnet.model.BitNetLM until a researcher changes it."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from bitnet.checkpoint import load_checkpoint
+from bitnet.checkpoint import config_from_hf, load_checkpoint, save_checkpoint
+from bitnet.model import BitNetConfig, BitNetLM
 
-TRAIN = Path(__file__).parents[2] / "bitnet" / "templates" / "bitnet-lm" / "train.py"
+TEMPLATE = Path(__file__).parents[2] / "bitnet" / "templates" / "bitnet-lm"
+TRAIN = TEMPLATE / "train.py"
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +46,39 @@ def run_train(tmp_path: Path, corpus: Path, **env: str) -> tuple[dict, str]:
     return metrics, result.stdout
 
 
-def test_fixed_steps_are_deterministic_and_write_a_loadable_checkpoint(tmp_path, text_corpus):
-    first, _ = run_train(tmp_path / "a", text_corpus, MAGNET_STEPS="4", MAGNET_SEED="7")
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, text_corpus) -> tuple[dict, Path]:
+    """train.py at its defaults for 4 steps (seed 7): its metrics and its output directory."""
+    root = tmp_path_factory.mktemp("first")
+    metrics, _ = run_train(root, text_corpus, MAGNET_STEPS="4", MAGNET_SEED="7")
+    return metrics, root / "out"
+
+
+def template_model() -> ModuleType:
+    """The template's model.py, imported from its file as train.py imports it."""
+    spec = importlib.util.spec_from_file_location("bitnet_lm_template_model", TEMPLATE / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def far_from_init(model: torch.nn.Module) -> torch.nn.Module:
+    """Weights far from init (norm gains included) so logits are large, not near zero."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(torch.rand(param.shape, generator=generator) + 0.5)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return model.eval()
+
+
+def test_fixed_steps_are_deterministic_and_write_a_loadable_checkpoint(
+    tmp_path, text_corpus, first_run
+):
+    first, out = first_run
     second, _ = run_train(tmp_path / "b", text_corpus, MAGNET_STEPS="4", MAGNET_SEED="7")
     other_seed, _ = run_train(tmp_path / "c", text_corpus, MAGNET_STEPS="4", MAGNET_SEED="8")
     assert first["steps"] == 4
@@ -49,7 +87,6 @@ def test_fixed_steps_are_deterministic_and_write_a_loadable_checkpoint(tmp_path,
     assert {"val_bpb", "tokens_per_s", "params", "peak_memory_mb", "steps"} <= set(first)
     assert 0 < first["val_bpb"] < 8.5
 
-    out = tmp_path / "a" / "out"
     assert json.loads((out / "metrics.json").read_text())["val_bpb"] == first["val_bpb"]
     model = load_checkpoint(out)
     assert model.num_parameters() == first["params"]
@@ -61,3 +98,76 @@ def test_time_budget_stops_training(tmp_path, text_corpus):
     # stops at the first step boundary after the budget: overshoot is about one step
     mean_step = metrics["train_seconds"] / metrics["steps"]
     assert 3.0 <= metrics["train_seconds"] < 3.0 + 2 * mean_step + 0.5
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_template_model_is_the_reference_model(first_run, tied):
+    """Same seed, same weights; same weights, same logits, loss and gradients: bit for bit.
+
+    Tolerance zero, on purpose: both models run the same operations in the same order in one
+    process, so any difference is a real change, and the int8 rounding downstream would turn
+    even a last-bit one into whole quantisation steps (1e-2 in the logits).
+    """
+    _, out = first_run
+    # the config train.py builds from its constants, as it wrote it (template defaults)
+    config = config_from_hf(json.loads((out / "config.json").read_text()))
+    config.tie_word_embeddings = tied
+    ours_module = template_model()
+    torch.manual_seed(3)
+    ours = ours_module.BitNetLM(config)
+    torch.manual_seed(3)
+    reference = BitNetLM(config)
+    assert isinstance(ours.config, BitNetConfig)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    for name, value in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], value), name  # same init from the same seed
+
+    far_from_init(reference)
+    ours.load_state_dict(reference.state_dict())
+    ours.eval()
+    tokens = torch.randint(0, 256, (2, config.max_position_embeddings + 1),
+                           generator=torch.Generator().manual_seed(1))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    ours_logits, ours_loss = ours(inputs, targets)
+    ref_logits, ref_loss = reference(inputs, targets)
+    assert ref_logits.std() > 1.0  # a meaningful comparison, not two near-zero tensors
+    assert (ours_logits - ref_logits).abs().max().item() == 0.0
+    assert torch.equal(ours_loss, ref_loss)
+    ours_loss.backward()
+    ref_loss.backward()
+    ours_grads = dict(ours.named_parameters())
+    for name, param in reference.named_parameters():  # straight-through gradients alike
+        assert torch.equal(ours_grads[name].grad, param.grad), name
+    with pytest.raises(ValueError, match="exceed max_position_embeddings"):
+        ours(tokens)
+
+
+def test_template_checkpoints_load_in_transformers_with_the_same_logits(tmp_path, first_run):
+    """What train.py saved, and a far-from-init template model saved the way train.py saves,
+    load as transformers' BitNetForCausalLM and give the template model's logits, bit for bit.
+
+    transformers wraps its quantisers in torch.compile, whose fused kernels round some products
+    differently in the last bit (measured: 95% of logits off by up to 0.65 in float32; in
+    float64 too, as it quantises in float32). With the compiler off its own code runs eagerly,
+    and then any difference at all is a real one: tolerance zero.
+    """
+    transformers = pytest.importorskip("transformers")
+    module = template_model()
+    trained = first_run[1]
+    config = config_from_hf(json.loads((trained / "config.json").read_text()))
+    far = far_from_init(module.BitNetLM(config))
+    save_checkpoint(far, tmp_path / "far")
+    input_ids = torch.randint(0, 256, (2, config.max_position_embeddings),
+                              generator=torch.Generator().manual_seed(1))
+    for checkpoint in (trained, tmp_path / "far"):
+        ours = module.BitNetLM(config)
+        ours.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+        ours.eval()
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        assert type(hf_model).__name__ == "BitNetForCausalLM"
+        assert type(hf_model.model.layers[0].mlp.down_proj).__name__ == "AutoBitLinear"
+        assert set(hf_model.state_dict()) == set(ours.state_dict())
+        with torch.no_grad(), torch._dynamo.config.patch(disable=True):
+            logits, _ = ours(input_ids)
+            assert (logits - hf_model(input_ids).logits).abs().max().item() == 0.0
+    assert logits.std() > 1.0  # the far-from-init model: a meaningful comparison

@@ -1,6 +1,7 @@
 """Train a small BitNet b1.58 byte-level language model within a fixed CPU time budget.
 
-Read it top to bottom: constants, data, model, optimiser, schedule, loop, evaluation, report.
+Read it top to bottom: constants, data, model (its code is in model.py), optimiser, schedule,
+loop, evaluation, report.
 It follows MAGNET's training-code contract:
   MAGNET_TIME_BUDGET  seconds of training (the loop stops itself when they are spent)
   MAGNET_STEPS        if set, train exactly this many steps instead (deterministic replay)
@@ -8,7 +9,7 @@ It follows MAGNET's training-code contract:
   MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
   prints one `METRIC name=value` line per result; val_bpb (validation bits per byte) is the score.
 The validation set and the byte count it is scored on are fixed outside this file
-(bitnet.evaluate), so experiments that edit this file compare fairly.
+(bitnet.evaluate), so experiments that edit this file or model.py compare fairly.
 """
 
 import json
@@ -19,11 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from model import BitNetLM  # model.py, next to this file: the architecture
 
 from bitnet.checkpoint import save_checkpoint
 from bitnet.data import VOCAB_SIZE, get_batch, load_corpus
 from bitnet.evaluate import evaluate_bpb
-from bitnet.model import BitNetConfig, BitNetLM
+from bitnet.model import BitNetConfig
 
 # --- tunable constants -------------------------------------------------------------------------
 CORPUS = os.environ.get("MAGNET_CORPUS", "pycode")  # pycode | pyprose | text:PATH
