@@ -181,6 +181,8 @@ def test_real_goal_fits_the_default_budget_with_its_whole_script():
     messages = build_messages(ctx)
     user = messages[1]["content"]
     assert messages_tokens(messages) <= 6000
-    assert files["train.py"].rstrip() in user
+    assert len(files) >= 2  # train.py and model.py
+    for code in files.values():  # every editable file, whole
+        assert code.rstrip() in user
     assert "| LEARNING_RATE | 0.004 | 0.001 to 0.015, log scale |" in user
     assert "val_bpb" in propose_prompt(ctx)
