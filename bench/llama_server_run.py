@@ -31,6 +31,9 @@ CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 MODEL_NAME = "smollm2-135m"  # the server serves one model whatever the request names
 N_CTX = 8192  # SmolLM2's context; the planner's prompts are budgeted to 6000 tokens
 STARTUP_SECONDS = 180.0
+# a ~6000-token prompt took 54-128 s to prefill on 2 shared cores, past the planner's default
+# 120 s timeout; a user's own MAGNET_OPENAI_TIMEOUT wins
+REQUEST_TIMEOUT = "600"
 # the planner's warning when the server refuses a response_format (agent/planners/openai_planner)
 REFUSED = re.compile(r"refused response_format (.+?) \(.*\); asking for (.+?) from now on")
 
@@ -115,6 +118,7 @@ def main() -> int:
         agent = shutil.which("magnet-agent", path=bin_dir) or "magnet-agent"
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
         env["OPENAI_BASE_URL"] = base_url
+        env.setdefault("MAGNET_OPENAI_TIMEOUT", REQUEST_TIMEOUT)
         started = time.perf_counter()
         run = subprocess.Popen(
             [agent, "run", str(args.goal), "--planner", "openai", "--model", MODEL_NAME,
@@ -155,8 +159,9 @@ def summarize(run_dir: Path | None, returncode: int, stderr: str, server_log: Pa
     statuses = ",".join(str(r.get("status")) for r in proposals) or "-"
     print(f"run {run_dir}; exit {returncode}; {seconds:.0f}s")
     ok = answers.count("200")
+    retries = len(re.findall(r"; retrying in ", stderr))  # timeouts never reach the access log
     print(f"RESULT exit={returncode} response_format={negotiated.replace(' ', '_')} "
-          f"requests_ok={ok} requests_failed={len(answers) - ok} "
+          f"requests_ok={ok} requests_failed={len(answers) - ok} retries={retries} "
           f"experiments={len(proposals)} statuses={statuses} "
           f"baseline={(sum(base) / len(base)) if base else float('nan'):.4f} "
           f"best={best:.4f} ran_with_metric={len(metrics)} "

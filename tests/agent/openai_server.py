@@ -29,12 +29,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-# llama-cpp-python 0.3.x (FastAPI) on `response_format: {type: json_schema}`: its route handler
-# turns the request's validation error into HTTP 500 with this message
+# llama-cpp-python 0.3.36 (FastAPI 0.165) on `response_format: {type: json_schema}`: its route
+# handler turns the request's validation error into HTTP 500 with this message (as received)
 LLAMA_CPP_REFUSAL = (
     "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
     "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
-    "'ctx': {'expected': \"'text' or 'json_object'\"}}\n")
+    "'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  File \"/venv/lib/python3.11/"
+    "site-packages/llama_cpp/server/app.py\", line 376, in create_chat_completion\n"
+    "    POST /v1/chat/completions")
 
 
 @dataclass(frozen=True)
