@@ -11,20 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from goal_repo import make_goal, sr
+from goal_repo import MODES_TRAIN, make_goal, sr
 from openai_server import ScriptedServer, error, proposal, text
 
+from agent import scores
 from agent.runner import start_run
 
-TRAIN = """import time
-X = 3.0
-MODE = "ok"
-if MODE == "crash":
-    raise RuntimeError("boom: MODE crash")
-if MODE == "hang":
-    time.sleep(600)
-print(f"METRIC score={(X - 1.0) ** 2 + 0.5}")
-"""
 GOAL = """---
 name: scripted
 workspace: repo
@@ -39,12 +31,11 @@ knobs:
 ---
 Make the score small. The score is (X - 1)^2 + 0.5.
 """
-BASELINE_STATUS = {"keep", "baseline"}  # baselines are recorded as kept, or as `baseline`
 
 
 @pytest.fixture
 def goal(tmp_path: Path) -> Path:
-    return make_goal(tmp_path, TRAIN, GOAL)
+    return make_goal(tmp_path, MODES_TRAIN, GOAL)
 
 
 def test_scripted_run(tmp_path, goal, openai_server, monkeypatch):
@@ -69,7 +60,7 @@ def test_scripted_run(tmp_path, goal, openai_server, monkeypatch):
     lines = (run_dir / "experiments.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["exp"] for r in records] == list(range(7))
-    assert {records[0]["status"], records[1]["status"]} <= BASELINE_STATUS
+    assert records[0]["status"] == records[1]["status"] == "baseline"
     assert [r["status"] for r in records[2:]] == [
         "keep", "discard", "invalid_edit", "crashed", "timeout"]
     assert records[2]["metric"] == 1.5 and records[3]["metric"] == 6.75
@@ -122,7 +113,7 @@ def test_a_repeated_change_never_runs_twice(tmp_path, goal, openai_server, monke
 
     lines = (run_dir / "experiments.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert {records[0]["status"], records[1]["status"]} <= BASELINE_STATUS
+    assert records[0]["status"] == records[1]["status"] == "baseline"
     assert [r["status"] for r in records[2:]] == ["keep", "discard", "duplicate", "invalid_edit"]
     assert records[4]["diff_hash"] == records[3]["diff_hash"]
     assert "already tried" in records[4]["reason"] and "changes nothing" in records[5]["reason"]
@@ -146,9 +137,8 @@ def test_a_run_completes_through_the_structured_output_fallback(tmp_path, goal, 
 
     records = [json.loads(line) for line in
                (run_dir / "experiments.jsonl").read_text().splitlines()]
-    tried = [r for r in records if not r["hypothesis"].startswith("baseline")]
-    # every proposal ran (a confirming re-run with another seed may add records of the same)
-    assert [h for h in dict.fromkeys(r["hypothesis"] for r in tried)] == hypotheses
+    tried = scores.experiments(records)
+    assert [r["hypothesis"] for r in tried] == hypotheses  # every proposal ran
     assert {r["status"] for r in tried} <= {"keep", "discard"}
     by_hypothesis = {r["hypothesis"]: r["metric"] for r in tried}
     assert by_hypothesis == {"set X to 2": 1.5, "set X to 1": 0.5, "set X to 3.5": 6.75}
