@@ -136,5 +136,6 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
             scores[name] = round(evaluate_bpb(model, val, config.max_position_embeddings)[0], 6)
     finally:
         torch.set_num_threads(threads)
-    assert scores["edited"] == printed
-    assert scores["original"] != printed
+    # equal up to the order of float sums, which follows the thread count the run had
+    assert abs(scores["edited"] - printed) < 1e-4
+    assert abs(scores["original"] - printed) > 1e-2
