@@ -16,15 +16,13 @@ crash therefore first asks the workspace what already happened (`_settled`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from agent import control, scores
+from agent import control, experiment_record, scores
 from agent.decision import decide
 from agent.diagnosis import rule_based_diagnosis
 from agent.goal import Goal
@@ -86,7 +84,7 @@ class Nodes:
         exp = self._begin(hypothesis)
         self.ws.commit()
         draft = self._draft({"hypothesis": hypothesis}, planner="none")
-        result = self._run(exp, hypothesis, repeat=done)
+        result = self._run(repeat=done)
         metric = result["metrics"].get(self.spec.metric.name)
         outcome = self._outcome([result], metric, result["reason"])
         note = {**draft, **outcome}
@@ -220,7 +218,7 @@ class Nodes:
         self._status({**state, "exp": exp}, "running")
         if results:
             self.rt.view.message(f"exp {exp:03d}: confirming with another seed")
-        result = self._run(exp, state["proposal"]["hypothesis"], repeat=len(results))
+        result = self._run(repeat=len(results))
         tried = state["tried"]
         if state["draft"]["diff_hash"] not in tried:
             tried = [*tried, state["draft"]["diff_hash"]]
@@ -351,51 +349,13 @@ class Nodes:
 
     def _outcome(self, results: list[dict[str, Any]], metric: float | None,
                  reason: str) -> dict[str, Any]:
-        """What the runs gave: the judged metric, every run's value, the first run's metrics."""
-        name = self.spec.metric.name
-        first = results[0] if results else {}
-        return {
-            "metric": metric,
-            "runs": [r["metrics"].get(name) for r in results],
-            "seeds": [r["seed"] for r in results],
-            "metrics": first.get("metrics", {}),
-            "run_status": results[-1]["status"] if results else None,
-            "seconds": round(sum(r["seconds"] for r in results), 3) if results else None,
-            "run_seconds": [r["seconds"] for r in results],
-            "reason": reason,
-        }
+        return experiment_record.outcome(results, self.spec.metric.name, metric, reason)
 
     def _draft(self, proposal: dict[str, Any], *, planner: str | None = None,
                ran: bool = True) -> dict[str, Any]:
-        """The record of the experiment in flight, from the workspace as it will run."""
-        usage = proposal.get("usage") or {}
-        files = {p: (self.ws.path / p).read_text(encoding="utf-8", errors="replace")
-                 for p in self._editable_files()}
-        diff = self.ws.git.run("diff", "HEAD", "--", *self.spec.editable) if ran else ""
-        added = removed = 0
-        for line in diff.splitlines():
-            if line.startswith(("+++", "---")):
-                continue
-            added += line.startswith("+")
-            removed += line.startswith("-")
-        current = self.ws.current or {}
-        return {
-            "hypothesis": proposal.get("hypothesis", ""),
-            "rationale": proposal.get("rationale", ""),
-            "edits": proposal.get("edits", []),
-            "hints": proposal.get("hints", []),
-            "planner": planner or self.rt.planner.name,
-            "tokens": {"prompt": usage.get("prompt_tokens", 0),
-                       "completion": usage.get("completion_tokens", 0)},
-            "cost_usd": usage.get("cost_usd"),
-            "propose_seconds": usage.get("seconds"),
-            "knobs": read_knob_values(files, self.rt.goal.knobs) if ran else {},
-            "diff_hash": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff.strip() else None,
-            "diff": {"added": added, "removed": removed},
-            "parent": current.get("base"),
-            "metric_name": self.spec.metric.name,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        return experiment_record.draft(
+            self.ws, self.spec.editable, self.rt.goal.knobs, proposal,
+            planner=planner or self.rt.planner.name, metric_name=self.spec.metric.name, ran=ran)
 
     def _note(self, state: RunState) -> dict[str, Any]:
         """The experiment's record as far as it goes before keep or revert: the git note."""
@@ -465,7 +425,7 @@ class Nodes:
         self.rt.view.experiment_started(exp, hypothesis, self.spec.budget.per_experiment)
         return exp
 
-    def _run(self, exp: int, hypothesis: str, *, repeat: int = 0) -> dict[str, Any]:
+    def _run(self, *, repeat: int = 0) -> dict[str, Any]:
         """One run of the experiment in flight; a repeat uses another seed and its own log."""
         seed = self.spec.seed + repeat
         result = self.ws.run(
@@ -478,10 +438,7 @@ class Nodes:
             on_line=self.rt.view.line,
             repeat=repeat,
         )
-        return {"status": result.status, "exit_code": result.exit_code, "seed": seed,
-                "metrics": dict(result.metrics), "seconds": round(result.seconds, 3),
-                "reason": result.reason, "log_tail": result.log_tail,
-                "log_path": str(result.log_path or self.ws.log_path(exp, repeat))}
+        return experiment_record.run_summary(result, seed)
 
     def _settled(self, exp: int) -> dict[str, Any] | None:
         """After a crash: the workspace may have finished this experiment already (nothing to

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shlex
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent import control, scores
+from agent import control, experiment_record, scores
 from agent.goal import Budget, Goal, load_goal
 from agent.records import RunRecords
 from agent.rundir import GOAL_COPY, RUN_FILE, RunError, runs_root
@@ -66,14 +66,19 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
             control.write_status(run_dir, {**status, "state": "finished",
                                            "stop_reason": control.STOPPED_BY_A_PERSON})
             raise
-        record = _record(hypothesis, goal, result)
+        name = spec.metric.name
+        record = {**experiment_record.draft(ws, spec.editable, goal.knobs,
+                                            {"hypothesis": hypothesis}, planner="none",
+                                            metric_name=name),
+                  **experiment_record.outcome([experiment_record.run_summary(result, seed)],
+                                              name, result.metrics.get(name), result.reason)}
         if result.status == "ok":
             ws.keep(0, record, best=True, status=scores.BASELINE)
             record["status"] = scores.BASELINE
         else:
             ws.discard(0, record, status=result.status)
             record["status"] = result.status
-        record["commit"] = ws.history[-1]["commit"]
+        record.update(exp=0, commit=ws.history[-1]["commit"])
     RunRecords(run_dir).append(record)
     log = ws.log_path(0)
     why = ("a single training run (magnet-agent train)" if result.status == "ok" else
@@ -138,15 +143,3 @@ def _run(ws: Workspace, goal: Goal, console: Console) -> RunResult:
         return ws.run(spec.command, time_budget=budget, seed=spec.seed,
                       grace=spec.budget.grace, metric=spec.metric.name, on_line=on_line,
                       mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
-
-
-def _record(hypothesis: str, goal: Goal, result: RunResult) -> dict[str, Any]:
-    """The experiment's record, in the fields a research run's records have."""
-    return {
-        "exp": 0, "hypothesis": hypothesis, "rationale": "", "edits": [],
-        "metric": result.metrics.get(goal.spec.metric.name),
-        "metric_name": goal.spec.metric.name, "metrics": dict(result.metrics),
-        "run_status": result.status, "seconds": result.seconds, "reason": result.reason,
-        "planner": "none", "tokens": {"prompt": 0, "completion": 0}, "knobs": {},
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
