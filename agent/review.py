@@ -85,7 +85,8 @@ class Run:
         finished | stopped (ended by a person) | interrupted (resume it)."""
         status = self.status() or {}
         if status.get("state") == "finished":
-            return "stopped" if self.stop_reason() == control.STOPPED_BY_A_PERSON else "finished"
+            stopped = (self.stop_reason() or "").startswith(control.STOPPED_BY_A_PERSON)
+            return "stopped" if stopped else "finished"
         if self.controller_pid() is not None:
             return str(status.get("state") or "starting")  # status.json comes after baselines
         return "interrupted"
