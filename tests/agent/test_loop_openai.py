@@ -7,7 +7,10 @@ json_schema with HTTP 500 (negotiated down to json_object with the schema, once)
 """
 
 import json
+import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,25 @@ def test_a_run_completes_through_the_structured_output_fallback(tmp_path, goal, 
     assert [r.status for r in server.replies_sent] == [500, 200, 200, 200]
     assert server.pending == 0
     assert "best 0.5000" in (run_dir / "report.md").read_text()
+
+
+def test_an_unreachable_endpoint_stops_the_run_and_exits_non_zero(tmp_path, goal):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+           "OPENAI_API_KEY": "sk-test-not-a-secret", "MAGNET_OPENAI_RETRY_DELAY": "0.01"}
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "run", str(goal), "--runs-dir",
+                           str(tmp_path / "runs")], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("magnet-agent: the run failed: the planner failed: ")
+    assert f"127.0.0.1:{port}" in last and "refused" in last.lower()
+    run_dir = next((tmp_path / "runs").iterdir())
+    records = [json.loads(line) for line in
+               (run_dir / "experiments.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["baseline", "baseline"]  # no experiment invented
+    report = (run_dir / "report.md").read_text()
+    assert "the planner failed" in report and "Nothing beat the baseline" in report
