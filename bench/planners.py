@@ -3,8 +3,10 @@
 Each planner runs the same short research runs (e.g. 12 experiments of 30 s) for several seeds.
 Reported per planner: the best val_bpb reduction against the run's baseline, the loop overhead
 (wall time per experiment not spent in the training command: planning, git, records) and the
-seconds per proposal. Goals: >= 3% reduction within 12 experiments; search overhead < 10% of the
-experiment budget; local < 15 s per proposal. Writes bench/planners.png.
+seconds per proposal, and how often a confirmation run (agent.decision) changed the decision the
+previous rule would have made, and its share of the wall time. Goals: >= 3% reduction within 12
+experiments; search overhead < 10% of the experiment budget; local < 15 s per proposal. Writes
+bench/planners.png and the numbers behind it, bench/planners.json.
 
     python bench/planners.py [--planners search local] [--seeds 1 2] [--experiments 12]
 """
@@ -12,6 +14,7 @@ experiment budget; local < 15 s per proposal. Writes bench/planners.png.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -61,8 +64,14 @@ def measure(run_dir: Path, wall: float) -> dict[str, float]:
         "flipped": sum(flipped(r, records) for r in confirmed),
         "confirm_s": sum(r["run_seconds"][-1] for r in confirmed),
         "wall_s": wall,
-        "curve": scores.best_so_far(records, "minimize"),
+        "curve": curve(records),
     }
+
+
+def curve(records: list[dict]) -> list[float]:
+    """What each proposal had to beat after it ran: the best kept, else the baseline mean."""
+    proposals = scores.experiments(records)
+    return [scores.reference(records[: records.index(r) + 1], "minimize")[0] for r in proposals]
 
 
 def flipped(record: dict, records: list[dict]) -> bool:
@@ -85,6 +94,8 @@ def main() -> None:
     args = parser.parse_args()
 
     console = Console()
+    if not console.is_terminal:  # a log file: wide enough for the table's columns
+        console = Console(width=160)
     results: dict[str, list[dict]] = {p: [] for p in args.planners}
     with tempfile.TemporaryDirectory(prefix="magnet-bench-") as tmp:
         for seed in args.seeds:
@@ -122,6 +133,7 @@ def main() -> None:
                       f"{sum(r['flipped'] for r in runs)}",
                       f"{summary[planner]['confirm_pct']:.1f}")
     console.print(table)
+    (ROOT / "bench" / "planners.json").write_text(json.dumps(results, indent=1))
     plot(results, ROOT / "bench" / "planners.png")
 
     best_planner = max(summary, key=lambda p: summary[p]["best"])
@@ -146,10 +158,10 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     colors = {"search": "tab:blue", "local": "tab:green", "openai": "tab:purple"}
     for planner, runs in results.items():
         for i, run in enumerate(runs):
-            curve = [b for b in run["curve"] if b is not None]
-            ax.step(range(len(curve)), curve, where="post", color=colors.get(planner),
+            line = [run["baseline"], *run["curve"]]  # x = 0: the baseline mean
+            ax.step(range(len(line)), line, where="post", color=colors.get(planner),
                     alpha=0.8, label=planner if i == 0 else None)
-    ax.set_xlabel("experiment (0-1 = baseline)")
+    ax.set_xlabel("experiment (0 = baseline mean of two runs)")
     ax.set_ylabel("best val_bpb so far")
     ax.grid(alpha=0.3)
     ax.legend()
