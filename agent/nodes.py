@@ -76,7 +76,7 @@ class Nodes:
 
     def baseline(self, state: RunState) -> dict[str, Any]:
         """Run the unmodified code; twice (another seed the second time), to measure noise."""
-        done = len(self._baselines())
+        done = len(scores.baseline_values(self.rt.records.read()))
         if done == len(BASELINE):  # recorded before a crash cut the checkpoint
             return {"baselines": done}
         hypothesis = BASELINE[done]
@@ -363,9 +363,6 @@ class Nodes:
 
     def _editable_files(self) -> list[str]:
         return [p for p in self.spec.editable if (self.ws.path / p).is_file()]
-
-    def _baselines(self) -> list[dict[str, Any]]:
-        return [r for r in self.rt.records.read() if r.get("status") == scores.BASELINE]
 
     def _steer(self, state: RunState) -> dict[str, Any]:
         """Apply the person's new commands from control.jsonl."""

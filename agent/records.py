@@ -18,18 +18,25 @@ class RunRecords:
     def __init__(self, run_dir: Path) -> None:
         self.jsonl = run_dir / "experiments.jsonl"
         self.tsv = run_dir / "results.tsv"
+        # the loop reads the records at every node and while paused: parse only when they grew
+        self._parsed: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
 
     def read(self) -> list[dict[str, Any]]:
         """Every complete record, oldest first."""
-        if not self.jsonl.exists():
+        try:
+            st = self.jsonl.stat()
+        except FileNotFoundError:
             return []
-        records = []
-        for line in self.jsonl.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue  # a line torn by a crash mid-append
-        return records
+        key = (st.st_size, st.st_mtime_ns)
+        if self._parsed is None or self._parsed[0] != key:
+            records = []
+            for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue  # a line torn by a crash mid-append
+            self._parsed = (key, records)
+        return list(self._parsed[1])
 
     def has(self, exp: int) -> bool:
         return any(r.get("exp") == exp for r in self.read())

@@ -34,10 +34,15 @@ def gain(a: float, b: float, goal: str) -> float:
     return b - a if goal == "minimize" else a - b
 
 
+def baseline_values(records: Sequence[Record]) -> list[float]:
+    """The metric of every baseline run that gave one."""
+    return [r["metric"] for r in records
+            if r.get("status") == BASELINE and is_finite(r.get("metric"))]
+
+
 def baseline(records: Sequence[Record]) -> float | None:
     """Mean metric of the baseline runs (None until one has a metric)."""
-    values = [r["metric"] for r in records
-              if r.get("status") == BASELINE and is_finite(r.get("metric"))]
+    values = baseline_values(records)
     return statistics.fmean(values) if values else None
 
 
@@ -73,8 +78,7 @@ def reference(records: Sequence[Record], goal: str) -> tuple[float | None, int]:
     top = best_record(records, goal)
     if top is not None:
         return top["metric"], len(runs_of(top))
-    runs = [r for r in records if r.get("status") == BASELINE and is_finite(r.get("metric"))]
-    return baseline(records), len(runs)
+    return baseline(records), len(baseline_values(records))
 
 
 def runs_of(record: Record) -> list[float]:
@@ -88,8 +92,7 @@ def noise_sd(records: Sequence[Record]) -> float | None:
     """Pooled run-to-run standard deviation of one measurement, from every repeated measurement
     of the same code: the baseline runs, and every experiment confirmed with a second seed.
     None until some code was measured twice."""
-    groups = [[r["metric"] for r in records
-               if r.get("status") == BASELINE and is_finite(r.get("metric"))]]
+    groups = [baseline_values(records)]
     groups += [runs_of(r) for r in records if r.get("status") != BASELINE]
     groups = [g for g in groups if len(g) >= 2]
     dof = sum(len(g) - 1 for g in groups)

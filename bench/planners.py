@@ -77,7 +77,7 @@ def curve(records: list[dict]) -> list[float]:
 def flipped(record: dict, records: list[dict]) -> bool:
     """Whether confirming changed the decision the previous rule (one run; keep when it beats
     the best by more than the two baselines' difference) would have made."""
-    base = [r["metric"] for r in records if r["status"] == scores.BASELINE]
+    base = scores.baseline_values(records)
     judgement = record["judgement"]
     first_gain = scores.gain(record["runs"][0], judgement["reference"], "minimize")
     return (first_gain > abs(base[0] - base[1])) != (record["status"] == scores.KEEP)
