@@ -5,9 +5,19 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean llama-server-run
+.PHONY: setup run test bench clean llama-server-run bubblewrap
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed bubblewrap
+
+# experiment code runs under bubblewrap; installed here where we may (root with apt), else the
+# command to run is printed and `magnet-agent run` refuses to start without --unconfined
+bubblewrap:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }; \
+	  fi; \
+	  command -v bwrap >/dev/null || echo "bubblewrap is missing: sudo apt-get install bubblewrap (or dnf/pacman install bubblewrap)"; }
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
 $(VENV)/.installed: pyproject.toml

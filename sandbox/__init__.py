@@ -16,7 +16,7 @@ history, logs) without opening it, so it is safe on a live run.
 """
 
 from sandbox.edits import Edit, KnobSet, SearchReplace, apply_edits, parse_edit
-from sandbox.env import is_secret, run_environ, scrubbed_environ
+from sandbox.env import run_environ, scrubbed_environ
 from sandbox.errors import EditError, GitError, SandboxError, TemplateError, WorkspaceError
 from sandbox.knobs import KnobSpec, parse_knobs
 from sandbox.layout import BASELINE_TAG, BEST_TAG, NOTES_REF, exp_ref
@@ -49,7 +49,6 @@ __all__ = [
     "apply_edits",
     "copy_template",
     "exp_ref",
-    "is_secret",
     "kill_group",
     "known_templates",
     "parse_edit",

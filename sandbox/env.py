@@ -1,38 +1,26 @@
-"""The environment a training command sees: no secrets, the MAGNET_* contract, thread counts."""
+"""The environment a training command sees: an allow-list, the MAGNET_* contract, thread counts."""
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-# Names that look like credentials. Matched anywhere in the upper-cased name, so OPENAI_API_KEY,
-# HF_TOKEN, AWS_SECRET_ACCESS_KEY, PGPASSWORD, GOOGLE_APPLICATION_CREDENTIALS all go.
-SECRET_NAME = re.compile(
-    r"KEY|TOKEN|SECRET|PASSW|PASSPHRASE|_PASS$|^PASS$|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|"
-    r"_PAT$|^PAT$|SSH_|GPG_|WEBHOOK|DSN"
-)
-# Values that carry a credential whatever the name: URLs with a user:password@ part.
-SECRET_VALUE = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
-
-
-def is_secret(name: str, value: str = "") -> bool:
-    return bool(SECRET_NAME.search(name.upper()) or SECRET_VALUE.search(value))
-
-
+# What an experiment inherits from the controller's environment: nothing else. An allow-list,
+# because a deny-list always misses one (MYSQL_PWD, KUBECONFIG, NETRC, https://token@host …).
+ALLOWED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 # MAGNET_* settings an experiment inherits: this machine's corpus cache is not part of it
 PASSED_THROUGH = ("MAGNET_CACHE_DIR",)
 
-
-def scrubbed_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (default os.environ) without secrets and without inherited MAGNET_* settings
-    (but those in PASSED_THROUGH)."""
+def scrubbed_environ(base: Mapping[str, str] | None = None,
+                     names: Iterable[str] = ()) -> dict[str, str]:
+    """The allow-listed part of `base` (default os.environ): ALLOWED, PASSED_THROUGH and the
+    extra `names` (a goal's `env:`)."""
     base = os.environ if base is None else base
-    return {k: v for k, v in base.items() if not is_secret(k, v)
-            and (not k.startswith("MAGNET_") or k in PASSED_THROUGH)}
+    keep = {*ALLOWED, *PASSED_THROUGH, *names}
+    return {k: v for k, v in base.items() if k in keep}
 
 
 def run_environ(
@@ -43,14 +31,16 @@ def run_environ(
     steps: int | None = None,
     threads: int | None = None,
     extra: Mapping[str, str] | None = None,
+    passed: Iterable[str] = (),
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Environment for one experiment's command.
+    """Environment for one experiment's command: the allow-list (plus `passed`, the names a
+    goal's `env:` lists), the MAGNET_* contract, thread counts, and `extra`.
 
     The running interpreter's bin directory goes first on PATH so `python` in the command is the
     interpreter (and venv) MAGNET itself runs on.
     """
-    env = scrubbed_environ(base)
+    env = scrubbed_environ(base, passed)
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join(
         [bindir, *[p for p in env.get("PATH", "").split(os.pathsep) if p]]

@@ -1,4 +1,5 @@
-"""Run one training command confined: own session, wall limit, memory limit, streamed log.
+"""Run one training command confined: bubblewrap (sandbox.confine), own session, wall limit,
+memory limit over every process of the run, a capped log, and a status named by what happened.
 
 Single-threaded on purpose: one select() loop reads the output, notices the exit (pidfd) and
 checks the limits, so no thread can outlive a run or race the cleanup.
@@ -20,10 +21,12 @@ from pathlib import Path
 
 import psutil
 
+from sandbox.confine import Confinement
 from sandbox.metrics import Number, is_finite, parse_metric_line, read_metrics_json
 
-STATUSES = ("ok", "crashed", "timeout", "oom", "no_metric")
+STATUSES = ("ok", "crashed", "timeout", "oom", "no_metric", "log_limit")
 TAIL_LINES = 50
+DEFAULT_LOG_LIMIT = 50 * 2**20  # bytes of output a run may write to its log
 _MAX_LINE = 64 * 1024
 _OOM_TEXT = re.compile(r"\bMemoryError\b|std::bad_alloc|Cannot allocate memory|out of memory", re.I)
 
@@ -37,6 +40,7 @@ class RunLimits:
     term_grace: float = 5.0
     mem_limit: int | None = None  # bytes of resident memory, summed over the process tree
     poll: float = 0.1  # seconds between memory checks
+    log_limit: int = DEFAULT_LOG_LIMIT  # bytes of output; beyond it the run is stopped
 
     @property
     def wall(self) -> float:
@@ -54,6 +58,7 @@ class RunResult:
     reason: str = ""  # one line saying why the status is not `ok`
     peak_rss: int = 0
     pid: int = 0
+    confinement: str = ""  # sandbox.confine's name for how it ran: bubblewrap | unconfined
 
 
 LineCallback = Callable[[str], None]
@@ -62,14 +67,22 @@ LineCallback = Callable[[str], None]
 class _Output:
     """Splits the child's bytes into lines: to the log file, the tail, the metrics, the callback."""
 
-    def __init__(self, log_path: Path | None, on_line: LineCallback | None) -> None:
+    def __init__(self, log_path: Path | None, on_line: LineCallback | None,
+                 limit: int = DEFAULT_LOG_LIMIT) -> None:
         self.log = open(log_path, "w", encoding="utf-8", buffering=1) if log_path else None  # noqa: SIM115
         self.on_line = on_line
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.metrics: dict[str, Number] = {}
         self.buf = b""
+        self.bytes = 0  # of output taken: at most `limit`, the rest is dropped
+        self.limit = limit
+        self.over = False  # the run wrote more than `limit`: it must be stopped
 
     def feed(self, data: bytes) -> None:
+        if len(data) > self.limit - self.bytes:
+            data = data[: max(0, self.limit - self.bytes)]
+            self.over = True
+        self.bytes += len(data)
         self.buf += data
         *lines, self.buf = self.buf.split(b"\n")
         for raw in lines:
@@ -113,17 +126,20 @@ def run_command(
     metric: str | None = None,
     on_line: LineCallback | None = None,
     on_start: Callable[[int], None] | None = None,
+    confinement: Confinement | None = None,
 ) -> RunResult:
     """Run `command` through the shell in `cwd` and return what happened.
 
     `metric` names the metric an `ok` run must report (else `no_metric`); without it any metric
     will do. `on_start(pid)` is called once the process exists (its pid is also its group id).
+    `confinement` wraps the shell (bubblewrap); None runs it as it is.
     """
-    out = _Output(log_path, on_line)
+    out = _Output(log_path, on_line, limits.log_limit)
+    confinement = confinement or Confinement(enabled=False)
+    oom_kills = _oom_kills()
     start = time.monotonic()
     proc = subprocess.Popen(
-        command,
-        shell=True,
+        confinement.wrap(["/bin/sh", "-c", command]),
         cwd=cwd,
         env=dict(env),
         stdin=subprocess.DEVNULL,
@@ -150,7 +166,9 @@ def run_command(
         proc.stdout.close()
     metrics = {**read_metrics_json(output_dir / "metrics.json")} if output_dir else {}
     metrics.update(out.metrics)
-    status, reason = _status(killed_for, rc, metrics, metric, list(out.tail), limits, watch.peak)
+    kernel_oom = _oom_kills() > oom_kills
+    status, reason = _status(killed_for, rc, metrics, metric, list(out.tail), limits, watch.peak,
+                             kernel_oom=kernel_oom)
     if reason:
         out.line(f"[sandbox] {reason}", parse=False)
     out.close()
@@ -164,6 +182,7 @@ def run_command(
         reason=reason,
         peak_rss=watch.peak,
         pid=proc.pid,
+        confinement=confinement.name,
     )
 
 
@@ -188,6 +207,10 @@ def _supervise(
             for key, _ in sel.select(wait):
                 if key.data == "out" and not _read(fd, out):
                     sel.unregister(fd)
+            if out.over:
+                killed_for = "log_limit"
+                watch.kill_all(signal.SIGKILL)
+                break
             if _exited(pid):
                 return killed_for, time.monotonic() - start
             now = time.monotonic()
@@ -380,6 +403,30 @@ def _drain(fd: int, out: _Output, timeout: float) -> None:
     out.flush()
 
 
+def _oom_kills() -> int:
+    """The kernel's count of OOM kills since boot (Linux /proc/vmstat), -1 when unknown: a rise
+    during a run is how an out-of-memory kill is told from any other SIGKILL."""
+    try:
+        with open("/proc/vmstat", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def _signal_name(rc: int) -> str | None:
+    """The signal that ended the run: Popen reports -N; bwrap and the shell exit with 128+N."""
+    number = -rc if rc < 0 else rc - 128 if 128 < rc < 128 + signal.NSIG else None
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _status(
     killed_for: str | None,
     rc: int,
@@ -388,7 +435,14 @@ def _status(
     tail: list[str],
     limits: RunLimits,
     peak: int,
+    *,
+    kernel_oom: bool = False,
 ) -> tuple[str, str]:
+    if killed_for == "log_limit":
+        return "log_limit", (
+            f"killed: it wrote more than the log limit of {limits.log_limit / 2**20:g} MB; "
+            "print less (or raise log_limit_mb in the goal)"
+        )
     if killed_for == "timeout":
         return "timeout", (
             f"killed: wall limit of {limits.wall:g} s exceeded (budget {limits.time_budget:g} s "
@@ -400,9 +454,15 @@ def _status(
             f"{(limits.mem_limit or 0) / 2**20:.0f} MiB; use a smaller model or batch"
         )
     if rc != 0:
-        sigkill = rc in (-signal.SIGKILL, 128 + signal.SIGKILL)
-        if sigkill or any(_OOM_TEXT.search(line) for line in tail[-10:]):
-            return "oom", f"out of memory (exit code {rc}); use a smaller model or batch"
+        sig = _signal_name(rc)
+        if sig == "SIGKILL" and kernel_oom:
+            return "oom", (f"killed by the kernel's out-of-memory killer (peak {peak / 2**20:.0f} "
+                           "MiB seen); use a smaller model or batch")
+        if any(_OOM_TEXT.search(line) for line in tail[-10:]):
+            return "oom", f"out of memory (exit code {rc}, see the log); use a smaller model"
+        if sig is not None:
+            return "crashed", (f"killed by {sig} (exit code {rc}), not by MAGNET's limits and "
+                               "with no out-of-memory kill seen; see the log tail")
         return "crashed", f"crashed with exit code {rc}; see the log tail"
     if metric is not None and metric not in metrics:
         return "no_metric", f"exited 0 but printed no `METRIC {metric}=<value>` line"

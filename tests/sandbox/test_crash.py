@@ -23,9 +23,11 @@ time.sleep(600)
 """
 
 
-def controller(run_dir: Path, decision: str, crash_at: int, command: str) -> subprocess.Popen:
+def controller(run_dir: Path, decision: str, crash_at: int, command: str,
+               *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(CONTROLLER), str(run_dir), decision, str(crash_at), command],
+        [sys.executable, str(CONTROLLER), str(run_dir), decision, str(crash_at), command,
+         *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -50,12 +52,50 @@ def assert_consistent(ws: Workspace) -> None:
     assert git_out(ws.path, "status", "--porcelain", "--untracked-files=no") == ""
 
 
+def run_processes(out_dir: Path) -> list[psutil.Process]:
+    """The live processes of the run writing to `out_dir` (its environment names it)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if (p.environ().get("MAGNET_OUTPUT_DIR") == str(out_dir)
+                    and p.status() != psutil.STATUS_ZOMBIE):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_confined_run_dies_with_its_controller(make_ws):
+    """Under bubblewrap (--die-with-parent, own PID namespace) nothing waits for recovery."""
+    ws = make_ws("mid-run-confined")
+    run_dir = ws.run_dir
+    (ws.path / "slow.py").write_text(SLOW_TRAIN)  # untracked: inside what the run may read
+    ws.close()
+    proc = controller(run_dir, "discard", 0, "python slow.py")
+    out_dir = run_dir / "outputs" / "exp-000"
+    deadline = time.monotonic() + 30
+    while not (out_dir / "pids").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "training command never started"
+        time.sleep(0.02)
+    assert len(run_processes(out_dir)) >= 2  # the script and its grandchild
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while run_processes(out_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run_processes(out_dir) == []
+    with Workspace.open(run_dir) as ws:
+        assert ws.recovered is not None and not ws.recovered.killed_run
+
+
 def test_controller_killed_mid_run(make_ws, tmp_path):
+    """Unconfined (--unconfined), orphans outlive the controller: recovery kills them."""
     ws = make_ws("mid-run")
     run_dir, kept = ws.run_dir, ws.kept
     ws.close()
     (tmp_path / "slow.py").write_text(SLOW_TRAIN)
-    proc = controller(run_dir, "discard", 0, f"python {tmp_path / 'slow.py'}")
+    proc = controller(run_dir, "discard", 0, f"python {tmp_path / 'slow.py'}", "unconfined")
     pids_file = run_dir / "outputs" / "exp-000" / "pids"
     deadline = time.monotonic() + 30
     while not pids_file.exists():

@@ -20,7 +20,8 @@ def alive(pid: int) -> bool:
 def run(tmp_path: Path, command: str, limits: RunLimits | None = None, **kw):
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    env = run_environ(time_budget=5, seed=7, output_dir=out, steps=kw.pop("steps", None))
+    env = run_environ(time_budget=5, seed=7, output_dir=out, steps=kw.pop("steps", None),
+                      passed=kw.pop("passed", ()))
     return run_command(
         command,
         tmp_path,
@@ -122,21 +123,33 @@ def test_secrets_are_absent_and_contract_variables_set(tmp_path: Path, monkeypat
         "GOOGLE_APPLICATION_CREDENTIALS": "/k.json",
         "my_private_thing": "5",
         "DATABASE_URL": "postgres://user:hunter2@db/x",
+        # the probe's leftovers from a deny-list: names and values it did not recognise
+        "MYSQL_PWD": "6",
+        "REPO": "https://ghp_token7@github.com/x/y",
+        "CACHE": "redis://:pw8@cache:6379/0",
+        "KUBECONFIG": "/root/.kube/config",
+        "NETRC": "/root/.netrc",
         "MAGNET_STEPS": "999",  # a stale setting from the parent must not leak either
     }
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HARMLESS_SETTING", "kept")
+    monkeypatch.setenv("HARMLESS_SETTING", "not named")
+    monkeypatch.setenv("NAMED_SETTING", "kept")
     monkeypatch.setenv("MAGNET_CACHE_DIR", "/tmp/corpus-cache")
     code = "import json, os, sys; print('ENV ' + json.dumps({**os.environ, 'EXE': sys.executable}))"
     (tmp_path / "env.py").write_text(code)
-    result = run(tmp_path, "python env.py")
+    result = run(tmp_path, "python env.py", passed=["NAMED_SETTING"])
     line = next(x for x in result.log_tail.splitlines() if x.startswith("ENV "))
     env = json.loads(line[4:])
     for k in secrets:
         assert k not in env, k
     assert "sk-1" not in (tmp_path / "exp.log").read_text()
-    assert env["HARMLESS_SETTING"] == "kept"
+    # an allow-list: PATH, locale, time zone, the contract, and what the goal's `env:` names
+    assert "HARMLESS_SETTING" not in env and env["NAMED_SETTING"] == "kept"
+    assert set(env) - {"EXE", "NAMED_SETTING", "PWD", "SHLVL", "_"} <= {
+        "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+        "PYTHONUNBUFFERED", "MAGNET_TIME_BUDGET", "MAGNET_SEED", "MAGNET_OUTPUT_DIR",
+        "MAGNET_CACHE_DIR", "MAGNET_STEPS"}, sorted(env)
     assert env["MAGNET_TIME_BUDGET"] == "5" and env["MAGNET_SEED"] == "7"
     assert env["MAGNET_OUTPUT_DIR"] == str(tmp_path / "out")
     # pinned to the CPUs free right now (fewer while other processes run)
