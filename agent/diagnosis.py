@@ -10,6 +10,9 @@ ADVICE = {
     "timeout": "it ran past the time budget; make it cheaper or keep the time-budget check",
     "oom": "it ran out of memory; use a smaller model, batch or context",
     "no_metric": "it printed no METRIC line; keep the evaluation and reporting code intact",
+    "invalid_metric": ("its printed metric is not what its checkpoint scores; report the "
+                       "evaluation's value, and keep the model causal and loadable"),
+    "log_limit": "it printed too much; log less often",
     "invalid_edit": "the edit did not apply; copy the search text exactly from the current code",
     "duplicate": "that change was already tried; propose a different change",
     "planner gave no valid proposal": "reply with one JSON object that matches the schema",

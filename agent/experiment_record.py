@@ -56,7 +56,8 @@ def run_summary(result: RunResult, seed: int) -> dict[str, Any]:
     return {"status": result.status, "exit_code": result.exit_code, "seed": seed,
             "metrics": dict(result.metrics), "seconds": round(result.seconds, 3),
             "reason": result.reason, "log_tail": result.log_tail,
-            "log_path": str(result.log_path) if result.log_path else None}
+            "log_path": str(result.log_path) if result.log_path else None,
+            "confinement": result.confinement}
 
 
 def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float | None,
@@ -73,4 +74,8 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         "seconds": round(sum(r["seconds"] for r in runs), 3) if runs else None,
         "run_seconds": [r["seconds"] for r in runs],
         "reason": reason,
+        # how the runs were confined and scored (agent.scoring): the report shows both
+        "confinement": first.get("confinement"),
+        "scored_by": first.get("scored_by"),
+        "reported": [r.get("reported") for r in runs],
     }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ from agent import control, experiment_record, scores
 from agent.goal import Budget, Goal, load_goal
 from agent.records import RunRecords
 from agent.rundir import GOAL_COPY, RUN_FILE, RunError, runs_root
+from agent.scoring import Scorer
+from sandbox.confine import confinement
 from sandbox.metrics import parse_metric_line
-from sandbox.runner import RunResult
 from sandbox.templates import template_dir
 from sandbox.workspace import Workspace
 
@@ -37,10 +37,12 @@ METRIC = "val_bpb"
 STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
 
 
-def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None) -> int:
+def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None,
+          *, unconfined: bool = False) -> int:
     """Run it; 0 when it reported val_bpb. Raises RunError, GoalError or SandboxError (one
     line each) when the run cannot start."""
     console = Console()
+    confined = confinement(unconfined=unconfined)  # no bubblewrap: one line with the fix
     editable = sorted(p.name for p in template_dir(template).glob("*.py"))  # TemplateError
     run_dir = runs_root(runs_dir).resolve() / f"{NAME}-{datetime.now():%Y%m%d-%H%M%S}"
     if run_dir.exists():
@@ -57,43 +59,48 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
                           knobs=spec.knobs, goal=spec.metric.goal) as ws:
         (run_dir / RUN_FILE).write_text(json.dumps(
             {"command": NAME, "goal_path": str(run_dir / GOAL_COPY), "template": template,
-             "corpus": corpus, "budget": budget, "seed": seed}, indent=2))
+             "corpus": corpus, "budget": budget, "seed": seed, "unconfined": unconfined},
+            indent=2))
         control.write_status(run_dir, {**status, "state": "running"})
+        scorer = Scorer(goal, ws, confined)
+        scorer.prepare()
         ws.begin(0, hypothesis)
         try:
-            result = _run(ws, goal, console)
+            result = _run(scorer, console)
         except KeyboardInterrupt:
             control.write_status(run_dir, {**status, "state": "finished",
                                            "stop_reason": control.STOPPED_BY_A_PERSON})
             raise
         name = spec.metric.name
+        metric = result["metrics"].get(name) if result["status"] == "ok" else None
         record = {**experiment_record.draft(ws, spec.editable, goal.knobs,
                                             {"hypothesis": hypothesis}, planner="none",
                                             metric_name=name),
-                  **experiment_record.outcome([experiment_record.run_summary(result, seed)],
-                                              name, result.metrics.get(name), result.reason)}
-        if result.status == "ok":
+                  **experiment_record.outcome([result], name, metric, result["reason"])}
+        if result["status"] == "ok":
             ws.keep(0, record, best=True, status=scores.BASELINE)
             record["status"] = scores.BASELINE
         else:
-            ws.discard(0, record, status=result.status)
-            record["status"] = result.status
+            ws.discard(0, record, status=result["status"])
+            record["status"] = result["status"]
         record.update(exp=0, commit=ws.history[-1]["commit"])
     RunRecords(run_dir).append(record)
     log = ws.log_path(0)
-    why = ("a single training run (magnet-agent train)" if result.status == "ok" else
-           f"the training run {result.status} ({result.reason}); see {log}")
+    failed = result["status"] != "ok"
+    why = (f"the training run {result['status']} ({result['reason']}); see {log}" if failed
+           else "a single training run (magnet-agent train)")
     control.write_status(run_dir, {**status, "state": "finished", "stop_reason": why,
-                                   "failed": result.status != "ok"})
-    if result.status != "ok":
-        console.print("\n".join(result.log_tail.splitlines()[-15:]), markup=False,
+                                   "failed": failed})
+    if failed:
+        console.print("\n".join(result["log_tail"].splitlines()[-15:]), markup=False,
                       highlight=False)
-        console.print(f"[red]training {result.status}: {result.reason}; full log: {log}[/]")
+        console.print(f"[red]training {result['status']}: {result['reason']}; full log: {log}[/]")
         return 1
-    table = Table(title=f"{template} on {corpus}, {budget:g}s budget")
+    table = Table(title=f"{template} on {corpus}, {budget:g}s budget "
+                        f"({result['confinement']}, scored by the {result['scored_by']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in result.metrics.items():
+    for name, value in result["metrics"].items():
         table.add_row(name, str(value))
     console.print(table)
     console.print(f"checkpoint: {ws.output_dir(0)}  log: {log}\n"
@@ -107,7 +114,7 @@ def write_goal(run_dir: Path, template: str, corpus: str, budget: float, seed: i
     grace = Budget().grace
     front = {
         "name": NAME, "template": template, "editable": editable,
-        "command": f"MAGNET_CORPUS={shlex.quote(corpus)} python train.py",
+        "command": "python train.py", "corpus": corpus,
         "metric": {"name": METRIC, "goal": "minimize"},
         "budget": {"per_experiment": budget, "experiments": 1, "wall": budget + grace},
         "seed": seed,
@@ -121,9 +128,9 @@ def write_goal(run_dir: Path, template: str, corpus: str, budget: float, seed: i
     return load_goal(path)
 
 
-def _run(ws: Workspace, goal: Goal, console: Console) -> RunResult:
-    """The experiment's run through the sandbox, with a live progress bar."""
-    spec = goal.spec
+def _run(scorer: Scorer, console: Console) -> dict[str, Any]:
+    """The experiment's run through the sandbox, scored, with a live progress bar."""
+    spec = scorer.goal.spec
     budget = spec.budget.per_experiment
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
@@ -140,6 +147,5 @@ def _run(ws: Workspace, goal: Goal, console: Console) -> RunResult:
             elif line and not parse_metric_line(line):
                 progress.console.print(line, style="dim", markup=False, highlight=False)
 
-        return ws.run(spec.command, time_budget=budget, seed=spec.seed,
-                      grace=spec.budget.grace, metric=spec.metric.name, on_line=on_line,
-                      mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
+        return scorer.run(seed=spec.seed, repeat=0, on_line=on_line,
+                          mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)

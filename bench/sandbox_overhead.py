@@ -1,8 +1,10 @@
 """Per-experiment overhead of the sandbox around a command that does nothing.
 
-One experiment = begin + edit + commit + spawn/run/parse + note + revert. Each repetition also
-runs the bare command (same shell, same environment) right beside it, and the overhead is the
-difference. Ends with `RESULT overhead_s=<mean seconds per experiment>`; goal < 0.3 s.
+One experiment = begin + edit + commit + spawn/run/parse (under bubblewrap) + note + revert.
+Each repetition also runs the bare command (same shell, same environment) right beside it, and
+the overhead is the difference; and the same run unconfined (--unconfined), so the cost of the
+confinement itself is the difference of the two runs. Ends with
+`RESULT overhead_s=<mean seconds per experiment> confinement_s=<mean>`; goal: overhead < 0.3 s.
 
 usage: python bench/sandbox_overhead.py [--reps 20] [--command "python -c ..."]
 """
@@ -23,6 +25,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox import KnobSet, Workspace, run_environ  # noqa: E402
+from sandbox.confine import Confinement  # noqa: E402
 
 TRAIN = "LEARNING_RATE = 0.001\nprint('METRIC x=1')\n"
 NOTHING = "python -c \"print('METRIC x=1')\""
@@ -35,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
 
     phases = ("begin+edit", "commit", "run", "note+revert")
-    times: dict[str, list[float]] = {p: [] for p in (*phases, "experiment", "command alone")}
+    times: dict[str, list[float]] = {
+        p: [] for p in (*phases, "experiment", "command alone", "run unconfined")}
     with tempfile.TemporaryDirectory(prefix="magnet-bench-") as tmp:
         tpl = Path(tmp) / "template"
         tpl.mkdir()
@@ -54,6 +58,10 @@ def main() -> None:
             t2 = time.perf_counter()
             result = ws.run(args.command, time_budget=5, grace=30)
             t3 = time.perf_counter()
+            ws.run(args.command, time_budget=5, grace=30, repeat=1,
+                   confinement=Confinement(enabled=False))
+            unconfined = time.perf_counter() - t3
+            t3 = time.perf_counter()
             ws.discard(i, {"metric": result.metrics.get("x"), "status": result.status})
             t4 = time.perf_counter()
             subprocess.run(args.command, shell=True, cwd=ws.path, env=env, capture_output=True)
@@ -66,19 +74,23 @@ def main() -> None:
                 times[name].append(seconds)
             times["experiment"].append(t4 - t0)
             times["command alone"].append(t5 - t4)
+            times["run unconfined"].append(unconfined)
         ws.close()
 
     overheads = [e - c for e, c in zip(times["experiment"], times["command alone"], strict=True)]
+    confinement = [c - u for c, u in zip(times["run"], times["run unconfined"], strict=True)]
     table = Table(title=f"sandbox overhead, {args.reps} experiments of: {args.command}")
     table.add_column("phase")
     table.add_column("mean ms", justify="right")
     table.add_column("median ms", justify="right")
-    for name, values in [*times.items(), ("overhead (experiment - command)", overheads)]:
+    for name, values in [*times.items(), ("overhead (experiment - command)", overheads),
+                         ("confinement (run - run unconfined)", confinement)]:
         table.add_row(
             name, f"{1000 * statistics.mean(values):.1f}", f"{1000 * statistics.median(values):.1f}"
         )
     Console().print(table)
-    print(f"RESULT overhead_s={statistics.mean(overheads):.4f}")
+    print(f"RESULT overhead_s={statistics.mean(overheads):.4f} "
+          f"confinement_s={statistics.mean(confinement):.4f}")
 
 
 if __name__ == "__main__":

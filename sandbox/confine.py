@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +53,12 @@ class Confinement:
         return Confinement(self.enabled, (*self.writable, *writable),
                            (*self.readable, *readable), self.network, self.bwrap)
 
-    def wrap(self, argv: Sequence[str]) -> list[str]:
-        """`argv` as it must be executed under this confinement."""
+    def wrap(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+        """`argv` as it must be executed under this confinement; with `env`, in exactly that
+        environment whatever the caller's (for a child whose spawner passes its own on)."""
         if not self.enabled:
-            return list(argv)
+            return (["env", "-i", *(f"{k}={v}" for k, v in env.items())] if env is not None
+                    else []) + list(argv)
         args = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                 # /proc/sys is writable by uid 0 even without capabilities: cover it
                 "--ro-bind", "/proc/sys", "/proc/sys"]
@@ -69,7 +71,11 @@ class Confinement:
         # read-only again: the directories bwrap made for the binds above stay unwritable
         args += ["--tmpfs", SCRATCH, "--remount-ro", "/tmp", "--setenv", "TMPDIR", SCRATCH]
         args += ["--unshare-all", *(["--share-net"] if self.network else []),
-                 "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--"]
+                 "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        if env is not None:
+            args += ["--clearenv", *(a for k, v in env.items() for a in ("--setenv", k, v))]
+            args += ["--setenv", "TMPDIR", SCRATCH]
+        args += ["--"]
         return args + list(argv)
 
 

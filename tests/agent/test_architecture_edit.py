@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -55,7 +54,8 @@ GOAL = """---
 name: arch
 template: bitnet-lm
 editable: [train.py, model.py]
-command: OMP_NUM_THREADS=1 MAGNET_CORPUS=text:{corpus} MAGNET_CACHE_DIR={cache} python train.py
+command: OMP_NUM_THREADS=1 python train.py
+corpus: text:{corpus}
 metric: {{name: val_bpb, goal: minimize}}
 budget: {{per_experiment: 2s, grace: 120s, experiments: 1, wall: 10m}}
 planner: openai
@@ -75,7 +75,8 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
         (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 200)
     goal = tmp_path / "GOAL.md"
     # one thread, so this test re-evaluates the checkpoint below with the same arithmetic
-    goal.write_text(GOAL.format(corpus=shlex.quote(str(corpus)), cache=shlex.quote(str(cache))))
+    goal.write_text(GOAL.format(corpus=corpus))
+    monkeypatch.setenv("MAGNET_CACHE_DIR", str(cache))
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
     openai_server.push(proposal({
@@ -96,8 +97,10 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
     assert record["status"] in ("keep", "discard") and math.isfinite(record["metric"])
     assert [e["path"] for e in record["edits"]] == ["model.py"]
     assert openai_server.pending == 0
+    # scored by the template's evaluator, from the checkpoint, with the edited model.py
+    assert {r["scored_by"] for r in records} == {"evaluator"}
 
-    ws = run_dir / "workspace"
+    ws = run_dir / "workspace.git"
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(ws), *args], capture_output=True, text=True,
@@ -138,4 +141,5 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
         torch.set_num_threads(threads)
     # equal up to the order of float sums, which follows the thread count the run had
     assert abs(scores["edited"] - printed) < 1e-4
+    assert record["reported"] == [printed] and abs(record["metric"] - printed) < 1e-4
     assert abs(scores["original"] - printed) > 1e-2
