@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override the goal's planner")
     run.add_argument("--model", help="model name (openai) or GGUF path (local)")
     run.add_argument("--experiments", type=int, help="override the experiment budget")
+    _unconfined(run)
     _runs_dir(run)
 
     resume = commands.add_parser("resume", help="continue a stopped run")
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--corpus", default="pycode", help="pycode | pyprose | text:PATH")
     train.add_argument("--budget", type=float, default=60.0, help="training seconds")
     train.add_argument("--seed", type=int, default=1337)
+    _unconfined(train)
     _runs_dir(train)
 
     repl = commands.add_parser("repl", help="steer and review a run interactively")
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for a new run: override the goal's planner")
     repl.add_argument("--model", help="for a new run: model name (openai) or path (local)")
     repl.add_argument("--experiments", type=int, help="for a new run: the experiment budget")
+    _unconfined(repl)
     _runs_dir(repl)
 
     runs = commands.add_parser("runs", help="list the runs, their status and best metric")
@@ -71,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="run id or directory")
     _runs_dir(report)
     return parser
+
+
+def _unconfined(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--unconfined", action="store_true",
+                         help="run experiment code without bubblewrap, with your full rights "
+                              "(records and report say so); only where bwrap cannot run")
 
 
 def _runs_dir(command: argparse.ArgumentParser) -> None:
@@ -99,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "run":
                 run_dir = start_run(args.goal, runs_dir=args.runs_dir, planner=args.planner,
-                                    model=args.model, experiments=args.experiments)
+                                    model=args.model, experiments=args.experiments,
+                                    unconfined=args.unconfined)
             else:
                 run_dir = resume_run(args.run, runs_dir=args.runs_dir)
         except (GoalError, RunError, PlannerError, SandboxError) as err:
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget <= 0:
             return fail("--budget must be a positive number of seconds")
         try:
-            return train(args.template, args.corpus, args.budget, args.seed, args.runs_dir)
+            return train(args.template, args.corpus, args.budget, args.seed, args.runs_dir,
+                         unconfined=args.unconfined)
         except (GoalError, RunDirError, SandboxError) as err:
             return fail(str(err))
         except KeyboardInterrupt:
@@ -153,6 +164,7 @@ def review(args: argparse.Namespace) -> int:
                 return fail("--experiments must be at least 1")
             run_args = [f"--{name}={value}" for name in ("planner", "model", "experiments")
                         if (value := getattr(args, name)) is not None]
+            run_args += ["--unconfined"] if args.unconfined else []
             return attach(args.run, args.runs_dir, run_args)
         if args.command == "runs":
             if args.json:
@@ -172,7 +184,7 @@ def review(args: argparse.Namespace) -> int:
             else:
                 print_listing(console, rv.history_table(run, records, args.last))
                 if console.is_terminal:  # piped, the output is the rows alone
-                    console.print(f"with plain git: git -C {run.sandbox.git.path} log "
+                    console.print(f"with plain git: git -C {run.sandbox.git.git_dir} log "
                                   f"--notes=magnet --glob={EXP_REFS}", markup=False,
                                   soft_wrap=True)
         elif args.command == "show":

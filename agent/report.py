@@ -8,7 +8,8 @@ from typing import Any
 
 from agent import scores
 from agent.goal import Goal
-from sandbox.layout import EXP_REFS
+from sandbox.confine import UNCONFINED
+from sandbox.layout import EXP_REFS, GIT_DIR
 
 
 def write_plot(path: Path, records: list[dict[str, Any]], metric: str, goal: str) -> None:
@@ -69,6 +70,7 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
     if stop_reason:
         lines += [f"Stopped: {stop_reason}.", ""]
     lines += [scores.verdict(records, direction), ""]
+    lines += _trust(records)
     lines += [
         f"{len(experiments)} experiments: "
         + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none")
@@ -85,12 +87,31 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
                      f"{'' if b is None else f'{b:.4f}'} | {size} | {_cell(r.get('hypothesis'))} "
                      f"| {_cell(r.get('reason'))} |")
     lines += ["", "Review with git (every experiment, kept or not): "
-              f"`git -C workspace log --notes=magnet --glob={EXP_REFS}`.", ""]
+              f"`git -C {GIT_DIR} log --notes=magnet --glob={EXP_REFS}`.", ""]
     path = run_dir / "report.md"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _trust(records: list[dict[str, Any]]) -> list[str]:
+    """How the runs were confined and scored: a metric is only as good as that."""
+    from agent.scoring import DESCRIPTIONS
+
+    ran = [r for r in records if r.get("scored_by")]
+    if not ran:
+        return []
+    lines = []
+    for kind, description in DESCRIPTIONS.items():
+        if n := sum(r["scored_by"] == kind for r in ran):
+            lines.append(f"- {n} scored by {description}")
+    unconfined = [f"{r['exp']:03d}" for r in ran if r.get("confinement") == UNCONFINED]
+    lines.append(f"- **{len(unconfined)} ran unconfined** (--unconfined): exp "
+                 f"{', '.join(unconfined)}" if unconfined else
+                 "- every run confined by bubblewrap (no network, read-only outside its "
+                 "workspace and outputs)")
+    return ["Scoring and confinement:", "", *lines, ""]
 
 
 def _cell(text: object) -> str:
