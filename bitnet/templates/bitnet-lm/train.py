@@ -8,8 +8,12 @@ It follows MAGNET's training-code contract:
   MAGNET_SEED         seed for initialisation and batch sampling
   MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
   prints one `METRIC name=value` line per result; val_bpb (validation bits per byte) is the score.
-The validation set and the byte count it is scored on are fixed outside this file
-(bitnet.evaluate), so experiments that edit this file or model.py compare fairly.
+The validation set and the bytes it is scored on are fixed outside this file (bitnet.evaluate),
+so experiments that edit this file or model.py compare fairly. The printed val_bpb is only a
+claim: the controller re-scores the saved checkpoint with the fixed evaluator (bitnet.score, in
+a separate process, with a check that no prediction depends on later bytes) and marks a run
+whose printed value disagrees as invalid. So the checkpoint must load as
+`model.BitNetLM(config)`, config from its config.json (save_checkpoint writes both files).
 """
 
 import json

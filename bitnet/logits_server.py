@@ -1,0 +1,128 @@
+"""Serve a checkpoint's logits over stdin/stdout, using the experiment's own model code.
+
+    python -m bitnet.logits_server --checkpoint DIR --model-code DIR_WITH_model.py
+
+This is the untrusted half of scoring (bitnet.score is the trusted half): it imports the
+workspace's `model.py`, builds `model.BitNetLM(config)` from the checkpoint's config.json and
+loads model.safetensors into it, then answers requests until told to quit.
+
+Protocol (all little-endian):
+  request  two uint32, B (windows) and T (bytes per window), then B*T uint8 token ids;
+           B = 0 means quit
+  reply    B*T*256 float32 logits, window after window, position after position
+A load error is one line on stderr and exit status 2; an error while serving, status 3.
+
+Replies go to a private copy of the original stdout; fd 1 and sys.stdout point at stderr
+before the model code is imported, so whatever the model code prints cannot enter the reply
+stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+HEADER = struct.Struct("<II")  # windows B, bytes per window T
+VOCAB = 256
+
+
+def command(
+    checkpoint_dir: str | os.PathLike, model_code_dir: str | os.PathLike,
+    python: str = sys.executable,
+) -> list[str]:
+    """The argv that starts this server (the caller may prefix a confinement command)."""
+    return [python, "-m", "bitnet.logits_server", "--checkpoint", str(checkpoint_dir),
+            "--model-code", str(model_code_dir)]
+
+
+def load_model(checkpoint_dir: Path, model_code_dir: Path):
+    """`model.BitNetLM(config)` from model_code_dir/model.py, with the checkpoint's weights."""
+    from safetensors.torch import load_file
+
+    from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE, config_from_hf
+
+    config_path, weights_path = checkpoint_dir / CONFIG_FILE, checkpoint_dir / WEIGHTS_FILE
+    for needed in (config_path, weights_path, model_code_dir / "model.py"):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing")
+    try:
+        config = config_from_hf(json.loads(config_path.read_text()))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{config_path} is not a model config ({_one_line(err)})") from err
+    sys.path.insert(0, str(model_code_dir))
+    import model as model_code  # the experiment's model.py
+
+    model = model_code.BitNetLM(config)
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:
+        raise ValueError(f"{weights_path} is corrupt ({_one_line(err)})") from err
+    if config.tie_word_embeddings and "model.embed_tokens.weight" in state:
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])  # saved once
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{weights_path} does not fit model.py with {config_path} ({_one_line(err)})"
+        ) from err
+    return model.eval()
+
+
+def serve(model, requests, replies) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_grad_enabled(False)
+    while True:
+        n_windows, length = HEADER.unpack(_read_exactly(requests, HEADER.size))
+        if n_windows == 0:
+            return
+        tokens = np.frombuffer(_read_exactly(requests, n_windows * length), dtype=np.uint8)
+        logits, _ = model(torch.from_numpy(tokens.astype(np.int64)).view(n_windows, length))
+        if tuple(logits.shape) != (n_windows, length, VOCAB):
+            raise ValueError(
+                f"model returned logits of shape {tuple(logits.shape)}, "
+                f"expected {(n_windows, length, VOCAB)}"
+            )
+        replies.write(logits.float().contiguous().numpy().astype("<f4", copy=False).tobytes())
+        replies.flush()
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError(f"stdin closed after {len(data)} of {n} bytes")
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--model-code", type=Path, required=True)
+    args = parser.parse_args()
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # prints from model code, Python- or C-level, go to stderr
+    sys.stdout = sys.stderr
+    try:
+        model = load_model(args.checkpoint, args.model_code)
+    except BaseException as err:  # noqa: BLE001 - any failure in foreign code is a load error
+        print(f"logits server: cannot load the model: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        serve(model, sys.stdin.buffer, replies)
+    except BaseException as err:  # noqa: BLE001
+        print(f"logits server: {_one_line(err)}", file=sys.stderr)
+        sys.exit(3)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "no message"
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+if __name__ == "__main__":
+    main()

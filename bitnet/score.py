@@ -1,0 +1,330 @@
+"""The trusted scorer: a checkpoint's val_bpb, computed here so the experiment cannot forge it.
+
+The experiment's code (train.py and model.py) is untrusted, so it never runs in this process.
+Two logits servers (bitnet.logits_server, started from the argv the caller gives, which may
+confine them) load the checkpoint with the experiment's model.py; this side holds the
+validation bytes, sends windows, checks every reply (exact size, finite) and computes the loss
+itself, with the tiling and batches of bitnet.evaluate (so it matches what train.py printed).
+
+Causality check: the model sees a whole window at once, so it could read the bytes it is
+scored on. A second, fresh server, which never sees the originals, gets `causal_windows`
+windows chosen with a secret seed, each with its bytes from a random cut c on replaced by
+bytes from elsewhere in the validation set (real text, like any window; byte c always
+differs), and the shorter tail window likewise. The logits before c must equal the first
+server's for the original window: a model that reads ahead even one byte at position c-1 changes
+them, whatever the second server does, as it never sees byte c of the original. c ranges over
+[1, L-1], so every scored position can be the checked one; a model that reads ahead at only a
+fraction f of positions still escapes with probability about (1-f)**causal_windows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import secrets
+import select
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from bitnet.checkpoint import CONFIG_FILE
+from bitnet.evaluate import EVAL_BYTES, batch_nats, eval_batches, scored_bytes
+from bitnet.logits_server import HEADER, VOCAB
+
+CAUSAL_WINDOWS = 8  # windows checked for look-ahead, each at one random cut
+# Same code, weights and thread count give bit-identical logits (measured: 0.0 on a trained
+# template model, variants batched 8 vs originals 32); the margin absorbs float32 kernels that
+# depend on the batch shape. A leak smaller than this moves each log-probability by at most
+# 2 * CAUSAL_ATOL nats, under 3e-4 bits per byte.
+CAUSAL_ATOL = 1e-4
+SEQ_LEN_RANGE = (8, 8192)  # accepted max_position_embeddings
+_CONFIG_LIMIT = 1 << 20  # bytes read of a config.json at most
+_STDERR_TAIL = 4096  # bytes of a server's stderr kept for error messages
+_EXIT_GRACE = 5.0  # seconds a server gets to exit after the quit request
+
+
+@dataclass(frozen=True)
+class Score:
+    val_bpb: float
+    bytes_scored: int
+    causal_max_diff: float  # largest logit change before a cut in the causality check
+    seconds: float  # wall time of the whole scoring
+
+
+class ScoreError(RuntimeError):
+    """The checkpoint could not be scored; the message is one line saying what happened."""
+
+
+class CausalityError(ScoreError):
+    """The model's predictions depend on bytes after the one they predict."""
+
+
+def score_checkpoint(
+    val: np.ndarray,
+    checkpoint_dir: str | os.PathLike,
+    server_argv: Sequence[str],
+    *,
+    timeout: float,
+    seq_len: int | None = None,
+    eval_bytes: int = EVAL_BYTES,
+    causal_windows: int = CAUSAL_WINDOWS,
+    seed: int | None = None,
+) -> Score:
+    """Score the checkpoint through two logits servers started with `server_argv`.
+
+    `timeout` bounds the whole scoring (both servers' start-up included); `seq_len` defaults to
+    the checkpoint's max_position_embeddings; `seed` fixes the causality check (tests only: by
+    default it is secret). Raises ScoreError (CausalityError for a look-ahead).
+    """
+    start = time.monotonic()
+    if isinstance(server_argv, str) or not server_argv:
+        raise ValueError("server_argv must be a non-empty sequence of arguments")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    if causal_windows < 1:
+        raise ValueError(f"causal_windows must be 1 or more, got {causal_windows}")
+    if seq_len is None:
+        seq_len = checkpoint_seq_len(checkpoint_dir)
+    batches = eval_batches(val, seq_len, eval_bytes)
+    rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+    checks = _pick_checks(val, batches, causal_windows, rng)
+    deadline = start + timeout
+    with _Server(server_argv, "scoring", deadline, timeout) as scorer, \
+            _Server(server_argv, "causality-check", deadline, timeout) as checker:
+        what, requests = "the causality-check windows", [_variants(r) for r in checks]
+        checker.send(requests[0], what)  # answered while the scorer works
+        originals: dict[tuple[int, int], np.ndarray] = {}
+        total_nats = 0.0
+        for i, batch in enumerate(batches):
+            logits = scorer.ask(batch, f"batch {i + 1} of {len(batches)}")
+            windows = torch.from_numpy(batch.astype(np.int64))
+            total_nats += batch_nats(torch.from_numpy(logits), windows)
+            for check in itertools.chain(*checks):
+                if check.batch == i:
+                    originals[i, check.row] = logits[check.row, : check.cut].copy()
+        checked = [checker.receive(requests[0].shape, what)]
+        checked += [checker.ask(r, what) for r in requests[1:]]  # the tail's, once 1st is read
+        scorer.finish()
+        checker.finish()
+    causal_max_diff = 0.0
+    for check, logits in zip(itertools.chain(*checks), itertools.chain(*checked), strict=True):
+        diff = np.abs(logits[: check.cut] - originals[check.batch, check.row]).max(axis=-1)
+        worst = float(diff.max())
+        causal_max_diff = max(causal_max_diff, worst)
+        if worst > CAUSAL_ATOL:
+            position = int(np.argmax(diff > CAUSAL_ATOL))
+            raise CausalityError(
+                f"the model's predictions at position {position} of a {len(logits)}-byte window"
+                f" changed (by {worst:.3g}) when only the bytes from position {check.cut} on"
+                " changed: it looks ahead (or its logits are not deterministic)"
+            )
+    n_bytes = scored_bytes(batches)
+    val_bpb = total_nats / n_bytes / math.log(2)
+    if not math.isfinite(val_bpb):
+        raise ScoreError(f"the loss is {val_bpb}: the logits are too extreme to score")
+    return Score(val_bpb, n_bytes, causal_max_diff, time.monotonic() - start)
+
+
+def checkpoint_seq_len(checkpoint_dir: str | os.PathLike) -> int:
+    """max_position_embeddings from the checkpoint's config.json, validated."""
+    path = Path(checkpoint_dir) / CONFIG_FILE
+    try:  # O_NONBLOCK: a FIFO planted as config.json must not hang the controller
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ScoreError(f"{path} is not a regular file")
+            raw = f.read(_CONFIG_LIMIT + 1)
+        if len(raw) > _CONFIG_LIMIT:
+            raise ScoreError(f"{path} is larger than {_CONFIG_LIMIT} bytes")
+        config = json.loads(raw)
+    except (OSError, ValueError) as err:
+        raise ScoreError(f"{path} cannot be read as JSON ({err})") from err
+    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    low, high = SEQ_LEN_RANGE
+    if type(value) is not int or not low <= value <= high:
+        raise ScoreError(
+            f"{path}: max_position_embeddings must be an integer from {low} to {high}, "
+            f"got {str(value)[:40]}"
+        )
+    return value
+
+
+class _Check(NamedTuple):
+    batch: int  # where the original window is in the evaluation
+    row: int
+    cut: int  # the logits before this position must not change
+    variant: np.ndarray  # the window with its bytes from `cut` on replaced
+
+
+def _pick_checks(
+    val: np.ndarray, batches: list[np.ndarray], k: int, rng: np.random.Generator
+) -> list[list[_Check]]:
+    """One request per window length: k random full windows, then the shorter tail window.
+
+    The tail is always checked: its length sets it apart, so a model could look ahead there alone.
+    """
+    length = batches[0].shape[1]
+    full = [(b, row) for b, batch in enumerate(batches) if batch.shape[1] == length
+            for row in range(len(batch))]
+    picked = [full[i] for i in rng.choice(len(full), size=min(k, len(full)), replace=False)]
+    requests = [[_check(val, batches, b, row, rng) for b, row in picked]]
+    if batches[-1].shape[1] != length:
+        requests.append([_check(val, batches, len(batches) - 1, 0, rng)])
+    return requests
+
+
+def _check(
+    val: np.ndarray, batches: list[np.ndarray], b: int, row: int, rng: np.random.Generator
+) -> _Check:
+    """A random cut in [1, T-1] and the window's bytes from there on taken from elsewhere."""
+    original = batches[b][row]
+    length = len(original)
+    cut = int(rng.integers(1, length))
+    donor = int(rng.integers(0, len(val) - length + 1))
+    variant = np.concatenate([original[:cut], val[donor + cut : donor + length]]).astype(np.uint8)
+    if variant[cut] == original[cut]:  # the first replaced byte must really change
+        variant[cut] = (int(original[cut]) + int(rng.integers(1, 256))) % 256
+    return _Check(b, row, cut, variant)
+
+
+def _variants(request: list[_Check]) -> np.ndarray:
+    return np.stack([check.variant for check in request])
+
+
+class _Server:
+    """One logits server process: requests with deadlines, replies checked, always reaped."""
+
+    def __init__(self, argv: Sequence[str], role: str, deadline: float, timeout: float) -> None:
+        self.role, self.deadline, self.timeout = role, deadline, timeout
+        self.stderr_tail = bytearray()
+        try:
+            self.proc = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,  # one group to kill
+            )
+        except OSError as err:
+            raise ScoreError(f"cannot start the {role} logits server {argv[0]!r}: {err}") from err
+        self.stdin, self.stdout = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        self.stderr: int | None = self.proc.stderr.fileno()
+        for fd in (self.stdin, self.stdout, self.stderr):
+            os.set_blocking(fd, False)
+
+    def __enter__(self) -> _Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the group: descendants too
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):  # BrokenPipeError: stdin of a dead server
+                stream.close()
+
+    def ask(self, windows: np.ndarray, what: str) -> np.ndarray:
+        self.send(windows, what)
+        return self.receive(windows.shape, what)
+
+    def send(self, windows: np.ndarray, what: str = "a request") -> None:
+        data = memoryview(HEADER.pack(*windows.shape) + np.ascontiguousarray(windows).tobytes())
+        while data:
+            self._wait(self.stdin, writing=True, what=what)
+            try:
+                data = data[os.write(self.stdin, data) :]
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                raise self._failed(f"before reading {what}") from None
+
+    def receive(self, shape: tuple[int, int], what: str) -> np.ndarray:
+        """The reply to a request for `shape` windows: float32 logits, every one finite."""
+        buf = bytearray(shape[0] * shape[1] * VOCAB * 4)
+        view, got = memoryview(buf), 0
+        while got < len(buf):
+            self._wait(self.stdout, writing=False, what=what)
+            try:
+                n = os.readv(self.stdout, [view[got:]])
+            except BlockingIOError:
+                continue
+            if n == 0:
+                raise self._failed(f"after {got} of the {len(buf)} bytes of its reply to {what}")
+            got += n
+        logits = np.frombuffer(buf, dtype="<f4").reshape(*shape, VOCAB)
+        if not np.isfinite(logits).all():
+            raise ScoreError(
+                f"the {self.role} logits server sent NaN or infinite logits for {what}"
+            )
+        return logits
+
+    def finish(self) -> None:
+        """Ask the server to quit; bytes it sent beyond its replies are a protocol error."""
+        try:
+            os.write(self.stdin, HEADER.pack(0, 0))
+            self.proc.wait(timeout=max(0.0, min(_EXIT_GRACE, self.deadline - time.monotonic())))
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # it has answered everything; __exit__ kills it
+        try:
+            extra = len(os.read(self.stdout, 1 << 16))
+        except BlockingIOError:
+            extra = 0
+        if extra:
+            raise ScoreError(f"the {self.role} logits server sent bytes beyond its replies")
+
+    def _wait(self, fd: int, writing: bool, what: str) -> None:
+        """Until fd is ready, draining stderr meanwhile; a ScoreError at the deadline."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise ScoreError(
+                    f"the {self.role} logits server did not answer {what} within the "
+                    f"{self.timeout:g} s scoring limit{self._last_words()}"
+                )
+            readers = [fd] if not writing else []
+            if self.stderr is not None:
+                readers.append(self.stderr)
+            ready_r, ready_w, _ = select.select(readers, [fd] if writing else [], [], remaining)
+            if self.stderr in ready_r:
+                self._drain_stderr()
+            if fd in ready_r or fd in ready_w:
+                return
+
+    def _drain_stderr(self) -> None:
+        while self.stderr is not None:
+            try:
+                chunk = os.read(self.stderr, 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.stderr = None  # closed: stop selecting on it
+                return
+            self.stderr_tail = (self.stderr_tail + chunk)[-_STDERR_TAIL:]
+
+    def _failed(self, when: str) -> ScoreError:
+        """The error for a server that closed its pipes: how it ended and its last stderr line."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(0.0, min(1.0, self.deadline - time.monotonic())))
+        self._drain_stderr()
+        status = self.proc.returncode
+        if status is None:
+            how = "closed its pipes"
+        elif status < 0:
+            how = f"was killed by signal {-status}"
+        else:
+            how = f"exited with status {status}"
+        return ScoreError(f"the {self.role} logits server {how} {when}{self._last_words()}")
+
+    def _last_words(self) -> str:
+        lines = self.stderr_tail.decode("utf-8", "replace").splitlines()
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        last = "".join(c if c.isprintable() else "?" for c in last)[:300]
+        return f": {last}" if last else ""
