@@ -2,28 +2,53 @@
 
 The CLI is used instead of GitPython because one `git` process per call is faster than GitPython's
 object layer for the handful of commands an experiment needs, and its behaviour is plain git's.
+
+Git runs programs named by its configuration and environment (filters, hooks, fsmonitor, pagers,
+editors, diff drivers, transports). Experiment code is hostile, so every call here names its
+repository explicitly, gets an environment built from an allow-list and a command line that
+switches those programs off. The repository's own config is written only by MAGNET (identity,
+work tree), and its git directory lies outside what an experiment may write: that is why no
+filter or diff driver can be defined there.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sandbox.errors import GitError
 
 IDENTITY_NAME = "MAGNET"
 IDENTITY_EMAIL = "magnet@localhost"
+_PASSED = ("PATH", "LANG", "TZ")  # all git takes from the caller's environment
+
+# Given on every call (and passed on by git to the gits it starts, via GIT_CONFIG_PARAMETERS).
+SAFE_CONFIG = (
+    "core.hooksPath=/dev/null",  # no hooks
+    "core.fsmonitor=false",  # no fsmonitor hook or daemon
+    "core.pager=cat",  # `cat` is never started: git prints itself
+    "core.editor=:",  # `:` is never started either; every message is given with -m
+    "commit.gpgsign=false",  # no gpg program
+    "tag.gpgsign=false",
+    "protocol.allow=never",  # no transport (ext:: runs commands); the clone allows `file` alone
+    "maintenance.auto=false",  # no `gc --auto` detaching a process that outlives the call
+    "gc.auto=0",
+)
 
 
-def git_env() -> dict[str, str]:
-    """Environment for git: fixed identity, no user/system config, never prompt.
+def git_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for git: PATH, LANG and TZ from `environ` (os.environ), nothing else of it.
 
-    Ignoring the global config makes commits work on a machine without `git config --global` and
-    keeps a user's hooks, signing or aliases from changing what the sandbox does.
+    No secret reaches a program git might start, and no GIT_* variable (GIT_DIR,
+    GIT_EXTERNAL_DIFF, GIT_SSH_COMMAND, GIT_CONFIG_PARAMETERS...) or PAGER changes what it
+    does. Identity is fixed; user and system config are ignored, so commits work on a machine
+    without `git config --global` and a user's hooks, signing or aliases change nothing. No HOME:
+    git needs none, and without it reads no ~/.config/git/attributes or ignore file.
     """
-    env = dict(os.environ)
+    src = os.environ if environ is None else environ
+    env = {name: src[name] for name in _PASSED if name in src}
     env.update(
         GIT_AUTHOR_NAME=IDENTITY_NAME,
         GIT_AUTHOR_EMAIL=IDENTITY_EMAIL,
@@ -34,38 +59,48 @@ def git_env() -> dict[str, str]:
         GIT_TERMINAL_PROMPT="0",
         LC_ALL="C",
     )
-    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"):
-        env.pop(name, None)  # inherited from a hook or a test runner they would redirect us
     return env
 
 
-_ENV = git_env()
+def run_git(
+    args: Sequence[str], *, cwd: Path, input: str | None = None, check: bool = True
+) -> str:
+    """Run `git ARGS` (with SAFE_CONFIG, in git_env()) and return stdout without the final
+    newline. `args` must name the repository itself: see `Git`."""
+    safe = [a for item in SAFE_CONFIG for a in ("-c", item)]
+    proc = subprocess.run(
+        ["git", *safe, *args],
+        cwd=cwd,
+        env=git_env(),
+        input=input,
+        capture_output=True,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        detail = msg[-1] if msg else f"exit code {proc.returncode}"
+        shown = [a for a in args if not a.startswith("--git-dir=")][:4]
+        raise GitError(f"git {' '.join(shown)} failed in {cwd}: {detail}")
+    return proc.stdout.rstrip("\n")
 
 
 class Git:
-    """Runs git commands in one repository."""
+    """Runs git commands in one repository: its git directory and work tree are passed on every
+    call, never found from the current directory (where a planted `.git` could redirect git).
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    Without a work tree only history can be read (log, show, notes, diff between commits); the
+    git directory then stands in as one, so a work tree that is gone stops nothing.
+    """
 
-    def run(
-        self, *args: str, input: str | None = None, check: bool = True, cwd: Path | None = None
-    ) -> str:
-        """Run `git ARGS` and return its stdout without the trailing newline."""
-        cmd = ["git", "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", *args]
-        proc = subprocess.run(
-            cmd,
-            cwd=cwd or self.path,
-            env=_ENV,
-            input=input,
-            capture_output=True,
-            text=True,
-        )
-        if check and proc.returncode != 0:
-            msg = (proc.stderr or proc.stdout).strip().splitlines()
-            detail = msg[-1] if msg else f"exit code {proc.returncode}"
-            raise GitError(f"git {' '.join(args[:3])} failed in {self.path}: {detail}")
-        return proc.stdout.rstrip("\n")
+    def __init__(self, git_dir: Path, work_tree: Path | None = None) -> None:
+        self.git_dir = Path(git_dir).absolute()
+        self.work_tree = Path(work_tree).absolute() if work_tree is not None else None
+
+    def run(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        """Run `git ARGS` in this repository (paths relative to the work tree)."""
+        tree = self.work_tree or self.git_dir
+        where = [f"--git-dir={self.git_dir}", f"--work-tree={tree}"]
+        return run_git([*where, *args], cwd=tree, input=input, check=check)
 
     def rev(self, ref: str) -> str | None:
         """Commit id `ref` points to, or None when it does not exist."""

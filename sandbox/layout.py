@@ -1,13 +1,18 @@
 """Names inside a run directory and its workspace's git repository: the one place they are made.
 
     runs/<run-id>/
-      workspace/            the git repository (branch magnet/<run-id>)
+      workspace/            the work tree (branch magnet/<run-id>); it holds no .git
+      workspace.git/        its git directory, outside what an experiment may write
       sandbox.json          the workspace's journal      sandbox.lock   held by the controller
       logs/exp-007.log      outputs/exp-007/             a confirmation run: exp-007-run2
+      logs/exp-007-eval.log the goal's `evaluate:` command on exp 007's outputs
 
 In git: every experiment's commit at refs/magnet/exp/007, its record as a note under
 refs/notes/magnet, tags magnet/baseline and magnet/best. The workspace writes these names and
 the reader (and through it the review commands) reads them; nobody else spells them out.
+Review with plain git: `git -C runs/<run-id>/workspace.git log --notes=magnet` (its config names
+the work tree). Runs made before the git directory moved out kept it in workspace/.git;
+`Workspace.open` moves it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 WORKSPACE_DIR = "workspace"
+GIT_DIR = "workspace.git"
 JOURNAL_FILE = "sandbox.json"
 LOCK_FILE = "sandbox.lock"
 LOGS_DIR = "logs"
@@ -31,9 +37,29 @@ def exp_ref(exp: int) -> str:
     return f"{EXP_REFS}/{exp:03d}"
 
 
+def workspace_dir(run_dir: Path) -> Path:
+    """The work tree experiments edit and run in."""
+    return Path(run_dir) / WORKSPACE_DIR
+
+
+def git_dir(run_dir: Path) -> Path:
+    """The workspace's git directory: beside the work tree, never inside it."""
+    return Path(run_dir) / GIT_DIR
+
+
+def legacy_git_dir(run_dir: Path) -> Path:
+    """Where a run made before the git directory moved out of the work tree keeps it."""
+    return workspace_dir(run_dir) / ".git"
+
+
 def log_path(run_dir: Path, exp: int, repeat: int = 0) -> Path:
     """Experiment `exp`'s log; a repeat run (another seed, to confirm) has its own."""
     return Path(run_dir) / LOGS_DIR / f"exp-{exp:03d}{_repeat_suffix(repeat)}.log"
+
+
+def eval_log_path(run_dir: Path, exp: int, repeat: int = 0) -> Path:
+    """The log of the goal's `evaluate:` command on that run's outputs."""
+    return Path(run_dir) / LOGS_DIR / f"exp-{exp:03d}{_repeat_suffix(repeat)}-eval.log"
 
 
 def output_dir(run_dir: Path, exp: int, repeat: int = 0) -> Path:

@@ -18,8 +18,9 @@ def is_editable(rel: str, editable: Sequence[str]) -> bool:
 def resolve_editable(root: Path, path: str, editable: Sequence[str]) -> tuple[str, Path]:
     """Return (normalised relative path, real absolute path) of an editable file in `root`.
 
-    Refused: absolute paths, `..`, anything in .git, files not listed as editable, and symlinks
-    whose target lies outside the workspace or is itself not editable.
+    Refused: absolute paths, `..`, anything in a `.git` (the workspace has none of its own: git
+    would take one for a repository), files not listed as editable, and symlinks whose target
+    lies outside the workspace or is itself not editable.
     """
     allowed = ", ".join(editable) or "none"
     raw = str(path).strip().replace("\\", "/")
@@ -33,7 +34,7 @@ def resolve_editable(root: Path, path: str, editable: Sequence[str]) -> tuple[st
     if ".." in pure.parts:
         raise EditError(f"path {path!r} uses `..` and is refused; edit only: {allowed}")
     rel = PurePosixPath(*[p for p in pure.parts if p != "."]).as_posix()
-    if rel == "." or rel.split("/")[0] == ".git":
+    if rel == "." or _in_git(rel):
         raise EditError(f"path {path!r} is refused; edit only: {allowed}")
     if not is_editable(rel, editable):
         raise EditError(f"{rel} is not editable; edit only: {allowed}")
@@ -43,8 +44,12 @@ def resolve_editable(root: Path, path: str, editable: Sequence[str]) -> tuple[st
         if not real.is_relative_to(root_real):
             raise EditError(f"{rel} is a symlink that leads outside the workspace; refused")
         target = real.relative_to(root_real).as_posix()
-        if not is_editable(target, editable) or target.split("/")[0] == ".git":
+        if not is_editable(target, editable) or _in_git(target):
             raise EditError(f"{rel} is a symlink to {target}, which is not editable; refused")
     if not real.is_file():
         raise EditError(f"{rel} does not exist in the workspace; edit an existing file")
     return rel, real
+
+
+def _in_git(rel: str) -> bool:
+    return ".git" in PurePosixPath(rel).parts

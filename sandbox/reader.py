@@ -18,14 +18,27 @@ from sandbox.errors import WorkspaceError
 from sandbox.gitcli import Git
 from sandbox.layout import (
     BEST_TAG,
+    GIT_DIR,
     JOURNAL_FILE,
     LOCK_FILE,
     NOTES_REF,
-    WORKSPACE_DIR,
     exp_ref,
+    git_dir,
+    legacy_git_dir,
     log_path,
     output_dir,
 )
+
+# A diff never starts a program named by config or attributes (a legacy run's config was
+# writable by its experiments).
+_PLAIN_DIFF = ("--no-ext-diff", "--no-textconv")
+
+
+def legacy_layout(run_dir: Path) -> bool:
+    """A run made before the git directory moved out of the work tree: it has workspace/.git
+    (a real directory) and no workspace.git."""
+    legacy = legacy_git_dir(run_dir)
+    return not git_dir(run_dir).exists() and legacy.is_dir() and not legacy.is_symlink()
 
 
 def read_note(git: Git, exp: int) -> dict[str, Any] | None:
@@ -46,8 +59,8 @@ def read_diff(git: Git, history: Sequence[Mapping[str, Any]], exp: int) -> str:
                              "was committed)")
     base = next((h.get("base") for h in history if h.get("exp") == exp), None)
     if base is None:
-        return git.run("show", "--format=", ref)
-    return git.run("diff", base, ref)
+        return git.run("show", *_PLAIN_DIFF, "--format=", ref)
+    return git.run("diff", *_PLAIN_DIFF, base, ref)
 
 
 class RunReader:
@@ -55,7 +68,14 @@ class RunReader:
 
     def __init__(self, run_dir: Path | str) -> None:
         self.run_dir = Path(run_dir)
-        self.git = Git(self.run_dir / WORKSPACE_DIR)
+
+    @property
+    def git(self) -> Git:
+        """The run's repository, history only: workspace.git, or workspace/.git in a run made
+        before it moved (looked up at each use: reopening the run moves it)."""
+        if legacy_layout(self.run_dir):
+            return Git(legacy_git_dir(self.run_dir))
+        return Git(git_dir(self.run_dir))
 
     def journal(self) -> dict[str, Any]:
         """The journal as last saved ({} when there is none: creation never finished)."""
@@ -78,7 +98,7 @@ class RunReader:
     def diff(self, exp: int) -> str:
         """What experiment `exp` changed (WorkspaceError when it has no commit)."""
         if not self._has_repo():
-            raise WorkspaceError(f"{self.run_dir} has no {WORKSPACE_DIR}/ repository; is the run "
+            raise WorkspaceError(f"{self.run_dir} has no {GIT_DIR}/ repository; is the run "
                                  "directory intact?")
         return read_diff(self.git, self.history(), exp)
 
@@ -88,7 +108,7 @@ class RunReader:
             if self.commit(exp) is None:
                 raise WorkspaceError(f"experiment {exp:03d} has no commit to compare; pick "
                                      "another")
-        return self.git.run("diff", exp_ref(a), exp_ref(b))
+        return self.git.run("diff", *_PLAIN_DIFF, exp_ref(a), exp_ref(b))
 
     def best(self) -> dict[str, Any] | None:
         """{exp, commit} that tag magnet/best points at (exp None if the journal does not know
@@ -131,4 +151,4 @@ class RunReader:
         return True, None
 
     def _has_repo(self) -> bool:
-        return (self.git.path / ".git").exists()
+        return (self.git.git_dir / "HEAD").is_file()

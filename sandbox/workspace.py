@@ -1,6 +1,7 @@
 """A run's git workspace: experiments as commits, notes, refs and a crash-safe journal.
 
-Layout of `runs/<run-id>/`: `workspace/` (the git repository, branch `magnet/<run-id>`),
+Layout of `runs/<run-id>/` (see sandbox/layout.py): `workspace/` (the work tree, branch
+`magnet/<run-id>`), `workspace.git/` (its git directory, kept out of the tree experiments write),
 `sandbox.json` (journal), `sandbox.lock`, `logs/exp-NNN.log`, `outputs/exp-NNN/`.
 
 Every step of an experiment is first written to the journal; `recover()` (run by `open()`)
@@ -23,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox.confine import Confinement
+from sandbox.confine import confinement as default_confinement
 from sandbox.edits import Edit, apply_edits
-from sandbox.env import run_environ
+from sandbox.env import PASSED_THROUGH, run_environ
 from sandbox.errors import WorkspaceError
-from sandbox.gitcli import IDENTITY_EMAIL, IDENTITY_NAME, Git
+from sandbox.gitcli import IDENTITY_EMAIL, IDENTITY_NAME, Git, run_git
 from sandbox.journal import Journal
 from sandbox.knobs import parse_knobs
 from sandbox.layout import (
@@ -35,13 +38,18 @@ from sandbox.layout import (
     JOURNAL_FILE,
     LOCK_FILE,
     NOTES_REF,
+    eval_log_path,
     exp_ref,
+    git_dir,
+    legacy_git_dir,
     log_path,
     output_dir,
+    workspace_dir,
 )
 from sandbox.paths import is_editable
-from sandbox.reader import read_diff, read_note
+from sandbox.reader import legacy_layout, read_diff, read_note
 from sandbox.runner import (
+    DEFAULT_LOG_LIMIT,
     LineCallback,
     RunLimits,
     RunResult,
@@ -79,8 +87,8 @@ class Workspace:
 
     def __init__(self, run_dir: Path, journal: Journal, lock_fd: int) -> None:
         self.run_dir = run_dir
-        self.path = run_dir / "workspace"
-        self.git = Git(self.path)
+        self.path = workspace_dir(run_dir)
+        self.git = Git(git_dir(run_dir), self.path)
         self.journal = journal
         self._lock_fd: int | None = lock_fd
         self.recovered: Recovery | None = None
@@ -98,7 +106,8 @@ class Workspace:
         knobs: Mapping[str, Any] | None = None,
         goal: str = "minimize",
     ) -> Workspace:
-        """Make `run_dir/workspace` from a template (name or directory) or a clone of `repo`.
+        """Make `run_dir/workspace` (with its git directory `run_dir/workspace.git`) from a
+        template (name or directory) or a clone of `repo`.
 
         The run id is `run_dir`'s name; the branch is `magnet/<run-id>`. The user's repository
         is only read: the clone copies its objects and drops the remote, so nothing is pushed.
@@ -114,18 +123,18 @@ class Workspace:
         if goal not in ("minimize", "maximize"):
             raise WorkspaceError(f"goal must be minimize or maximize, not {goal!r}")
         parse_knobs(knobs)  # refuse a bad knob spec before anything is created
-        ws_path = run_dir / "workspace"
+        ws_path, gd = workspace_dir(run_dir), git_dir(run_dir)
         if (run_dir / JOURNAL_FILE).exists():
             raise WorkspaceError(
                 f"{run_dir} already holds a workspace; reopen it with Workspace.open or pick "
                 "another run id"
             )
-        if ws_path.exists():
+        if ws_path.exists() or gd.exists():
             raise WorkspaceError(_HALF_MADE.format(run_dir=run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(run_dir)
         branch = f"magnet/{run_id}"
-        git = Git(ws_path)
+        git = Git(gd, ws_path)
         try:
             if template is not None:
                 src = copy_template(template, ws_path)
@@ -135,7 +144,7 @@ class Workspace:
                 git.run("add", "-A")
                 git.commit(f"baseline: {source}")
             else:
-                source = _clone(Path(repo).expanduser().absolute(), ws_path, git, branch)  # type: ignore[arg-type]
+                source = _clone(Path(repo).expanduser().absolute(), git, branch)  # type: ignore[arg-type]
                 _configure(git)
             baseline = git.head()
             git.run("tag", "-f", BASELINE_TAG, baseline)
@@ -143,6 +152,7 @@ class Workspace:
         except BaseException:
             os.close(lock_fd)
             shutil.rmtree(ws_path, ignore_errors=True)
+            shutil.rmtree(gd, ignore_errors=True)
             raise
         journal = Journal(
             run_dir / JOURNAL_FILE,
@@ -167,18 +177,22 @@ class Workspace:
 
     @classmethod
     def open(cls, run_dir: Path | str) -> Workspace:
-        """Reopen a workspace and bring it to a consistent state (see `recover()`)."""
+        """Reopen a workspace and bring it to a consistent state (see `recover()`); a run made
+        before the git directory moved out of the work tree has it moved first."""
         run_dir = Path(run_dir).absolute()
         jpath = run_dir / JOURNAL_FILE
-        if not jpath.exists() and (run_dir / "workspace").exists():
+        if not jpath.exists() and (workspace_dir(run_dir).exists() or git_dir(run_dir).exists()):
             raise WorkspaceError(_HALF_MADE.format(run_dir=run_dir))
-        if not jpath.exists() or not (run_dir / "workspace" / ".git").exists():
+        if not jpath.exists() or not (git_dir(run_dir).is_dir() or legacy_layout(run_dir)):
             raise WorkspaceError(
                 f"{run_dir} holds no sandbox workspace (no {JOURNAL_FILE}); create one first"
             )
         lock_fd = _lock(run_dir)
         try:
+            if legacy_layout(run_dir):
+                os.rename(legacy_git_dir(run_dir), git_dir(run_dir))
             ws = cls(run_dir, Journal.load(jpath), lock_fd)
+            _point_at_work_tree(ws.git)  # also after a crash between the move and this
             ws.recovered = ws.recover()
         except BaseException:
             os.close(lock_fd)
@@ -325,9 +339,16 @@ class Workspace:
         env: Mapping[str, str] | None = None,
         threads: int | None = None,
         repeat: int = 0,
+        confinement: Confinement | None = None,
+        log_limit: int = DEFAULT_LOG_LIMIT,
+        passed_env: Sequence[str] = (),
     ) -> RunResult:
         """Run `command` on the committed experiment (committing first if needed); `repeat` > 0
-        runs it again (say with another seed) into its own log and output directory."""
+        runs it again (say with another seed) into its own log and output directory.
+
+        Under `confinement` (default: bubblewrap, or ConfinementUnavailable) it may write only
+        the workspace's files and its output directory; `passed_env` names variables of this
+        process's environment it may also see (a goal's `env:`)."""
         cur = self._cur("run")
         if cur["step"] == "editing":
             self.commit()
@@ -344,18 +365,17 @@ class Workspace:
             cur.update(step="running", pid=pid)
             self.journal.save()
 
+        run_env = run_environ(time_budget=time_budget, seed=seed, output_dir=out_dir,
+                              steps=steps, threads=threads, extra=env, passed=passed_env)
+        confinement = (confinement or default_confinement()).with_paths(
+            writable=[self.path, out_dir],
+            readable=[run_env[k] for k in PASSED_THROUGH if k in run_env])
         result = run_command(
             command,
             self.path,
-            env=run_environ(
-                time_budget=time_budget,
-                seed=seed,
-                output_dir=out_dir,
-                steps=steps,
-                threads=threads,
-                extra=env,
-            ),
-            limits=RunLimits(time_budget, grace, term_grace, mem_limit),
+            env=run_env,
+            limits=RunLimits(time_budget, grace, term_grace, mem_limit, log_limit=log_limit),
+            confinement=confinement,
             log_path=self.log_path(exp, repeat),
             output_dir=out_dir,
             metric=metric,
@@ -367,6 +387,36 @@ class Workspace:
         )
         self.journal.save()
         return result
+
+    def evaluate(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        repeat: int = 0,
+        confinement: Confinement | None = None,
+        env: Mapping[str, str] | None = None,
+        passed_env: Sequence[str] = (),
+        log_limit: int = DEFAULT_LOG_LIMIT,
+    ) -> RunResult:
+        """Run the goal's evaluation of the experiment's run `repeat`: after training, with
+        nothing writable (the workspace and the run's outputs read-only), into its own log.
+        Its METRIC lines are the score; the experiment cannot have edited the command."""
+        cur = self._cur("evaluate")
+        exp = cur["exp"]
+        out_dir = self.output_dir(exp, repeat)
+        run_env = run_environ(time_budget=timeout, seed=0, output_dir=out_dir, extra=env,
+                              passed=passed_env)
+        confinement = (confinement or default_confinement()).with_paths(
+            readable=[self.path, out_dir, *(run_env[k] for k in PASSED_THROUGH if k in run_env)])
+        return run_command(
+            command,
+            self.path,
+            env=run_env,
+            limits=RunLimits(timeout, grace=0.0, log_limit=log_limit),
+            confinement=confinement,
+            log_path=eval_log_path(self.run_dir, exp, repeat),
+        )
 
     def keep(self, exp: int, record: Mapping[str, Any], *, best: bool | None = None,
              status: str = "keep") -> bool:
@@ -542,6 +592,7 @@ class Workspace:
         return top
 
     def _close_experiment(self, cur: dict[str, Any], sha: str) -> None:
+        _drop_planted_git(self.path)
         note = cur["note"]
         self.history.append(
             {
@@ -573,7 +624,7 @@ class Workspace:
 
     def _clear_git_locks(self) -> None:
         """A killed git leaves *.lock files; we hold the workspace lock, so they are stale."""
-        gitdir = self.path / ".git"
+        gitdir = self.git.git_dir
         candidates = [
             gitdir / n
             for n in (
@@ -604,36 +655,68 @@ def _lock(run_dir: Path) -> int:
     return fd
 
 
+def _point_at_work_tree(git: Git) -> None:
+    """core.worktree (relative: the run directory may move), so that plain git given the git
+    directory finds the work tree. MAGNET passes both itself; written only when it differs."""
+    assert git.work_tree is not None
+    rel = os.path.relpath(git.work_tree, git.git_dir)
+    if git.run("config", "--get", "core.worktree", check=False) != rel:
+        git.run("config", "core.bare", "false")
+        git.run("config", "core.worktree", rel)
+
+
+def _drop_planted_git(work_tree: Path) -> None:
+    """A `.git` the experiment left in the work tree: MAGNET's git never reads it (it is told
+    its git directory), but a person running git in the work tree would, with whatever filters
+    or fsmonitor it names."""
+    planted = work_tree / ".git"
+    if planted.is_dir() and not planted.is_symlink():
+        shutil.rmtree(planted, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            planted.unlink()
+
+
 def _configure(git: Git) -> None:
-    """Identity in the repository itself, so plain `git commit` by a person works there too."""
+    """The repository's config, which only MAGNET writes: the work tree, and identity so plain
+    `git commit` by a person works there too. (With the git directory out of the experiment's
+    reach, no filter, diff driver or hook can be defined in it.)"""
+    _point_at_work_tree(git)
     git.run("config", "user.name", IDENTITY_NAME)
     git.run("config", "user.email", IDENTITY_EMAIL)
-    exclude = git.path / ".git" / "info" / "exclude"
+    exclude = git.git_dir / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     with exclude.open("a", encoding="utf-8") as f:
         f.write(_EXCLUDE)
 
 
-def _clone(src: Path, dest: Path, git: Git, branch: str) -> str:
-    probe = Git(src)
-    if not src.is_dir() or probe.rev("HEAD") is None:
+def _clone(src: Path, git: Git, branch: str) -> str:
+    """Clone the user's repository `src` into `git`'s git directory and work tree."""
+    if not src.is_dir() or Git(src / ".git", src).rev("HEAD") is None:
         raise WorkspaceError(
             f"{src} is not a git repository with a commit; commit your code there first or use "
             "a template"
         )
-    # --no-hardlinks: the clone shares no files with the user's repository
-    probe.run("clone", "-q", "--no-hardlinks", str(src), str(dest), cwd=src.parent)
-    git.run("checkout", "-q", "-b", branch)
+    assert git.work_tree is not None
+    # --no-hardlinks: the clone shares no files with the user's repository. Git leaves a `.git`
+    # file in the work tree pointing at --separate-git-dir; it goes, as git is always told
+    # where its git directory is. The file protocol is allowed for this one call.
+    clone = ["clone", "-q", "--no-hardlinks", "--no-checkout", f"--separate-git-dir={git.git_dir}"]
+    run_git(["-c", "protocol.file.allow=always", *clone, str(src), str(git.work_tree)], cwd=src)
+    (git.work_tree / ".git").unlink()
+    git.run("checkout", "-q", "-f", "-B", branch)
     git.run("remote", "remove", "origin")  # nothing can ever be pushed back
     return f"clone of {src} at {git.head()[:12]}"
 
 
 def _check_editable(git: Git, editable: Sequence[str]) -> None:
     """Each editable entry must name a tracked file: an experiment commit can only hold those."""
+    root = git.work_tree
+    assert root is not None
     tracked = git.run("ls-files", "-z").split("\0")
     for pattern in editable:
         if not any(is_editable(f, [pattern]) for f in tracked):
-            where = "is not tracked by git" if (git.path / pattern).exists() else "does not exist"
+            where = "is not tracked by git" if (root / pattern).exists() else "does not exist"
             raise WorkspaceError(
                 f"editable file {pattern!r} {where} in the workspace; fix `editable:`"
                 + (" or commit it in your repository" if "tracked" in where else "")

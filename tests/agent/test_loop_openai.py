@@ -81,7 +81,7 @@ def test_scripted_run(tmp_path, goal, openai_server, monkeypatch):
     assert all(r["tokens"]["prompt"] > 0 for r in records[2:])
 
     # git holds the same story: the kept change on the branch, the others at their refs
-    ws = run_dir / "workspace"
+    ws = run_dir / "workspace.git"
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(ws), *args], capture_output=True, text=True,

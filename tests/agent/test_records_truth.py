@@ -37,7 +37,7 @@ def records_of(run_dir: Path) -> list[dict]:
 
 
 def git(run_dir: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(run_dir / "workspace"), *args], capture_output=True,
+    return subprocess.run(["git", "-C", str(run_dir / "workspace.git"), *args], capture_output=True,
                           text=True, check=True).stdout.strip()
 
 

@@ -83,7 +83,7 @@ def test_sigkill_mid_experiment_then_resume(tmp_path, goal):
 
     tsv = (run_dir / "results.tsv").read_text().splitlines()
     assert len(tsv) == len(records) + 1
-    notes = subprocess.run(["git", "-C", str(run_dir / "workspace"), "log", "--notes=magnet",
+    notes = subprocess.run(["git", "-C", str(run_dir / "workspace.git"), "log", "--notes=magnet",
                             "--format=%s %N", "refs/magnet/exp/003", "-1"],
                            capture_output=True, text=True, check=True).stdout
     assert '"status": "interrupted"' in notes

@@ -243,7 +243,7 @@ def test_report_regenerates_report_and_plot(run_dir):
 
 def test_git_alone_tells_the_whole_story(run_dir):
     """Each experiment's commit carries its record as a note: status and metric, with git."""
-    ws = run_dir / "workspace"
+    ws = run_dir / "workspace.git"
 
     def notes(*revs: str) -> dict[int, dict]:
         out = subprocess.run(["git", "-C", str(ws), "log", "--notes=magnet", "--format=%N",

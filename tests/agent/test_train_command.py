@@ -86,7 +86,7 @@ def test_train_writes_a_run_the_review_commands_read(trained):
     # the goal it wrote is a real goal: the report command loads it
     cli("report", str(run_dir))
     assert (run_dir / "report.md").is_file()
-    git = subprocess.run(["git", "-C", str(run_dir / "workspace"), "log", "--notes=magnet",
+    git = subprocess.run(["git", "-C", str(run_dir / "workspace.git"), "log", "--notes=magnet",
                           "--format=%s %N", "-1"], capture_output=True, text=True, check=True)
     assert git.stdout.startswith("exp 000: baseline: bitnet-lm on text:")
     assert '"status": "baseline"' in git.stdout

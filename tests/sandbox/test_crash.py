@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from sandbox import BEST_TAG, Workspace, exp_ref
+from sandbox.layout import GIT_DIR
 
 CONTROLLER = Path(__file__).with_name("controller.py")
 
@@ -42,7 +43,9 @@ def alive(pid: int) -> bool:
 
 
 def git_out(path: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True).stdout.strip()
+    """Plain git on the work tree `path`, through its git directory beside it."""
+    gd = str(path.with_name(GIT_DIR))
+    return subprocess.run(["git", "-C", gd, *args], capture_output=True, text=True).stdout.strip()
 
 
 def assert_consistent(ws: Workspace) -> None:

@@ -42,7 +42,7 @@ def test_reader_sees_what_the_workspace_wrote(live, git):
     assert reader.note(2) == live.record(2)
     assert reader.note(2)["status"] == "discard" and reader.note(2)["reason"] == "worse"
     assert reader.note(3) is None and reader.commit(3) is None
-    assert reader.commit(2) == git(live.path, "rev-parse", exp_ref(2))
+    assert reader.commit(2) == git(live.git.git_dir, "rev-parse", exp_ref(2))
     # exp 2 started from exp 1's commit: its diff holds only its own change
     assert reader.diff(2) == live.diff(2)
     assert '-ACTIVATION = "relu"\n+ACTIVATION = "gelu"' in reader.diff(2)
@@ -53,7 +53,7 @@ def test_reader_sees_what_the_workspace_wrote(live, git):
         reader.diff(3)
     with pytest.raises(WorkspaceError, match="experiment 003 has no commit to compare"):
         reader.diff_between(1, 3)
-    assert reader.best() == {"exp": 1, "commit": git(live.path, "rev-parse", "magnet/best")}
+    assert reader.best() == {"exp": 1, "commit": git(live.git.git_dir, "rev-parse", "magnet/best")}
 
 
 def test_logs_and_outputs_have_one_name_each(live):
@@ -95,7 +95,7 @@ def test_a_run_without_a_workspace_reads_as_empty(tmp_path):
     assert reader.history() == [] and reader.journal() == {}
     assert reader.commit(0) is None and reader.note(0) is None and reader.best() is None
     assert reader.lock_holder()[1] is None
-    with pytest.raises(WorkspaceError, match="no workspace/ repository"):
+    with pytest.raises(WorkspaceError, match="no workspace.git/ repository"):
         reader.diff(0)
 
 

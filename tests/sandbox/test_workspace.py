@@ -20,40 +20,43 @@ from sandbox.gitcli import git_env
 from sandbox.templates import known_templates
 
 
+def repo(ws: Workspace) -> Path:
+    """The run's git directory: plain git, as a reviewer runs it, is pointed there."""
+    return ws.git.git_dir
+
+
 def lines_of(ws: Workspace, git, *args: str) -> list[str]:
-    return git(ws.path, *args).splitlines()
+    return git(repo(ws), *args).splitlines()
 
 
 def assert_consistent(ws: Workspace, git) -> None:
     assert ws.current is None
-    assert git(ws.path, "symbolic-ref", "HEAD") == f"refs/heads/{ws.branch}"
-    assert git(ws.path, "rev-parse", "HEAD") == ws.kept
-    assert git(ws.path, "status", "--porcelain", "--untracked-files=no") == ""
+    assert git(repo(ws), "symbolic-ref", "HEAD") == f"refs/heads/{ws.branch}"
+    assert git(repo(ws), "rev-parse", "HEAD") == ws.kept
+    assert git(repo(ws), "status", "--porcelain", "--untracked-files=no") == ""
 
 
 def test_create_from_template(make_ws, git):
     ws = make_ws()
-    assert sorted(p.name for p in ws.path.iterdir()) == [
-        ".git",
-        "README.md",
-        "config.py",
-        "train.py",
-    ]
+    assert sorted(p.name for p in ws.path.iterdir()) == ["README.md", "config.py", "train.py"]
+    assert (ws.run_dir / "workspace.git" / "HEAD").is_file()  # the git dir is beside the tree
     assert ws.branch == "magnet/run-1"
     assert_consistent(ws, git)
     assert lines_of(ws, git, "log", "--format=%an <%ae>|%s") == [
         "MAGNET <magnet@localhost>|baseline: template " + str(ws.run_dir.parent.parent / "template")
     ]
-    assert git(ws.path, "rev-parse", "magnet/baseline") == ws.kept
+    assert git(repo(ws), "rev-parse", "magnet/baseline") == ws.kept
     assert (ws.run_dir / "sandbox.json").exists()
-    assert git(ws.path, "ls-files") == "README.md\nconfig.py\ntrain.py"  # journal not tracked
+    assert git(repo(ws), "ls-files") == "README.md\nconfig.py\ntrain.py"  # journal not tracked
 
 
 def test_plain_git_commit_works_without_global_identity(make_ws, tmp_path):
     ws = make_ws()
     (ws.path / "README.md").write_text("changed\n")
     env = {"PATH": git_env()["PATH"], "HOME": str(tmp_path), "GIT_CONFIG_GLOBAL": "/dev/null"}
-    subprocess.run(["git", "commit", "-qam", "by hand"], cwd=ws.path, env=env, check=True)
+    subprocess.run(["git", "commit", "-qam", "by hand"], cwd=ws.git.git_dir, env=env, check=True)
+    assert "by hand" in subprocess.run(["git", "log", "-1"], cwd=ws.git.git_dir, env=env,
+                                       capture_output=True, text=True, check=True).stdout
 
 
 def test_experiment_lifecycle_notes_and_best_tag(make_ws, git):
@@ -63,26 +66,26 @@ def test_experiment_lifecycle_notes_and_best_tag(make_ws, git):
     assert base.status == "ok" and base.metrics["val_bpb"] == pytest.approx(1.996)
     assert base.metrics["budget"] == 5 and base.metrics["steps"] == 10
     assert ws.keep(0, {"metric": base.metrics["val_bpb"], "planner": "search"})
-    c0 = git(ws.path, "rev-parse", "HEAD")
-    assert git(ws.path, "rev-parse", BEST_TAG) == c0
+    c0 = git(repo(ws), "rev-parse", "HEAD")
+    assert git(repo(ws), "rev-parse", BEST_TAG) == c0
 
     ws.begin(1, "raise the learning rate")
     assert ws.apply([KnobSet("LEARNING_RATE", 0.01)]) == ["train.py"]
     c1 = ws.commit()
-    assert git(ws.path, "log", "-1", "--format=%s") == "exp 001: raise the learning rate"
+    assert git(repo(ws), "log", "-1", "--format=%s") == "exp 001: raise the learning rate"
     r1 = ws.run("python train.py", time_budget=5, metric="val_bpb")
     assert r1.metrics["val_bpb"] == pytest.approx(1.96)
     assert ws.keep(1, {"metric": r1.metrics["val_bpb"]})
-    assert git(ws.path, "rev-parse", BEST_TAG) == c1 == ws.kept
+    assert git(repo(ws), "rev-parse", BEST_TAG) == c1 == ws.kept
 
     ws.begin(2, "deeper")
     ws.apply([KnobSet("N_LAYER", 2)])
     r2 = ws.run("python train.py", time_budget=5, metric="val_bpb")  # commits by itself
     assert not ws.keep(2, {"metric": r2.metrics["val_bpb"]})  # worse: kept but not best
-    assert git(ws.path, "rev-parse", BEST_TAG) == c1
+    assert git(repo(ws), "rev-parse", BEST_TAG) == c1
     assert ws.best == {"exp": 1, "commit": c1, "metric": pytest.approx(1.96)}
 
-    log = git(ws.path, "log", "--notes=magnet", "--format=%s%n%N")
+    log = git(repo(ws), "log", "--notes=magnet", "--format=%s%n%N")
     assert "exp 001: raise the learning rate" in log and '"status": "keep"' in log
     assert '"planner": "search"' in log
     assert ws.record(1) == {
@@ -106,13 +109,13 @@ def test_discarded_experiment_is_kept_at_its_ref(make_ws, git):
     assert_consistent(ws, git)
     assert ws.kept == kept
     assert 'ACTIVATION = "relu"' in (ws.path / "train.py").read_text()
-    shown = git(ws.path, "show", exp_ref(1))
+    shown = git(repo(ws), "show", exp_ref(1))
     assert '-ACTIVATION = "relu"' in shown and '+ACTIVATION = "gelu"' in shown
     assert "exp 001: swap activation" in shown
     assert '+ACTIVATION = "gelu"' in ws.diff(1)
     assert ws.record(1)["status"] == "discard" and ws.record(1)["reason"] == "worse"
-    assert json.loads(git(ws.path, "notes", "--ref=magnet", "show", exp_ref(1)))["metric"] == 3.0
-    assert git(ws.path, "branch", "--contains", c1) == ""  # off the branch, only the ref holds it
+    assert json.loads(git(repo(ws), "notes", "--ref=magnet", "show", exp_ref(1)))["metric"] == 3.0
+    assert git(repo(ws), "branch", "--contains", c1) == ""  # off the branch, only the ref holds it
 
     ws.begin(2, "crashy change")
     ws.apply([SearchReplace("train.py", "def main():", "def main():\n    raise ValueError('x')")])
@@ -121,7 +124,8 @@ def test_discarded_experiment_is_kept_at_its_ref(make_ws, git):
     ws.discard(2, {"error": r.log_tail[-200:]}, status="crash")
     assert ws.record(2)["status"] == "crash"
     assert_consistent(ws, git)
-    assert "exp 002: crashy change" in git(ws.path, "log", "--notes=magnet", "--all", "--format=%s")
+    log = git(repo(ws), "log", "--notes=magnet", "--all", "--format=%s")
+    assert "exp 002: crashy change" in log
 
 
 def test_run_writing_tracked_files_is_preserved_and_undone(make_ws, git):
@@ -132,13 +136,13 @@ def test_run_writing_tracked_files_is_preserved_and_undone(make_ws, git):
     ws.discard(1, {"metric": 1}, "discard")
     assert_consistent(ws, git)
     assert "EVIL" not in (ws.path / "config.py").read_text()
-    assert "EVIL = 1" in git(ws.path, "show", f"{exp_ref(1)}:config.py")  # nothing lost
+    assert "EVIL = 1" in git(repo(ws), "show", f"{exp_ref(1)}:config.py")  # nothing lost
     ws.begin(2, "tamper and keep")
     ws.run("echo 'EVIL = 2' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5)
     ws.keep(2, {"metric": 1})
     assert_consistent(ws, git)
     assert "EVIL" not in (ws.path / "config.py").read_text()
-    assert "EVIL = 2" in git(ws.path, "show", "refs/magnet/leftover/002:config.py")
+    assert "EVIL = 2" in git(repo(ws), "show", "refs/magnet/leftover/002:config.py")
 
 
 def test_edits_are_confined_and_journal_unchanged_on_refusal(make_ws, git):
@@ -152,7 +156,7 @@ def test_edits_are_confined_and_journal_unchanged_on_refusal(make_ws, git):
         with pytest.raises(EditError):
             ws.apply([edit])
     assert ws.current["changed"] == []
-    assert git(ws.path, "status", "--porcelain") == ""
+    assert git(repo(ws), "status", "--porcelain") == ""
 
 
 def test_protocol_errors(make_ws):
@@ -185,7 +189,7 @@ def test_unfinished_experiment_is_interrupted_on_reopen(make_ws, git):
     assert_consistent(ws, git)
     assert ws.kept == kept
     assert "N_LAYER = 4" in (ws.path / "train.py").read_text()
-    assert "+N_LAYER = 6" in git(ws.path, "show", rec.ref)  # the unfinished edit is not lost
+    assert "+N_LAYER = 6" in git(repo(ws), "show", rec.ref)  # the unfinished edit is not lost
     assert ws.record(1)["status"] == "interrupted"
     assert ws.next_exp == 2
     ws.close()
@@ -213,8 +217,8 @@ def test_clone_leaves_the_users_repo_untouched(tmp_path, git):
     before = snapshot()
     head = git(user, "rev-parse", "HEAD")
     with Workspace.create(tmp_path / "runs" / "r1", repo=user, editable=["train.py"]) as ws:
-        assert git(ws.path, "rev-parse", "HEAD") == head == ws.kept
-        assert git(ws.path, "remote") == ""
+        assert git(repo(ws), "rev-parse", "HEAD") == head == ws.kept
+        assert git(repo(ws), "remote") == ""
         assert "LR = 1\n" in (ws.path / "train.py").read_text()  # committed state only
         ws.begin(1, "lr")
         ws.apply([SearchReplace("train.py", "LR = 1", "LR = 3")])
@@ -260,12 +264,12 @@ def test_stale_git_lock_from_a_killed_git_is_cleared(make_ws, git):
     ws.begin(1, "edit then die inside git")
     ws.apply([KnobSet("N_LAYER", 3)])
     ws.close()
-    (ws.path / ".git" / "index.lock").write_text("")  # what a SIGKILLed `git commit` leaves
+    (ws.git.git_dir / "index.lock").write_text("")  # what a SIGKILLed `git commit` leaves
     with Workspace.open(ws.run_dir) as ws:
         assert ws.recovered is not None and ws.recovered.status == "interrupted"
         assert_consistent(ws, git)
-        assert "+N_LAYER = 3" in git(ws.path, "show", exp_ref(1))
-        assert not (ws.path / ".git" / "index.lock").exists()
+        assert "+N_LAYER = 3" in git(repo(ws), "show", exp_ref(1))
+        assert not (ws.git.git_dir / "index.lock").exists()
 
 
 def test_half_created_workspace_gives_one_clear_instruction(tmp_path, template):
