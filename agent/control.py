@@ -11,6 +11,10 @@ its checkpointed state, so a resumed run never applies a command twice). Command
     {"cmd": "approve", "on": true|false}           ask before each proposal runs
     {"cmd": "answer", "exp": N, "decision": "yes"|"no"|"edit", "hypothesis": "..."}
 
+A line that is not one of these is skipped: a budget above 0 and at most the goal's bounds
+(agent.goal: experiments a whole number, wall at most 30 days; NaN, Infinity and huge numbers
+fail), text that is plain (agent.text: not blank, no control characters).
+
 With approval on, the loop writes `approval.json` ({exp, hypothesis, rationale, diff}) while it
 waits for the answer to that experiment, and removes it once answered. A REPL that dies never
 harms the run: the run only reads what was appended.
@@ -24,10 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.goal import MAX_EXPERIMENTS, MAX_SECONDS
+from agent.text import text_problem
+
 STOPPED_BY_A_PERSON = "stopped by a person"  # the stop reason a `stop` command leads to
 CONTROL_FILE = "control.jsonl"
 APPROVAL_FILE = "approval.json"
 COMMANDS = ("hint", "pause", "resume", "stop", "budget", "approve", "answer")
+BUDGET_LIMITS = {"experiments": MAX_EXPERIMENTS, "wall": MAX_SECONDS}  # wall in seconds
 
 
 class ControlError(ValueError):
@@ -38,19 +46,45 @@ def validate(command: dict[str, Any]) -> dict[str, Any]:
     cmd = command.get("cmd")
     if cmd not in COMMANDS:
         raise ControlError(f"unknown command {cmd!r}; use one of {', '.join(COMMANDS)}")
-    if cmd == "hint" and not str(command.get("text", "")).strip():
-        raise ControlError("a hint needs text: hint TEXT")
+    if cmd == "hint":
+        _check_text(command.get("text"), "a hint", "hint TEXT", one_line=False)
     if cmd == "budget":
-        if command.get("what") not in ("experiments", "wall"):
-            raise ControlError("budget takes experiments or wall: budget experiments 20")
-        value = command.get("value")
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ControlError("budget needs a positive number: budget wall 600")
+        _check_budget(command.get("what"), command.get("value"))
     if cmd == "approve" and not isinstance(command.get("on"), bool):
         raise ControlError("approve takes on or off")
-    if cmd == "answer" and command.get("decision") not in ("yes", "no", "edit"):
-        raise ControlError("answer with yes, no or edit")
+    if cmd == "answer":
+        _check_answer(command)
     return command
+
+
+def _check_budget(what: Any, value: Any) -> None:
+    if what not in BUDGET_LIMITS:
+        raise ControlError("budget takes experiments or wall: budget experiments 20")
+    limit = BUDGET_LIMITS[what]
+    # `0 < value <= limit` is False for NaN, inf and huge integers alike (json.loads reads all)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= limit:
+        raise ControlError(f"budget {what} needs a number above 0 and at most {limit:g}: "
+                           f"budget {what} {'20' if what == 'experiments' else '600'}")
+    if what == "experiments" and value != int(value):
+        raise ControlError("budget experiments needs a whole number: budget experiments 20")
+
+
+def _check_answer(command: dict[str, Any]) -> None:
+    exp = command.get("exp")
+    if not isinstance(exp, int) or isinstance(exp, bool) or exp < 0:
+        raise ControlError("an answer names its experiment's number: exp 7")
+    if command.get("decision") not in ("yes", "no", "edit"):
+        raise ControlError("answer with yes, no or edit")
+    if command["decision"] == "edit":
+        _check_text(command.get("hypothesis"), "the new hypothesis", "one line of plain text",
+                    one_line=True)
+
+
+def _check_text(text: Any, what: str, fix: str, *, one_line: bool) -> None:
+    if not isinstance(text, str):
+        raise ControlError(f"{what} must be text: {fix}")
+    if problem := text_problem(text, one_line=one_line):
+        raise ControlError(f"{what} {problem}; send {fix}")
 
 
 def send(run_dir: Path, command: dict[str, Any]) -> None:
@@ -78,7 +112,7 @@ def read_new(run_dir: Path, seen: int) -> tuple[list[dict[str, Any]], int]:
     for number, line in enumerate(complete[seen:], start=seen + 1):
         try:
             command = validate(json.loads(line))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # RecursionError: [[[[...]]]]
             continue
         commands.append({**command, "line": number})  # lines seen once this one is applied
     return commands, len(complete)

@@ -17,8 +17,16 @@ from sandbox.errors import EditError, TemplateError
 from sandbox.knobs import KnobSpec, parse_knobs
 from sandbox.templates import template_dir
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
 UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+# Every number from outside is finite and in range: NaN would disable a limit, a huge value
+# overflows a timeout or a sleep. The goal and control.jsonl share these bounds.
+MAX_SECONDS = 30 * 86400  # any duration: 30 days
+MAX_EXPERIMENTS = 1_000_000
+MAX_TOKENS = 10**12
+MAX_MEMORY_MB = 2**20  # 1 TiB
+MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; runs add a few to it
 
 
 class GoalError(ValueError):
@@ -36,13 +44,13 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration; write e.g. 60s, 5m or 1h")
         seconds = float(match[1]) * UNIT_SECONDS[match[2]]
-    if seconds <= 0:
-        raise ValueError(f"{value!r} must be longer than zero; write e.g. 60s")
+    if not 0 < seconds <= MAX_SECONDS:  # also False for NaN and inf
+        raise ValueError(f"{value!r} must be above zero and at most 30 days; write e.g. 60s")
     return seconds
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Metric(Strict):
@@ -52,9 +60,9 @@ class Metric(Strict):
 
 class Budget(Strict):
     per_experiment: float = 60.0  # seconds of training each experiment may take
-    experiments: int = Field(default=20, ge=1)
+    experiments: int = Field(default=20, ge=1, le=MAX_EXPERIMENTS)
     wall: float = 1800.0  # seconds for the whole run
-    tokens: int | None = Field(default=None, ge=1)  # LLM tokens for the whole run
+    tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)  # LLM tokens for the run
     grace: float = 120.0  # beyond per_experiment: start-up, evaluation, checkpointing
 
     _durations = field_validator("per_experiment", "wall", "grace", mode="before")(
@@ -85,13 +93,39 @@ class GoalSpec(Strict):
     model: str | None = None
     knobs: dict[str, dict[str, Any]] = {}
     min_delta: float | None = Field(default=None, ge=0)  # keep only improvements beyond this
-    memory_limit_mb: int | None = Field(default=None, ge=64)
-    seed: int = 1337
+    memory_limit_mb: int | None = Field(default=None, ge=64, le=MAX_MEMORY_MB)
+    seed: int = Field(default=1337, ge=0, le=MAX_SEED)
+    # what the confined experiment may reach beyond its workspace and output directory
+    network: bool = False
+    env: list[str] = []  # names of this machine's environment variables it may see
+    log_limit_mb: float = Field(default=50, gt=0, le=100_000)  # output beyond it stops the run
+    # the score: a command the researcher cannot edit, run after training with the outputs
+    # read-only (its METRIC lines count); a template's own evaluator when it has one
+    evaluate: str | None = Field(default=None, min_length=1)
+    corpus: str | None = None  # the corpus a template trains on and is scored on (MAGNET_CORPUS)
 
     @model_validator(mode="after")
     def _one_source(self) -> GoalSpec:
         if (self.template is None) == (self.workspace is None):
             raise ValueError("give exactly one of `template: bitnet-lm` or `workspace: PATH`")
+        return self
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name; list names "
+                                 "such as HF_HOME")
+        return names
+
+    @model_validator(mode="after")
+    def _corpus_in_one_place(self) -> GoalSpec:
+        if "MAGNET_CORPUS=" in self.command:
+            raise ValueError("set the corpus with the `corpus:` key, not MAGNET_CORPUS in "
+                             "`command:` (the evaluator scores on the goal's corpus)")
+        if self.corpus is not None and self.template is None:
+            raise ValueError("`corpus:` is for templates; a repository reads its own data")
         return self
 
 
@@ -146,6 +180,10 @@ def split_front_matter(path: Path, text: str) -> tuple[dict, str]:
         raise GoalError(f"{path}: the front matter never ends; close it with a `---` line")
     try:
         front = yaml.safe_load("".join(lines[1:end])) or {}
+    except ValueError as err:  # e.g. int() refuses 4,300+ digits, a date has month 13
+        why = str(err).split(":")[0]
+        raise GoalError(f"{path}: front matter holds a value that cannot be read ({why}); "
+                        "fix it or quote it") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 2}" if mark else ""
@@ -173,7 +211,13 @@ def describe_validation_error(err: ValidationError) -> str:
     if kind == "missing":
         return f"`{key}` is missing; add it (see goals/pycode-bitnet.md for an example)"
     message = message.removeprefix("Value error, ")
-    return f"`{key}`: {message} (got {first.get('input')!r})"
+    return f"`{key}`: {message} (got {_shown(first.get('input'))})"
+
+
+def _shown(value: Any) -> str:
+    """repr cut short: an overlong number must not fill the one line."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _source_dir(path: Path, spec: GoalSpec, base_dir: Path) -> Path:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent import control, experiment_record, scores
 from agent.decision import decide
 from agent.diagnosis import rule_based_diagnosis
@@ -37,9 +39,10 @@ from agent.planners.base import (
     Proposal,
 )
 from agent.records import RunRecords
+from agent.scoring import Scorer
 from agent.state import RunState
 from agent.view import RunView
-from sandbox.errors import EditError
+from sandbox.errors import EditError, SandboxError
 from sandbox.workspace import Workspace
 
 BASELINE = ("baseline", "baseline (repeat with another seed, to measure noise)")
@@ -58,6 +61,7 @@ class Runtime:
     planner: Planner
     records: RunRecords
     view: RunView
+    scorer: Scorer  # runs the goal's command confined and scores it (agent.scoring)
     memory_limit_bytes: int | None = None
     session_start: float = field(default_factory=time.monotonic)
     session_base: float = 0.0  # wall seconds used before this session
@@ -120,7 +124,9 @@ class Nodes:
         except PlannerUnavailable as err:  # a transport failure: nothing for the LLM to learn
             return {**update, "proposal": None, "planner_down": True,
                     "stop_reason": f"the planner failed: {err}"}
-        except PlannerError as err:
+        except (PlannerError, ValidationError) as err:
+            if isinstance(err, ValidationError):  # a planner built a proposal the schema refuses
+                err = PlannerError(err.errors()[0]["msg"])
             failures = state["planner_failures"] + 1
             spent = getattr(err, "usage", None)  # failed replies cost tokens too
             update |= {
@@ -145,6 +151,16 @@ class Nodes:
         exp = self._begin(proposal["hypothesis"])
         update: dict[str, Any] = {"exp": exp, "experiments": state["experiments"] + 1,
                                   "results": [], "outcome": None, "decision": None}
+        try:
+            return self._make(state, proposal, exp, update)
+        except (SandboxError, ValueError) as err:
+            # this experiment's input broke the workspace or git: its failure, not the run's
+            return self._refused(update, self._draft(proposal, ran=False), "invalid_edit",
+                                 f"exp {exp:03d}: the edit could not be made: {err}")
+
+    def _make(self, state: RunState, proposal: dict[str, Any], exp: int,
+              update: dict[str, Any]) -> dict[str, Any]:
+        """Apply the proposal's edits and commit them, or refuse the experiment."""
         try:
             self.ws.apply(proposal["edits"])
         except EditError as err:
@@ -424,18 +440,8 @@ class Nodes:
 
     def _run(self, *, repeat: int = 0) -> dict[str, Any]:
         """One run of the experiment in flight; a repeat uses another seed and its own log."""
-        seed = self.spec.seed + repeat
-        result = self.ws.run(
-            self.spec.command,
-            time_budget=self.spec.budget.per_experiment,
-            seed=seed,
-            grace=self.spec.budget.grace,
-            mem_limit=self.rt.memory_limit_bytes,
-            metric=self.spec.metric.name,
-            on_line=self.rt.view.line,
-            repeat=repeat,
-        )
-        return experiment_record.run_summary(result, seed)
+        return self.rt.scorer.run(seed=self.spec.seed + repeat, repeat=repeat,
+                                  on_line=self.rt.view.line, mem_limit=self.rt.memory_limit_bytes)
 
     def _settled(self, exp: int) -> dict[str, Any] | None:
         """After a crash: the workspace may have finished this experiment already (nothing to

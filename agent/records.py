@@ -7,6 +7,7 @@ experiment twice; a torn last line (crash mid-write) is ignored when reading.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ class RunRecords:
         """Append one experiment's record unless it is already there; True if written."""
         if self.has(record["exp"]):
             return False
-        _append_line(self.jsonl, json.dumps(record, sort_keys=True))
+        record = _strict(record)
+        _append_line(self.jsonl, json.dumps(record, sort_keys=True, allow_nan=False))
         if not self.tsv.exists():
             _append_line(self.tsv, TSV_HEADER.rstrip("\n"))
         metric = record.get("metric")
@@ -55,6 +57,18 @@ class RunRecords:
             "" if metric is None else f"{metric:.6f}", record["status"], description,
         ]))
         return True
+
+
+def _strict(value: Any) -> Any:
+    """`value` as strict JSON: a NaN or infinite float (a diverged run's metrics) is None, so
+    every JSON reader (jq, a browser) can read the records."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _append_line(path: Path, line: str) -> None:

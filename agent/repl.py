@@ -47,6 +47,7 @@ from agent.review import (
     write_progress_png,
 )
 from agent.rundir import GOAL_COPY, RUN_FILE, find_run, runs_root
+from agent.text import text_problem
 from sandbox.errors import GitError
 
 POLL_SECONDS = 0.3
@@ -351,6 +352,9 @@ class Repl:
                     hypothesis = self._prompt("answer", "new hypothesis (empty: back)> ").strip()
                     if hypothesis == WAKE:
                         answer = WAKE
+                    elif hypothesis and (problem := text_problem(hypothesis, one_line=True)):
+                        self.error(f"the hypothesis {problem}; type one line of plain text")
+                        continue
                     elif hypothesis:
                         return {"decision": "edit", "hypothesis": hypothesis}
                     else:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sandbox.errors import EditError
+from sandbox.metrics import is_finite
 
 Scalar = int | float | str | bool
 
@@ -18,14 +18,28 @@ def _number(name: str, key: str, raw: Any) -> float | int:
         raise EditError(
             f"knob {name}: `{key}` must be a number, not {raw!r}; write e.g. {key}: 0.1"
         )
-    if isinstance(raw, int | float):
-        return raw
+    value = raw if isinstance(raw, int | float) else _float(raw)
+    if value is None or not is_finite(value):
+        raise EditError(
+            f"knob {name}: `{key}` must be a finite number, not {_short(raw)}; "
+            f"write e.g. {key}: 0.1"
+        )
+    return value
+
+
+def _float(raw: Any) -> float | None:
     try:
         return float(raw)
     except (TypeError, ValueError):
-        raise EditError(
-            f"knob {name}: `{key}` must be a number, not {raw!r}; write e.g. {key}: 0.1"
-        ) from None
+        return None
+
+
+def _short(value: Any) -> str:
+    """repr for a message, cut short (an overlong number would fill the screen)."""
+    if _numeric(value) and not is_finite(value) and isinstance(value, int):
+        return "an integer too large for a float"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -60,8 +74,8 @@ class KnobSpec:
         if "low" not in raw or "high" not in raw:
             raise EditError(f"knob {name}: needs both low and high (or choices: [...])")
         low, high = _number(name, "low", raw["low"]), _number(name, "high", raw["high"])
-        if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-            raise EditError(f"knob {name}: needs finite low <= high, got {low} and {high}")
+        if low > high:
+            raise EditError(f"knob {name}: needs low <= high, got {low} and {high}")
         log = bool(raw.get("log", False))
         if log and low <= 0:
             raise EditError(f"knob {name}: log scale needs low > 0, got {low}")
@@ -86,8 +100,9 @@ class KnobSpec:
             raise EditError(
                 f"knob {self.name}={value!r} is not allowed; choose one of {list(self.choices)}"
             )
-        if not _numeric(value) or not math.isfinite(value):
-            raise EditError(f"knob {self.name} takes a number, not {value!r}; give a number")
+        if not is_finite(value):
+            raise EditError(f"knob {self.name} takes a number, not {_short(value)}; "
+                            "give a finite number")
         assert self.low is not None and self.high is not None
         if not self.low <= value <= self.high:
             raise EditError(

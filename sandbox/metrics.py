@@ -9,16 +9,21 @@ from collections.abc import Iterable
 from pathlib import Path
 
 METRIC_LINE = re.compile(r"^\s*METRIC\s+([A-Za-z_][\w.\-/]*)\s*=\s*(\S+)\s*$")
+INTEGER = re.compile(r"[+-]?[0-9]+")
+# Longer integers are no measurement, and they break float(), formatting and Python's int()
+# (which refuses more than 4,300 digits): such a value is not a number.
+MAX_INT_DIGITS = 30
 
 Number = int | float
 
 
 def parse_number(text: str) -> Number | None:
-    """int for integer literals (steps=1200), float otherwise, None when not a number."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
+    """int for integer literals (steps=1200), float otherwise, None when not a number.
+
+    nan and inf stay floats: the runner names them as a diverged run.
+    """
+    if INTEGER.fullmatch(text):
+        return int(text) if len(text.lstrip("+-")) <= MAX_INT_DIGITS else None
     try:
         return float(text)
     except ValueError:
@@ -46,7 +51,7 @@ def parse_metric_lines(lines: Iterable[str]) -> dict[str, Number]:
 def read_metrics_json(path: Path) -> dict[str, Number]:
     """Numeric top-level entries of a metrics.json; a missing or malformed file gives {}."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_int=parse_number)
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
@@ -55,7 +60,7 @@ def read_metrics_json(path: Path) -> dict[str, Number]:
     for k, v in data.items():
         if isinstance(v, bool):
             continue
-        if isinstance(v, int | float):
+        if isinstance(v, int | float):  # an overlong integer was parsed as None
             out[str(k)] = v
         elif isinstance(v, str) and (num := parse_number(v)) is not None:
             out[str(k)] = num
@@ -63,4 +68,10 @@ def read_metrics_json(path: Path) -> dict[str, Number]:
 
 
 def is_finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A real number usable as a float: not bool, nan, inf, or an int too large for a float."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

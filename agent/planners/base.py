@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from agent.text import text_problem
 from sandbox.knobs import KnobSpec
 
 
@@ -46,6 +47,21 @@ class ProposalReply(BaseModel):
     hypothesis: str = Field(min_length=3, max_length=300)  # one line: what and why it helps
     rationale: str = ""
     edits: list[SearchReplaceEdit | KnobEdit] = Field(min_length=1)
+
+    # plain text: it becomes a commit message, a journal entry and a prompt line
+    @field_validator("hypothesis")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if problem := text_problem(value, one_line=True):
+            raise ValueError(f"the hypothesis {problem}; write one line of plain text")
+        return value
+
+    @field_validator("rationale")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if value.strip() and (problem := text_problem(value, one_line=False)):
+            raise ValueError(f"the rationale {problem}; write plain text")
+        return value
 
 
 class Proposal(ProposalReply):

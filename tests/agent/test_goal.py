@@ -60,7 +60,21 @@ def test_good_goal_parses_durations_and_knobs(tmp_path):
         (("command: python train.py\n", ""), "`command` is missing"),
         (("LEARNING_RATE: {low: 1e-3", "NOT_A_KNOB: {low: 1e-3"), "NOT_A_KNOB is not a top-level"),
         (("{low: 1e-3, high: 1e-2, log: true}", "{low: 1e-2, high: 1e-3}"),
-         "needs finite low <= high"),
+         "needs low <= high"),
+        # every number is finite and in range: NaN would disable a limit, a huge one overflow
+        (("per_experiment: 30s", "per_experiment: .nan"), "above zero and at most 30 days"),
+        (("wall: 10m", "wall: .inf"), "`budget.wall`"),
+        (("wall: 10m", "wall: 1000h"), "at most 30 days"),
+        (("experiments: 5", "experiments: " + "9" * 400), "less than or equal to 1000000"),
+        (("experiments: 5", "experiments: " + "9" * 5000), "cannot be read"),
+        (("experiments: 5", "experiments: 5, tokens: .inf"), "`budget.tokens`"),
+        (("name: tiny", "name: tiny\nmin_delta: .nan"), "`min_delta`: Input should be a finite"),
+        (("name: tiny", "name: tiny\nmemory_limit_mb: 1e999"), "`memory_limit_mb`"),
+        (("name: tiny", "name: tiny\nseed: -1"), "`seed`"),
+        (("{low: 1e-3, high: 1e-2, log: true}", "{low: .nan, high: 1e-3}"),
+         "`low` must be a finite number"),
+        (("{low: 1e-3, high: 1e-2, log: true}", "{low: 1, high: " + "9" * 400 + "}"),
+         "`high` must be a finite number, not an integer too large"),
         (("metric: {name", "metric: {name: [oops"), "not valid YAML"),
         (("Lower val_bpb.", ""), "research brief after the front matter is empty"),
     ],
@@ -72,7 +86,7 @@ def test_mistakes_are_one_clear_line(tmp_path, change, expected):
         load_goal(write(tmp_path, GOOD.replace(old, new, 1)))
     message = str(info.value)
     assert expected in message
-    assert "\n" not in message and message.startswith(str(tmp_path))
+    assert "\n" not in message and message.startswith(str(tmp_path)) and len(message) < 400
 
 
 def test_missing_file_and_missing_front_matter(tmp_path):
