@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -12,6 +14,7 @@ from agent.nodes import BASELINE, Nodes
 from agent.state import RunState
 
 CHECKPOINTS = "checkpoints.sqlite"
+SIDE_FILES = ("", "-wal", "-shm")  # the database and SQLite's write-ahead log beside it
 
 
 def after_baseline(state: RunState) -> str:
@@ -70,3 +73,26 @@ def build_graph(nodes: Nodes) -> StateGraph:
 def checkpointer(run_dir: Path) -> SqliteSaver:
     conn = sqlite3.connect(run_dir / CHECKPOINTS, check_same_thread=False)
     return SqliteSaver(conn)
+
+
+def check_checkpoints(saver: SqliteSaver) -> None:
+    """Raise sqlite3.DatabaseError unless SQLite finds the file sound (garbage, truncated)."""
+    problem = saver.conn.execute("PRAGMA quick_check").fetchone()[0]
+    if problem != "ok":
+        raise sqlite3.DatabaseError(problem)
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move checkpoints that cannot be read (with their -wal and -shm) to
+    `checkpoints.sqlite.corrupt-<time>`: kept for a post-mortem, never deleted."""
+    stamp = f"{CHECKPOINTS}.corrupt-{datetime.now():%Y%m%d-%H%M%S}"
+    target = run_dir / stamp
+    n = 1
+    while any(target.with_name(target.name + s).exists() for s in SIDE_FILES):
+        n += 1
+        target = run_dir / f"{stamp}-{n}"
+    for suffix in SIDE_FILES:
+        source = run_dir / (CHECKPOINTS + suffix)
+        if source.exists():
+            os.replace(source, target.with_name(target.name + suffix))
+    return target

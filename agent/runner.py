@@ -13,14 +13,17 @@ from rich.console import Console
 
 from agent.control import read_status
 from agent.goal import Goal, GoalError, load_goal
-from agent.graph import build_graph, checkpointer
+from agent.graph import CHECKPOINTS, build_graph, check_checkpoints, checkpointer, set_aside
 from agent.nodes import Nodes, Runtime
 from agent.planners import make_planner, resolve_planner_name
 from agent.planners.base import ExperimentSummary
 from agent.records import RunRecords
 from agent.rundir import GOAL_COPY, RUN_FILE, RunError, find_run, runs_root
-from agent.state import initial_state
+from agent.scoring import Scorer
+from agent.state import RunState, initial_state, rebuilt_state
 from agent.view import RunView
+from sandbox.confine import confinement
+from sandbox.metrics import is_finite
 from sandbox.workspace import Workspace
 
 RECURSION_LIMIT = 1_000_000  # budgets end the loop, not LangGraph's step cap
@@ -28,11 +31,13 @@ RECURSION_LIMIT = 1_000_000  # budgets end the loop, not LangGraph's step cap
 
 def start_run(goal_path: str | Path, *, runs_dir: str | Path | None = None,
               planner: str | None = None, model: str | None = None,
-              experiments: int | None = None, console: Console | None = None) -> Path:
+              experiments: int | None = None, unconfined: bool = False,
+              console: Console | None = None) -> Path:
     goal = load_goal(goal_path)
+    confinement(unconfined=unconfined)  # no bubblewrap: one line with the fix, before any run
     options = {"goal_path": str(Path(goal_path).resolve()),
                "planner": resolve_planner_name(planner or goal.spec.planner),
-               "model": model, "experiments": experiments}
+               "model": model, "experiments": experiments, "unconfined": unconfined}
     run_id = f"{goal.spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = runs_root(runs_dir).resolve() / run_id
     if run_dir.exists():
@@ -79,37 +84,48 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
         budget = goal.spec.budget.model_copy(update={"experiments": options["experiments"]})
         goal = goal.model_copy(update={"spec": goal.spec.model_copy(update={"budget": budget})})
     records = RunRecords(run_dir)
-    saver = checkpointer(run_dir)
     config = {"configurable": {"thread_id": run_dir.name}, "recursion_limit": RECURSION_LIMIT}
     workspace = Workspace.open(run_dir)  # recovers an experiment a crash left unfinished
     try:
+        saver, latest, lost = _open_checkpoints(run_dir, config)  # once the run is ours
+        if not fresh and latest is None:
+            _restore_records(workspace, records)
         if workspace.recovered is not None and workspace.recovered.status == "interrupted":
             rec = workspace.recovered
             records.append({**_draft_of(saver, config, rec.exp), "exp": rec.exp,
                             "hypothesis": rec.hypothesis, "status": "interrupted",
                             "commit": rec.commit, "metric": None,
                             "reason": f"the run stopped during {rec.step}; it is re-run"})
+        start = (initial_state(run_dir.name) if fresh else
+                 None if latest is not None else _rebuilt(run_dir, records))
         history = [ExperimentSummary(exp=r["exp"], hypothesis=r["hypothesis"],
                                      status=r["status"], metric=r.get("metric"),
                                      knobs=r.get("knobs") or {}) for r in records.read()]
         planner = make_planner(options["planner"], goal, model=options.get("model"),
                                history=history)
         spec = goal.spec
+        scorer = Scorer(goal, workspace, confinement(unconfined=bool(options.get("unconfined")),
+                                                     network=spec.network))
+        scorer.prepare()
         with RunView(run_dir.name, spec.metric.name, spec.metric.goal, planner.name,
                      console=console) as view:
             view.preload(records.read())
+            if lost:
+                view.message(lost)
             graph = build_graph(Nodes(Runtime(
                 goal=goal, run_dir=run_dir, workspace=workspace, planner=planner,
-                records=records, view=view,
+                records=records, view=view, scorer=scorer,
                 memory_limit_bytes=(spec.memory_limit_mb or 0) * 2**20 or None,
-                session_base=_wall_used(saver, run_dir.name),
+                session_base=_wall_used(latest, start),
             ))).compile(checkpointer=saver)
-            if not fresh and not graph.get_state(config).next and graph.get_state(config).values:
+            if not fresh and _finished(run_dir, graph, config, latest):
                 view.message(f"{run_dir.name} already finished; nothing to resume")
                 return
+            if start is not None and not fresh:
+                view.message(f"no checkpoint in {CHECKPOINTS}: the run goes on from a state "
+                             "rebuilt from its journal and records")
             with _sigterm_as_interrupt():
-                graph.invoke(initial_state(run_dir.name) if fresh else None, config,
-                             durability="sync")
+                graph.invoke(start, config, durability="sync")
     finally:
         workspace.close()
 
@@ -131,11 +147,55 @@ def _draft_of(saver: Any, config: dict[str, Any], exp: int) -> dict[str, Any]:
     return dict(values.get("draft") or {}) if values.get("exp") == exp else {}
 
 
-def _wall_used(saver: Any, run_id: str) -> float:
-    latest = saver.get_tuple({"configurable": {"thread_id": run_id}})
+def _wall_used(latest: Any, start: RunState | None) -> float:
+    values = latest.checkpoint["channel_values"] if latest is not None else start or {}
+    return float(values.get("wall_seconds") or 0.0)
+
+
+def _open_checkpoints(run_dir: Path, config: dict[str, Any]) -> tuple[Any, Any, str]:
+    """The checkpointer and the latest checkpoint (None: missing); a file that cannot be read
+    is set aside, so the run goes on from a rebuilt state. The text says what was set aside."""
+    saver = checkpointer(run_dir)
+    try:
+        check_checkpoints(saver)
+        return saver, saver.get_tuple(config), ""
+    except Exception as err:  # corrupt bytes fail in SQLite or in decoding a checkpoint
+        saver.conn.close()
+        moved = set_aside(run_dir)
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return checkpointer(run_dir), None, f"{CHECKPOINTS} cannot be read ({why}); " \
+                                            f"moved to {moved.name}"
+
+
+def _restore_records(workspace: Workspace, records: RunRecords) -> None:
+    """Record, from their git notes, the experiments the journal finished but the loop never
+    recorded (it would have on resume, from its checkpoint)."""
+    for entry in workspace.history:
+        if not records.has(entry["exp"]):
+            note = workspace.record(entry["exp"]) or {}
+            records.append({"hypothesis": "", "metric": None, **note, "exp": entry["exp"],
+                            "status": entry["status"], "commit": entry["commit"]})
+
+
+def _rebuilt(run_dir: Path, records: RunRecords) -> RunState:
+    """A state for a run without checkpoints, from its records and the time it has used."""
+    recorded = records.read()
+    status = read_status(run_dir) or {}
+    wall = max(_finite(status.get("wall_seconds")),
+               sum(_finite(r.get("seconds")) for r in recorded))
+    return rebuilt_state(run_dir.name, recorded, wall)
+
+
+def _finite(value: Any) -> float:
+    return float(value) if is_finite(value) else 0.0
+
+
+def _finished(run_dir: Path, graph: Any, config: dict[str, Any], latest: Any) -> bool:
+    """Whether the run ended: its last checkpoint is the end, or without one, its status."""
     if latest is None:
-        return 0.0
-    return float(latest.checkpoint["channel_values"].get("wall_seconds") or 0.0)
+        return (read_status(run_dir) or {}).get("state") == "finished"
+    snapshot = graph.get_state(config)
+    return bool(snapshot.values) and not snapshot.next
 
 
 class _sigterm_as_interrupt:

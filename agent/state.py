@@ -7,7 +7,10 @@ journal) for experiment numbers and what was kept, so a resumed run re-derives t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypedDict
+
+from agent import scores
 
 
 class RunState(TypedDict, total=False):
@@ -48,3 +51,21 @@ def initial_state(run_id: str) -> RunState:
         control_seen=0, hints=[], paused=False, approve=False, stop_requested=False,
         budget_experiments=None, budget_wall=None,
     )
+
+
+def rebuilt_state(run_id: str, records: Sequence[dict[str, Any]],
+                  wall_seconds: float) -> RunState:
+    """The state of a run whose checkpoints were lost, re-derived from its records.
+
+    Lost with them: the experiment in flight (the workspace recorded it as interrupted; the
+    planner proposes anew) and which control lines were applied (all are applied again, in
+    order: settings end as they were, earlier hints are given once more).
+    """
+    proposals = [r for r in scores.experiments(records)
+                 if r.get("status") != "interrupted" and r.get("planner") != "none"]
+    ran = [r["diff_hash"] for r in proposals if r.get("runs") and r.get("diff_hash")]
+    tokens = sum(n for r in records if isinstance(t := r.get("tokens"), dict)
+                 for n in (t.get("prompt"), t.get("completion")) if isinstance(n, int))
+    return RunState(**{**initial_state(run_id), "baselines": len(scores.baseline_values(records)),
+                       "experiments": len(proposals), "tried": list(dict.fromkeys(ran)),
+                       "tokens": tokens, "wall_seconds": wall_seconds})
