@@ -1,52 +1,64 @@
 """`magnet-agent train` for real: the bitnet-lm template on a tiny text corpus, run through the
 sandbox into a run directory that the review commands read like any research run.
 
-A `sitecustomize` on PYTHONPATH (which the sandbox passes on, as it is no secret) records the
-environment the training process really started with, so the scrubbing is checked on the real
-process, not on a function's return value.
+The environment the training process really runs with is read from /proc while it trains, so
+the allow-list is checked on the real process, not on a function's return value.
 """
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bitnet.checkpoint import load_checkpoint
 
 CLI = str(Path(sys.executable).with_name("magnet-agent"))
 SECRETS = {"OPENAI_API_KEY": "sk-test-do-not-leak", "HF_TOKEN": "hf_do_not_leak",
-           "DATABASE_URL": "postgres://user:hunter2@db/x"}
-PROBE = '''\
-import json, os
-out = os.environ.get("MAGNET_OUTPUT_DIR")
-if out and os.path.isdir(out):  # only the training process has it
-    with open(os.path.join(out, "env-seen.json"), "w") as f:
-        json.dump(dict(os.environ), f)
-'''
+           "DATABASE_URL": "postgres://user:hunter2@db/x", "MYSQL_PWD": "pw-do-not-leak",
+           "KUBECONFIG": "/root/.kube/do-not-leak", "PYTHONPATH": "/do-not-leak"}
+
+
+def training_environ(runs: Path) -> dict[str, str] | None:
+    """The environment of the process training under `runs`, read from /proc, if it runs."""
+    for p in psutil.process_iter():
+        try:
+            env = p.environ()
+            if env.get("MAGNET_OUTPUT_DIR", "").startswith(str(runs)) and \
+                    "train.py" in " ".join(p.cmdline()):
+                return env
+        except psutil.Error:
+            continue
+    return None
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def trained(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("train")
     corpus = root / "corpus"
     corpus.mkdir()
     for i in range(12):
         (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 200)
-    probe = root / "probe"
-    probe.mkdir()
-    (probe / "sitecustomize.py").write_text(PROBE)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MAGNET_")}, **SECRETS,
-           "PYTHONPATH": str(probe), "MAGNET_CACHE_DIR": str(root / "cache"),
+           "MAGNET_CACHE_DIR": str(root / "cache"),
            "MAGNET_SEED": "99"}  # an inherited MAGNET_* setting must not reach the run either
-    done = subprocess.run([CLI, "train", "--budget", "2", "--corpus", f"text:{corpus}",
-                           "--seed", "7", "--runs-dir", str(root / "runs")],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (run_dir,) = (root / "runs").iterdir()
-    return run_dir, done
+    runs = root / "runs"
+    proc = subprocess.Popen([CLI, "train", "--budget", "3", "--corpus", f"text:{corpus}",
+                             "--seed", "7", "--runs-dir", str(runs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = None
+    while seen is None and proc.poll() is None:
+        seen = training_environ(runs)
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout + stderr
+    assert seen is not None, "the training process was never seen"
+    (run_dir,) = runs.iterdir()
+    return run_dir, subprocess.CompletedProcess(proc.args, 0, stdout, stderr), seen
 
 
 def cli(*args: str) -> str:
@@ -56,13 +68,17 @@ def cli(*args: str) -> str:
 
 
 def test_train_writes_a_run_the_review_commands_read(trained):
-    run_dir, done = trained
+    run_dir, done, _ = trained
     assert run_dir.name.startswith("train-")
     records = [json.loads(line) for line in (run_dir / "experiments.jsonl").read_text()
                .splitlines()]
     (record,) = records
     assert record["status"] == "baseline" and record["exp"] == 0
     assert record["metric"] == record["metrics"]["val_bpb"] and 0 < record["metric"] < 8.5
+    # scored by the template's evaluator from the checkpoint; the printed value agrees
+    assert record["scored_by"] == "evaluator" and record["confinement"] == "bubblewrap"
+    (printed,) = record["reported"]
+    assert abs(printed - record["metric"]) < 1e-4
     assert json.loads(cli("history", str(run_dir), "--json")) == records
 
     (summary,) = json.loads(cli("runs", "--runs-dir", str(run_dir.parent), "--json"))
@@ -77,7 +93,7 @@ def test_train_writes_a_run_the_review_commands_read(trained):
     assert shown["record"] == record
     assert shown["diff"] == ""  # the template as it is
     assert shown["log_path"] == str(run_dir / "logs" / "exp-000.log")
-    assert f"METRIC val_bpb={record['metric']}" in shown["log_tail"]
+    assert f"METRIC val_bpb={printed}" in shown["log_tail"]
     assert f"checkpoint: {run_dir / 'outputs' / 'exp-000'}" in done.stdout
 
     # the checkpoint is where every experiment's is, and is the model that was scored
@@ -93,12 +109,11 @@ def test_train_writes_a_run_the_review_commands_read(trained):
 
 
 def test_the_training_process_sees_the_sandbox_environment(trained):
-    run_dir, _ = trained
-    seen = json.loads((run_dir / "outputs" / "exp-000" / "env-seen.json").read_text())
+    run_dir, _, seen = trained
     assert not set(SECRETS) & set(seen), sorted(seen)
     assert not any(v in value for v in SECRETS.values() for value in seen.values())
-    assert seen["MAGNET_SEED"] == "7" and seen["MAGNET_TIME_BUDGET"] == "2"
-    assert seen["MAGNET_CORPUS"].startswith("text:")  # from the goal's command
+    assert seen["MAGNET_SEED"] == "7" and seen["MAGNET_TIME_BUDGET"] == "3"
+    assert seen["MAGNET_CORPUS"].startswith("text:")  # from the goal's `corpus:`
     assert seen["MAGNET_OUTPUT_DIR"] == str(run_dir / "outputs" / "exp-000")
     assert seen["MAGNET_CACHE_DIR"].endswith("cache")  # this machine's cache is passed on
     assert int(seen["OMP_NUM_THREADS"]) >= 1 and seen["MKL_NUM_THREADS"] == seen["OMP_NUM_THREADS"]
@@ -113,7 +128,7 @@ def test_an_unknown_template_fails_in_one_line_before_anything_is_made(tmp_path)
 
 
 def test_a_training_run_is_not_resumed_as_a_research_run(trained):
-    run_dir, _ = trained
+    run_dir, _, _ = trained
     done = subprocess.run([CLI, "resume", str(run_dir)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
