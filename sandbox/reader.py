@@ -63,6 +63,24 @@ def read_diff(git: Git, history: Sequence[Mapping[str, Any]], exp: int) -> str:
     return git.run("diff", *_PLAIN_DIFF, base, ref)
 
 
+TAIL_CHUNK = 64 * 1024
+
+
+def read_tail(path: Path, lines: int, max_bytes: int = 4 * 2**20) -> str:
+    """The last `lines` lines of a text file, reading backwards in chunks (at most `max_bytes`,
+    so lines of any length cannot make it read the whole file)."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        data, start = b"", end
+        while start > 0 and data.count(b"\n") <= lines and end - start < max_bytes:
+            size = min(TAIL_CHUNK, start)
+            start -= size
+            f.seek(start)
+            data = f.read(size) + data
+    text = data.decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class RunReader:
     """Read-only view of `runs/<run-id>/`'s sandbox: journal, experiment commits, notes, logs."""
 
@@ -125,12 +143,12 @@ class RunReader:
         return output_dir(self.run_dir, exp, repeat)
 
     def log_tail(self, exp: int, lines: int, repeat: int = 0) -> str | None:
-        """The last `lines` lines of a run's log; None when it never ran."""
+        """The last `lines` lines of a run's log; None when it never ran. Reads only the end of
+        the file, so a log of any size costs the same."""
         try:
-            text = self.log_path(exp, repeat).read_text(encoding="utf-8", errors="replace")
+            return read_tail(self.log_path(exp, repeat), lines)
         except OSError:
             return None
-        return "\n".join(text.splitlines()[-lines:])
 
     def lock_holder(self) -> tuple[bool, int | None]:
         """(known, pid): who holds the run's lock per /proc/locks; known is False where

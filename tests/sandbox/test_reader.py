@@ -104,3 +104,29 @@ def test_workspace_still_exports_the_names(make_ws):
 
     assert workspace.exp_ref(7) == exp_ref(7) == "refs/magnet/exp/007"
     assert isinstance(make_ws(), Workspace)
+
+
+def test_the_tail_of_a_huge_log_costs_what_a_small_one_does(tmp_path):
+    import tracemalloc
+
+    from sandbox.reader import read_tail
+
+    log = tmp_path / "exp-000.log"
+    with open(log, "wb") as f:
+        f.truncate(2 * 2**30)  # 2 GB (sparse), as a run that printed without end would leave
+        f.seek(0, 2)
+        f.write(b"".join(b"line %d\n" % i for i in range(100)))
+    tracemalloc.start()
+    tail = read_tail(log, 3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert tail == "line 97\nline 98\nline 99"
+    assert peak < 2 * 2**20
+    # a last line of 100 MB: at most max_bytes are read, not the file
+    with open(log, "ab") as f:
+        f.write(b"x" * (100 * 2**20))
+    tracemalloc.start()
+    tail = read_tail(log, 3, max_bytes=2**20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert set(tail) == {"x"} and peak < 8 * 2**20
