@@ -201,7 +201,7 @@ def review(args: argparse.Namespace) -> int:
     except rv.ReviewError as err:
         return fail(str(err))
     except GitError as err:
-        return fail(f"git could not answer ({err}); is the run's workspace/ intact?")
+        return fail(f"git could not answer ({err}); is the run's workspace.git/ intact?")
 
 
 if __name__ == "__main__":

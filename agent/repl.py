@@ -185,7 +185,7 @@ class Repl:
         except (ReviewError, control.ControlError) as err:
             self.error(str(err))
         except GitError as err:
-            self.error(f"git could not answer ({err}); is {self.run.path / 'workspace'} intact?")
+            self.error(f"git could not answer ({err}); is {self.run.sandbox.git.git_dir} intact?")
         return True
 
     def cmd_help(self, arg: str) -> None:

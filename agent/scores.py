@@ -13,6 +13,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from sandbox import metrics
+
 BASELINE = "baseline"  # the unmodified code, measured twice (never `keep`)
 KEEP = "keep"
 
@@ -117,6 +119,4 @@ def verdict(records: Sequence[Record], goal: str) -> str:
     return f"Baseline {base:.4f} → best {top:.4f} ({change_pct(base, top, goal):+.2f}% better)."
 
 
-def is_finite(value: Any) -> bool:
-    """A real, finite metric value (not None, bool, NaN or infinite)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+is_finite = metrics.is_finite  # one definition of a usable metric value, the sandbox's

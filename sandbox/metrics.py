@@ -13,6 +13,7 @@ INTEGER = re.compile(r"[+-]?[0-9]+")
 # Longer integers are no measurement, and they break float(), formatting and Python's int()
 # (which refuses more than 4,300 digits): such a value is not a number.
 MAX_INT_DIGITS = 30
+MAX_METRICS_JSON = 2**20  # bytes: the experiment writes metrics.json, so it may be anything
 
 Number = int | float
 
@@ -38,6 +39,13 @@ def parse_metric_line(line: str) -> tuple[str, Number] | None:
     return None if value is None else (m.group(1), value)
 
 
+def refused_metric(line: str) -> str | None:
+    """The name of a `METRIC name=value` line whose value is not a number (or an overlong one),
+    so a run can say which metric it printed wrong instead of that it printed none."""
+    m = METRIC_LINE.match(line)
+    return m.group(1) if m and parse_number(m.group(2)) is None else None
+
+
 def parse_metric_lines(lines: Iterable[str]) -> dict[str, Number]:
     """All `METRIC name=value` lines; a later line for the same name wins."""
     metrics: dict[str, Number] = {}
@@ -49,9 +57,14 @@ def parse_metric_lines(lines: Iterable[str]) -> dict[str, Number]:
 
 
 def read_metrics_json(path: Path) -> dict[str, Number]:
-    """Numeric top-level entries of a metrics.json; a missing or malformed file gives {}."""
+    """Numeric top-level entries of a metrics.json; a missing, oversized or malformed file
+    gives {}."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_int=parse_number)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_METRICS_JSON + 1)
+        if len(raw) > MAX_METRICS_JSON:
+            return {}
+        data = json.loads(raw.decode("utf-8"), parse_int=parse_number)
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):

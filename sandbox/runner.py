@@ -22,7 +22,13 @@ from pathlib import Path
 import psutil
 
 from sandbox.confine import Confinement
-from sandbox.metrics import Number, is_finite, parse_metric_line, read_metrics_json
+from sandbox.metrics import (
+    Number,
+    is_finite,
+    parse_metric_line,
+    read_metrics_json,
+    refused_metric,
+)
 
 STATUSES = ("ok", "crashed", "timeout", "oom", "no_metric", "log_limit")
 TAIL_LINES = 50
@@ -73,6 +79,7 @@ class _Output:
         self.on_line = on_line
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.metrics: dict[str, Number] = {}
+        self.refused: set[str] = set()  # metrics printed with a value that is not a number
         self.buf = b""
         self.bytes = 0  # of output taken: at most `limit`, the rest is dropped
         self.limit = limit
@@ -99,6 +106,8 @@ class _Output:
     def line(self, text: str, parse: bool = True) -> None:
         if parse and (hit := parse_metric_line(text)):
             self.metrics[hit[0]] = hit[1]
+        elif parse and (name := refused_metric(text)):
+            self.refused.add(name)
         self.tail.append(text)
         if self.log:
             self.log.write(text + "\n")
@@ -168,7 +177,7 @@ def run_command(
     metrics.update(out.metrics)
     kernel_oom = _oom_kills() > oom_kills
     status, reason = _status(killed_for, rc, metrics, metric, list(out.tail), limits, watch.peak,
-                             kernel_oom=kernel_oom)
+                             kernel_oom=kernel_oom, refused=out.refused)
     if reason:
         out.line(f"[sandbox] {reason}", parse=False)
     out.close()
@@ -437,6 +446,7 @@ def _status(
     peak: int,
     *,
     kernel_oom: bool = False,
+    refused: set[str] | None = None,
 ) -> tuple[str, str]:
     if killed_for == "log_limit":
         return "log_limit", (
@@ -464,6 +474,9 @@ def _status(
             return "crashed", (f"killed by {sig} (exit code {rc}), not by MAGNET's limits and "
                                "with no out-of-memory kill seen; see the log tail")
         return "crashed", f"crashed with exit code {rc}; see the log tail"
+    if metric is not None and metric not in metrics and metric in (refused or ()):
+        return "no_metric", (f"its METRIC {metric} value is not a number (or has more than "
+                             "30 digits); print a plain decimal")
     if metric is not None and metric not in metrics:
         return "no_metric", f"exited 0 but printed no `METRIC {metric}=<value>` line"
     if metric is not None and not is_finite(metrics[metric]):

@@ -124,6 +124,8 @@ def test_a_4000_digit_metric_is_that_experiments_failure(tmp_path):
     records = records_of(run_dir)
     assert [r["status"] for r in records] == ["baseline", "baseline", "no_metric", "no_metric"]
     assert all(r["metric"] is None for r in records[2:])
+    assert all("value is not a number (or has more than 30 digits)" in r["reason"]
+               for r in records[2:])
     assert records[2]["metrics"] == {"loss": None}  # strict JSON: NaN is written as null
     for line in (run_dir / "experiments.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the records"))
