@@ -73,6 +73,7 @@ def load_model(checkpoint_dir: Path, model_code_dir: Path):
 
 
 def serve(model, requests, replies) -> None:
+    """Answer requests (binary streams in, out) until the quit request."""
     import numpy as np
     import torch
 
@@ -109,12 +110,12 @@ def main() -> None:
     sys.stdout = sys.stderr
     try:
         model = load_model(args.checkpoint, args.model_code)
-    except BaseException as err:  # noqa: BLE001 - any failure in foreign code is a load error
+    except BaseException as err:  # foreign code may raise anything, SystemExit included
         print(f"logits server: cannot load the model: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
     try:
         serve(model, sys.stdin.buffer, replies)
-    except BaseException as err:  # noqa: BLE001
+    except BaseException as err:
         print(f"logits server: {_one_line(err)}", file=sys.stderr)
         sys.exit(3)
 

@@ -235,7 +235,7 @@ class _Server:
         self.send(windows, what)
         return self.receive(windows.shape, what)
 
-    def send(self, windows: np.ndarray, what: str = "a request") -> None:
+    def send(self, windows: np.ndarray, what: str) -> None:
         data = memoryview(HEADER.pack(*windows.shape) + np.ascontiguousarray(windows).tobytes())
         while data:
             self._wait(self.stdin, writing=True, what=what)
