@@ -141,5 +141,6 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
         torch.set_num_threads(threads)
     # equal up to the order of float sums, which follows the thread count the run had
     assert abs(scores["edited"] - printed) < 1e-4
-    assert record["reported"] == [printed] and abs(record["metric"] - printed) < 1e-4
+    # its first run's score is the evaluator's, which the printed value agrees with
+    assert record["reported"][0] == printed and abs(record["runs"][0] - printed) < 1e-4
     assert abs(scores["original"] - printed) > 1e-2
