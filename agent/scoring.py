@@ -36,6 +36,9 @@ DEFAULT_CORPUS = "pycode"
 # The printed val_bpb and the evaluator's come from the same model on the same windows; they
 # differ only by float summation order, far below this.
 AGREEMENT = 1e-3  # relative
+# windows the evaluator checks for look-ahead: a model peeking at a fraction f of positions
+# escapes with probability (1 - f) ** n; each window costs one forward pass
+CAUSAL_WINDOWS = 32
 
 
 def scored_by(goal: Goal) -> str:
@@ -72,8 +75,10 @@ class Scorer:
             raise GoalError(f"{goal.path}: template {goal.spec.template} is scored by its "
                             f"evaluator as {fixed}; set `metric: {{name: {fixed}}}` or give "
                             "`evaluate:` a command that prints your metric")
-        # runs read the corpus and its cache, never write them
+        # runs read the corpus and its cache, never write them; the evaluator's model code gets
+        # the validation bytes only through its pipe, so it does not see them at all
         self.confinement = confinement.with_paths(readable=_corpus_paths(corpus_of(goal)))
+        self.evaluator_confinement = confinement.with_paths(hidden=_corpus_paths(corpus_of(goal)))
 
     def prepare(self) -> None:
         """Build what the runs read but may not write (the corpus cache), before the first."""
@@ -137,12 +142,13 @@ class Scorer:
 
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         server = logits_server.command(out_dir, self.ws.path)
-        confined = self.confinement.with_paths(readable=[self.ws.path, out_dir])
+        confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
         env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
                           passed=self.goal.spec.env)
         try:
             score = score_checkpoint(self.validation, out_dir, confined.wrap(server, env),
-                                     timeout=self.goal.spec.budget.grace)
+                                     timeout=self.goal.spec.budget.grace,
+                                     causal_windows=CAUSAL_WINDOWS)
         except ScoreError as err:
             return None, f"the evaluator could not score the checkpoint: {err}"
         return score.val_bpb, ""

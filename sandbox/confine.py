@@ -43,15 +43,18 @@ class Confinement:
     readable: tuple[Path, ...] = ()  # re-exposed (read-only) when they live under /tmp
     network: bool = False
     bwrap: str = "bwrap"
+    # directories shown empty, files unreadable (data a process may get only by pipe)
+    hidden: tuple[Path, ...] = ()
 
     @property
     def name(self) -> str:
         return CONFINED if self.enabled else UNCONFINED
 
-    def with_paths(self, *, writable: Iterable[Path] = (),
-                   readable: Iterable[Path] = ()) -> Confinement:
+    def with_paths(self, *, writable: Iterable[Path] = (), readable: Iterable[Path] = (),
+                   hidden: Iterable[Path] = ()) -> Confinement:
         return Confinement(self.enabled, (*self.writable, *writable),
-                           (*self.readable, *readable), self.network, self.bwrap)
+                           (*self.readable, *readable), self.network, self.bwrap,
+                           (*self.hidden, *hidden))
 
     def wrap(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
         """`argv` as it must be executed under this confinement; with `env`, in exactly that
@@ -68,6 +71,11 @@ class Confinement:
         for path in self.writable:
             real = os.path.realpath(path)
             args += ["--bind", real, real]
+        for path in map(os.path.realpath, self.hidden):
+            if os.path.isdir(path):
+                args += ["--tmpfs", path, "--remount-ro", path]
+            elif os.path.exists(path):  # a device node on a nodev mount: EACCES on open
+                args += ["--ro-bind", "/dev/null", path]
         # read-only again: the directories bwrap made for the binds above stay unwritable
         args += ["--tmpfs", SCRATCH, "--remount-ro", "/tmp", "--setenv", "TMPDIR", SCRATCH]
         args += ["--unshare-all", *(["--share-net"] if self.network else []),

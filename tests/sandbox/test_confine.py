@@ -181,3 +181,25 @@ def test_missing_bubblewrap_is_one_line_with_the_fix(monkeypatch, tmp_path):
     assert "apt-get install bubblewrap" in str(err.value) and "--unconfined" in str(err.value)
     assert "\n" not in str(err.value)
     assert confinement(unconfined=True).name == "unconfined"
+
+
+def test_hidden_paths_are_empty_inside(tmp_path):
+    """The evaluator's model code gets the validation bytes through its pipe, never from disk."""
+    data = tmp_path / "cache"
+    data.mkdir()
+    (data / "val.bin").write_text("the validation text")
+    single = tmp_path / "corpus.txt"
+    single.write_text("a text corpus")
+    (tmp_path / "probe.py").write_text(
+        f"import os\nprint('LISTED', os.listdir({str(data)!r}))\n"
+        f"try:\n    print('READ', repr(open({str(single)!r}).read()))\n"
+        "except OSError as err:\n    print('READ', type(err).__name__)\n")
+    probe = "python probe.py"
+    confined = confinement().with_paths(readable=[tmp_path], hidden=[data, single])
+    result = run_command(probe, tmp_path, env={"PATH": os.environ["PATH"]},
+                         limits=RunLimits(time_budget=10, grace=5), confinement=confined)
+    assert "LISTED []" in result.log_tail and "READ PermissionError" in result.log_tail
+    shown = confinement().with_paths(readable=[tmp_path])
+    result = run_command(probe, tmp_path, env={"PATH": os.environ["PATH"]},
+                         limits=RunLimits(time_budget=10, grace=5), confinement=shown)
+    assert "LISTED ['val.bin']" in result.log_tail and "a text corpus" in result.log_tail
