@@ -99,9 +99,11 @@ def confinement(*, unconfined: bool = False, network: bool = False) -> Confineme
 
 
 def _interpreter_paths() -> list[str]:
-    """What this Python needs to start and import MAGNET: its prefixes and import path."""
+    """What this Python needs to start and import MAGNET: its prefixes, its import path, and
+    where MAGNET's packages are (an editable install finds them by a hook, not by sys.path)."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix,
-             os.path.dirname(os.path.realpath(sys.executable))}
+             os.path.dirname(os.path.realpath(sys.executable)),
+             str(Path(__file__).resolve().parents[1])}
     paths.update(p for p in sys.path if p and os.path.isdir(p))
     return sorted(paths)
 
