@@ -331,17 +331,25 @@ def kill_group(pgid: int, timeout: float = 5.0) -> bool:
     return True
 
 
+def processes_with_env(name: str, value: str) -> list[psutil.Process]:
+    """Live processes (not this one) whose environment has `name=value`: a run's processes
+    have its own MAGNET_OUTPUT_DIR, whatever group or session they moved to."""
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (p.pid != os.getpid() and p.environ().get(name) == value
+                    and p.status() != psutil.STATUS_ZOMBIE):
+                found.append(p)
+    return found
+
+
 def kill_by_env(name: str, value: str, timeout: float = 5.0) -> int:
     """SIGKILL every process whose environment has `name=value`; returns how many there were.
 
     Finds a run's processes when its pid was never journaled (a crash right after the spawn)
-    and those that left its process group: each run has its own MAGNET_OUTPUT_DIR.
+    and those that left its process group.
     """
-    victims = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if p.pid != os.getpid() and p.environ().get(name) == value:
-                victims.append(p)
+    victims = processes_with_env(name, value)
     for p in victims:
         with contextlib.suppress(psutil.Error):
             p.kill()

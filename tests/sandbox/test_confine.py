@@ -10,12 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from sandbox import Workspace
 from sandbox.confine import Confinement, confinement
-from sandbox.runner import RunLimits, run_command
+from sandbox.runner import RunLimits, processes_with_env, run_command
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")
@@ -29,18 +28,6 @@ def run_in(ws: Workspace, script: str, exp: int = 0, **kw):
     kw.setdefault("time_budget", 20)
     kw.setdefault("grace", 10)
     return ws.run("python attack.py", **kw)
-
-
-def run_processes(out_dir: Path) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if (p.environ().get("MAGNET_OUTPUT_DIR") == str(out_dir)
-                    and p.status() != psutil.STATUS_ZOMBIE):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
 
 
 WRITES = """
@@ -133,13 +120,13 @@ def test_daemonised_grandchild_counts_in_memory_and_dies_with_the_run(make_ws):
                     mem_limit=200 * 2**20)
     assert result.status == "oom", result.reason
     assert result.peak_rss > 200 * 2**20
-    assert run_processes(ws.output_dir(0)) == []
+    assert processes_with_env("MAGNET_OUTPUT_DIR", str(ws.output_dir(0))) == []
     ws.discard(0, {})
     # the parent exits at once, leaving the daemon behind: it must not outlive the run
     result = run_in(ws, DAEMON, exp=1, env={"HOLD_MB": "10", "PARENT_SECONDS": "0.5"})
     assert result.status == "ok"
     time.sleep(0.2)
-    assert run_processes(ws.output_dir(1)) == []
+    assert processes_with_env("MAGNET_OUTPUT_DIR", str(ws.output_dir(1))) == []
 
 
 def test_a_writer_of_gigabytes_ends_as_log_limit(make_ws):

@@ -11,6 +11,7 @@ import psutil
 
 from sandbox import BEST_TAG, Workspace, exp_ref
 from sandbox.layout import GIT_DIR
+from sandbox.runner import processes_with_env
 
 CONTROLLER = Path(__file__).with_name("controller.py")
 
@@ -55,19 +56,6 @@ def assert_consistent(ws: Workspace) -> None:
     assert git_out(ws.path, "status", "--porcelain", "--untracked-files=no") == ""
 
 
-def run_processes(out_dir: Path) -> list[psutil.Process]:
-    """The live processes of the run writing to `out_dir` (its environment names it)."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if (p.environ().get("MAGNET_OUTPUT_DIR") == str(out_dir)
-                    and p.status() != psutil.STATUS_ZOMBIE):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
 def test_confined_run_dies_with_its_controller(make_ws):
     """Under bubblewrap (--die-with-parent, own PID namespace) nothing waits for recovery."""
     ws = make_ws("mid-run-confined")
@@ -81,13 +69,16 @@ def test_confined_run_dies_with_its_controller(make_ws):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "training command never started"
         time.sleep(0.02)
-    assert len(run_processes(out_dir)) >= 2  # the script and its grandchild
+    def run_processes() -> list:
+        return processes_with_env("MAGNET_OUTPUT_DIR", str(out_dir))
+
+    assert len(run_processes()) >= 2  # the script and its grandchild
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 5
-    while run_processes(out_dir) and time.monotonic() < deadline:
+    while run_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert run_processes(out_dir) == []
+    assert run_processes() == []
     with Workspace.open(run_dir) as ws:
         assert ws.recovered is not None and not ws.recovered.killed_run
 
