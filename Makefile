@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean llama-server-run bubblewrap
+.PHONY: setup run test bench clean llama-server-run bubblewrap llama-cpp inference-bench
 
 setup: $(VENV)/.installed bubblewrap
 
@@ -42,8 +42,16 @@ bench: setup
 
 # not part of `make test`: builds llama-cpp-python (~4 min) on first use, then a 3-experiment
 # run of the main goal with the openai planner against its server on the bundled SmolLM2
-llama-server-run: setup
+llama-server-run: llama-cpp
 	$(BIN)/python bench/llama_server_run.py --goal goals/pycode-bitnet.md --experiments 3
+
+# llama-cpp-python built from source with the flags that work on CPUs like this one (the native
+# build crashes here); then the inference benchmark, llama.cpp included
+llama-cpp: setup
+	$(BIN)/python bench/llama_server_run.py --install-only
+
+inference-bench: llama-cpp
+	$(BIN)/python bench/inference.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

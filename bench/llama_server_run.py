@@ -96,9 +96,13 @@ def main() -> int:
     parser.add_argument("--goal", type=Path, default=ROOT / "goals/pycode-bitnet.md")
     parser.add_argument("--experiments", type=int, default=3)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    parser.add_argument("--install-only", action="store_true",
+                        help="only build llama-cpp-python with the flags that work here")
     args = parser.parse_args()
 
     ensure_llama_cpp_server()
+    if args.install_only:
+        return 0
     gguf = find_gguf()
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
