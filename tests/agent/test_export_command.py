@@ -1,0 +1,60 @@
+"""`magnet-agent export` for real: a checkpoint to a Hugging Face directory and a GGUF file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitnet.checkpoint import save_checkpoint
+from bitnet.model import BitNetConfig, BitNetLM
+
+CLI = str(Path(sys.executable).with_name("magnet-agent"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = BitNetConfig(vocab_size=256, hidden_size=256, intermediate_size=512,
+                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=64, tie_word_embeddings=True)
+    return save_checkpoint(BitNetLM(config), tmp_path_factory.mktemp("ckpt") / "exp-000")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_export_hf_and_gguf_beside_a_plain_checkpoint(checkpoint):
+    import transformers
+
+    done = cli("export", str(checkpoint), "--format", "hf")
+    assert done.returncode == 0, done.stderr
+    out = checkpoint.parent / "exp-000-hf"
+    assert "bytes/param" in done.stdout and str(out) in done.stdout
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "BitNetForCausalLM"
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.uint8  # packed, not fp32
+
+    done = cli("export", str(checkpoint), "--format", "gguf", "--out",
+               str(checkpoint.parent / "m.gguf"))
+    assert done.returncode == 0, done.stderr
+    assert "TQ2_0" in done.stdout and "verified by reading it back" in done.stdout
+    assert "llama.cpp will differ: FFN" in done.stdout
+    assert (checkpoint.parent / "m.gguf").stat().st_size > 0
+
+
+def test_a_corrupt_checkpoint_is_one_line(checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((checkpoint / "config.json").read_text())
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # truncated
+    for fmt in ("hf", "gguf"):
+        done = cli("export", str(broken), "--format", fmt)
+        assert done.returncode == 2
+        assert done.stderr.count("\n") == 1 and "model.safetensors" in done.stderr
+    assert not (tmp_path / "broken-hf").exists() and not (tmp_path / "broken.gguf").exists()
