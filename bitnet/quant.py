@@ -20,13 +20,25 @@ from torch import nn
 EPS = 1e-5  # floor for the absmean/absmax scales, as in the reference implementations
 
 
+def _ternary_levels(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(levels in {-1, 0, 1} as floats, inverse scale 1/mean|W|): weight ~= levels / scale."""
+    scale = 1.0 / weight.abs().mean().clamp(min=EPS)
+    return (weight * scale).round_().clamp_(-1, 1), scale
+
+
+def _int8_levels(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token levels in [-128, 127] as floats, scale 127/max|x|): x ~= levels / scale."""
+    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
+    return (x * scale).round_().clamp_(-128, 127), scale
+
+
 class _TernaryWeight(torch.autograd.Function):
     """Absmean ternary quantisation with a straight-through gradient."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
-        scale = 1.0 / weight.abs().mean().clamp(min=EPS)
-        return (weight * scale).round_().clamp_(-1, 1).div_(scale)
+        levels, scale = _ternary_levels(weight)
+        return levels.div_(scale)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
@@ -38,8 +50,8 @@ class _Int8Activation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
-        return (x * scale).round_().clamp_(-128, 127).div_(scale)
+        levels, scale = _int8_levels(x)
+        return levels.div_(scale)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
@@ -54,6 +66,24 @@ def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
 def quantize_activation(x: torch.Tensor) -> torch.Tensor:
     """Per-token int8-grid activation, differentiable straight through."""
     return _Int8Activation.apply(x)
+
+
+def ternary_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 codes in {-1, 0, 1} and the 0-dim inverse scale 1/mean|W| of `quantize_weight`.
+
+    Bit for bit the training-time quantisation: quantize_weight(W) == codes / inv_scale.
+    """
+    levels, scale = _ternary_levels(weight.detach())
+    return levels.to(torch.int8), scale
+
+
+def activation_codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token int8 codes and scales (127/max|x|, shape [..., 1]) of `quantize_activation`.
+
+    Bit for bit the training-time quantisation: quantize_activation(x) == codes / scale.
+    """
+    levels, scale = _int8_levels(x.detach())
+    return levels.to(torch.int8), scale
 
 
 class BitLinear(nn.Linear):
