@@ -45,6 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     _unconfined(train)
     _runs_dir(train)
 
+    export = commands.add_parser(
+        "export", help="export a checkpoint for CPU inference: Hugging Face (packed ternary) "
+                       "or GGUF (TQ2_0)")
+    export.add_argument("checkpoint", metavar="RUN|RUN:EXP|CHECKPOINT",
+                        help="a run (its best experiment), one experiment, or a checkpoint "
+                             "directory")
+    export.add_argument("--format", choices=["hf", "gguf"], required=True)
+    export.add_argument("--out", help="where to write (default: runs/<id>/exports/)")
+    _runs_dir(export)
+
+    generate = commands.add_parser("generate", help="generate text with a trained model")
+    generate.add_argument("checkpoint", metavar="RUN|RUN:EXP|CHECKPOINT")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=200)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    generate.add_argument("--top-k", type=int, default=0, help="0: off")
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=0)
+    _json(generate, "{text, prompt_tokens, new_tokens, tokens_per_s, ...}")
+    _runs_dir(generate)
+
     repl = commands.add_parser("repl", help="steer and review a run interactively")
     repl.add_argument("run", nargs="?",
                       help="run id or directory (default: the newest run), or a GOAL.md to "
@@ -137,9 +158,28 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
             return 130
+    if args.command in ("export", "generate"):
+        return inference(args)
     if args.command in ("repl", "runs", "history", "show", "report"):
         return review(args)
     return 2
+
+
+def inference(args: argparse.Namespace) -> int:
+    """export and generate: what a trained model is for."""
+    from agent.rundir import RunError
+    from bitnet.checkpoint import CheckpointError
+
+    try:
+        if args.command == "export":
+            from agent.export_command import export
+
+            return export(args.checkpoint, args.format, args.out, args.runs_dir)
+        from agent.generate_command import generate
+
+        return generate(args)
+    except (RunError, CheckpointError, ValueError) as err:
+        return fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
 def review(args: argparse.Namespace) -> int:
