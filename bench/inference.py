@@ -1,0 +1,292 @@
+"""Batch-1 generation speed and memory of exported BitNet models, side by side in one run.
+
+For two models at the template's shapes scaled up (~20M and ~100M parameters, widths a multiple
+of 256, random weights: speed does not depend on them), each engine generates 128 new tokens
+after a 64-token prompt, in its own process (so its resident memory is its own):
+  ours        bitnet.generate: ternary weights kept as int8 codes, integer kernels, KV cache
+  dense fp32  the same architecture with plain fp32 nn.Linear, same KV-cache decoding loop
+  hf bitnet   transformers' BitNetForCausalLM on the `hf` export (packed ternary), generate()
+  llama.cpp   llama-cpp-python on the `gguf` export (TQ2_0), when it is installed
+plus the bytes per parameter of the ternary layers on disk, and the memory-bandwidth bound: the
+bytes one decoded token must read divided by this machine's measured copy bandwidth. With
+llama.cpp installed (`make llama-cpp`), its next-byte logits on the GGUF are compared with ours
+for the smaller model (bench/llamacpp_check.py: llama.cpp's BitNet graph gates the FFN with SiLU
+where ours squares a ReLU, so they differ; it prints by how much and why).
+
+usage: python bench/inference.py [--sizes 20M,100M] [--new 128] [--prompt 64] [--repeats 2]
+Ends with `RESULT speedup_vs_dense=<x> speedup_vs_hf=<x> bytes_per_param=<b>
+[speedup_vs_llamacpp=<x>]` for the ~100M model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SIZES = {  # hidden, intermediate, layers, heads, kv heads: the template's proportions, scaled
+    "20M": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                num_attention_heads=8, num_key_value_heads=4),
+    "100M": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                 num_attention_heads=16, num_key_value_heads=8),
+}
+ENGINES = ("ours", "dense fp32", "hf bitnet", "llama.cpp")
+CONTEXT = 256  # max_position_embeddings: prompt + new tokens fit
+
+
+def make_checkpoint(size: str, out: Path) -> Path:
+    import torch
+
+    from bitnet.checkpoint import save_checkpoint
+    from bitnet.model import BitNetConfig, BitNetLM
+
+    torch.manual_seed(0)
+    # tied: llama.cpp's BitNet graph takes the logits from the embedding (no slot for a head)
+    config = BitNetConfig(vocab_size=256, max_position_embeddings=CONTEXT,
+                          tie_word_embeddings=True, **SIZES[size])
+    return save_checkpoint(BitNetLM(config), out)
+
+
+# --- workers: one engine, one process ---------------------------------------------------------
+
+
+def worker(engine: str, checkpoint: Path, exports: Path, prompt_len: int, new: int,
+           threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    prompt = list((b"def fibonacci(n):\n    " * 8)[:prompt_len])
+    run = {"ours": _ours, "dense fp32": _dense, "hf bitnet": _hf, "llama.cpp": _llamacpp}[engine]
+    tokens_per_s, weight_bytes = run(checkpoint, exports, prompt, new, threads)
+    return {"tokens_per_s": tokens_per_s, "weight_bytes": weight_bytes, "rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Not ru_maxrss: a child inherits its parent's peak
+    across fork and exec, while VmHWM belongs to the new address space."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _ours(checkpoint: Path, exports: Path, prompt: list[int], new: int,
+          threads: int) -> tuple[float, int]:
+    from bitnet.infer import load_for_inference
+
+    return _decode(load_for_inference(checkpoint), prompt, new)
+
+
+def _dense(checkpoint: Path, exports: Path, prompt: list[int], new: int,
+           threads: int) -> tuple[float, int]:
+    """The same architecture and decoding loop (KV cache), with plain fp32 nn.Linear."""
+    from torch import nn
+
+    from bitnet.checkpoint import load_checkpoint
+    from bitnet.infer import InferenceModel
+    from bitnet.model import BitNetLM
+
+    trained = load_checkpoint(checkpoint)
+    dense = BitNetLM(trained.config, linear=nn.Linear)
+    dense.load_state_dict(trained.state_dict())
+    return _decode(InferenceModel.from_model(dense.eval()), prompt, new)
+
+
+def _decode(model, prompt: list[int], new: int) -> tuple[float, int]:
+    from bitnet.generate import generate
+
+    generate(model, prompt, max_new_tokens=4)  # warm-up: first-call allocations
+    result = generate(model, prompt, max_new_tokens=new)
+    return result.tokens_per_s, sum(model.weight_bytes().values())
+
+
+def _hf(checkpoint: Path, exports: Path, prompt: list[int], new: int,
+        threads: int) -> tuple[float, int]:
+    """transformers' own generate() with its cache; weights unpacked at every forward."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(exports / "hf").eval()
+    ids = torch.tensor([prompt])
+    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                       pad_token_id=0)  # warm-up (compilation, first-call allocations)
+        prefill = _time(lambda: model(ids))
+        total = _time(lambda: model.generate(ids, **kwargs))
+    held = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # decode steps only: the prompt's forward pass gives the first token
+    return (new - 1) / (total - prefill), held
+
+
+def _llamacpp(checkpoint: Path, exports: Path, prompt: list[int], new: int,
+              threads: int) -> tuple[float, int]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(exports / "model.gguf"), n_ctx=CONTEXT, n_threads=threads,
+                          n_batch=CONTEXT, logits_all=False, verbose=False)
+    llm.eval(prompt)
+    start = time.perf_counter()
+    token = prompt[-1]
+    for _ in range(new):
+        llm.eval([token])
+        token = int(llm.scores[llm.n_tokens - 1].argmax())
+    return new / (time.perf_counter() - start), (exports / "model.gguf").stat().st_size
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# --- the side-by-side run ---------------------------------------------------------------------
+
+
+def have_llamacpp() -> bool:
+    return subprocess.run([sys.executable, "-c", "import llama_cpp"],
+                          capture_output=True).returncode == 0
+
+
+def run_engine(engine: str, checkpoint: Path, exports: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", engine, "--checkpoint", str(checkpoint),
+           "--exports", str(exports), "--new", str(args.new), "--prompt", str(args.prompt),
+           "--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{engine} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second this machine copies (a 256 MB numpy copy, best of 5)."""
+    import numpy as np
+
+    src = np.ones(256 * 2**20, dtype=np.uint8)
+    dst = np.empty_like(src)
+    best = min(_time(lambda: np.copyto(dst, src)) for _ in range(5))
+    return 2 * src.nbytes / best  # read + write
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="20M,100M")
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per engine; the best counts")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--exports", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.checkpoint, args.exports, args.prompt,
+                                args.new, args.threads)))
+        return
+    report(measure(args), args)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    from bitnet.export_gguf import export_gguf
+    from bitnet.export_hf import export_hf, summarize_hf_export
+
+    engines = [e for e in ENGINES if e != "llama.cpp" or have_llamacpp()]
+    results: dict = {"bandwidth": copy_bandwidth(), "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="magnet-inference-") as tmp:
+        for size in args.sizes.split(","):
+            base = Path(tmp) / size
+            checkpoint = make_checkpoint(size, base / "checkpoint")
+            exports = base / "exports"
+            export_hf(checkpoint, exports / "hf")
+            export_gguf(checkpoint, exports / "model.gguf")
+            summary = summarize_hf_export(exports / "hf")
+            row: dict = {"bytes_per_param": summary.bytes_per_param,
+                         "export_bytes": sum(t.nbytes for t in summary.tensors)}
+            for engine in engines:
+                runs = [run_engine(engine, checkpoint, exports, args)
+                        for _ in range(args.repeats)]
+                row[engine] = {"tokens_per_s": max(r["tokens_per_s"] for r in runs),
+                               "rss_mb": statistics.median(r["rss_mb"] for r in runs),
+                               "weight_bytes": runs[0]["weight_bytes"]}
+                print(f"{size} {engine}: {row[engine]['tokens_per_s']:.1f} tokens/s, "
+                      f"{row[engine]['rss_mb']:.0f} MB", flush=True)
+            results["sizes"][size] = row
+            if "llama.cpp" in engines and size == args.sizes.split(",")[0]:
+                # llama.cpp as a reader: its logits against ours, and what it computes otherwise
+                from llamacpp_check import check
+
+                check(checkpoint, exports / "check.gguf", show_table=False)
+    return results
+
+
+def report(results: dict, args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"batch-1 decoding: {args.new} new tokens after {args.prompt}, "
+                        f"{args.threads} threads")
+    for column in ("model", "engine", "tokens/s", "ours is", "RSS MB"):
+        table.add_column(column, justify="left" if column in ("model", "engine") else "right")
+    for size, row in results["sizes"].items():
+        ours = row["ours"]["tokens_per_s"]
+        for engine in ENGINES:
+            if engine in row:
+                speed = row[engine]["tokens_per_s"]
+                table.add_row(size, engine, f"{speed:.1f}", f"{ours / speed:.2f}x as fast",
+                              f"{row[engine]['rss_mb']:.0f}")
+    Console().print(table)
+    big = results["sizes"][list(results["sizes"])[-1]]
+    bpp = big["bytes_per_param"]
+    ours = big["ours"]["tokens_per_s"]
+    bandwidth = results["bandwidth"]
+    for what, nbytes in (("ours (int8 codes)", big["ours"]["weight_bytes"]),
+                         ("2-bit packed (the hf export)", big["export_bytes"])):
+        bound = bandwidth / nbytes  # every weight is read once per decoded token
+        print(f"memory-bandwidth bound, {what}: {nbytes / 2**20:.0f} MB per token at "
+              f"{bandwidth / 1e9:.1f} GB/s = {bound:.0f} tokens/s; ours reaches "
+              f"{100 * ours / bound:.0f}%")
+    plot(results, args)
+    line = (f"RESULT speedup_vs_dense={ours / big['dense fp32']['tokens_per_s']:.2f} "
+            f"speedup_vs_hf={ours / big['hf bitnet']['tokens_per_s']:.2f} "
+            f"bytes_per_param={bpp:.3f}")
+    if "llama.cpp" in big:
+        line += f" speedup_vs_llamacpp={ours / big['llama.cpp']['tokens_per_s']:.2f}"
+    Path(__file__).with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print(line)
+
+
+def plot(results: dict, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(results["sizes"])
+    engines = [e for e in ENGINES if all(e in results["sizes"][s] for s in sizes)]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    width = 0.8 / len(engines)
+    for i, engine in enumerate(engines):
+        speeds = [results["sizes"][s][engine]["tokens_per_s"] for s in sizes]
+        ax.bar([x + i * width for x in range(len(sizes))], speeds, width, label=engine)
+    ax.set_xticks([x + width * (len(engines) - 1) / 2 for x in range(len(sizes))], sizes)
+    ax.set_yscale("log")  # the engines span three orders of magnitude
+    ax.set_ylabel("tokens/s (batch 1, log scale, higher is better)")
+    ax.set_title(f"{args.new} new tokens after a {args.prompt}-token prompt")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(Path(__file__).with_suffix(".png"))
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
