@@ -17,6 +17,7 @@ import json
 
 import pytest
 import torch
+from model_fixtures import trained_like
 
 from bitnet.checkpoint import CheckpointError, save_checkpoint
 from bitnet.data import decode, encode
@@ -27,7 +28,7 @@ from bitnet.export_hf import (
     summarize_hf_export,
 )
 from bitnet.hf_tokenizer import save_byte_tokenizer
-from bitnet.model import BitNetConfig, BitNetLM
+from bitnet.model import BitNetConfig
 from bitnet.quant import BitLinear, quantize_weight
 
 transformers = pytest.importorskip("transformers")
@@ -43,19 +44,6 @@ TIE_TOL = 1e-3  # int8 steps: how near k + 0.5 a value must be for the two sides
 # transformers wraps unpacking and its quantisers in torch.compile; eager on both sides keeps
 # the comparison about the format, not about the compiler's fused rounding (see test_model.py)
 eager = torch._dynamo.config.patch(disable=True)
-
-
-def trained_like(config: BitNetConfig, seed: int = 0) -> BitNetLM:
-    """Weights far from init (norm gains included), so logits are not near zero."""
-    torch.manual_seed(seed)
-    model = BitNetLM(config)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.uniform_(0.5, 1.5)
-            else:
-                param.normal_(0.0, 0.3)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

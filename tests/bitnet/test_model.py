@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from model_fixtures import trained_like
 
 from bitnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bitnet.model import BitNetConfig, BitNetLM
@@ -11,19 +12,6 @@ from bitnet.quant import BitLinear
 
 SMALL = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)
-
-
-def trained_like(config: BitNetConfig) -> BitNetLM:
-    """A model with weights far from init (norm gains included) so logits are not near zero."""
-    torch.manual_seed(0)
-    model = BitNetLM(config)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.uniform_(0.5, 1.5)
-            else:
-                param.normal_(0.0, 0.3)
-    return model.eval()
 
 
 @pytest.mark.parametrize("tied", [False, True])
