@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from bitnet.checkpoint import CheckpointError, load_checkpoint
 from bitnet.model import BitNetConfig, BitNetLM, BitNetMLP
-from bitnet.quant import BitLinear, quantize_activation, quantize_weight
+from bitnet.quant import BitLinear, quantize_activation, quantize_weight, ternary_codes
 
 ARCH = "bitnet"
 QK_K = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.TQ2_0][0]  # 256
@@ -78,16 +78,14 @@ class GGUFCheckError(ValueError):
 def ternary_and_scale(layer: BitLinear) -> tuple[np.ndarray, np.float32]:
     """The {-1, 0, 1} integers t and fp32 scale s with t * s == quantize_weight(W) exactly.
 
-    Read off the quantiser's own output (all its nonzero entries are +-s), so the export cannot
-    drift from what the forward pass multiplies with.
+    The forward pass's own quantisation (bitnet.quant): its weight is codes / inv_scale, and
+    1 / inv_scale rounds to the same float32 as that division does for a code of 1.
     """
-    with torch.no_grad():
-        qw = quantize_weight(layer.weight.float())
-    scale = qw.abs().max()
-    ternary = torch.sign(qw)
-    if not torch.equal(ternary * scale, qw):
-        raise ValueError(f"weight of shape {tuple(qw.shape)} is not ternary after quantize_weight")
-    return ternary.to(torch.int8).numpy(), np.float32(scale.item())
+    codes, inv_scale = ternary_codes(layer.weight.float())
+    scale = (1.0 / inv_scale).to(torch.float32)
+    if not torch.equal(codes * scale, quantize_weight(layer.weight.float()).detach()):
+        raise ValueError(f"weight of shape {tuple(codes.shape)} is not codes * scale")
+    return codes.numpy(), np.float32(scale.item())
 
 
 def ternary_type(in_features: int) -> gguf.GGMLQuantizationType:

@@ -33,7 +33,7 @@ from transformers.integrations.bitnet import VALUES_PER_ITEM, pack_weights
 from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE, hf_config, load_checkpoint
 from bitnet.hf_tokenizer import save_byte_tokenizer
 from bitnet.model import BitNetLM
-from bitnet.quant import BitLinear, quantize_weight
+from bitnet.quant import BitLinear, ternary_codes
 
 # What the published packed BitNet checkpoints declare; transformers then builds BitLinear
 # layers holding uint8 codes and a weight_scale (lm_head is left alone by default).
@@ -58,12 +58,9 @@ def pack_ternary(layer: BitLinear, name: str) -> tuple[torch.Tensor, torch.Tenso
             f"transformers' packed BitLinear holds out/{VALUES_PER_ITEM} rows of "
             f"{VALUES_PER_ITEM} codes; choose widths and head counts that are multiples of 4"
         )
-    # The codes are read off the forward pass's own quantiser (its signs), so they round ties
-    # exactly as training did; `ternary_weight` divides by the mean instead of multiplying by
-    # its reciprocal and can land on the other side of a x.5 tie.
-    codes = quantize_weight(layer.weight).sign().to(torch.int8)
-    _, mean = layer.ternary_weight()
-    scale = 1.0 / torch.tensor([mean], dtype=torch.float32)  # as in _TernaryWeight.forward
+    # the forward pass's own quantisation (bitnet.quant), so ties round exactly as in training
+    codes, inv_scale = ternary_codes(layer.weight)
+    scale = inv_scale.reshape(1).to(torch.float32)  # transformers divides by it
     return pack_weights(codes), scale  # pack_weights adds 1 in place: codes is ours to lose
 
 
