@@ -101,7 +101,7 @@ class BitLinear(nn.Linear):
 
     @torch.no_grad()
     def ternary_weight(self) -> tuple[torch.Tensor, float]:
-        """The integer weights in {-1, 0, 1} (int8) and their scale s, for export."""
-        scale = self.weight.abs().mean().clamp(min=EPS)
-        ternary = (self.weight / scale).round().clamp(-1, 1).to(torch.int8)
-        return ternary, float(scale)
+        """The integer weights in {-1, 0, 1} (int8) and their scale s = 1 / (1/mean|W|): those
+        of the forward pass (`ternary_codes`), ties included."""
+        codes, inv_scale = ternary_codes(self.weight)
+        return codes, float(1.0 / inv_scale)
