@@ -7,6 +7,7 @@ re-quantises them on the fly exactly as BitLinear does).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import fields
@@ -26,8 +27,13 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded; the message says what to do."""
 
 
-def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32) -> dict:
-    """The `config.json` transformers needs for BitNetForCausalLM with online quantisation."""
+def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32,
+              base: str | None = None) -> dict:
+    """The `config.json` transformers needs for BitNetForCausalLM with online quantisation.
+
+    `magnet.base` is the `checkpoint_hash` of the checkpoint training started from (None for
+    random weights): merges check that their inputs share one.
+    """
     return {
         "architectures": ["BitNetForCausalLM"],
         "model_type": "bitnet",
@@ -55,7 +61,7 @@ def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32) -> dict:
             "linear_class": "autobitlinear",
             "quantization_mode": "online",
         },
-        "magnet": {"tokenizer": "bytes"},
+        "magnet": {"tokenizer": "bytes", "base": base},
     }
 
 
@@ -67,8 +73,10 @@ def config_from_hf(data: dict) -> BitNetConfig:
     return BitNetConfig(**values)
 
 
-def save_checkpoint(model: BitNetLM, out_dir: str | os.PathLike) -> Path:
-    """Write config.json and model.safetensors atomically (a reader never sees half a file)."""
+def save_checkpoint(model: BitNetLM, out_dir: str | os.PathLike, *, base: str | None = None
+                    ) -> Path:
+    """Write config.json and model.safetensors atomically (a reader never sees half a file);
+    `base` is the hash of the checkpoint the model was trained from, if any."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -78,7 +86,8 @@ def save_checkpoint(model: BitNetLM, out_dir: str | os.PathLike) -> Path:
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
     os.replace(tmp_weights, out / WEIGHTS_FILE)
     tmp_config = out / (CONFIG_FILE + ".tmp")
-    tmp_config.write_text(json.dumps(hf_config(model.config, model.lm_head.weight.dtype), indent=2))
+    config = hf_config(model.config, model.lm_head.weight.dtype, base)
+    tmp_config.write_text(json.dumps(config, indent=2))
     os.replace(tmp_config, out / CONFIG_FILE)
     return out
 
@@ -110,3 +119,25 @@ def load_checkpoint(path: str | os.PathLike) -> BitNetLM:
         ) from err
     return model.eval()
 
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint's weights file: the identity a specialist records as its base."""
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing: point to a directory made by training")
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_base(path: str | os.PathLike) -> str | None:
+    """The base hash a checkpoint records (None: trained from random weights, or older)."""
+    config_path = Path(path) / CONFIG_FILE
+    try:
+        magnet = json.loads(config_path.read_text()).get("magnet") or {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{config_path} is unreadable ({err}): re-export the model") from err
+    return magnet.get("base")
