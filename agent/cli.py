@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--corpus", default="pycode", help="pycode | pyprose | text:PATH")
     train.add_argument("--budget", type=float, default=60.0, help="training seconds")
     train.add_argument("--seed", type=int, default=1337)
+    train.add_argument("--init", metavar="RUN|RUN:EXP|CHECKPOINT",
+                       help="start from this checkpoint instead of random weights: a specialist "
+                            "of that base")
     _unconfined(train)
     _runs_dir(train)
 
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "run":
                 run_dir = start_run(args.goal, runs_dir=args.runs_dir, planner=args.planner,
                                     model=args.model, experiments=args.experiments,
-                                    unconfined=args.unconfined)
+                                    unconfined=args.unconfined, init=args.init)
             else:
                 run_dir = resume_run(args.run, runs_dir=args.runs_dir)
         except (GoalError, RunError, PlannerError, SandboxError) as err:
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail("--budget must be a positive number of seconds")
         try:
             return train(args.template, args.corpus, args.budget, args.seed, args.runs_dir,
-                         unconfined=args.unconfined)
+                         unconfined=args.unconfined, init=args.init)
         except (GoalError, RunDirError, SandboxError) as err:
             return fail(str(err))
         except KeyboardInterrupt:

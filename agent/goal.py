@@ -27,6 +27,9 @@ MAX_EXPERIMENTS = 1_000_000
 MAX_TOKENS = 10**12
 MAX_MEMORY_MB = 2**20  # 1 TiB
 MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; runs add a few to it
+# knobs that set a template model's shapes: with `init:` the base checkpoint sets them instead
+SHAPE_KNOBS = {"bitnet-lm": ("N_LAYER", "N_EMBD", "N_HEAD", "N_KV_HEAD", "MLP_RATIO", "SEQ_LEN",
+                             "TIE_EMBEDDINGS")}
 
 
 class GoalError(ValueError):
@@ -103,6 +106,9 @@ class GoalSpec(Strict):
     # read-only (its METRIC lines count); a template's own evaluator when it has one
     evaluate: str | None = Field(default=None, min_length=1)
     corpus: str | None = None  # the corpus a template trains on and is scored on (MAGNET_CORPUS)
+    # start every run from this checkpoint (RUN, RUN:EXP or a directory): tune a specialist of a
+    # base instead of training from random weights (MAGNET_INIT_CHECKPOINT)
+    init: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> GoalSpec:
@@ -126,6 +132,18 @@ class GoalSpec(Strict):
                              "`command:` (the evaluator scores on the goal's corpus)")
         if self.corpus is not None and self.template is None:
             raise ValueError("`corpus:` is for templates; a repository reads its own data")
+        return self
+
+    @model_validator(mode="after")
+    def _init_keeps_the_shapes(self) -> GoalSpec:
+        if self.init is None:
+            return self
+        if self.template is None:
+            raise ValueError("`init:` is for templates; a repository loads its own weights")
+        for name in SHAPE_KNOBS.get(self.template, ()):
+            if name in self.knobs:
+                raise ValueError(f"knob {name} changes the model's shape, which `init:` takes "
+                                 "from the base checkpoint; remove it from `knobs:`")
         return self
 
 

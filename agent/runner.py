@@ -14,6 +14,7 @@ from rich.console import Console
 from agent.control import read_status
 from agent.goal import Goal, GoalError, load_goal
 from agent.graph import CHECKPOINTS, build_graph, check_checkpoints, checkpointer, set_aside
+from agent.init_checkpoint import copy_init, find_init
 from agent.nodes import Nodes, Runtime
 from agent.planners import make_planner, resolve_planner_name
 from agent.planners.base import ExperimentSummary
@@ -35,6 +36,7 @@ def start_run(goal_path: str | Path, *, runs_dir: str | Path | None = None,
               console: Console | None = None) -> Path:
     goal = load_goal(goal_path)
     confinement(unconfined=unconfined)  # no bubblewrap: one line with the fix, before any run
+    init = find_init(goal.spec.init, runs_dir) if goal.spec.init is not None else None
     options = {"goal_path": str(Path(goal_path).resolve()),
                "planner": resolve_planner_name(planner or goal.spec.planner),
                "model": model, "experiments": experiments, "unconfined": unconfined}
@@ -44,6 +46,8 @@ def start_run(goal_path: str | Path, *, runs_dir: str | Path | None = None,
         raise RunError(f"{run_dir} already exists; wait a second and start again")
     run_dir.mkdir(parents=True)
     shutil.copyfile(goal_path, run_dir / GOAL_COPY)
+    if init is not None:
+        copy_init(init, run_dir)
     spec = goal.spec
     Workspace.create(
         run_dir,

@@ -19,6 +19,8 @@ from typing import Any
 
 from agent.experiment_record import run_summary
 from agent.goal import Goal, GoalError
+from agent.init_checkpoint import ENV_NAME as INIT_ENV
+from agent.init_checkpoint import init_dir
 from sandbox.confine import Confinement
 from sandbox.env import run_environ
 from sandbox.metrics import is_finite
@@ -55,10 +57,14 @@ def corpus_of(goal: Goal) -> str | None:
     return goal.spec.corpus or DEFAULT_CORPUS if goal.spec.template is not None else None
 
 
-def run_env(goal: Goal) -> dict[str, str]:
-    """Settings the goal gives every run of its command (and its evaluation)."""
+def run_env(goal: Goal, run_dir: Path) -> dict[str, str]:
+    """Settings the goal gives every run of its command (and its evaluation): its corpus, and
+    the run's copy of the checkpoint it starts from."""
     corpus = corpus_of(goal)
-    return {"MAGNET_CORPUS": corpus} if corpus else {}
+    env = {"MAGNET_CORPUS": corpus} if corpus else {}
+    if goal.spec.init is not None:
+        env[INIT_ENV] = str(init_dir(run_dir))
+    return env
 
 
 class Scorer:
@@ -77,7 +83,9 @@ class Scorer:
                             "`evaluate:` a command that prints your metric")
         # runs read the corpus and its cache, never write them; the evaluator's model code gets
         # the validation bytes only through its pipe, so it does not see them at all
-        self.confinement = confinement.with_paths(readable=_corpus_paths(corpus_of(goal)))
+        starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
+        self.confinement = confinement.with_paths(
+            readable=[*_corpus_paths(corpus_of(goal)), *starts_from])
         self.evaluator_confinement = confinement.with_paths(hidden=_corpus_paths(corpus_of(goal)))
 
     def prepare(self) -> None:
@@ -93,7 +101,7 @@ class Scorer:
         result = self.ws.run(
             spec.command, time_budget=spec.budget.per_experiment, seed=seed,
             grace=spec.budget.grace, mem_limit=mem_limit, metric=self.metric, on_line=on_line,
-            repeat=repeat, confinement=self.confinement, env=run_env(self.goal),
+            repeat=repeat, confinement=self.confinement, env=run_env(self.goal, self.ws.run_dir),
             passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
         return self.score(run_summary(result, seed), repeat)
 
@@ -128,8 +136,8 @@ class Scorer:
         spec = self.goal.spec
         assert spec.evaluate is not None
         result = self.ws.evaluate(spec.evaluate, repeat=repeat, timeout=spec.budget.grace,
-                                  confinement=self.confinement, env=run_env(self.goal),
-                                  passed_env=spec.env)
+                                  confinement=self.confinement,
+                                  env=run_env(self.goal, self.ws.run_dir), passed_env=spec.env)
         value = result.metrics.get(self.metric)
         if result.status not in ("ok", "no_metric") or not is_finite(value):
             why = result.reason or f"printed no finite METRIC {self.metric}"

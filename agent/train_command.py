@@ -24,6 +24,7 @@ from rich.table import Table
 
 from agent import control, experiment_record, scores
 from agent.goal import Budget, Goal, load_goal
+from agent.init_checkpoint import copy_init, find_init
 from agent.records import RunRecords
 from agent.rundir import GOAL_COPY, RUN_FILE, RunError, runs_root
 from agent.scoring import Scorer
@@ -38,28 +39,34 @@ STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
 
 
 def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None,
-          *, unconfined: bool = False) -> int:
-    """Run it; 0 when it reported val_bpb. Raises RunError, GoalError or SandboxError (one
-    line each) when the run cannot start."""
+          *, unconfined: bool = False, init: str | None = None) -> int:
+    """Run it; 0 when it reported val_bpb. `init` (RUN, RUN:EXP or a checkpoint directory):
+    start from that checkpoint, i.e. train a specialist of it. Raises RunError, GoalError or
+    SandboxError (one line each) when the run cannot start."""
     console = Console()
     confined = confinement(unconfined=unconfined)  # no bubblewrap: one line with the fix
+    init_path = find_init(init, runs_dir) if init is not None else None
     editable = sorted(p.name for p in template_dir(template).glob("*.py"))  # TemplateError
     run_dir = runs_root(runs_dir).resolve() / f"{NAME}-{datetime.now():%Y%m%d-%H%M%S}"
     if run_dir.exists():
         raise RunError(f"{run_dir} already exists; wait a second and start again")
     run_dir.mkdir(parents=True)
-    goal = write_goal(run_dir, template, corpus, budget, seed, editable)
+    goal = write_goal(run_dir, template, corpus, budget, seed, editable, init_path)
+    if init_path is not None:
+        copy_init(init_path, run_dir)
     spec = goal.spec
-    hypothesis = f"baseline: {template} on {corpus} for {budget:g}s, seed {seed}"
+    start = f" from {init}" if init is not None else ""
+    hypothesis = f"baseline: {template} on {corpus} for {budget:g}s{start}, seed {seed}"
     status: dict[str, Any] = {"pid": os.getpid(), "exp": 0, "hypothesis": hypothesis,
                               "experiments": 0, "budget": spec.budget.model_dump()}
-    console.print(f"[bold]training[/] {template} on {corpus} for {budget:g}s → {run_dir}",
+    console.print(f"[bold]training[/] {template} on {corpus}{start} for {budget:g}s → {run_dir}",
                   soft_wrap=True)
     with Workspace.create(run_dir, template=spec.template, editable=spec.editable,
                           knobs=spec.knobs, goal=spec.metric.goal) as ws:
         (run_dir / RUN_FILE).write_text(json.dumps(
             {"command": NAME, "goal_path": str(run_dir / GOAL_COPY), "template": template,
-             "corpus": corpus, "budget": budget, "seed": seed, "unconfined": unconfined},
+             "corpus": corpus, "budget": budget, "seed": seed, "unconfined": unconfined,
+             "init": str(init_path) if init_path else None},
             indent=2))
         control.write_status(run_dir, {**status, "state": "running"})
         scorer = Scorer(goal, ws, confined)
@@ -109,7 +116,7 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
 
 
 def write_goal(run_dir: Path, template: str, corpus: str, budget: float, seed: int,
-               editable: list[str]) -> Goal:
+               editable: list[str], init: Path | None = None) -> Goal:
     """`goal.md` for this one run (a goal file a research run could start from), checked."""
     grace = Budget().grace
     front = {
@@ -119,9 +126,12 @@ def write_goal(run_dir: Path, template: str, corpus: str, budget: float, seed: i
         "budget": {"per_experiment": budget, "experiments": 1, "wall": budget + grace},
         "seed": seed,
     }
+    if init is not None:
+        front["init"] = str(init)
+    start = f", starting from the checkpoint `{init}`" if init is not None else ""
     brief = (f"One training run of the `{template}` template on `{corpus}` for {budget:g} s "
-             f"(seed {seed}), made by `magnet-agent train`: the baseline that experiments on "
-             "this template start from.\n")
+             f"(seed {seed}){start}, made by `magnet-agent train`: the baseline that "
+             "experiments on this template start from.\n")
     path = run_dir / GOAL_COPY
     path.write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n{brief}",
                     encoding="utf-8")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from bitnet.model import BitNetConfig, BitNetLM
 
@@ -28,11 +30,12 @@ class CheckpointError(ValueError):
 
 
 def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32,
-              base: str | None = None) -> dict:
+              lineage: Sequence[str] = ()) -> dict:
     """The `config.json` transformers needs for BitNetForCausalLM with online quantisation.
 
-    `magnet.base` is the `checkpoint_hash` of the checkpoint training started from (None for
-    random weights): merges check that their inputs share one.
+    `magnet.lineage` lists the `checkpoint_hash` of the checkpoint training started from, then
+    that one's lineage (empty for random weights); `magnet.base` is its first entry. Merges check
+    that their inputs descend from one base.
     """
     return {
         "architectures": ["BitNetForCausalLM"],
@@ -61,7 +64,8 @@ def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32,
             "linear_class": "autobitlinear",
             "quantization_mode": "online",
         },
-        "magnet": {"tokenizer": "bytes", "base": base},
+        "magnet": {"tokenizer": "bytes", "base": lineage[0] if lineage else None,
+                   "lineage": list(lineage)},
     }
 
 
@@ -73,10 +77,10 @@ def config_from_hf(data: dict) -> BitNetConfig:
     return BitNetConfig(**values)
 
 
-def save_checkpoint(model: BitNetLM, out_dir: str | os.PathLike, *, base: str | None = None
-                    ) -> Path:
+def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, *,
+                    lineage: Sequence[str] = ()) -> Path:
     """Write config.json and model.safetensors atomically (a reader never sees half a file);
-    `base` is the hash of the checkpoint the model was trained from, if any."""
+    `lineage` is `descent(init)` when the model was trained from a checkpoint `init`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -86,14 +90,16 @@ def save_checkpoint(model: BitNetLM, out_dir: str | os.PathLike, *, base: str | 
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
     os.replace(tmp_weights, out / WEIGHTS_FILE)
     tmp_config = out / (CONFIG_FILE + ".tmp")
-    config = hf_config(model.config, model.lm_head.weight.dtype, base)
+    config = hf_config(model.config, model.lm_head.weight.dtype, lineage)
     tmp_config.write_text(json.dumps(config, indent=2))
     os.replace(tmp_config, out / CONFIG_FILE)
     return out
 
 
-def load_checkpoint(path: str | os.PathLike) -> BitNetLM:
-    """Load a checkpoint directory written by `save_checkpoint` (or exported from HF)."""
+def load_checkpoint(path: str | os.PathLike,
+                    model_class: Callable[[BitNetConfig], nn.Module] = BitNetLM) -> BitNetLM:
+    """Load a checkpoint directory written by `save_checkpoint` (or exported from HF) into
+    `model_class(config)` (a template's own copy of the model, say)."""
     ckpt = Path(path)
     config_path, weights_path = ckpt / CONFIG_FILE, ckpt / WEIGHTS_FILE
     for needed in (config_path, weights_path):
@@ -107,18 +113,18 @@ def load_checkpoint(path: str | os.PathLike) -> BitNetLM:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights_path} is corrupt ({err}): re-export the model") from err
-    model = BitNetLM(config)
+    model = model_class(config)
     if config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
+        details = " ".join(str(err).partition(":")[2].split())[:300]  # past "Error(s) … for X:"
         raise CheckpointError(
-            f"{weights_path} does not match {config_path} ({first}): re-export the model"
+            f"{weights_path} does not fit the model its {CONFIG_FILE} describes ({details}): "
+            "load it with the model code that saved it"
         ) from err
     return model.eval()
-
 
 
 def checkpoint_hash(path: str | os.PathLike) -> str:
@@ -133,11 +139,26 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_base(path: str | os.PathLike) -> str | None:
-    """The base hash a checkpoint records (None: trained from random weights, or older)."""
+def checkpoint_lineage(path: str | os.PathLike) -> list[str]:
+    """The hashes a checkpoint descends from, nearest first ([] for random weights)."""
     config_path = Path(path) / CONFIG_FILE
     try:
         magnet = json.loads(config_path.read_text()).get("magnet") or {}
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
         raise CheckpointError(f"{config_path} is unreadable ({err}): re-export the model") from err
-    return magnet.get("base")
+    lineage = magnet.get("lineage") or []
+    if not isinstance(lineage, list) or not all(isinstance(h, str) for h in lineage):
+        raise CheckpointError(f"{config_path}: magnet.lineage is not a list of hashes; "
+                              "re-save the checkpoint")
+    return lineage
+
+
+def descent(init: str | os.PathLike) -> list[str]:
+    """The lineage of a model trained from checkpoint `init`: init's hash, then its lineage."""
+    return [checkpoint_hash(init), *checkpoint_lineage(init)]
+
+
+def checkpoint_base(path: str | os.PathLike) -> str | None:
+    """The hash of the checkpoint this one was trained from (None: from random weights)."""
+    lineage = checkpoint_lineage(path)
+    return lineage[0] if lineage else None

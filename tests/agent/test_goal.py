@@ -77,6 +77,10 @@ def test_good_goal_parses_durations_and_knobs(tmp_path):
          "`high` must be a finite number, not an integer too large"),
         (("metric: {name", "metric: {name: [oops"), "not valid YAML"),
         (("Lower val_bpb.", ""), "research brief after the front matter is empty"),
+        # a specialist keeps its base's shapes
+        (("knobs:\n", "init: base-run\nknobs:\n  N_LAYER: {choices: [2, 4]}\n"),
+         "knob N_LAYER changes the model's shape, which `init:` takes from the base"),
+        (("name: tiny", "name: tiny\ninit: ''"), "`init`"),
     ],
 )
 def test_mistakes_are_one_clear_line(tmp_path, change, expected):

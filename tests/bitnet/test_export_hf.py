@@ -188,7 +188,7 @@ def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
     config_path = tmp_path / "ckpt" / "config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps(config | {"intermediate_size": 384}))
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match="does not fit the model"):
         export_hf(tmp_path / "ckpt", tmp_path / "hf")
 
     weights = tmp_path / "ckpt" / "model.safetensors"

@@ -7,6 +7,8 @@ It follows MAGNET's training-code contract:
   MAGNET_STEPS        if set, train exactly this many steps instead (deterministic replay)
   MAGNET_SEED         seed for initialisation and batch sampling
   MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
+  MAGNET_INIT_CHECKPOINT  if set, start from that checkpoint instead of random weights (a
+                      specialist trained from a common base): its shapes win over the constants
   prints one `METRIC name=value` line per result; val_bpb (validation bits per byte) is the score.
 The validation set and the bytes it is scored on are fixed outside this file (bitnet.evaluate),
 so experiments that edit this file or model.py compare fairly. The printed val_bpb is only a
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 from model import BitNetLM  # model.py, next to this file: the architecture
 
-from bitnet.checkpoint import save_checkpoint
+from bitnet.checkpoint import CheckpointError, descent, load_checkpoint, save_checkpoint
 from bitnet.data import VOCAB_SIZE, get_batch, load_corpus
 from bitnet.evaluate import evaluate_bpb
 from bitnet.model import BitNetConfig
@@ -55,6 +57,7 @@ TIME_BUDGET = float(os.environ.get("MAGNET_TIME_BUDGET", "60"))
 FIXED_STEPS = int(os.environ["MAGNET_STEPS"]) if os.environ.get("MAGNET_STEPS") else None
 SEED = int(os.environ.get("MAGNET_SEED", "1337"))
 OUTPUT_DIR = Path(os.environ.get("MAGNET_OUTPUT_DIR", "out"))
+INIT_CHECKPOINT = os.environ.get("MAGNET_INIT_CHECKPOINT")
 
 torch.manual_seed(SEED)
 generator = torch.Generator().manual_seed(SEED)
@@ -64,19 +67,29 @@ corpus = load_corpus(CORPUS)
 print(f"corpus {CORPUS}: {len(corpus.train):,} train bytes, {len(corpus.val):,} val bytes")
 
 # --- model -------------------------------------------------------------------------------------
-config = BitNetConfig(
-    vocab_size=VOCAB_SIZE,
-    hidden_size=N_EMBD,
-    intermediate_size=MLP_RATIO * N_EMBD,
-    num_hidden_layers=N_LAYER,
-    num_attention_heads=N_HEAD,
-    num_key_value_heads=N_KV_HEAD,
-    max_position_embeddings=SEQ_LEN,
-    tie_word_embeddings=TIE_EMBEDDINGS,
-)
-model = BitNetLM(config)
+if INIT_CHECKPOINT:  # a specialist: the base's weights, and so its shapes and context length
+    try:
+        model = load_checkpoint(INIT_CHECKPOINT, BitNetLM)
+    except CheckpointError as err:
+        raise SystemExit(f"MAGNET_INIT_CHECKPOINT cannot start this model: {err}") from None
+    config, lineage = model.config, descent(INIT_CHECKPOINT)
+    SEQ_LEN = config.max_position_embeddings
+    print(f"starting from {INIT_CHECKPOINT} (base {lineage[0][:12]})")
+else:
+    config = BitNetConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=N_EMBD,
+        intermediate_size=MLP_RATIO * N_EMBD,
+        num_hidden_layers=N_LAYER,
+        num_attention_heads=N_HEAD,
+        num_key_value_heads=N_KV_HEAD,
+        max_position_embeddings=SEQ_LEN,
+        tie_word_embeddings=TIE_EMBEDDINGS,
+    )
+    model, lineage = BitNetLM(config), []
 n_params = model.num_parameters()
-print(f"model: {n_params:,} parameters, {N_LAYER} layers x {N_EMBD} wide")
+print(f"model: {n_params:,} parameters, {config.num_hidden_layers} layers x "
+      f"{config.hidden_size} wide")
 
 # --- optimiser: decay only the matrices, never norms or embeddings -----------------------------
 matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
@@ -137,7 +150,7 @@ train_seconds = time.perf_counter() - train_start
 
 # --- evaluation and report ---------------------------------------------------------------------
 val_bpb, val_bytes = evaluate_bpb(model, corpus.val, SEQ_LEN)
-save_checkpoint(model, OUTPUT_DIR)
+save_checkpoint(model, OUTPUT_DIR, lineage=lineage)
 metrics = {
     "val_bpb": round(val_bpb, 6),
     "train_loss": round(smoothed_loss or float("nan"), 6),
