@@ -1,0 +1,412 @@
+"""One DiLoCo replica group (one volunteer machine) on torchft, over gloo on CPU.
+
+The worker trains H inner AdamW steps (merge/inner.py) on its own corpus or shard, then
+torchft's `DiLoCo` asks the lighthouse for a quorum, all-reduces the pseudo-gradients of the
+replicas in it and steps the outer optimiser (merge/outer.py), after which every replica holds
+the same global weights. The arithmetic is the single-process reference's (merge/diloco.py).
+
+Fault tolerance is torchft's: a replica that dies drops out of the next quorum (the others wait
+at most the lighthouse's heartbeat timeout, then carry on; an outer step whose all-reduce broke
+is discarded and redone); a replica that joins, or comes back, behind the others is healed: at
+its first quorum it fetches model, inner and outer optimiser state from a live peer over HTTP.
+Each committed outer step is also written to `--out` (`state.pt` to resume, `checkpoint/` for
+everything else), so a restarted worker resumes from its own last step as well.
+
+Compression: torchft 0.2.0's `should_quantize` needs Triton (GPU); without it torchft silently
+sends fp32. `CompressingManager` does it on CPU instead: it encodes the flat pseudo-gradient
+(merge/compress.py), all-gathers the payloads over the same fault-tolerant process group and
+averages the decoded vectors in replica order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import torch
+
+from bitnet.checkpoint import descent, load_checkpoint, save_checkpoint
+from bitnet.data import load_corpus
+from bitnet.evaluate import evaluate_bpb
+from bitnet.model import BitNetConfig, BitNetLM
+from merge.compress import check_kind, decode, encode, payload_bytes
+from merge.inner import InnerConfig, fresh_model, inner_optimizer, train_steps
+from merge.outer import OUTER_LR, OUTER_MOMENTUM, outer_optimizer
+
+STATE_FILE = "state.pt"  # everything needed to resume (model, optimisers, step, data stream)
+CHECKPOINT_DIR = "checkpoint"  # the global weights as a normal checkpoint directory
+PROGRESS_FILE = "progress.jsonl"  # one JSON line per outer step
+LOG_FILE = "torchft.log"  # torchft's own log (tracebacks of peers that left go here)
+_STATE_FORMAT = 1
+
+
+class WorkerError(ValueError):
+    """Bad input or an unusable environment; the message says what to do, in one line."""
+
+
+@dataclass
+class WorkerOptions:
+    lighthouse: str  # http://HOST:PORT of `magnet-agent lighthouse`
+    corpus: str  # pycode | pyprose | text:PATH
+    out: Path
+    replica_id: str = ""  # default: <hostname>-<pid>
+    init: Path | None = None  # the common base checkpoint; None: fresh_model(config, seed)
+    inner_steps: int = 50
+    outer_steps: int = 100
+    outer_lr: float = OUTER_LR
+    outer_momentum: float = OUTER_MOMENTUM
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    seed: int = 1337  # model initialisation without --init (the same on every worker)
+    data_seed: int | None = None  # batch stream; default: seed + crc32(replica_id)
+    shard: tuple[int, int] = (0, 1)  # (k, n): the k-th of n contiguous slices of the corpus
+    compress: str = "none"
+    host: str | None = None  # address peers reach this worker at; default: the route to the LH
+    min_replicas: int = 1  # commit an outer step only with at least this many replicas
+    timeout: float = 60.0  # seconds for a collective, a commit vote or a heal
+    quorum_timeout: float = 1800.0  # seconds to wait for a quorum (peers may be mid-round)
+    threads: int | None = None  # torch threads; 1 gives run-to-run identical numbers
+    config: BitNetConfig = field(default_factory=BitNetConfig)  # shapes without --init
+
+
+@dataclass
+class StepReport:
+    """One outer step as the worker saw it (also a line of progress.jsonl)."""
+
+    step: int  # outer steps committed so far
+    committed: bool  # False: the step was discarded (a peer failed mid-sync) and is redone
+    replicas: int  # replica groups in this step's quorum
+    loss: float  # mean inner loss over the H steps
+    bytes_sent: int  # this worker's total so far
+    healed_from_peer: bool  # this step started by catching up from a live peer
+    seconds: float  # since the worker started
+
+
+# --- addresses -------------------------------------------------------------------------------
+
+
+def lighthouse_url(text: str) -> str:
+    """`HOST:PORT` or `http://HOST:PORT` as torchft's `http://HOST:PORT`."""
+    url = text if "://" in text else f"http://{text}"
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or port is None:
+        raise WorkerError(f"--lighthouse {text!r} is not HOST:PORT: pass e.g. "
+                          "http://10.0.0.5:29510 (what `magnet-agent lighthouse` prints)")
+    return f"http://{parts.netloc}"
+
+
+def reach_lighthouse(url: str, timeout: float = 5.0) -> str:
+    """Connect once to the lighthouse; returns this machine's address on the route to it."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+            return sock.getsockname()[0]
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise WorkerError(
+            f"cannot reach the lighthouse at {url} ({reason}): start it with `magnet-agent "
+            f"lighthouse --bind 0.0.0.0:{parts.port}` on {parts.hostname}, or fix --lighthouse"
+        ) from err
+
+
+def gloo_interface(address: str) -> str | None:
+    """The network interface that owns `address` (gloo listens on it), if any."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == address for a in addresses):
+            return name
+    return None
+
+
+# --- torchft pieces --------------------------------------------------------------------------
+
+
+def _torchft_classes(host: str):
+    """Import torchft (quietly) and build the two subclasses this worker needs."""
+    os.environ.setdefault("RUST_LOG", "warn")  # read when torchft's Rust half is imported
+    from torch.distributed.distributed_c10d import AllgatherOptions, ReduceOp
+    from torchft.checkpointing.http_transport import HTTPTransport
+    from torchft.manager import Manager
+
+    class AdvertisedHTTPTransport(HTTPTransport):
+        """torchft advertises `socket.gethostname()`, which peers on other machines may not
+        resolve; this serves checkpoints under the address peers reach the worker at."""
+
+        def address(self) -> str:
+            port = self._server.socket.getsockname()[1]
+            return f"http://{_url_host(host)}:{port}/checkpoint/"
+
+    class CompressingManager(Manager):
+        """A torchft Manager whose pseudo-gradient all-reduce can compress on CPU."""
+
+        compression = "none"
+        bytes_sent = 0
+        last_commit = False
+
+        def allreduce(self, tensor: torch.Tensor, should_quantize: bool = False,
+                      reduce_op: ReduceOp = ReduceOp.AVG):
+            self.bytes_sent += payload_bytes(tensor.numel(), self.compression)
+            if self.compression == "none" or not should_quantize:
+                return super().allreduce(tensor, reduce_op=reduce_op)
+            return self._compressed_mean(tensor, AllgatherOptions())
+
+        def _compressed_mean(self, tensor: torch.Tensor, opts):
+            """All-gather the encoded vectors, then mean of the decoded ones, in rank order.
+
+            Errors are reported to the manager as torchft's own all-reduce does: the outer
+            step is then not committed and is redone with the next quorum.
+            """
+            if self.errored():
+                return DoneWork(tensor)
+            self.wait_quorum()
+            if not self.is_participating():
+                tensor.zero_()
+            payload = encode(tensor, self.compression)
+            gathered = [torch.empty_like(payload) for _ in range(self._pg.size())]
+            try:
+                self._pg.allgather([gathered], [payload], opts).wait()
+            except Exception as err:  # noqa: BLE001 - any transport failure discards the step
+                self.report_error(err)
+                return DoneWork(tensor)
+            decoded = [decode(p, tensor.numel(), self.compression) for p in gathered]
+            total = decoded[0]
+            for vector in decoded[1:]:
+                total += vector
+            tensor.copy_(total / self.num_participants())
+            return DoneWork(tensor)
+
+        def should_commit(self, timeout: timedelta | None = None) -> bool:
+            self.last_commit = super().should_commit(timeout)
+            return self.last_commit
+
+    return AdvertisedHTTPTransport, CompressingManager
+
+
+class DoneWork(torch.distributed._Work):
+    """A finished collective (the compressed mean is computed synchronously)."""
+
+    def __init__(self, result: torch.Tensor) -> None:
+        super().__init__()
+        self._future: torch.futures.Future = torch.futures.Future()
+        self._future.set_result(result)
+
+    def wait(self, timeout: timedelta | None = None) -> bool:
+        return True
+
+    def get_future(self) -> torch.futures.Future:
+        return self._future
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+def check_options(opts: WorkerOptions) -> None:
+    """Refuse bad numbers before anything starts."""
+    check_kind(opts.compress)
+    for name in ("inner_steps", "outer_steps", "min_replicas"):
+        if getattr(opts, name) < 1:
+            raise WorkerError(f"--{name.replace('_', '-')} must be at least 1")
+    if opts.outer_lr <= 0:
+        raise WorkerError("--outer-lr must be positive")
+    if not 0 <= opts.outer_momentum < 1:
+        raise WorkerError("--outer-momentum must be in [0, 1)")
+    k, n = opts.shard
+    if not 0 <= k < n:
+        raise WorkerError(f"--shard {k}/{n}: use K/N with 0 <= K < N")
+    if opts.timeout <= 0 or opts.quorum_timeout <= 0:
+        raise WorkerError("--timeout and --quorum-timeout must be positive seconds")
+    if opts.threads is not None and opts.threads < 1:
+        raise WorkerError("--threads must be at least 1")
+
+
+def _base_model(opts: WorkerOptions) -> tuple[BitNetLM, list[str]]:
+    """The starting model and the lineage its checkpoints record (empty for a fresh model)."""
+    if opts.init is None:
+        context = max(opts.config.max_position_embeddings, opts.inner.seq_len)
+        return fresh_model(replace(opts.config, max_position_embeddings=context), opts.seed), []
+    model = load_checkpoint(opts.init)
+    if opts.inner.seq_len > model.config.max_position_embeddings:
+        raise WorkerError(f"--seq-len {opts.inner.seq_len} exceeds the {opts.init} model's "
+                          f"context of {model.config.max_position_embeddings}: lower --seq-len")
+    return model.train(), descent(opts.init)
+
+
+def _train_array(opts: WorkerOptions):
+    corpus = load_corpus(opts.corpus)
+    k, n = opts.shard
+    size = len(corpus.train) // n
+    train = corpus.train[k * size: (k + 1) * size]
+    if len(train) <= opts.inner.seq_len:
+        raise WorkerError(f"{opts.corpus} shard {k}/{n} has {len(train)} training bytes, fewer "
+                          f"than --seq-len {opts.inner.seq_len} + 1: use a larger corpus")
+    return corpus, train
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _quiet_torchft_logs(out: Path) -> None:
+    """torchft logs every failed peer with a traceback; keep that in a file, not the console."""
+    handler = logging.FileHandler(out / LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name in ("torchft", "torchft_quorums", "torchft_commits", "torchft_errors"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def run_worker(opts: WorkerOptions, report: Callable[[StepReport], None] | None = None,
+               status: Callable[[str], None] | None = None) -> dict:
+    """Train until `opts.outer_steps` outer steps are committed; returns a summary dict.
+
+    `report` gets every outer step, `status` short text about what the worker is waiting for.
+    Raises WorkerError, CorpusError or CheckpointError for bad input, RuntimeError when torchft
+    gives up (e.g. no quorum within --quorum-timeout).
+    """
+    check_options(opts)
+    say = status or (lambda _text: None)
+    start = time.perf_counter()
+    url = lighthouse_url(opts.lighthouse)
+    host = opts.host or reach_lighthouse(url)
+    if opts.host:
+        reach_lighthouse(url)
+    if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := gloo_interface(host)):
+        os.environ["GLOO_SOCKET_IFNAME"] = interface  # else gloo picks the hostname's address
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    replica_id = opts.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    data_seed = (opts.data_seed if opts.data_seed is not None
+                 else opts.seed + zlib.crc32(replica_id.encode()))
+
+    model, lineage = _base_model(opts)
+    corpus, train = _train_array(opts)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    _quiet_torchft_logs(opts.out)
+    optimizer = inner_optimizer(model, opts.inner)
+    outer = outer_optimizer(model.parameters(), lr=opts.outer_lr, momentum=opts.outer_momentum)
+    generator = torch.Generator().manual_seed(data_seed)
+    state_path = opts.out / STATE_FILE
+    resumed = torch.load(state_path, weights_only=False) if state_path.is_file() else None
+    if resumed is not None:
+        try:
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["inner_optimizer"])
+            outer.load_state_dict(resumed["outer_optimizer"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise WorkerError(f"{state_path} is from another model or version ({err}); "
+                              "use another --out or delete it") from err
+        generator.set_state(resumed["generator"])
+
+    say("connecting to the lighthouse")
+    from torch.distributed import TCPStore
+
+    transport_cls, manager_cls = _torchft_classes(host)
+    from torchft.local_sgd import DiLoCo
+    from torchft.process_group import ProcessGroupGloo
+
+    healed = {"flag": False}
+
+    def load_state(state: dict) -> None:  # called only when healing from a peer
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["inner_optimizer"])
+        healed["flag"] = True
+
+    def save_state() -> dict:
+        return {"model": model.state_dict(), "inner_optimizer": optimizer.state_dict()}
+
+    timeout = timedelta(seconds=opts.timeout)
+    store = TCPStore(host_name=host, port=0, is_master=True, wait_for_workers=False)
+    manager = manager_cls(
+        pg=ProcessGroupGloo(timeout=timeout),
+        load_state_dict=load_state,
+        state_dict=save_state,
+        min_replica_size=opts.min_replicas,
+        use_async_quorum=False,  # DiLoCo requires it: heal before the step, not during
+        timeout=timeout,
+        quorum_timeout=timedelta(seconds=opts.quorum_timeout),
+        connect_timeout=timedelta(seconds=min(opts.timeout, 30.0)),
+        rank=0,
+        world_size=1,  # one process per replica group (machine)
+        store_addr=host,
+        store_port=store.port,
+        lighthouse_addr=url,
+        replica_id=replica_id,
+        hostname=host,
+        checkpoint_transport=transport_cls(timeout=timeout, num_chunks=0),
+        init_sync=False,  # all start from the same base; only replicas behind are healed
+    )
+    manager.compression = opts.compress
+    if resumed is not None:
+        manager.load_state_dict({"step": resumed["step"],
+                                 "batches_committed": resumed["batches_committed"]})
+        manager.bytes_sent = resumed["bytes_sent"]
+
+    def save(report_line: StepReport) -> None:
+        _atomic_save({
+            "format": _STATE_FORMAT, "replica_id": replica_id, "step": manager.current_step(),
+            "batches_committed": manager.batches_committed(), "model": model.state_dict(),
+            "inner_optimizer": optimizer.state_dict(), "outer_optimizer": outer.state_dict(),
+            "generator": generator.get_state(), "bytes_sent": manager.bytes_sent,
+        }, state_path)
+        save_checkpoint(model, opts.out / CHECKPOINT_DIR, lineage=lineage)
+        with (opts.out / PROGRESS_FILE).open("a") as f:
+            f.write(json.dumps(asdict(report_line)) + "\n")
+
+    H = opts.inner_steps
+    try:
+        with DiLoCo(manager, [model], optimizer, outer, sync_every=H, pin_memory=False,
+                    use_bucketization=True,  # one collective of the flat vector per sync
+                    should_quantize=opts.compress != "none"):
+            while manager.current_step() < opts.outer_steps:
+                before = manager.current_step()
+                healed["flag"] = False
+
+                def inner_status(step: int, loss: float, before: int = before) -> None:
+                    done = step - before * H + 1
+                    say(f"outer {before + 1}/{opts.outer_steps} · inner {done}/{H} · "
+                        f"loss {loss:.3f}" + (" · syncing" if done == H else ""))
+
+                losses = train_steps(model, optimizer, train, generator, H, opts.inner,
+                                     first_step=before * H, on_step=inner_status)
+                line = StepReport(
+                    step=manager.current_step(), committed=manager.last_commit,
+                    replicas=manager.num_participants(), loss=sum(losses) / len(losses),
+                    bytes_sent=manager.bytes_sent, healed_from_peer=healed["flag"],
+                    seconds=round(time.perf_counter() - start, 3))
+                if line.committed:
+                    save(line)
+                if report is not None:
+                    report(line)
+    finally:
+        manager.shutdown(wait=False)
+        del store
+
+    model.eval()
+    val_bpb = (evaluate_bpb(model, corpus.val, opts.inner.seq_len)[0]
+               if len(corpus.val) > opts.inner.seq_len else None)
+    return {"replica_id": replica_id, "outer_steps": manager.current_step(),
+            "val_bpb": val_bpb, "bytes_sent": manager.bytes_sent,
+            "bytes_per_outer_step": payload_bytes(
+                sum(p.numel() for p in model.parameters()), opts.compress),
+            "checkpoint": str(opts.out / CHECKPOINT_DIR), "seconds": time.perf_counter() - start}
