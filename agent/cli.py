@@ -69,6 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
     _json(generate, "{text, prompt_tokens, new_tokens, tokens_per_s, ...}")
     _runs_dir(generate)
 
+    merge = commands.add_parser(
+        "merge", help="merge specialists of one base (linear, task arithmetic, TIES, DARE) and "
+                      "compare base, specialists and merge on each specialist's corpus")
+    merge.add_argument("--base", required=True, metavar="RUN|RUN:EXP|CHECKPOINT")
+    merge.add_argument("--specialist", action="append", required=True, metavar="REF",
+                       help="a specialist trained from the base (repeat for each)")
+    merge.add_argument("--method", choices=["linear", "task_arithmetic", "ties", "dare"],
+                       default="ties")
+    merge.add_argument("--corpus", action="append",
+                       help="each specialist's corpus, in order (default: what its checkpoint "
+                            "records)")
+    merge.add_argument("--weights", type=float, nargs="+", help="one weight per specialist")
+    merge.add_argument("--lam", type=float, help="task arithmetic, TIES, DARE: scale of the "
+                                                 "merged task vector (default 1)")
+    merge.add_argument("--density", type=float, help="TIES: fraction kept (default 0.5)")
+    merge.add_argument("--drop-rate", type=float, help="DARE: fraction dropped (default 0.5)")
+    merge.add_argument("--seed", type=int, help="DARE: seed of the drop masks (default 0)")
+    merge.add_argument("--sign-election", action="store_true", help="DARE: with TIES' signs")
+    merge.add_argument("--out", help="output directory (default runs/merge-METHOD-TIME/)")
+    _json(merge, "inputs, method, options, the merged checkpoint and the val_bpb table")
+    _runs_dir(merge)
+
     repl = commands.add_parser("repl", help="steer and review a run interactively")
     repl.add_argument("run", nargs="?",
                       help="run id or directory (default: the newest run), or a GOAL.md to "
@@ -133,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "run":
                 run_dir = start_run(args.goal, runs_dir=args.runs_dir, planner=args.planner,
                                     model=args.model, experiments=args.experiments,
-                                    unconfined=args.unconfined, init=args.init)
+                                    unconfined=args.unconfined)
             else:
                 run_dir = resume_run(args.run, runs_dir=args.runs_dir)
         except (GoalError, RunError, PlannerError, SandboxError) as err:
@@ -163,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     if args.command in ("export", "generate"):
         return inference(args)
+    if args.command == "merge":
+        return merge_specialists(args)
     if args.command in ("repl", "runs", "history", "show", "report"):
         return review(args)
     return 2
@@ -183,6 +207,21 @@ def inference(args: argparse.Namespace) -> int:
         return generate(args)
     except (RunError, CheckpointError, ValueError) as err:
         return fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+def merge_specialists(args: argparse.Namespace) -> int:
+    from agent.merge_command import merge_command, options_from_args
+    from agent.rundir import RunError
+    from bitnet.checkpoint import CheckpointError
+    from bitnet.data import CorpusError
+    from merge.methods import MergeError
+
+    try:
+        return merge_command(args.base, args.specialist, args.method, options_from_args(args),
+                             corpora=args.corpus, out=args.out, runs_dir=args.runs_dir,
+                             as_json=args.json)
+    except (RunError, CheckpointError, CorpusError, MergeError) as err:
+        return fail(str(err))
 
 
 def review(args: argparse.Namespace) -> int:

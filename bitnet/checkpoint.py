@@ -30,12 +30,13 @@ class CheckpointError(ValueError):
 
 
 def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32,
-              lineage: Sequence[str] = ()) -> dict:
+              lineage: Sequence[str] = (), corpus: str | None = None) -> dict:
     """The `config.json` transformers needs for BitNetForCausalLM with online quantisation.
 
     `magnet.lineage` lists the `checkpoint_hash` of the checkpoint training started from, then
     that one's lineage (empty for random weights); `magnet.base` is its first entry. Merges check
-    that their inputs descend from one base.
+    that their inputs descend from one base. `magnet.corpus` is what it was trained on (a
+    specialist is compared with others on that corpus's validation split).
     """
     return {
         "architectures": ["BitNetForCausalLM"],
@@ -65,7 +66,7 @@ def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32,
             "quantization_mode": "online",
         },
         "magnet": {"tokenizer": "bytes", "base": lineage[0] if lineage else None,
-                   "lineage": list(lineage)},
+                   "lineage": list(lineage), "corpus": corpus},
     }
 
 
@@ -78,9 +79,10 @@ def config_from_hf(data: dict) -> BitNetConfig:
 
 
 def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, *,
-                    lineage: Sequence[str] = ()) -> Path:
+                    lineage: Sequence[str] = (), corpus: str | None = None) -> Path:
     """Write config.json and model.safetensors atomically (a reader never sees half a file);
-    `lineage` is `descent(init)` when the model was trained from a checkpoint `init`."""
+    `lineage` is `descent(init)` when the model was trained from a checkpoint `init`, `corpus`
+    the spec of the corpus it was trained on."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -90,7 +92,7 @@ def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, *,
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
     os.replace(tmp_weights, out / WEIGHTS_FILE)
     tmp_config = out / (CONFIG_FILE + ".tmp")
-    config = hf_config(model.config, model.lm_head.weight.dtype, lineage)
+    config = hf_config(model.config, model.lm_head.weight.dtype, lineage, corpus)
     tmp_config.write_text(json.dumps(config, indent=2))
     os.replace(tmp_config, out / CONFIG_FILE)
     return out
@@ -139,18 +141,30 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_lineage(path: str | os.PathLike) -> list[str]:
-    """The hashes a checkpoint descends from, nearest first ([] for random weights)."""
+def _magnet_section(path: str | os.PathLike) -> dict:
     config_path = Path(path) / CONFIG_FILE
     try:
         magnet = json.loads(config_path.read_text()).get("magnet") or {}
     except (OSError, json.JSONDecodeError, AttributeError) as err:
         raise CheckpointError(f"{config_path} is unreadable ({err}): re-export the model") from err
-    lineage = magnet.get("lineage") or []
+    if not isinstance(magnet, dict):
+        raise CheckpointError(f"{config_path}: `magnet` is not an object; re-save the checkpoint")
+    return magnet
+
+
+def checkpoint_lineage(path: str | os.PathLike) -> list[str]:
+    """The hashes a checkpoint descends from, nearest first ([] for random weights)."""
+    lineage = _magnet_section(path).get("lineage") or []
     if not isinstance(lineage, list) or not all(isinstance(h, str) for h in lineage):
-        raise CheckpointError(f"{config_path}: magnet.lineage is not a list of hashes; "
-                              "re-save the checkpoint")
+        raise CheckpointError(f"{Path(path) / CONFIG_FILE}: magnet.lineage is not a list of "
+                              "hashes; re-save the checkpoint")
     return lineage
+
+
+def checkpoint_corpus(path: str | os.PathLike) -> str | None:
+    """The corpus spec a checkpoint was trained on, when it records one."""
+    corpus = _magnet_section(path).get("corpus")
+    return corpus if isinstance(corpus, str) else None
 
 
 def descent(init: str | os.PathLike) -> list[str]:

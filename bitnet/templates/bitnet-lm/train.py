@@ -150,7 +150,7 @@ train_seconds = time.perf_counter() - train_start
 
 # --- evaluation and report ---------------------------------------------------------------------
 val_bpb, val_bytes = evaluate_bpb(model, corpus.val, SEQ_LEN)
-save_checkpoint(model, OUTPUT_DIR, lineage=lineage)
+save_checkpoint(model, OUTPUT_DIR, lineage=lineage, corpus=CORPUS)
 metrics = {
     "val_bpb": round(val_bpb, 6),
     "train_loss": round(smoothed_loss or float("nan"), 6),

@@ -1,0 +1,130 @@
+"""`magnet-agent merge`: specialists of one base become one model, and a table says what it cost.
+
+Writes to the output directory (default `runs/merge-<method>-YYYYmmdd-HHMMSS/`):
+`checkpoint/` (the merged model, loadable by export, generate and `--init`), `merge.md` (inputs,
+method, options and the table), `merge.png` and `merge.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agent.checkpoint_ref import resolve_checkpoint
+from agent.rundir import RunError, runs_root
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def merge_command(base: str, specialists: list[str], method: str, options: dict[str, Any], *,
+                  corpora: list[str] | None = None, out: str | None = None,
+                  runs_dir: str | None = None, as_json: bool = False) -> int:
+    """Merge, evaluate, report. Raises RunError, MergeError, CheckpointError or CorpusError
+    (one line each) for inputs that cannot be merged or evaluated."""
+    from bitnet.checkpoint import load_checkpoint
+    from merge.specialists import check_common_base, merge_specialists
+    from merge.table import bpb_table
+
+    console = Console(stderr=as_json)
+    base_dir = resolve_checkpoint(base, runs_dir)
+    dirs = [resolve_checkpoint(ref, runs_dir) for ref in specialists]
+    inputs = check_common_base(base_dir, dirs)
+    corpora = _corpora(dirs, corpora)
+    out_dir = _out_dir(out, method, runs_dir)
+    console.print(f"[bold]merging[/] {len(dirs)} specialists of {base} by {method} → {out_dir}",
+                  soft_wrap=True)
+    merged = merge_specialists(inputs, method, out_dir / CHECKPOINT_DIR, options)
+
+    labels = ["base", *[f"specialist {i}" for i in range(1, len(dirs) + 1)], "merged"]
+    models = [load_checkpoint(base_dir), *map(load_checkpoint, dirs), merged]
+    columns = list(dict.fromkeys(corpora))
+    with Progress(TextColumn("evaluating {task.fields[cell]}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("", total=len(models) * len(columns), cell="")
+
+        def advance(model: str, corpus: str) -> None:
+            progress.update(task, advance=1, cell=f"{model} on {corpus}")
+
+        table = bpb_table(list(zip(labels, models, strict=True)), columns, on_cell=advance)
+
+    summary = {
+        "method": method, "options": options, "base": str(base_dir), "base_hash":
+        inputs.base_hash, "specialists": [{"ref": ref, "checkpoint": str(d), "corpus": c}
+                                          for ref, d, c in zip(specialists, dirs, corpora,
+                                                               strict=True)],
+        "checkpoint": str(out_dir / CHECKPOINT_DIR), "table": table.to_dict(),
+    }
+    (out_dir / "merge.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "merge.md").write_text(_markdown(summary, table.markdown()))
+    table.plot(out_dir / "merge.png", f"{method} merge of {len(dirs)} specialists")
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    view = Table(title=f"val_bpb: base, specialists and the {method} merge")
+    view.add_column("model")
+    for corpus in columns:
+        view.add_column(corpus, justify="right")
+    for name, row in zip(table.models, table.values, strict=True):
+        view.add_row(name, *[f"{v:.4f}" for v in row])
+    console.print(view)
+    for i, (ref, corpus) in enumerate(zip(specialists, corpora, strict=True), start=1):
+        console.print(f"specialist {i}: {ref} (trained on {corpus})", soft_wrap=True)
+    console.print(f"merged checkpoint: {out_dir / CHECKPOINT_DIR}\n"
+                  f"table: {out_dir / 'merge.md'}  plot: {out_dir / 'merge.png'}", soft_wrap=True)
+    return 0
+
+
+def _corpora(dirs: list[Path], given: list[str] | None) -> list[str]:
+    """Each specialist's corpus: `--corpus` in the order of the specialists, else the one its
+    checkpoint records."""
+    from bitnet.checkpoint import checkpoint_corpus
+
+    if given:
+        if len(given) != len(dirs):
+            raise RunError(f"{len(given)} --corpus for {len(dirs)} specialists: give one per "
+                           "specialist, in the same order, or none")
+        return list(given)
+    found = []
+    for directory in dirs:
+        corpus = checkpoint_corpus(directory)
+        if corpus is None:
+            raise RunError(f"{directory} records no training corpus: pass --corpus for each "
+                           "specialist")
+        found.append(corpus)
+    return found
+
+
+def _out_dir(out: str | None, method: str, runs_dir: str | None) -> Path:
+    path = Path(out) if out else (
+        runs_root(runs_dir) / f"merge-{method}-{datetime.now():%Y%m%d-%H%M%S}")
+    if path.exists() and any(path.iterdir()):
+        raise RunError(f"{path} is not empty: choose a new --out (nothing is overwritten)")
+    return path.resolve()  # made when the merged checkpoint is saved: a refusal leaves nothing
+
+
+def _markdown(summary: dict[str, Any], table: str) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in summary["options"].items()) or "defaults"
+    inputs = "\n".join(f"- specialist {i}: `{s['ref']}` (`{s['checkpoint']}`), trained on "
+                       f"`{s['corpus']}`" for i, s in enumerate(summary["specialists"], start=1))
+    return (f"# Merge: {summary['method']} ({options})\n\n"
+            f"- base: `{summary['base']}` (sha256 {summary['base_hash'][:16]}…)\n{inputs}\n"
+            f"- merged checkpoint: `{summary['checkpoint']}`\n\n"
+            f"val_bpb on each specialist's validation split (lower is better; best in bold):\n\n"
+            f"{table}\n![merge](merge.png)\n")
+
+
+OPTIONS = ("weights", "lam", "density", "drop_rate", "seed", "sign_election")
+
+
+def options_from_args(args: Any) -> dict[str, Any]:
+    """The method's keyword arguments from the command line: only those given, so an option
+    the method does not take is refused by name (merge.methods checks the values)."""
+    return {name: getattr(args, name) for name in OPTIONS
+            if getattr(args, name) not in (None, False)}
