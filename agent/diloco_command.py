@@ -217,7 +217,8 @@ def diloco(args: argparse.Namespace) -> int:
                   f"checkpoints in {opts.out}", markup=False, soft_wrap=True)
     try:
         with console.status("starting", spinner="dots") as spinner:
-            summary = run_worker(opts, report, lambda text: spinner.update(text))
+            summary = run_worker(opts, report, lambda text: spinner.update(text),
+                                 lambda text: console.print(text, markup=False, soft_wrap=True))
     except (WorkerError, CorpusError, CheckpointError) as err:
         return fail(str(err).splitlines()[0])
     except KeyboardInterrupt:

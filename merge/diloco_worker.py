@@ -276,64 +276,63 @@ def _quiet_torchft_logs(out: Path) -> None:
         logger.propagate = False
 
 
-def run_worker(opts: WorkerOptions, report: Callable[[StepReport], None] | None = None,
-               status: Callable[[str], None] | None = None) -> dict:
-    """Train until `opts.outer_steps` outer steps are committed; returns a summary dict.
+@dataclass
+class _Local:
+    """What a worker holds before it talks to anyone."""
 
-    `report` gets every outer step, `status` short text about what the worker is waiting for.
-    Raises WorkerError, CorpusError or CheckpointError for bad input, RuntimeError when torchft
-    gives up (e.g. no quorum within --quorum-timeout).
-    """
-    check_options(opts)
-    say = status or (lambda _text: None)
-    start = time.perf_counter()
-    url = lighthouse_url(opts.lighthouse)
-    host = opts.host or reach_lighthouse(url)
-    if opts.host:
-        reach_lighthouse(url)
-    if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := gloo_interface(host)):
-        os.environ["GLOO_SOCKET_IFNAME"] = interface  # else gloo picks the hostname's address
+    model: BitNetLM
+    lineage: list[str]
+    corpus: object  # bitnet.data.Corpus (its .val scores the end result)
+    train: object  # this worker's uint8 training array
+    optimizer: torch.optim.Optimizer
+    outer: torch.optim.Optimizer
+    generator: torch.Generator
+    resumed: dict | None  # the state.pt this worker resumes from
+
+
+def _prepare(opts: WorkerOptions, replica_id: str) -> _Local:
+    """Model, data, optimisers and batch stream; from `--out`'s state.pt when there is one."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    replica_id = opts.replica_id or f"{socket.gethostname()}-{os.getpid()}"
-    data_seed = (opts.data_seed if opts.data_seed is not None
-                 else opts.seed + zlib.crc32(replica_id.encode()))
-
     model, lineage = _base_model(opts)
     corpus, train = _train_array(opts)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    _quiet_torchft_logs(opts.out)
     optimizer = inner_optimizer(model, opts.inner)
     outer = outer_optimizer(model.parameters(), lr=opts.outer_lr, momentum=opts.outer_momentum)
+    data_seed = (opts.data_seed if opts.data_seed is not None
+                 else opts.seed + zlib.crc32(replica_id.encode()))
     generator = torch.Generator().manual_seed(data_seed)
     state_path = opts.out / STATE_FILE
-    resumed = torch.load(state_path, weights_only=False) if state_path.is_file() else None
-    if resumed is not None:
+    resumed = None
+    if state_path.is_file():
         try:
+            resumed = torch.load(state_path, weights_only=False)
             model.load_state_dict(resumed["model"])
             optimizer.load_state_dict(resumed["inner_optimizer"])
             outer.load_state_dict(resumed["outer_optimizer"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise WorkerError(f"{state_path} is from another model or version ({err}); "
-                              "use another --out or delete it") from err
-        generator.set_state(resumed["generator"])
+            generator.set_state(resumed["generator"])
+        except Exception as err:  # noqa: BLE001 - unpickling can fail in many ways
+            raise WorkerError(f"cannot resume from {state_path} ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}): it is from "
+                              "another model or damaged; use another --out or delete it") from err
+    return _Local(model, lineage, corpus, train, optimizer, outer, generator, resumed)
 
-    say("connecting to the lighthouse")
+
+def _manager(opts: WorkerOptions, local: _Local, replica_id: str, url: str, host: str,
+             healed: list[bool]):
+    """torchft's Manager for a one-process replica group; returns (manager, its TCPStore)."""
     from torch.distributed import TCPStore
-
-    transport_cls, manager_cls = _torchft_classes(host)
-    from torchft.local_sgd import DiLoCo
     from torchft.process_group import ProcessGroupGloo
 
-    healed = {"flag": False}
+    transport_cls, manager_cls = _torchft_classes(host)
 
-    def load_state(state: dict) -> None:  # called only when healing from a peer
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["inner_optimizer"])
-        healed["flag"] = True
+    def load_state(state: dict) -> None:  # torchft calls it only to heal from a peer
+        local.model.load_state_dict(state["model"])
+        local.optimizer.load_state_dict(state["inner_optimizer"])
+        healed[0] = True
 
-    def save_state() -> dict:
-        return {"model": model.state_dict(), "inner_optimizer": optimizer.state_dict()}
+    def save_state() -> dict:  # what a peer that heals from this worker receives
+        return {"model": local.model.state_dict(),
+                "inner_optimizer": local.optimizer.state_dict()}
 
     timeout = timedelta(seconds=opts.timeout)
     store = TCPStore(host_name=host, port=0, is_master=True, wait_for_workers=False)
@@ -357,56 +356,96 @@ def run_worker(opts: WorkerOptions, report: Callable[[StepReport], None] | None 
         init_sync=False,  # all start from the same base; only replicas behind are healed
     )
     manager.compression = opts.compress
-    if resumed is not None:
-        manager.load_state_dict({"step": resumed["step"],
-                                 "batches_committed": resumed["batches_committed"]})
-        manager.bytes_sent = resumed["bytes_sent"]
+    if local.resumed is not None:
+        manager.load_state_dict({"step": local.resumed["step"],
+                                 "batches_committed": local.resumed["batches_committed"]})
+        manager.bytes_sent = local.resumed["bytes_sent"]
+    return manager, store
 
-    def save(report_line: StepReport) -> None:
-        _atomic_save({
-            "format": _STATE_FORMAT, "replica_id": replica_id, "step": manager.current_step(),
-            "batches_committed": manager.batches_committed(), "model": model.state_dict(),
-            "inner_optimizer": optimizer.state_dict(), "outer_optimizer": outer.state_dict(),
-            "generator": generator.get_state(), "bytes_sent": manager.bytes_sent,
-        }, state_path)
-        save_checkpoint(model, opts.out / CHECKPOINT_DIR, lineage=lineage)
-        with (opts.out / PROGRESS_FILE).open("a") as f:
-            f.write(json.dumps(asdict(report_line)) + "\n")
+
+def _save(opts: WorkerOptions, local: _Local, manager, line: StepReport, replica_id: str
+          ) -> None:
+    """Write the committed outer step: state.pt (resume), checkpoint/ and a progress line."""
+    _atomic_save({
+        "format": _STATE_FORMAT, "replica_id": replica_id, "step": manager.current_step(),
+        "batches_committed": manager.batches_committed(), "model": local.model.state_dict(),
+        "inner_optimizer": local.optimizer.state_dict(),
+        "outer_optimizer": local.outer.state_dict(), "generator": local.generator.get_state(),
+        "bytes_sent": manager.bytes_sent,
+    }, opts.out / STATE_FILE)
+    save_checkpoint(local.model, opts.out / CHECKPOINT_DIR, lineage=local.lineage)
+    with (opts.out / PROGRESS_FILE).open("a") as f:
+        f.write(json.dumps(asdict(line)) + "\n")
+
+
+def run_worker(opts: WorkerOptions, report: Callable[[StepReport], None] | None = None,
+               status: Callable[[str], None] | None = None,
+               notice: Callable[[str], None] | None = None) -> dict:
+    """Train until `opts.outer_steps` outer steps are committed; returns a summary dict.
+
+    `report` gets every outer step, `status` short text on what the worker is doing now,
+    `notice` lines worth keeping (resuming, the address peers use). Raises WorkerError,
+    CorpusError or CheckpointError for bad input (checked before anything connects), and
+    RuntimeError when torchft gives up (e.g. no quorum within --quorum-timeout).
+    """
+    check_options(opts)
+    say = status or (lambda _text: None)
+    tell = notice or (lambda _text: None)
+    start = time.perf_counter()
+    url = lighthouse_url(opts.lighthouse)
+    replica_id = opts.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    local = _prepare(opts, replica_id)
+    if local.resumed is not None:
+        tell(f"resuming from outer step {local.resumed['step']} ({opts.out / STATE_FILE})")
+    say(f"connecting to the lighthouse at {url}")
+    route = reach_lighthouse(url)
+    host = opts.host or route
+    if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := gloo_interface(host)):
+        os.environ["GLOO_SOCKET_IFNAME"] = interface  # else gloo picks the hostname's address
+    opts.out.mkdir(parents=True, exist_ok=True)
+    _quiet_torchft_logs(opts.out)
+    healed = [False]
+    manager, store = _manager(opts, local, replica_id, url, host, healed)
+    tell(f"lighthouse {url} reached; peers reach this worker at {host}")
+    from torchft.local_sgd import DiLoCo
 
     H = opts.inner_steps
     try:
-        with DiLoCo(manager, [model], optimizer, outer, sync_every=H, pin_memory=False,
-                    use_bucketization=True,  # one collective of the flat vector per sync
+        with DiLoCo(manager, [local.model], local.optimizer, local.outer, sync_every=H,
+                    pin_memory=False, use_bucketization=True,  # one collective per sync
                     should_quantize=opts.compress != "none"):
             while manager.current_step() < opts.outer_steps:
                 before = manager.current_step()
-                healed["flag"] = False
+                healed[0] = False
 
                 def inner_status(step: int, loss: float, before: int = before) -> None:
                     done = step - before * H + 1
                     say(f"outer {before + 1}/{opts.outer_steps} · inner {done}/{H} · "
-                        f"loss {loss:.3f}" + (" · syncing" if done == H else ""))
+                        f"loss {loss:.3f}" + (" · waiting for the quorum" if done == H else ""))
 
-                losses = train_steps(model, optimizer, train, generator, H, opts.inner,
-                                     first_step=before * H, on_step=inner_status)
+                # the H-th optimizer.step() runs torchft's sync: quorum, heal, all-reduce, outer
+                losses = train_steps(local.model, local.optimizer, local.train, local.generator,
+                                     H, opts.inner, first_step=before * H, on_step=inner_status)
                 line = StepReport(
                     step=manager.current_step(), committed=manager.last_commit,
                     replicas=manager.num_participants(), loss=sum(losses) / len(losses),
-                    bytes_sent=manager.bytes_sent, healed_from_peer=healed["flag"],
+                    bytes_sent=manager.bytes_sent, healed_from_peer=healed[0],
                     seconds=round(time.perf_counter() - start, 3))
                 if line.committed:
-                    save(line)
+                    _save(opts, local, manager, line, replica_id)
                 if report is not None:
                     report(line)
     finally:
         manager.shutdown(wait=False)
         del store
 
-    model.eval()
-    val_bpb = (evaluate_bpb(model, corpus.val, opts.inner.seq_len)[0]
-               if len(corpus.val) > opts.inner.seq_len else None)
-    return {"replica_id": replica_id, "outer_steps": manager.current_step(),
-            "val_bpb": val_bpb, "bytes_sent": manager.bytes_sent,
+    say("scoring the final model")
+    val = local.corpus.val
+    val_bpb = (evaluate_bpb(local.model, val, opts.inner.seq_len)[0]
+               if len(val) > opts.inner.seq_len else None)
+    return {"replica_id": replica_id, "outer_steps": manager.current_step(), "val_bpb": val_bpb,
+            "bytes_sent": manager.bytes_sent,
             "bytes_per_outer_step": payload_bytes(
-                sum(p.numel() for p in model.parameters()), opts.compress),
-            "checkpoint": str(opts.out / CHECKPOINT_DIR), "seconds": time.perf_counter() - start}
+                sum(p.numel() for p in local.model.parameters()), opts.compress),
+            "checkpoint": str(opts.out / CHECKPOINT_DIR),
+            "seconds": time.perf_counter() - start}
