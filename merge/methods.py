@@ -1,19 +1,22 @@
 """Merging models that share a base, tensor by tensor, over the fp32 latent weights.
 
-The maths follows mergekit's definitions (linear.py, generalized_task_arithmetic.py,
-sparsify.py), so a merge here gives the tensors mergekit would (bench/mergekit_check.py checks
-it). Every method but `linear` works on task vectors tau_i = model_i - base:
+The maths is mergekit 0.1.5's (linear.py, generalized_task_arithmetic.py, sparsify.py) with its
+defaults, so a merge here gives the tensors mergekit gives (bench/mergekit_check.py compares
+them: linear, task arithmetic and TIES agree to float rounding), except DARE's rescale, which
+is the paper's. Every method but `linear` works on task vectors tau_i = model_i - base:
 
-    merged = base + lam * sum_i(w_i * m_i * tau_i') / sum_i(w_i * m_i)
+    merged = base + lam * sum_i(w_i * m_i * tau_i')          (task arithmetic, DARE)
+    merged = base + lam * sum_i(w_i * m_i * tau_i') / sum_i(w_i * m_i)        (TIES)
 
-- task arithmetic: tau_i' = tau_i, m_i = 1.
-- TIES: tau_i' keeps the `density` fraction of tau_i's largest magnitudes (per tensor), and
-  m_i = 1 where tau_i' has the elected sign (the sign of sum_i w_i tau_i'), else 0.
-- DARE: tau_i' drops each element with probability `drop_rate` and scales the survivors by
-  1 / (1 - drop_rate); with `sign_election` it takes TIES' sign mask as well (dare_ties).
-The division by the weights (mergekit's `normalize`, on by default) makes equal weights a mean,
-so task arithmetic with lam 1 is the uniform merge a DiLoCo outer step with lr 1 and no momentum
-lands on. The checkpoint keeps latent weights: BitLinear re-quantises them to ternary on load.
+- task arithmetic (Ilharco et al., 2023): tau_i' = tau_i, m_i = 1. With lam = 1/n and equal
+  weights it is the uniform merge, where a DiLoCo outer step with lr 1 and no momentum lands.
+- TIES (Yadav et al., 2023): tau_i' keeps the `density` fraction of tau_i's largest magnitudes
+  (per tensor, at least one), and m_i = 1 where w_i tau_i' has the elected sign (the sign of
+  sum_i w_i tau_i'), else 0.
+- DARE (Yu et al., 2023): tau_i' drops each element with probability `drop_rate` and scales
+  the survivors by 1 / (1 - drop_rate), as the paper does (mergekit instead restores each
+  tensor's L1 norm); with `sign_election`, TIES' sign mask too (mergekit's dare_ties).
+The checkpoint keeps latent weights: BitLinear re-quantises them to ternary when it runs.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ def linear(models: Sequence[Mapping[str, torch.Tensor]],
 
 def task_arithmetic(base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.Tensor]],
                     lam: float = 1.0, weights: Sequence[float] | None = None) -> StateDict:
-    """base + lam * (weighted mean of the task vectors)."""
-    return _combine(base, models, lam, weights, sparsify=None, elect_sign=False)
+    """base + lam * (weighted sum of the task vectors)."""
+    return _combine(base, models, lam, weights, sparsify=None, elect_sign=False,
+                    normalize=False)
 
 
 def ties(base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.Tensor]],
@@ -56,7 +60,7 @@ def ties(base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.T
     def trim(delta: torch.Tensor) -> torch.Tensor:
         return _keep_largest(delta, density)
 
-    return _combine(base, models, lam, weights, sparsify=trim, elect_sign=True)
+    return _combine(base, models, lam, weights, sparsify=trim, elect_sign=True, normalize=True)
 
 
 def dare(base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.Tensor]],
@@ -72,7 +76,8 @@ def dare(base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.T
         mask = torch.rand(delta.shape, generator=generator) < keep
         return delta * mask / keep
 
-    return _combine(base, models, lam, weights, sparsify=drop, elect_sign=sign_election)
+    return _combine(base, models, lam, weights, sparsify=drop, elect_sign=sign_election,
+                    normalize=False)
 
 
 def merge(method: str, base: Mapping[str, torch.Tensor],
@@ -86,7 +91,7 @@ def merge(method: str, base: Mapping[str, torch.Tensor],
     return functions[method](base, models, **options)
 
 
-def _combine(base, models, lam, weights, *, sparsify, elect_sign) -> StateDict:
+def _combine(base, models, lam, weights, *, sparsify, elect_sign, normalize) -> StateDict:
     w = _weights(weights, len(models))
     _check_same_tensors([base, *models])
     merged = {}
@@ -97,13 +102,13 @@ def _combine(base, models, lam, weights, *, sparsify, elect_sign) -> StateDict:
             deltas = torch.stack([sparsify(d) for d in deltas])
         scale = torch.tensor(w, dtype=torch.float32).view(-1, *[1] * origin.dim())
         weighted = deltas * scale
-        if elect_sign:
-            mask = (weighted.sign() == _elected_sign(weighted)).float()
-            total, divisor = (weighted * mask).sum(0), (scale * mask).sum(0)
+        mask = (weighted.sign() == _elected_sign(weighted)).float() if elect_sign else None
+        total = (weighted * mask).sum(0) if mask is not None else weighted.sum(0)
+        if normalize:
+            divisor = (scale * mask).sum(0) if mask is not None else scale.sum(0)
             divisor[divisor == 0] = 1.0  # no model agrees: the sum is zero anyway
-        else:
-            total, divisor = weighted.sum(0), scale.sum(0)
-        merged[name] = _cast(origin + lam * total / divisor, base_tensor)
+            total = total / divisor
+        merged[name] = _cast(origin + lam * total, base_tensor)
     return merged
 
 
@@ -113,14 +118,13 @@ def _elected_sign(weighted: torch.Tensor) -> torch.Tensor:
 
 
 def _keep_largest(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """delta with all but its int(density * numel) largest magnitudes zeroed."""
-    k = int(density * delta.numel())
+    """delta with all but its max(1, int(density * numel)) largest magnitudes zeroed."""
+    k = max(1, int(density * delta.numel()))
     if k >= delta.numel():
         return delta
     flat = delta.flatten()
     mask = torch.zeros_like(flat)
-    if k > 0:
-        mask[flat.abs().topk(k).indices] = 1.0
+    mask[flat.abs().topk(k).indices] = 1.0
     return (flat * mask).view_as(delta)
 
 

@@ -20,11 +20,14 @@ def test_linear_is_the_weighted_mean():
     assert torch.allclose(out["b"], torch.tensor([0.5]))
 
 
-def test_task_arithmetic_scales_the_mean_task_vector():
+def test_task_arithmetic_adds_the_scaled_sum_of_task_vectors():
     out = task_arithmetic(BASE, [A, B], lam=2.0)
-    # tau mean w = [2, -0.5, 0.2, 0]; b: taus 1 and -1 -> 0
-    assert torch.allclose(out["w"], torch.tensor([4.0, -1.0, 0.4, 0.0]))
+    # tau sum w = [4, -1, 0.4, 0]; b: taus 1 and -1 -> 0
+    assert torch.allclose(out["w"], torch.tensor([8.0, -2.0, 0.8, 0.0]))
     assert torch.allclose(out["b"], torch.tensor([1.0]))
+    weighted = task_arithmetic(BASE, [A, B], lam=0.5, weights=[1.0, 3.0])
+    # (1*[1,-2,.5,0] + 3*[3,1,-.1,0]) / 2 = [5, 0.5, 0.1, 0]
+    assert torch.allclose(weighted["w"], torch.tensor([5.0, 0.5, 0.1, 0.0]))
 
 
 def test_ties_trims_elects_signs_and_averages_the_agreeing():
@@ -33,7 +36,7 @@ def test_ties_trims_elects_signs_and_averages_the_agreeing():
     b = {"w": torch.tensor([2.0, 1.0, -5.0, -1.0])}
     c = {"w": torch.tensor([-1.0, 2.0, 0.2, 3.0])}
     out = ties(base, [a, b, c], density=0.5)
-    # trimmed to the 2 largest |x|: a [4,-3,0,0]  b [2,0,-5,0]  c [0,2,0,3]
+    # trimmed to the 2 largest |x| (at least 1): a [4,-3,0,0]  b [2,0,-5,0]  c [0,2,0,3]
     # elected sign of the sums [6,-1,-5,3]: + - - +
     # agreeing values: pos0 {4,2} -> 3; pos1 {-3} -> -3; pos2 {-5} -> -5; pos3 {3} -> 3
     assert torch.allclose(out["w"], torch.tensor([3.0, -3.0, -5.0, 3.0]))
@@ -59,6 +62,11 @@ def test_dare_drops_at_the_rate_rescales_and_repeats_with_its_seed():
     assert not torch.equal(out["w"], dare(base, [a], drop_rate=0.75, seed=4)["w"])
 
 
+def test_ties_keeps_at_least_one_value_per_tensor():
+    out = ties({"w": torch.zeros(4)}, [{"w": torch.tensor([0.1, -3.0, 0.2, 0.0])}], density=0.1)
+    assert torch.equal(out["w"], torch.tensor([0.0, -3.0, 0.0, 0.0]))
+
+
 def test_dare_with_no_drop_is_task_arithmetic():
     out = dare(BASE, [A, B], drop_rate=0.0, lam=0.5)
     expected = task_arithmetic(BASE, [A, B], lam=0.5)
@@ -70,7 +78,7 @@ def test_dare_sign_election_drops_the_disagreeing():
     a = {"w": torch.tensor([2.0, 1.0])}
     b = {"w": torch.tensor([-1.0, 1.0])}
     out = dare(base, [a, b], drop_rate=0.0, sign_election=True)
-    assert torch.allclose(out["w"], torch.tensor([2.0, 1.0]))  # -1 loses the election
+    assert torch.allclose(out["w"], torch.tensor([2.0, 2.0]))  # -1 loses the election; a sum
 
 
 def test_outer_step_with_lr_1_and_no_momentum_is_the_uniform_task_arithmetic_merge():
@@ -79,7 +87,7 @@ def test_outer_step_with_lr_1_and_no_momentum_is_the_uniform_task_arithmetic_mer
     workers = [{k: v + torch.randn_like(v) for k, v in base.items()} for _ in range(3)]
     outer = OuterStep(base, lr=1.0, momentum=0.0)
     stepped = outer.step(workers)
-    merged = task_arithmetic(base, workers)
+    merged = task_arithmetic(base, workers, lam=1 / 3)
     for name in base:
         torch.testing.assert_close(stepped[name], merged[name], rtol=0, atol=1e-6)
 
