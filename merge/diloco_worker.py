@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -136,7 +137,6 @@ def gloo_interface(address: str) -> str | None:
 
 def _torchft_classes(host: str):
     """Import torchft (quietly) and build the two subclasses this worker needs."""
-    os.environ.setdefault("RUST_LOG", "warn")  # read when torchft's Rust half is imported
     from torch.distributed.distributed_c10d import AllgatherOptions, ReduceOp
     from torchft.checkpointing.http_transport import HTTPTransport
     from torchft.manager import Manager
@@ -320,6 +320,9 @@ def _prepare(opts: WorkerOptions, replica_id: str) -> _Local:
 def _manager(opts: WorkerOptions, local: _Local, replica_id: str, url: str, host: str,
              healed: list[bool]):
     """torchft's Manager for a one-process replica group; returns (manager, its TCPStore)."""
+    os.environ.setdefault("RUST_LOG", "warn")  # read once, when torchft's Rust half is imported
+    # torchft loads a healing checkpoint from a read-only buffer and only reads it
+    warnings.filterwarnings("ignore", message="The given buffer is not writable")
     from torch.distributed import TCPStore
     from torchft.process_group import ProcessGroupGloo
 
