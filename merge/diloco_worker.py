@@ -20,6 +20,7 @@ averages the decoded vectors in replica order.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -27,7 +28,8 @@ import socket
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -41,12 +43,14 @@ from bitnet.evaluate import evaluate_bpb
 from bitnet.model import BitNetConfig, BitNetLM
 from merge.compress import check_kind, decode, encode, payload_bytes
 from merge.inner import InnerConfig, fresh_model, inner_optimizer, train_steps
+from merge.lighthouse import TORCHFT_INSTALL
 from merge.outer import OUTER_LR, OUTER_MOMENTUM, outer_optimizer
 
 STATE_FILE = "state.pt"  # everything needed to resume (model, optimisers, step, data stream)
 CHECKPOINT_DIR = "checkpoint"  # the global weights as a normal checkpoint directory
 PROGRESS_FILE = "progress.jsonl"  # one JSON line per outer step
 LOG_FILE = "torchft.log"  # torchft's own log (tracebacks of peers that left go here)
+LOCK_FILE = ".lock"  # held while a worker uses the directory
 _STATE_FORMAT = 1
 
 
@@ -59,7 +63,7 @@ class WorkerOptions:
     lighthouse: str  # http://HOST:PORT of `magnet-agent lighthouse`
     corpus: str  # pycode | pyprose | text:PATH
     out: Path
-    replica_id: str = ""  # default: <hostname>-<pid>
+    replica_id: str = ""  # default: the hostname
     init: Path | None = None  # the common base checkpoint; None: fresh_model(config, seed)
     inner_steps: int = 50
     outer_steps: int = 100
@@ -133,6 +137,13 @@ def gloo_interface(address: str) -> str | None:
 
 
 # --- torchft pieces --------------------------------------------------------------------------
+
+def require_torchft() -> None:
+    """torchft is installed apart from the package's dependencies (see the Makefile)."""
+    try:
+        import torchft  # noqa: F401
+    except ImportError as err:
+        raise WorkerError(f"torchft is not installed ({err}): {TORCHFT_INSTALL}") from err
 
 
 def _torchft_classes(host: str):
@@ -324,6 +335,8 @@ def _manager(opts: WorkerOptions, local: _Local, replica_id: str, url: str, host
     # torchft loads a healing checkpoint from a read-only buffer and only reads it
     warnings.filterwarnings("ignore", message="The given buffer is not writable")
     from torch.distributed import TCPStore
+
+    require_torchft()
     from torchft.process_group import ProcessGroupGloo
 
     transport_cls, manager_cls = _torchft_classes(host)
@@ -381,6 +394,19 @@ def _save(opts: WorkerOptions, local: _Local, manager, line: StepReport, replica
         f.write(json.dumps(asdict(line)) + "\n")
 
 
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold `out` for this worker alone: two workers writing one state.pt would corrupt it."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise WorkerError(f"{out} is in use by another worker: give each worker its own "
+                              "--out (or --replica-id)") from err
+        yield
+
+
 def run_worker(opts: WorkerOptions, report: Callable[[StepReport], None] | None = None,
                status: Callable[[str], None] | None = None,
                notice: Callable[[str], None] | None = None) -> dict:
@@ -396,51 +422,25 @@ def run_worker(opts: WorkerOptions, report: Callable[[StepReport], None] | None 
     tell = notice or (lambda _text: None)
     start = time.perf_counter()
     url = lighthouse_url(opts.lighthouse)
-    replica_id = opts.replica_id or f"{socket.gethostname()}-{os.getpid()}"
-    local = _prepare(opts, replica_id)
-    if local.resumed is not None:
-        tell(f"resuming from outer step {local.resumed['step']} ({opts.out / STATE_FILE})")
-    say(f"connecting to the lighthouse at {url}")
-    route = reach_lighthouse(url)
-    host = opts.host or route
-    if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := gloo_interface(host)):
-        os.environ["GLOO_SOCKET_IFNAME"] = interface  # else gloo picks the hostname's address
-    opts.out.mkdir(parents=True, exist_ok=True)
-    _quiet_torchft_logs(opts.out)
-    healed = [False]
-    manager, store = _manager(opts, local, replica_id, url, host, healed)
-    tell(f"lighthouse {url} reached; peers reach this worker at {host}")
-    from torchft.local_sgd import DiLoCo
-
-    H = opts.inner_steps
-    try:
-        with DiLoCo(manager, [local.model], local.optimizer, local.outer, sync_every=H,
-                    pin_memory=False, use_bucketization=True,  # one collective per sync
-                    should_quantize=opts.compress != "none"):
-            while manager.current_step() < opts.outer_steps:
-                before = manager.current_step()
-                healed[0] = False
-
-                def inner_status(step: int, loss: float, before: int = before) -> None:
-                    done = step - before * H + 1
-                    say(f"outer {before + 1}/{opts.outer_steps} · inner {done}/{H} · "
-                        f"loss {loss:.3f}" + (" · waiting for the quorum" if done == H else ""))
-
-                # the H-th optimizer.step() runs torchft's sync: quorum, heal, all-reduce, outer
-                losses = train_steps(local.model, local.optimizer, local.train, local.generator,
-                                     H, opts.inner, first_step=before * H, on_step=inner_status)
-                line = StepReport(
-                    step=manager.current_step(), committed=manager.last_commit,
-                    replicas=manager.num_participants(), loss=sum(losses) / len(losses),
-                    bytes_sent=manager.bytes_sent, healed_from_peer=healed[0],
-                    seconds=round(time.perf_counter() - start, 3))
-                if line.committed:
-                    _save(opts, local, manager, line, replica_id)
-                if report is not None:
-                    report(line)
-    finally:
-        manager.shutdown(wait=False)
-        del store
+    replica_id = opts.replica_id or socket.gethostname()
+    with _exclusive(opts.out):
+        local = _prepare(opts, replica_id)
+        if local.resumed is not None:
+            tell(f"resuming from outer step {local.resumed['step']} ({opts.out / STATE_FILE})")
+        say(f"connecting to the lighthouse at {url}")
+        route = reach_lighthouse(url)
+        host = opts.host or route
+        if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := gloo_interface(host)):
+            os.environ["GLOO_SOCKET_IFNAME"] = interface  # else gloo uses the hostname's address
+        _quiet_torchft_logs(opts.out)
+        healed = [False]
+        manager, store = _manager(opts, local, replica_id, url, host, healed)
+        tell(f"lighthouse {url} reached; peers reach this worker at {host}")
+        try:
+            _train(opts, local, manager, healed, replica_id, start, report, say)
+        finally:
+            manager.shutdown(wait=False)
+            del store
 
     say("scoring the final model")
     val = local.corpus.val
@@ -452,3 +452,36 @@ def run_worker(opts: WorkerOptions, report: Callable[[StepReport], None] | None 
                 sum(p.numel() for p in local.model.parameters()), opts.compress),
             "checkpoint": str(opts.out / CHECKPOINT_DIR),
             "seconds": time.perf_counter() - start}
+
+
+def _train(opts: WorkerOptions, local: _Local, manager, healed: list[bool], replica_id: str,
+           start: float, report: Callable[[StepReport], None] | None,
+           say: Callable[[str], None]) -> None:
+    """Inner steps until the manager has committed `opts.outer_steps` outer steps."""
+    from torchft.local_sgd import DiLoCo
+
+    H = opts.inner_steps
+    with DiLoCo(manager, [local.model], local.optimizer, local.outer, sync_every=H,
+                pin_memory=False, use_bucketization=True,  # one collective per sync
+                should_quantize=opts.compress != "none"):
+        while manager.current_step() < opts.outer_steps:
+            before = manager.current_step()
+            healed[0] = False
+
+            def inner_status(step: int, loss: float, before: int = before) -> None:
+                done = step - before * H + 1
+                say(f"outer {before + 1}/{opts.outer_steps} · inner {done}/{H} · "
+                    f"loss {loss:.3f}" + (" · waiting for the quorum" if done == H else ""))
+
+            # the H-th optimizer.step() runs torchft's sync: quorum, heal, all-reduce, outer step
+            losses = train_steps(local.model, local.optimizer, local.train, local.generator, H,
+                                 opts.inner, first_step=before * H, on_step=inner_status)
+            line = StepReport(
+                step=manager.current_step(), committed=manager.last_commit,
+                replicas=manager.num_participants(), loss=sum(losses) / len(losses),
+                bytes_sent=manager.bytes_sent, healed_from_peer=healed[0],
+                seconds=round(time.perf_counter() - start, 3))
+            if line.committed:
+                _save(opts, local, manager, line, replica_id)
+            if report is not None:
+                report(line)

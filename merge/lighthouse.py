@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_PORT = 29510  # torchft's
+TORCHFT_INSTALL = ("pip install --no-deps torchft==0.2.0 && pip install opentelemetry-sdk==1.45.2 "
+                   "opentelemetry-exporter-otlp-proto-http==1.45.2 (what `make setup` runs)")
 
 
 class LighthouseError(ValueError):
@@ -62,7 +64,10 @@ def start(opts: LighthouseOptions):
     """Start torchft's LighthouseServer (serving on its own threads); returns it."""
     check_options(opts)
     os.environ.setdefault("RUST_LOG", "warn")  # torchft's Rust logs: quorum chatter otherwise
-    from torchft._torchft import LighthouseServer
+    try:
+        from torchft._torchft import LighthouseServer
+    except ImportError as err:
+        raise LighthouseError(f"torchft is not installed ({err}): {TORCHFT_INSTALL}") from err
 
     try:
         return LighthouseServer(

@@ -27,8 +27,6 @@ from bitnet.model import BitNetConfig
 from merge.diloco import parameters_of, run_diloco
 from merge.inner import InnerConfig, fresh_model
 
-pytest.importorskip("torchft")
-
 TINY = BitNetConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
 BATCH, SEQ, H = 8, 32, 5
@@ -229,6 +227,12 @@ def test_bad_input_is_one_clear_line(world, capsys, tmp_path):
         code, err = run_command(world, capsys, "diloco", *common, "--lighthouse", *extra)
         assert code == 2, err
         assert len(err.strip().splitlines()) == 1 and re.search(pattern, err), err
+
+    from merge.diloco_worker import _exclusive
+
+    with _exclusive(tmp_path / "w"):  # another worker holds this --out
+        code, err = run_command(world, capsys, "diloco", *common, "--lighthouse", "127.0.0.1:1")
+    assert code == 2 and f"{tmp_path / 'w'} is in use by another worker" in err, err
 
     code, err = run_command(world, capsys, "lighthouse", "--bind", "nowhere")
     assert code == 2 and "--bind 'nowhere' is not HOST:PORT" in err
