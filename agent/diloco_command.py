@@ -10,6 +10,7 @@ runnable as `python -m agent.diloco_command lighthouse|diloco ...`.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -230,7 +231,11 @@ def diloco(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print(f"stopped; run the same command again to resume from {opts.out}",
                       markup=False, soft_wrap=True)
-        return 130
+        # torchft's quorum thread may sit in a call to a lighthouse that is gone, and Python
+        # would wait for it at exit; every committed step is already on disk (atomically)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except (RuntimeError, TimeoutError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return fail(f"torchft gave up ({first}); are the lighthouse and the other workers "

@@ -15,7 +15,10 @@ everything else), so a restarted worker resumes from its own last step as well.
 Compression: torchft 0.2.0's `should_quantize` needs Triton (GPU); without it torchft silently
 sends fp32. `CompressingManager` does it on CPU instead: it encodes the flat pseudo-gradient
 (merge/compress.py), all-gathers the payloads over the same fault-tolerant process group and
-averages the decoded vectors in replica order.
+averages the decoded vectors in replica order. (An all-gather, not an all-reduce: int8 codes
+with different scales cannot be summed on the wire.) `bytes_sent` counts one payload per worker
+per outer step, the measure used throughout merge/. On the wire a ring all-reduce sends
+2(N-1)/N vectors per worker and a ring all-gather N-1 payloads: with two workers both are one.
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def gloo_interface(address: str) -> str | None:
 
 
 # --- torchft pieces --------------------------------------------------------------------------
+
 
 def require_torchft() -> None:
     """torchft is installed apart from the package's dependencies (see the Makefile)."""
