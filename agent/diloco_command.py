@@ -45,8 +45,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     worker.add_argument("--replica-id", default="", help="a name for this worker, shown by the "
                         "lighthouse (default: the hostname; give one per worker when several "
                         "run on one machine)")
-    worker.add_argument("--inner-steps", type=int, default=50, metavar="H")
-    worker.add_argument("--outer-steps", type=int, default=100)
+    worker.add_argument("--inner-steps", type=int, default=50, metavar="H",
+                        help="AdamW steps between synchronisations (default 50)")
+    worker.add_argument("--outer-steps", type=int, default=100,
+                        help="synchronisations, then the worker stops (default 100)")
     worker.add_argument("--outer-lr", type=float, help="outer Nesterov SGD (default 0.7)")
     worker.add_argument("--outer-momentum", type=float, help="(default 0.9)")
     worker.add_argument("--inner-lr", type=float, help="inner AdamW, after warmup (default 4e-3)")
