@@ -6,6 +6,8 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from agent import diloco_command  # argparse and rich only: torch is imported when it runs
+
 
 def _version() -> str:
     try:
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", help="output directory (default runs/merge-METHOD-TIME/)")
     _json(merge, "inputs, method, options, the merged checkpoint and the val_bpb table")
     _runs_dir(merge)
+    diloco_command.add_commands(commands)
 
     repl = commands.add_parser("repl", help="steer and review a run interactively")
     repl.add_argument("run", nargs="?",
@@ -143,6 +146,8 @@ def fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in diloco_command.COMMANDS:
+        return diloco_command.main(args)
     if args.command in ("run", "resume"):
         from agent.goal import GoalError
         from agent.planners.base import PlannerError
