@@ -36,7 +36,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     worker.add_argument("--corpus", default="pycode", help="pycode | pyprose | text:PATH")
     worker.add_argument("--shard", default="0/1", metavar="K/N",
                         help="train on the K-th of N equal slices of the corpus (default 0/1)")
-    worker.add_argument("--init", metavar="CHECKPOINT",
+    worker.add_argument("--init", metavar="RUN|RUN:EXP|CHECKPOINT",
                         help="the common base checkpoint every worker starts from (default: a "
                              "fresh model from --seed, the same on every worker)")
     worker.add_argument("--out", metavar="DIR",
@@ -179,6 +179,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def diloco(args: argparse.Namespace) -> int:
+    from agent.checkpoint_ref import resolve_checkpoint
     from bitnet.checkpoint import CheckpointError
     from bitnet.data import CorpusError
     from bitnet.model import BitNetConfig
@@ -195,13 +196,14 @@ def diloco(args: argparse.Namespace) -> int:
                                        num_key_value_heads="kv_heads"))
         shapes.intermediate_size = 4 * shapes.hidden_size
         shard = _shard(args.shard)
-    except ValueError as err:
+        init = resolve_checkpoint(args.init) if args.init else None  # RUN, RUN:EXP or a dir
+    except ValueError as err:  # RunError too
         return fail(str(err))
     replica_id = args.replica_id or socket.gethostname()
     opts = WorkerOptions(
         lighthouse=args.lighthouse, corpus=args.corpus, replica_id=replica_id,
         out=Path(args.out) if args.out else Path("diloco") / replica_id,
-        init=Path(args.init) if args.init else None, inner_steps=args.inner_steps,
+        init=init, inner_steps=args.inner_steps,
         outer_steps=args.outer_steps,
         outer_lr=OUTER_LR if args.outer_lr is None else args.outer_lr,
         outer_momentum=OUTER_MOMENTUM if args.outer_momentum is None else args.outer_momentum,

@@ -320,7 +320,7 @@ def _prepare(opts: WorkerOptions, replica_id: str) -> _Local:
     resumed = None
     if state_path.is_file():
         try:
-            resumed = torch.load(state_path, weights_only=False)
+            resumed = torch.load(state_path, weights_only=True)  # tensors and numbers only
             model.load_state_dict(resumed["model"])
             optimizer.load_state_dict(resumed["inner_optimizer"])
             outer.load_state_dict(resumed["outer_optimizer"])
