@@ -20,7 +20,7 @@ bubblewrap:
 	  command -v bwrap >/dev/null || echo "bubblewrap is missing: sudo apt-get install bubblewrap (or dnf/pacman install bubblewrap)"; }
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python bench/bitnet_train.py
 	$(BIN)/python bench/sandbox_overhead.py
 	$(BIN)/python bench/planners.py
+	$(BIN)/python bench/diloco.py
 
 # not part of `make test`: builds llama-cpp-python (~4 min) on first use, then a 3-experiment
 # run of the main goal with the openai planner against its server on the bundled SmolLM2
