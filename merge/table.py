@@ -45,7 +45,7 @@ class BpbTable:
         import matplotlib.pyplot as plt
 
         width = 0.8 / len(self.models)
-        fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(self.corpora), 4.2))
+        fig, ax = plt.subplots(figsize=(4.2 + 0.45 * len(self.models) * len(self.corpora), 4.2))
         for i, (name, row) in enumerate(zip(self.models, self.values, strict=True)):
             xs = [j + (i - (len(self.models) - 1) / 2) * width for j in range(len(self.corpora))]
             bars = ax.bar(xs, row, width, label=name)
@@ -55,7 +55,7 @@ class BpbTable:
         ax.set_title(title, fontsize=10)
         low = min(min(row) for row in self.values)
         ax.set_ylim(max(0.0, low * 0.9), max(max(row) for row in self.values) * 1.05)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the bars
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
