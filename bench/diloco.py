@@ -43,7 +43,13 @@ sys.path.insert(0, str(ROOT))
 from bitnet.data import load_corpus  # noqa: E402
 from bitnet.model import BitNetConfig  # noqa: E402
 from merge.diloco import run_diloco  # noqa: E402
-from merge.inner import InnerConfig, fresh_model, inner_optimizer, train_steps  # noqa: E402
+from merge.inner import (  # noqa: E402
+    InnerConfig,
+    fresh_model,
+    inner_optimizer,
+    train_steps,
+    worker_data_seeds,
+)
 from merge.methods import merge  # noqa: E402
 from merge.sync_dp import run_sync_dp  # noqa: E402
 from merge.table import bpb_table  # noqa: E402
@@ -107,10 +113,11 @@ def main() -> None:
             timings[name] = result.seconds
 
         specialists = []
-        for i, (domain, train) in enumerate(zip(DOMAINS, trains, strict=True)):
+        streams = worker_data_seeds(len(trains), args.seed)  # the workers' batches, again
+        for domain, train, stream in zip(DOMAINS, trains, streams, strict=True):
             tick = phase(f"specialist {domain} ({steps} steps)", steps)
             model = copy.deepcopy(base)
-            generator = torch.Generator().manual_seed(args.seed + i)  # worker i's data stream
+            generator = torch.Generator().manual_seed(stream)
             train_steps(model, inner_optimizer(model, inner), train, generator, steps, inner,
                         on_step=tick)
             models[f"specialist {domain}"] = model.eval()

@@ -27,7 +27,7 @@ import torch
 
 from bitnet.model import BitNetLM
 from merge.compress import check_kind, payload_bytes, round_trip
-from merge.inner import InnerConfig, inner_optimizer, train_steps
+from merge.inner import InnerConfig, inner_optimizer, train_steps, worker_data_seeds
 from merge.outer import OUTER_LR, OUTER_MOMENTUM, OuterStep
 
 
@@ -120,14 +120,10 @@ def run_diloco(base: BitNetLM, trains: Sequence[np.ndarray], *, inner_steps: int
         DiLoCoResult with the final global model and the bytes the workers sent.
     """
     check_kind(compress)
-    if not trains:
-        raise ValueError("no training data: pass one array per worker")
     if inner_steps < 1 or outer_steps < 1:
         raise ValueError("inner_steps and outer_steps must be at least 1")
+    seeds = worker_data_seeds(len(trains), seed, data_seeds)
     inner = inner or InnerConfig()
-    seeds = list(data_seeds) if data_seeds is not None else [seed + i for i in range(len(trains))]
-    if len(seeds) != len(trains):
-        raise ValueError(f"{len(seeds)} data seeds for {len(trains)} workers: give one each")
 
     start = time.perf_counter()
     outer = OuterStep(parameters_of(base), lr=outer_lr, momentum=outer_momentum)

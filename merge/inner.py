@@ -13,7 +13,7 @@ deterministic (on one thread: CPU kernels may split reductions differently acros
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,18 @@ class InnerConfig:
                 raise ValueError(f"inner {name} must be positive, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("inner weight_decay, warmup_steps and grad_clip must be >= 0")
+
+
+def worker_data_seeds(workers: int, seed: int,
+                      data_seeds: Sequence[int] | None = None) -> list[int]:
+    """Each simulated worker's batch seed: `data_seeds` when given, else worker i draws from
+    `seed + i` (the one rule single-process DiLoCo, sync DP and the benchmark share)."""
+    if workers < 1:
+        raise ValueError("no training data: pass one array per worker")
+    seeds = list(data_seeds) if data_seeds is not None else [seed + i for i in range(workers)]
+    if len(seeds) != workers:
+        raise ValueError(f"{len(seeds)} data seeds for {workers} workers: give one each")
+    return seeds
 
 
 def fresh_model(config: BitNetConfig, seed: int) -> BitNetLM:

@@ -22,7 +22,7 @@ import torch
 from bitnet.data import get_batch
 from bitnet.model import BitNetLM
 from merge.compress import payload_bytes
-from merge.inner import InnerConfig, inner_lr, inner_optimizer
+from merge.inner import InnerConfig, inner_lr, inner_optimizer, worker_data_seeds
 
 
 @dataclass
@@ -50,14 +50,10 @@ def run_sync_dp(base: BitNetLM, trains: Sequence[np.ndarray], *, steps: int, see
         inner: AdamW and batch settings (merge.inner.InnerConfig defaults).
         on_step: called with (steps done, mean loss) after every step.
     """
-    if not trains:
-        raise ValueError("no training data: pass one array per worker")
     if steps < 1:
         raise ValueError("steps must be at least 1")
+    seeds = worker_data_seeds(len(trains), seed, data_seeds)
     inner = inner or InnerConfig()
-    seeds = list(data_seeds) if data_seeds is not None else [seed + i for i in range(len(trains))]
-    if len(seeds) != len(trains):
-        raise ValueError(f"{len(seeds)} data seeds for {len(trains)} workers: give one each")
 
     start = time.perf_counter()
     model = copy.deepcopy(base).train()
