@@ -1,15 +1,15 @@
 """DiLoCo against synchronous data parallelism, and a merge of specialists, side by side.
 
 Two workers, one on `pycode` and one on `pyprose`, start from a common base (the template's
-model trained on both domains, 2 x 400 batches). With the same total compute (each worker takes
-H * K = 300 batches of 16 x 128 bytes):
+model trained on both domains, 400 steps of one batch from each). With the same total compute
+(each worker takes H * K = 500 batches of 16 x 128 bytes):
   sync DP   the gradients of the two workers' batches averaged at every step (an all-reduce of
             fp32 gradients per step: merge/sync_dp.py)
   DiLoCo    each worker takes H = 50 AdamW steps alone, then the pseudo-gradients (sent as fp16)
-            are averaged and applied by Nesterov SGD, K = 6 times (merge/diloco.py): with the
-            defaults (lr 0.7, momentum 0.9), and with lr 1 and no momentum (plain averaging)
-  merge     two specialists, each trained from the base alone on its domain for the same 300
-            steps, merged by task arithmetic (lam 1/2: their mean), TIES and DARE
+            are averaged and applied by Nesterov SGD (lr 0.7, momentum 0.9), K = 10 times
+            (merge/diloco.py)
+  merge     two specialists, each trained from the base alone on its domain for 300 steps,
+            merged by task arithmetic (lam 1/2: their mean), TIES and DARE
 Every model is scored with the evaluator's val_bpb on each domain's fixed validation bytes.
 Everything runs in this process on the same data streams and seeds: the single-process DiLoCo
 is the arithmetic the torchft workers do (tests/merge/test_diloco_torchft.py checks that).
@@ -17,10 +17,11 @@ is the arithmetic the torchft workers do (tests/merge/test_diloco_torchft.py che
 Goals: DiLoCo >= 50x fewer bytes than sync DP with <= 3% worse val_bpb; the merged model within
 5% of each specialist on its own domain and better than the other specialist there.
 
-usage: python bench/diloco.py [--inner-steps 50] [--outer-steps 6] [--base-steps 400]
+usage: python bench/diloco.py [--inner-steps 50] [--outer-steps 10] [--base-steps 400]
+                              [--specialist-steps 300] [--outer-lr 0.7] [--outer-momentum 0.9]
 Writes bench/diloco.json, bench/diloco.md and bench/diloco.png; ends with
 `RESULT comm_reduction=<x> bpb_gap_pct=<pct> merged_vs_specialist_pct=<worst pct>`
-(for DiLoCo with the default outer optimiser and the task-arithmetic merge).
+(the last for the task-arithmetic merge).
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ from merge.inner import (  # noqa: E402
     worker_data_seeds,
 )
 from merge.methods import merge  # noqa: E402
+from merge.outer import OUTER_LR, OUTER_MOMENTUM  # noqa: E402
 from merge.sync_dp import run_sync_dp  # noqa: E402
 from merge.table import bpb_table  # noqa: E402
 
 DOMAINS = ("pycode", "pyprose")
-DILOCO = {"DiLoCo": {}, "DiLoCo lr 1, no momentum": {"outer_lr": 1.0, "outer_momentum": 0.0}}
 HEADLINE_MERGE = "task arithmetic"
 MERGES = {  # lam 1/2: the mean of the two task vectors (a sum would double the step)
     "task arithmetic": ("task_arithmetic", {"lam": 0.5}),
@@ -71,9 +72,12 @@ CONFIG = BitNetConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=4
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inner-steps", type=int, default=50, help="H")
-    parser.add_argument("--outer-steps", type=int, default=6, help="K")
+    parser.add_argument("--outer-steps", type=int, default=10, help="K")
     parser.add_argument("--base-steps", type=int, default=400,
                         help="sync-DP steps on both domains that make the common base")
+    parser.add_argument("--specialist-steps", type=int, default=300)
+    parser.add_argument("--outer-lr", type=float, default=OUTER_LR)
+    parser.add_argument("--outer-momentum", type=float, default=OUTER_MOMENTUM)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -103,23 +107,23 @@ def main() -> None:
         sync = run_sync_dp(base, trains, steps=steps, seed=args.seed, inner=inner, on_step=tick)
         models["sync DP"], communicated["sync DP"] = sync.model, sync.bytes_communicated
         timings["sync DP"] = sync.seconds
-        for name, outer in DILOCO.items():
-            tick = phase(f"{name} (H={args.inner_steps}, K={args.outer_steps})",
-                         args.outer_steps)
-            result = run_diloco(base, trains, inner_steps=args.inner_steps,
-                                outer_steps=args.outer_steps, seed=args.seed, inner=inner,
-                                compress="fp16", on_step=tick, **outer)
-            models[name], communicated[name] = result.model, result.bytes_communicated
-            timings[name] = result.seconds
+        tick = phase(f"DiLoCo (H={args.inner_steps}, K={args.outer_steps})", args.outer_steps)
+        result = run_diloco(base, trains, inner_steps=args.inner_steps,
+                            outer_steps=args.outer_steps, seed=args.seed, inner=inner,
+                            outer_lr=args.outer_lr, outer_momentum=args.outer_momentum,
+                            compress="fp16", on_step=tick)
+        models["DiLoCo"], communicated["DiLoCo"] = result.model, result.bytes_communicated
+        timings["DiLoCo"] = result.seconds
 
         specialists = []
         streams = worker_data_seeds(len(trains), args.seed)  # the workers' batches, again
         for domain, train, stream in zip(DOMAINS, trains, streams, strict=True):
-            tick = phase(f"specialist {domain} ({steps} steps)", steps)
+            tick = phase(f"specialist {domain} ({args.specialist_steps} steps)",
+                         args.specialist_steps)
             model = copy.deepcopy(base)
             generator = torch.Generator().manual_seed(stream)
-            train_steps(model, inner_optimizer(model, inner), train, generator, steps, inner,
-                        on_step=tick)
+            train_steps(model, inner_optimizer(model, inner), train, generator,
+                        args.specialist_steps, inner, on_step=tick)
             models[f"specialist {domain}"] = model.eval()
             specialists.append(model.state_dict())
         for label, (method, options) in MERGES.items():
@@ -141,8 +145,7 @@ def main() -> None:
 def summarise(table, communicated: dict[str, int], timings: dict[str, float],
               args: argparse.Namespace, seconds: float) -> dict:
     sync = communicated["sync DP"]
-    gap = {name: {d: 100 * (table.value(name, d) / table.value("sync DP", d) - 1)
-                  for d in DOMAINS} for name in DILOCO}
+    gap = {d: 100 * (table.value("DiLoCo", d) / table.value("sync DP", d) - 1) for d in DOMAINS}
     merges = {}
     for label in MERGES:
         own = {d: 100 * (table.value(f"merge: {label}", d) /
@@ -157,7 +160,7 @@ def summarise(table, communicated: dict[str, int], timings: dict[str, float],
         "bytes": communicated,
         "comm_reduction": {name: sync / b for name, b in communicated.items()},
         "train_seconds": timings, "diloco_vs_sync_pct": gap,
-        "bpb_gap_pct": max(gap["DiLoCo"].values()), "merges": merges,
+        "bpb_gap_pct": max(gap.values()), "merges": merges,
     }
 
 
@@ -174,9 +177,8 @@ def report(console: Console, table, results: dict) -> None:
                      f"{sent / 2**20:,.1f} MiB" if sent else "",
                      f"{results['comm_reduction'][name]:.0f}x" if sent else "")
     console.print(view)
-    for name, gap in results["diloco_vs_sync_pct"].items():
-        console.print(f"{name} vs sync DP: " + ", ".join(f"{d} {g:+.2f}%"
-                                                         for d, g in gap.items()))
+    gap = results["diloco_vs_sync_pct"]
+    console.print("DiLoCo vs sync DP: " + ", ".join(f"{d} {g:+.2f}%" for d, g in gap.items()))
     for label, m in results["merges"].items():
         own = ", ".join(f"{d} {p:+.2f}%" for d, p in m["vs_own_specialist_pct"].items())
         beats = all(m["beats_other_specialist"].values())
