@@ -27,7 +27,6 @@ def merge_command(base: str, specialists: list[str], method: str, options: dict[
                   runs_dir: str | None = None, as_json: bool = False) -> int:
     """Merge, evaluate, report. Raises RunError, MergeError, CheckpointError or CorpusError
     (one line each) for inputs that cannot be merged or evaluated."""
-    from bitnet.checkpoint import load_checkpoint
     from merge.specialists import check_common_base, merge_specialists
     from merge.table import bpb_table
 
@@ -39,10 +38,10 @@ def merge_command(base: str, specialists: list[str], method: str, options: dict[
     out_dir = _out_dir(out, method, runs_dir)
     console.print(f"[bold]merging[/] {len(dirs)} specialists of {base} by {method} → {out_dir}",
                   soft_wrap=True)
-    merged = merge_specialists(inputs, method, out_dir / CHECKPOINT_DIR, options)
+    result = merge_specialists(inputs, method, out_dir / CHECKPOINT_DIR, options)
 
     labels = ["base", *[f"specialist {i}" for i in range(1, len(dirs) + 1)], "merged"]
-    models = [load_checkpoint(base_dir), *map(load_checkpoint, dirs), merged]
+    models = [result.base, *result.specialists, result.merged]
     columns = list(dict.fromkeys(corpora))
     with Progress(TextColumn("evaluating {task.fields[cell]}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console,

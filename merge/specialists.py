@@ -7,6 +7,7 @@ shapes. The merged checkpoint descends from the base too, so it can be merged ag
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,17 +48,28 @@ def check_common_base(base: str | os.PathLike, specialists: list[str | os.PathLi
     return MergeInputs(Path(base), tuple(Path(s) for s in specialists), base_hash)
 
 
+@dataclass(frozen=True)
+class Merged:
+    """The loaded inputs and the merged model (so a caller evaluates them without reloading)."""
+
+    base: BitNetLM
+    specialists: tuple[BitNetLM, ...]
+    merged: BitNetLM
+
+
 def merge_specialists(inputs: MergeInputs, method: str, out_dir: str | os.PathLike,
-                      options: dict[str, Any] | None = None) -> BitNetLM:
-    """Merge the specialists' latent weights by `method` (merge.methods), save the result to
-    `out_dir` as a checkpoint descending from the base, and return the merged model."""
+                      options: dict[str, Any] | None = None) -> Merged:
+    """Merge the specialists' latent weights by `method` (merge.methods) and save the result to
+    `out_dir` as a checkpoint descending from the base."""
     base = load_checkpoint(inputs.base)
-    states = [load_checkpoint(s).state_dict() for s in inputs.specialists]
+    specialists = tuple(load_checkpoint(s) for s in inputs.specialists)
     try:
-        merged = merge(method, base.state_dict(), states, **(options or {}))
+        state = merge(method, base.state_dict(), [s.state_dict() for s in specialists],
+                      **(options or {}))
     except TypeError as err:  # an option the method does not take
         raise MergeError(f"{method}: {err}; see `magnet-agent merge --help` for its options"
                          ) from None
-    base.load_state_dict(merged)
-    save_checkpoint(base, out_dir, lineage=descent(inputs.base))
-    return base.eval()
+    merged = copy.deepcopy(base)
+    merged.load_state_dict(state)
+    save_checkpoint(merged, out_dir, lineage=descent(inputs.base))
+    return Merged(base, specialists, merged.eval())
