@@ -80,13 +80,8 @@ def apply_mean_pseudo_gradient(outer: OuterStep, mean: torch.Tensor) -> dict[str
     `OuterStep.step` takes the workers' weights; here the pseudo-gradients have been through the
     wire format, so the mean is given directly (for "none" it is the same number).
     """
-    offset = 0
-    for p in outer.params.values():
-        p.grad = mean[offset: offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
-    outer.optimizer.step()
-    outer.optimizer.zero_grad(set_to_none=True)
-    return outer.state()
+    sizes = [p.numel() for p in outer.params.values()]
+    return outer.apply(dict(zip(outer.params, mean.split(sizes), strict=True)))
 
 
 def mean_of(vectors: Sequence[torch.Tensor]) -> torch.Tensor:

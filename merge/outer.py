@@ -55,9 +55,13 @@ class OuterStep:
 
     def step(self, local_states: Sequence[Mapping[str, torch.Tensor]]) -> StateDict:
         """Apply the workers' mean pseudo-gradient; returns the new global weights."""
-        grads = pseudo_gradient(self.state(), local_states)
+        return self.apply(pseudo_gradient(self.state(), local_states))
+
+    def apply(self, grads: Mapping[str, torch.Tensor]) -> StateDict:
+        """One optimiser step with an already averaged pseudo-gradient (say, one that went
+        through a wire format); returns the new global weights."""
         for name, p in self.params.items():
-            p.grad = grads[name]
+            p.grad = grads[name].detach().clone().view_as(p)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return self.state()
