@@ -6,7 +6,8 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from agent import diloco_command  # argparse and rich only: torch is imported when it runs
+# argparse and rich only: torch is imported when a command runs
+from agent import diloco_command, ledger_command
 
 
 def _version() -> str:
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json(merge, "inputs, method, options, the merged checkpoint and the val_bpb table")
     _runs_dir(merge)
     diloco_command.add_commands(commands)
+    ledger_command.add_command(commands)
 
     repl = commands.add_parser("repl", help="steer and review a run interactively")
     repl.add_argument("run", nargs="?",
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in diloco_command.COMMANDS:
         return diloco_command.main(args)
+    if args.command == "ledger":
+        return _ledger(args)
     if args.command in ("run", "resume"):
         from agent.goal import GoalError
         from agent.planners.base import PlannerError
@@ -293,3 +297,15 @@ def review(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from agent.goal import GoalError
+    from agent.rundir import RunError
+    from ledger.canonical import LedgerError
+    from sandbox.errors import SandboxError
+
+    try:
+        return ledger_command.main(args)
+    except (LedgerError, RunError, GoalError, SandboxError) as err:
+        return fail(str(err))

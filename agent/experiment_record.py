@@ -78,4 +78,6 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         "confinement": first.get("confinement"),
         "scored_by": first.get("scored_by"),
         "reported": [r.get("reported") for r in runs],
+        # what a replay of the first run needs (agent.replay_facts): a ledger claim carries it
+        "replay": first.get("replay"),
     }

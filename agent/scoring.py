@@ -21,6 +21,7 @@ from agent.experiment_record import run_summary
 from agent.goal import Goal, GoalError
 from agent.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.init_checkpoint import init_dir
+from agent.replay_facts import replay_facts
 from sandbox.confine import Confinement
 from sandbox.env import run_environ
 from sandbox.metrics import is_finite
@@ -94,22 +95,41 @@ class Scorer:
             _ = self.validation
 
     def run(self, *, seed: int, repeat: int, on_line: Callable[[str], None] | None = None,
-            mem_limit: int | None = None) -> dict[str, Any]:
+            mem_limit: int | None = None, replay: Mapping[str, Any] | None = None,
+            time_budget: float | None = None) -> dict[str, Any]:
         """One confined run of the goal's command on the experiment in flight, scored: the
-        run summary (agent.experiment_record.run_summary) the loop and `train` record."""
+        run summary (agent.experiment_record.run_summary) the loop and `train` record, with
+        the facts a replay needs (`replay`). Given `replay` (those facts of an earlier run), it
+        re-runs that run: its steps, schedule switch and threads."""
         spec = self.goal.spec
+        budget = time_budget or spec.budget.per_experiment
+        env = run_env(self.goal, self.ws.run_dir)
+        steps = threads = None
+        if replay is not None:
+            steps, threads = replay.get("steps"), replay.get("threads")
+            if replay.get("switch_step") is not None:
+                env["MAGNET_SWITCH_STEP"] = str(replay["switch_step"])
         result = self.ws.run(
-            spec.command, time_budget=spec.budget.per_experiment, seed=seed,
+            spec.command, time_budget=budget, seed=seed, steps=steps, threads=threads,
             grace=spec.budget.grace, mem_limit=mem_limit, metric=self.metric, on_line=on_line,
-            repeat=repeat, confinement=self.confinement, env=run_env(self.goal, self.ws.run_dir),
+            repeat=repeat, confinement=self.confinement, env=env,
             passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
-        return self.score(run_summary(result, seed), repeat)
+        scored = self.score(run_summary(result, seed), repeat)
+        out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
+        scored["replay"] = replay_facts(scored, time_budget=budget, out_dir=out_dir,
+                                        corpus=self.corpus if corpus_of(self.goal) else None)
+        return scored
 
     @cached_property
-    def validation(self) -> Any:
+    def corpus(self) -> Any:
+        """The template's corpus (bitnet.data.Corpus): its validation bytes and fingerprint."""
         from bitnet.data import load_corpus
 
-        return load_corpus(corpus_of(self.goal) or DEFAULT_CORPUS).val
+        return load_corpus(corpus_of(self.goal) or DEFAULT_CORPUS)
+
+    @property
+    def validation(self) -> Any:
+        return self.corpus.val
 
     def score(self, run: Mapping[str, Any], repeat: int) -> dict[str, Any]:
         """`run` with `scored_by`, the metric the scorer measured, and the status

@@ -5,6 +5,9 @@ loop, evaluation, report.
 It follows MAGNET's training-code contract:
   MAGNET_TIME_BUDGET  seconds of training (the loop stops itself when they are spent)
   MAGNET_STEPS        if set, train exactly this many steps instead (deterministic replay)
+  MAGNET_SWITCH_STEP  with MAGNET_STEPS: the step where stage 2 of the schedule begins (a
+                      replay of a time-budgeted run switches where that run did: it reports
+                      METRIC switch_step)
   MAGNET_SEED         seed for initialisation and batch sampling
   MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
   MAGNET_INIT_CHECKPOINT  if set, start from that checkpoint instead of random weights (a
@@ -55,6 +58,7 @@ LOG_EVERY = 25
 # --- the contract ------------------------------------------------------------------------------
 TIME_BUDGET = float(os.environ.get("MAGNET_TIME_BUDGET", "60"))
 FIXED_STEPS = int(os.environ["MAGNET_STEPS"]) if os.environ.get("MAGNET_STEPS") else None
+SWITCH_STEP = int(os.environ.get("MAGNET_SWITCH_STEP") or 0) or None
 SEED = int(os.environ.get("MAGNET_SEED", "1337"))
 OUTPUT_DIR = Path(os.environ.get("MAGNET_OUTPUT_DIR", "out"))
 INIT_CHECKPOINT = os.environ.get("MAGNET_INIT_CHECKPOINT")
@@ -118,15 +122,26 @@ def schedule(step: int, progress: float) -> tuple[float, float]:
     return lr * min(1.0, (step + 1) / WARMUP_STEPS), weight_decay
 
 
+def replayed_progress(step: int) -> float:
+    """Progress of a fixed-step run: linear in steps, with stage 2 from SWITCH_STEP if given."""
+    if SWITCH_STEP is None or not 0 < SWITCH_STEP < FIXED_STEPS:
+        return step / FIXED_STEPS
+    if step < SWITCH_STEP:
+        return 0.5 * step / SWITCH_STEP
+    return 0.5 + 0.5 * (step - SWITCH_STEP) / (FIXED_STEPS - SWITCH_STEP)
+
+
 # --- training loop -----------------------------------------------------------------------------
 model.train()
-step, smoothed_loss = 0, None
+step, smoothed_loss, switch_step = 0, None, None
 train_start = time.perf_counter()
 while True:
     elapsed = time.perf_counter() - train_start
-    progress = step / FIXED_STEPS if FIXED_STEPS else elapsed / TIME_BUDGET
+    progress = replayed_progress(step) if FIXED_STEPS else elapsed / TIME_BUDGET
     if progress >= 1.0:
         break
+    if progress >= 0.5 and switch_step is None:
+        switch_step = step  # where stage 2 began: a replay needs it
     lr, weight_decay = schedule(step, progress)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -160,6 +175,8 @@ metrics = {
     "params": n_params,
     "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     "val_bytes": val_bytes,
+    "switch_step": switch_step if switch_step is not None else step,
+    "threads": torch.get_num_threads(),
 }
 (OUTPUT_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2))
 for name, value in metrics.items():

@@ -1,0 +1,82 @@
+"""A ledger claim for a kept improvement of a run: what it claims, and what travels with it.
+
+The claim names the goal, run, experiment, commit and parent, the metric before (the parent's
+judged value) and after (the value of the run the replay facts describe), the replay facts of
+the experiment's record, and the sha256 of two artifacts stored beside it in the ledger: the
+goal file and a git bundle of the commit. The bundle holds the commit with its history
+(parent..commit and the commits before it), so a machine that has none of them can unbundle it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import scores
+from agent.goal import load_goal
+from agent.records import RunRecords
+from agent.rundir import GOAL_COPY, RunError
+from ledger.canonical import sha256_hex
+from sandbox.gitcli import Git, GitError
+from sandbox.layout import exp_ref, git_dir
+
+CLAIMED = (scores.KEEP,)  # statuses a claim may be made for: improvements that were kept
+
+
+@dataclass(frozen=True)
+class Claim:
+    body: dict[str, Any]
+    artifacts: dict[str, bytes]  # body key -> bytes: "bundle" and "goal_file"
+
+
+def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
+    """The claim for experiment `exp` of the run in `run_dir`; RunError (one line) when that
+    experiment is no kept improvement or its record lacks what a replay needs."""
+    records = RunRecords(run_dir).read()
+    record = next((r for r in records if r.get("exp") == exp), None)
+    if record is None:
+        raise RunError(f"{run_dir.name} has no experiment {exp}; see `magnet-agent history "
+                       f"{run_dir.name}`")
+    if record.get("status") not in CLAIMED or not record.get("commit"):
+        raise RunError(f"experiment {exp} of {run_dir.name} is {record.get('status')}, not a "
+                       "kept improvement; claim an experiment whose status is keep")
+    replay = record.get("replay")
+    if not replay or not record.get("runs") or record["runs"][0] is None:
+        raise RunError(f"experiment {exp} of {run_dir.name} was recorded without replay facts "
+                       "(a run made before the ledger existed); claim a newer experiment")
+    parent = next((r for r in records if r.get("commit") == record.get("parent")
+                   and r.get("metric") is not None), None)
+    if parent is None:
+        raise RunError(f"the parent {str(record.get('parent'))[:12]} of experiment {exp} has no "
+                       "measured metric in the run's records; it cannot be claimed")
+    goal = load_goal(run_dir / GOAL_COPY)
+    goal_text = (run_dir / GOAL_COPY).read_bytes()
+    bundle = make_bundle(run_dir, exp, record["commit"])
+    body = {
+        "goal": {"name": goal.spec.name, "sha256": sha256_hex(goal_text)},
+        "run": run_dir.name, "exp": exp, "commit": record["commit"], "parent": record["parent"],
+        "hypothesis": record.get("hypothesis", ""),
+        "metric": {"name": record["metric_name"], "goal": goal.spec.metric.goal,
+                   "before": parent["metric"], "after": record["runs"][0]},
+        "replay": replay,
+        "bundle": sha256_hex(bundle), "goal_file": sha256_hex(goal_text), "stake": stake,
+    }
+    return Claim(body, {"bundle": bundle, "goal_file": goal_text})
+
+
+def make_bundle(run_dir: Path, exp: int, commit: str) -> bytes:
+    """A git bundle of the experiment's ref (the commit and its history)."""
+    git = Git(git_dir(run_dir))
+    try:
+        head = git.run("rev-parse", exp_ref(exp))
+        if head != commit:
+            raise RunError(f"{exp_ref(exp)} is {head[:12]} but the record says {commit[:12]}; "
+                           "the run's git history was changed: claim from an untouched run")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "claim.bundle"
+            git.run("bundle", "create", "-q", str(path), exp_ref(exp))
+            return path.read_bytes()
+    except GitError as err:
+        raise RunError(f"cannot bundle experiment {exp} of {run_dir.name}: {err}") from None

@@ -1,0 +1,204 @@
+"""`magnet-agent ledger ...`: keys, claims, verification by replay, balances, audit, proofs.
+
+    magnet-agent ledger keygen ~/.magnet/me.key
+    magnet-agent ledger claim RUN EXP --key ~/.magnet/me.key      # a kept improvement
+    magnet-agent ledger verify ENTRY --key ~/.magnet/verifier.key # replay it; slash if false
+    magnet-agent ledger show | balance | audit | prove ENTRY
+
+Every command takes `--ledger PATH|evm:URL` (default $MAGNET_LEDGER, else
+~/.local/share/magnet/ledger.sqlite). The ledger itself is `ledger/`; replays are
+agent.replay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ledger.canonical import LedgerError
+
+ACTIONS = ("keygen", "claim", "show", "balance", "verify", "audit", "prove")
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    ledger = commands.add_parser(
+        "ledger", help="signed claims of verified improvements: keygen, claim, show, balance, "
+                       "verify (replay), audit, prove")
+    actions = ledger.add_subparsers(dest="action", required=True)
+
+    def sub(name: str, help: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help)
+        parser.add_argument("--ledger", metavar="PATH|evm:URL",
+                            help="default $MAGNET_LEDGER, else ~/.local/share/magnet/"
+                                 "ledger.sqlite")
+        return parser
+
+    keygen = actions.add_parser("keygen", help="write a new Ed25519 key file (mode 0600)")
+    keygen.add_argument("keyfile")
+    claim = sub("claim", "claim a kept improvement of a run, with its replay facts and bundle")
+    claim.add_argument("run", help="run id or directory")
+    claim.add_argument("exp", type=int, help="the kept experiment's number")
+    claim.add_argument("--key", required=True, metavar="KEYFILE")
+    claim.add_argument("--stake", type=int, default=None, help="points put up (default 100)")
+    claim.add_argument("--runs-dir", help="where runs are (default ./runs or MAGNET_RUNS_DIR)")
+    show = sub("show", "the entries as a table, or one entry")
+    show.add_argument("entry", nargs="?", help="number, or 6+ characters of a hash or claim id")
+    show.add_argument("--json", action="store_true", help="the signed entries as JSON")
+    balance = sub("balance", "points per key")
+    balance.add_argument("--json", action="store_true")
+    verify = sub("verify", "replay a claim in a fresh sandbox; a false claim is slashed")
+    verify.add_argument("entry")
+    verify.add_argument("--key", required=True, metavar="KEYFILE", help="the verifier's key")
+    verify.add_argument("--unconfined", action="store_true",
+                        help="replay without bubblewrap (only where bwrap cannot run)")
+    verify.add_argument("--json", action="store_true")
+    audit = sub("audit", "re-check every signature, hash link and Merkle root")
+    audit.add_argument("--json", action="store_true")
+    prove = sub("prove", "an inclusion proof of an entry in the latest signed tree head")
+    prove.add_argument("entry")
+    prove.add_argument("--from", dest="old_size", type=int, metavar="SIZE",
+                       help="also a consistency proof from the tree of SIZE entries")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run one `ledger` action; 0 on success, 1 when audit finds a bad entry or a claim is
+    judged false. Errors raise LedgerError/RunError (one line) for the caller to print."""
+    from ledger.book import Ledger
+    from ledger.keys import generate_key
+
+    console = Console(highlight=False)
+    if args.action == "keygen":
+        public = generate_key(args.keyfile)
+        console.print(f"wrote {args.keyfile} (mode 0600); public key {public}", soft_wrap=True)
+        return 0
+    with Ledger.open(args.ledger) as ledger:
+        return ACTION_RUNNERS[args.action](ledger, args, console)
+
+
+def _claim(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from agent.claims import build_claim
+    from agent.rundir import find_run
+    from ledger.keys import load_key
+    from ledger.rules import DEFAULT_STAKE, reward_points
+
+    key = load_key(args.key)
+    run_dir = find_run(args.run, args.runs_dir)
+    claim = build_claim(run_dir, args.exp, stake=DEFAULT_STAKE if args.stake is None
+                        else args.stake)
+    entry = ledger.claim(key, claim.body, claim.artifacts)
+    metric = claim.body["metric"]
+    console.print(f"entry {entry.fields['seq']} ({entry.hash[:12]}): {run_dir.name} experiment "
+                  f"{args.exp}, {metric['name']} {metric['before']:.4f} -> {metric['after']:.4f}, "
+                  f"{reward_points(metric)} points once verified, stake {claim.body['stake']}",
+                  soft_wrap=True)
+    return 0
+
+
+def _show(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    entries = [ledger.find(args.entry)] if args.entry else ledger.entries()
+    if args.json:
+        print(json.dumps([{"entry": e.fields, "signature": e.signature.hex(), "hash": e.hash}
+                          for e in entries], indent=1))
+        return 0
+    table = Table(title=f"ledger {ledger.location} ({ledger.standing.size} entries)")
+    for column in ("#", "kind", "author", "what", "hash"):
+        table.add_column(column, justify="right" if column == "#" else "left")
+    for entry in entries:
+        fields = entry.fields
+        table.add_row(str(fields["seq"]), fields["kind"], fields["author"][:12],
+                      describe(ledger, entry), entry.hash[:12])
+    console.print(table)
+    return 0
+
+
+def describe(ledger: Any, entry: Any) -> str:
+    """One line of what an entry says."""
+    fields = entry.fields
+    body = fields["body"]
+    if fields["kind"] == "claim":
+        metric = body["metric"]
+        state = ledger.standing.claims.get(entry.body_id)
+        return (f"{body['run']} exp {body['exp']} ({body['commit'][:8]}): {metric['name']} "
+                f"{metric['before']:.4f} -> {metric['after']:.4f}, stake {body['stake']}"
+                f"{f', {state.status}' if state else ''}")
+    if fields["kind"] == "verification":
+        return f"{body['verdict']} verdict on claim {body['claim'][:12]}: {body.get('reason', '')}"
+    return f"slash of claim {body['claim'][:12]}: stake {body['stake']} cut, {body['revoked']} " \
+           "points revoked"
+
+
+def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    balances = ledger.balances()
+    if args.json:
+        print(json.dumps(balances, indent=1))
+        return 0
+    table = Table(title="points per key (verified improvements + verifications - slashed "
+                        "stakes)")
+    table.add_column("public key")
+    table.add_column("points", justify="right")
+    for public, points in sorted(balances.items(), key=lambda kv: -kv[1]):
+        table.add_row(public, str(points))
+    console.print(table)
+    return 0
+
+
+def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from agent.replay import replay_claim
+    from ledger.keys import load_key
+    from sandbox.confine import confinement
+
+    key = load_key(args.key)
+    entry = ledger.find(args.entry)
+    state = ledger.claim_state(entry)  # refuses a non-claim
+    body = entry.fields["body"]
+    if state.status != "pending":
+        raise LedgerError(f"claim {state.id[:12]} is already {state.status}; nothing to verify")
+    confined = confinement(unconfined=args.unconfined)
+    console.print(f"replaying entry {entry.fields['seq']}: {body['run']} experiment "
+                  f"{body['exp']} ({body['replay'].get('steps')} steps, seed "
+                  f"{body['replay']['seed']}) …", soft_wrap=True)
+    with console.status("training and scoring the claimed commit"):
+        verdict = replay_claim(body, ledger.artifact(body["goal_file"]),
+                               ledger.artifact(body["bundle"]), confined)
+    written = ledger.verify(key, entry, verdict.verdict, verdict.facts())
+    if args.json:
+        print(json.dumps({**verdict.facts(), "verdict": verdict.verdict,
+                          "entries": [e.fields["seq"] for e in written]}, indent=1))
+    else:
+        colour = "green" if verdict.verdict == "honest" else "red"
+        console.print(f"[{colour}]{verdict.verdict}[/]: {verdict.reason}", soft_wrap=True)
+        console.print(f"recorded as entr{'ies' if len(written) > 1 else 'y'} "
+                      f"{', '.join(str(e.fields['seq']) for e in written)}")
+    return 0 if verdict.verdict == "honest" else 1
+
+
+def _audit(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    report = ledger.audit()
+    if args.json:
+        print(json.dumps({"ok": report.ok, "entries": report.entries,
+                          "tree_heads": report.tree_heads, "root": report.root,
+                          "seconds": round(report.seconds, 3), "problem": report.problem}))
+    elif report.ok:
+        console.print(f"[green]ok[/]: {report.entries} entries and {report.tree_heads} signed "
+                      f"tree heads check out (root {report.root[:16]}…, {report.seconds:.2f} s)")
+    else:
+        console.print(f"[red]bad[/]: {report.problem}", soft_wrap=True)
+    return 0 if report.ok else 1
+
+
+def _prove(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    proof = ledger.prove(args.entry)
+    document: dict[str, Any] = {"inclusion": proof.as_json(), "verified": proof.check()}
+    if args.old_size is not None:
+        document["consistency"] = ledger.consistency(args.old_size)
+        document["verified"] &= document["consistency"]["verified"]
+    print(json.dumps(document, indent=1))
+    return 0 if document["verified"] else 1
+
+
+ACTION_RUNNERS = {"claim": _claim, "show": _show, "balance": _balance, "verify": _verify,
+                  "audit": _audit, "prove": _prove}

@@ -1,0 +1,145 @@
+"""Re-run a ledger claim in a fresh sandbox and judge it: the verifier's side of a claim.
+
+The claim's bundle is unbundled into a new git repository, checked to hold the claimed commit
+as a child of the claimed parent, and run as an experiment is (agent.scoring: confined, scored
+by the template's evaluator) with the claim's seed, steps, schedule switch and threads. The
+claim is honest when the replayed metric is within `TOLERANCE` of what it claims.
+
+Refused before anything runs (no verdict, so nobody is slashed for the verifier's machine): a
+corpus whose bytes differ here, another torch version, a claim that starts from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.goal import load_goal
+from agent.rundir import GOAL_COPY, RunError
+from agent.scoring import Scorer, corpus_of
+from ledger.rules import FALSE, HONEST
+from sandbox.confine import Confinement
+from sandbox.gitcli import Git, GitError, run_git
+from sandbox.workspace import Workspace
+
+# Relative difference between a replayed val_bpb and the claimed one that still counts as the
+# same run: measured over 5 honest claims (bench/replay_tolerance.py), see the README.
+TOLERANCE = 0.01
+BUDGET_FACTOR = 4  # a replay trains fixed steps; it may take this much longer than the claim
+
+
+class ReplayRefused(RunError):
+    """This machine cannot replay the claim faithfully; no verdict is given."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # HONEST or FALSE
+    claimed: float
+    replayed: float | None
+    reason: str
+    seconds: float
+    checkpoint_identical: bool
+
+    def facts(self) -> dict[str, Any]:
+        """What the verification entry records."""
+        return {"claimed": self.claimed, "replayed": self.replayed, "tolerance": TOLERANCE,
+                "reason": self.reason, "seconds": round(self.seconds, 1),
+                "checkpoint_identical": self.checkpoint_identical}
+
+
+def replay_claim(body: Mapping[str, Any], goal_text: bytes, bundle: bytes,
+                 confinement: Confinement, *, work_dir: Path | None = None,
+                 on_line: Callable[[str], None] | None = None) -> Verdict:
+    """Replay the claim `body` (its artifacts given) and judge it."""
+    facts = body["replay"]
+    _check_machine(facts)
+    with tempfile.TemporaryDirectory(prefix="magnet-replay-", dir=work_dir) as tmp:
+        root = Path(tmp)
+        goal_path = root / GOAL_COPY
+        goal_path.write_bytes(goal_text)
+        goal = load_goal(goal_path)
+        if goal.spec.init is not None:
+            raise ReplayRefused("the claim's run starts from a checkpoint (`init:`), which "
+                                "replays cannot fetch yet; verify it on the contributor's data")
+        source = _unbundle(bundle, root / "source", body["commit"], body["parent"])
+        spec = goal.spec
+        with Workspace.create(root / f"replay-{body['commit'][:12]}", repo=source,
+                              editable=spec.editable, knobs=spec.knobs,
+                              goal=spec.metric.goal) as ws:
+            if ws.git.head() != body["commit"]:
+                raise RunError("the unbundled workspace is not at the claimed commit")
+            scorer = Scorer(goal, ws, confinement)
+            _check_corpus(scorer, facts)
+            scorer.prepare()
+            ws.begin(0, f"replay of {body['run']} experiment {body['exp']}")
+            run = scorer.run(seed=int(facts["seed"]), repeat=0, replay=facts, on_line=on_line,
+                             time_budget=BUDGET_FACTOR * float(facts["time_budget"]))
+    return judge(body, run)
+
+
+def judge(body: Mapping[str, Any], run: Mapping[str, Any]) -> Verdict:
+    """HONEST when the replayed run is within TOLERANCE of the claim, else FALSE."""
+    metric = body["metric"]
+    claimed = float(metric["after"])
+    value = run["metrics"].get(metric["name"]) if run["status"] == "ok" else None
+    identical = (run.get("replay") or {}).get("checkpoint_sha256") == \
+        body["replay"].get("checkpoint_sha256")
+    if value is None:
+        reason = f"the replay {run['status']}: {run.get('reason') or 'no metric'}"
+        return Verdict(FALSE, claimed, None, reason, run["seconds"], identical)
+    off = abs(float(value) - claimed) / max(abs(claimed), 1e-12)
+    verdict = HONEST if off <= TOLERANCE else FALSE
+    relation = "within" if verdict == HONEST else "outside"
+    reason = (f"replayed {metric['name']} {float(value):.6f} vs claimed {claimed:.6f}: "
+              f"{off:.3%} off, {relation} the {TOLERANCE:.0%} tolerance")
+    return Verdict(verdict, claimed, float(value), reason, run["seconds"], identical)
+
+
+def _check_machine(facts: Mapping[str, Any]) -> None:
+    import torch
+
+    here = torch.__version__.split("+")[0]
+    if facts.get("torch") and facts["torch"] != here:
+        raise ReplayRefused(f"the claim was trained with torch {facts['torch']}, this machine "
+                            f"has {here}; replay it where `pip install torch=={facts['torch']}` "
+                            "holds")
+
+
+def _check_corpus(scorer: Scorer, facts: Mapping[str, Any]) -> None:
+    claimed = facts.get("corpus")
+    if not claimed or corpus_of(scorer.goal) is None:
+        return
+    from bitnet.data import corpus_origin
+
+    here = scorer.corpus.sha256
+    if here != claimed["sha256"]:
+        raise ReplayRefused(
+            f"corpus {claimed['name']} on this machine has sha256 {here[:12]}, the claim was "
+            f"trained on {claimed['sha256'][:12]}; {corpus_origin(claimed['name'])}")
+
+
+def _unbundle(bundle: bytes, dest: Path, commit: str, parent: str) -> Path:
+    """A repository whose HEAD is the claimed commit, from the bundle alone."""
+    dest.mkdir(parents=True)
+    path = dest.parent / "claim.bundle"
+    path.write_bytes(bundle)
+    git = Git(dest / ".git", dest)
+    try:
+        git.run("init", "-q")
+        git.run("bundle", "verify", "-q", str(path))
+        # a bundle is read over git's file transport, which the safe configuration turns off
+        run_git(["-c", "protocol.file.allow=always", f"--git-dir={git.git_dir}", "fetch", "-q",
+                 str(path), "+refs/*:refs/claim/*"], cwd=dest)
+        parents = git.run("rev-list", "--parents", "-n", "1", commit).split()[1:]
+        git.run("checkout", "-q", "-B", "claim", commit)
+    except GitError as err:
+        raise RunError(f"the claim's bundle does not hold commit {commit[:12]} ({err}); the "
+                       "claim is malformed") from None
+    if parent not in parents:
+        raise RunError(f"commit {commit[:12]} is not a child of the claimed parent "
+                       f"{parent[:12]}; the claim is malformed")
+    return dest

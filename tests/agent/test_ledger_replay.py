@@ -1,0 +1,168 @@
+"""Ledger claims from a real research run, verified by replaying them in a fresh sandbox.
+
+One research run (scripted planner over HTTP, real training, real evaluator) keeps an
+improvement; the installed CLI claims it, another key replays it and finds it honest. A claim
+whose metric was fabricated is replayed, found false and slashed; a claim on other corpus bytes
+is refused before anything runs, and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from goal_repo import sr
+from openai_server import ScriptedServer, proposal
+
+from agent.claims import build_claim
+from agent.replay import TOLERANCE
+from agent.runner import start_run
+from ledger.book import Ledger
+from ledger.keys import generate_key, load_key
+from ledger.rules import DEFAULT_STAKE, VERIFY_POINTS, reward_points
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
+                                reason="bubblewrap is not installed (make setup installs it)")
+
+CLI = str(Path(sys.executable).with_name("magnet-agent"))
+GOAL = """---
+name: ledger-replay
+template: bitnet-lm
+editable: [train.py, model.py]
+command: python train.py
+corpus: text:{corpus}
+metric: {{name: val_bpb, goal: minimize}}
+budget: {{per_experiment: 3s, grace: 120s, experiments: 1, wall: 10m}}
+planner: openai
+model: scripted-model
+---
+Lower val_bpb within 3 seconds of training.
+"""
+
+
+@pytest.fixture(scope="module")
+def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """(root, run dir, environment): a run whose experiment 2 (one layer instead of four, so
+    many more steps in 3 s) was kept."""
+    root = tmp_path_factory.mktemp("ledger-replay")
+    corpus = root / "corpus"
+    shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / "email", corpus,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    goal = root / "GOAL.md"
+    goal.write_text(GOAL.format(corpus=corpus))
+    env = {"MAGNET_CACHE_DIR": str(root / "cache"), "OPENAI_API_KEY": "sk-test-not-a-secret"}
+    saved = {k: os.environ.get(k) for k in [*env, "OPENAI_BASE_URL"]}
+    with ScriptedServer() as server:
+        os.environ.update(env, OPENAI_BASE_URL=server.base_url)
+        server.push(proposal(sr("N_LAYER = 4", "N_LAYER = 1", "one layer: more steps")))
+        try:
+            run_dir = start_run(goal, runs_dir=root / "runs")
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    records = [json.loads(x) for x in (run_dir / "experiments.jsonl").read_text().splitlines()]
+    assert records[2]["status"] == "keep", records[2]
+    for name in ("alice", "bob"):
+        generate_key(root / f"{name}.key")
+    return root, run_dir, {**os.environ, **env}
+
+
+def ledger_cli(env: dict[str, str], ledger: Path, *args: str) -> subprocess.CompletedProcess:
+    command, rest = args[0], args[1:]
+    return subprocess.run([CLI, "ledger", command, "--ledger", str(ledger), *rest],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_the_record_carries_the_replay_facts(kept_run):
+    _, run_dir, _ = kept_run
+    record = json.loads((run_dir / "experiments.jsonl").read_text().splitlines()[2])
+    facts = record["replay"]
+    metrics = record["metrics"]
+    assert facts["steps"] == metrics["steps"] > 0
+    assert 0 < facts["switch_step"] < facts["steps"]  # stage 2 began mid-run, by the clock
+    assert facts["threads"] == metrics["threads"] >= 1
+    assert facts["seed"] == record["seeds"][0]
+    assert facts["corpus"]["name"].startswith("text:") and len(facts["corpus"]["sha256"]) == 64
+    assert facts["python"] == sysconfig.get_python_version() or \
+        facts["python"].startswith(sysconfig.get_python_version())
+    from bitnet.checkpoint import checkpoint_hash
+
+    assert facts["checkpoint_sha256"] == checkpoint_hash(run_dir / "outputs" / "exp-002")
+
+
+def test_an_honest_claim_verifies_on_replay(kept_run):
+    root, run_dir, env = kept_run
+    ledger = root / "honest.sqlite"
+    claimed = ledger_cli(env, ledger, "claim", run_dir.name, "2", "--key",
+                         str(root / "alice.key"), "--runs-dir", str(root / "runs"))
+    assert claimed.returncode == 0, claimed.stderr
+    assert claimed.stdout.startswith("entry 0 ")
+
+    verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"), "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    facts = json.loads(verified.stdout[verified.stdout.index("{"):])
+    assert facts["verdict"] == "honest"
+    assert abs(facts["replayed"] - facts["claimed"]) <= TOLERANCE * facts["claimed"]
+
+    with Ledger.open(ledger) as book:
+        body = book.find(0).fields["body"]
+        alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
+        bob = load_key(root / "bob.key").public_key().public_bytes_raw().hex()
+        assert book.balances() == {alice: reward_points(body["metric"]), bob: VERIFY_POINTS}
+        assert body["metric"]["before"] > body["metric"]["after"]
+        assert book.audit().ok
+    # the same claim again is a replayed claim
+    again = ledger_cli(env, ledger, "claim", run_dir.name, "2", "--key", str(root / "alice.key"),
+                       "--runs-dir", str(root / "runs"))
+    assert again.returncode == 2 and "already entry 0" in again.stderr
+    audit = ledger_cli(env, ledger, "audit")
+    assert audit.returncode == 0 and "2 entries" in audit.stdout
+
+
+def test_a_fabricated_metric_is_replayed_and_slashed(kept_run):
+    root, run_dir, env = kept_run
+    ledger = root / "forged.sqlite"
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    forged = {**claim.body, "metric": {**claim.body["metric"],
+                                      "after": claim.body["metric"]["after"] * 0.8}}
+    with Ledger.open(ledger) as book:
+        book.claim(load_key(root / "alice.key"), forged, claim.artifacts)
+
+    verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "false" in verified.stdout and "outside the" in verified.stdout
+    with Ledger.open(ledger) as book:
+        kinds = [e.fields["kind"] for e in book.entries()]
+        assert kinds == ["claim", "verification", "slash"]
+        state = book.claim_state(book.find(0))
+        assert state.status == "slashed"
+        alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
+        assert book.balances()[alice] == -DEFAULT_STAKE
+        assert book.audit().ok
+
+
+def test_a_claim_on_other_corpus_bytes_is_refused_before_it_runs(kept_run):
+    root, run_dir, env = kept_run
+    ledger = root / "other-bytes.sqlite"
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    replay = claim.body["replay"]
+    other = {**claim.body, "replay": {**replay, "corpus": {**replay["corpus"],
+                                                           "sha256": "ab" * 32}}}
+    with Ledger.open(ledger) as book:
+        book.claim(load_key(root / "alice.key"), other, claim.artifacts)
+
+    verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
+    assert verified.returncode == 2
+    line = verified.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert line.startswith(f"magnet-agent: error: corpus {replay['corpus']['name']} on this "
+                           "machine has sha256 ")
+    assert "the claim was trained on abababababab" in line
+    with Ledger.open(ledger) as book:
+        assert len(book.entries()) == 1  # no verdict: nobody is slashed for the machine
