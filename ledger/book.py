@@ -47,6 +47,7 @@ class InclusionProof:
 class Ledger:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
+        self.location = str(store.path)
         store.refresh()
 
     @classmethod
@@ -175,6 +176,9 @@ class Ledger:
             raise LedgerError(f"old size {old_size} is not between 1 and the ledger's "
                               f"{head.tree_size if head else 0} entries; pick a smaller size")
         leaves = self.store.leaves[:head.tree_size]
-        return {"old_size": old_size, "old_root": merkle.root(leaves[:old_size]).hex(),
-                "proof": [h.hex() for h in merkle.consistency_proof(old_size, leaves)],
-                "tree_head": head.as_json()}
+        old_root, proof = merkle.root(leaves[:old_size]), merkle.consistency_proof(old_size, leaves)
+        verified = head.signed_ok() and merkle.verify_consistency(
+            old_size, head.tree_size, old_root, head.root, proof)
+        return {"old_size": old_size, "old_root": old_root.hex(),
+                "proof": [h.hex() for h in proof], "tree_head": head.as_json(),
+                "verified": verified}
