@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="one time-budgeted training run of a template, run as an experiment is "
                       "(same sandbox environment and limits) into a run directory under runs/")
     train.add_argument("--template", default="bitnet-lm")
-    train.add_argument("--corpus", default="pycode", help="pycode | pyprose | text:PATH")
+    train.add_argument("--corpus", default="pycode",
+                       help="pycode | pyprose | portable-code | portable-prose | text:PATH")
     train.add_argument("--budget", type=float, default=60.0, help="training seconds")
     train.add_argument("--seed", type=int, default=1337)
     train.add_argument("--init", metavar="RUN|RUN:EXP|CHECKPOINT",

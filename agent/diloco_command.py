@@ -33,7 +33,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        "on your corpus, then average pseudo-gradients with the others")
     worker.add_argument("--lighthouse", required=True, metavar="URL",
                         help="http://HOST:PORT of `magnet-agent lighthouse`")
-    worker.add_argument("--corpus", default="pycode", help="pycode | pyprose | text:PATH")
+    worker.add_argument("--corpus", default="portable-code",
+                        help="portable-code (default: the same bytes on every machine) | "
+                             "portable-prose | pycode | pyprose | text:PATH")
     worker.add_argument("--shard", default="0/1", metavar="K/N",
                         help="train on the K-th of N equal slices of the corpus (default 0/1)")
     worker.add_argument("--init", metavar="RUN|RUN:EXP|CHECKPOINT",

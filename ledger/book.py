@@ -46,9 +46,10 @@ class InclusionProof:
 
 class Ledger:
     def __init__(self, store: SqliteStore) -> None:
+        # the entries are read when first needed, not here: `audit` must open a ledger whose
+        # entries no longer parse, to name the first bad one
         self.store = store
         self.location = str(store.path)
-        store.refresh()
 
     @classmethod
     def open(cls, location: str | Path | None = None) -> Ledger:
@@ -160,17 +161,20 @@ class Ledger:
 
     def prove(self, ref: str | int) -> InclusionProof:
         """An inclusion proof of an entry in the latest signed tree head."""
-        entry = self.find(ref)
+        entry = self.find(ref)  # brings the leaves up to date
         seq = entry.fields["seq"]
         head = self.store.latest_tree_head()
         if head is None or head.tree_size <= seq:
             raise LedgerError(f"no signed tree head covers entry {seq} yet; append an entry "
                               "and prove it again")
+        if head.tree_size > len(self.store.leaves):
+            self.store.refresh()  # another process appended since
         leaves = self.store.leaves[:head.tree_size]
         return InclusionProof(seq, entry.leaf, merkle.inclusion_proof(seq, leaves), head)
 
     def consistency(self, old_size: int) -> dict[str, Any]:
         """A consistency proof from the tree of `old_size` entries to the latest tree head."""
+        self.store.refresh()
         head = self.store.latest_tree_head()
         if head is None or not 0 < old_size <= head.tree_size:
             raise LedgerError(f"old size {old_size} is not between 1 and the ledger's "
