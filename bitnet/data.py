@@ -1,13 +1,18 @@
-"""Byte-level corpora for BitNet training: ``pycode``, ``pyprose`` and ``text:PATH``.
+"""Byte-level corpora for BitNet training: ``pycode``, ``pyprose``, ``portable-code``,
+``portable-prose`` and ``text:PATH``.
 
 The tokenizer is the identity on UTF-8 bytes (token id == byte value, 256 ids).
 
 Corpora
-  pycode     the running Python's standard-library ``.py`` files (site-/dist-packages excluded)
-  pyprose    the docstrings (``ast.get_docstring``) and comments of those same files, in source
-             order; files that do not parse are skipped, and so are shebang/coding lines,
-             tool pragmas, pure-punctuation comments and commented-out code
-  text:PATH  a text file, or every non-hidden, non-binary file under a folder
+  pycode          the running Python's standard-library ``.py`` files (site-/dist-packages
+                  excluded): different bytes on different Python versions
+  pyprose         the docstrings (``ast.get_docstring``) and comments of those same files, in
+                  source order; files that do not parse are skipped, and so are shebang/coding
+                  lines, tool pragmas, pure-punctuation comments and commented-out code
+  portable-code   the ``.py`` files of pinned PyPI wheels (bitnet.portable), fetched once by pip:
+                  the same bytes on every machine, checked against a pinned fingerprint
+  portable-prose  the docstrings and comments of those same files, as for pyprose
+  text:PATH       a text file, or every non-hidden, non-binary file under a folder
 
 Layout: every document (one source file) is followed by one NUL byte (``SEPARATOR``), a
 document-end marker that text never contains (files with a NUL byte are treated as binary).
@@ -16,10 +21,17 @@ Split, by file: a file is validation when ``sha256(relative path)`` falls in 5 o
 so the validation set does not depend on the run, the seed or the other files. When that
 leaves one side empty (e.g. a single file), validation is the last 10% of the byte stream.
 
+Fingerprints: a corpus is identified by the sha256 of its bytes, ``train_sha256`` of train.bin
+and ``val_sha256`` of val.bin (hex), and ``sha256`` of both, which is
+``sha256(b"train:" + train_sha256 + b"\nval:" + val_sha256)`` over the ASCII hex digests
+(``corpus_sha256``). Two machines hold the same corpus exactly when these agree.
+
 Cache: ``train.bin``/``val.bin`` (raw uint8, opened as read-only memmaps) and ``meta.json``
-live in ``<cache_dir>/<source>-<fingerprint>/``. The fingerprint covers the file list (paths,
-sizes, mtimes), the Python version and ``_FORMAT``, so a changed file means a rebuild (the
-stale entry is deleted). Builds happen in a temporary folder renamed into place.
+(with the fingerprints, computed once at build) live in ``<cache_dir>/<source>-<key>/``. The
+key covers ``_FORMAT`` and, for the stdlib and text corpora, the file list (paths, sizes,
+mtimes) and the Python version, so a changed file means a rebuild (the stale entry is deleted);
+for the portable corpora it covers the wheel pins only, never the Python version. Builds happen
+in a temporary folder renamed into place.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import stat
@@ -45,14 +58,19 @@ import numpy as np
 import torch
 
 VOCAB_SIZE = 256  # byte-level tokenizer: token id == byte value
-KNOWN_CORPORA: tuple[str, ...] = ("pycode", "pyprose", "text:PATH")
+KNOWN_CORPORA: tuple[str, ...] = (
+    "pycode", "pyprose", "portable-code", "portable-prose", "text:PATH"
+)
 SEPARATOR = b"\x00"  # appended to every document
 VAL_PERCENT = 5  # share of files (by path hash) that go to validation
 TAIL_FRACTION = 0.1  # fallback validation share of the byte stream
 
-_FORMAT = 1  # bump whenever extraction or layout changes, so old caches are ignored
+_FORMAT = 2  # bump whenever extraction or layout changes, so old caches are ignored
 _SNIFF_BYTES = 8192  # a NUL byte in this prefix marks a file as binary
 _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages"})
+_STDLIB = ("pycode", "pyprose")
+_PORTABLE = ("portable-code", "portable-prose")  # the same kinds of text as _STDLIB, in order
+_PROSE = frozenset({"pyprose", "portable-prose"})
 
 
 class CorpusError(ValueError):
@@ -66,6 +84,9 @@ class Corpus:
     val: np.ndarray  # uint8 read-only memmap of all validation bytes
     n_train_files: int
     n_val_files: int  # 0 when validation is the tail of the stream (too few files to split)
+    train_sha256: str  # hex sha256 of the training bytes
+    val_sha256: str  # hex sha256 of the validation bytes
+    sha256: str  # corpus_sha256 of the two: the corpus's identity across machines
 
 
 def encode(text: str) -> list[int]:
@@ -80,14 +101,37 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MAGNET_CACHE_DIR") or Path.home() / ".cache/magnet/corpora")
 
 
+def corpus_sha256(train_sha256: str, val_sha256: str) -> str:
+    """The fingerprint of a whole corpus from those of its two splits (hex digests)."""
+    return hashlib.sha256(f"train:{train_sha256}\nval:{val_sha256}".encode("ascii")).hexdigest()
+
+
+def corpus_origin(spec: str) -> str:
+    """Where a corpus's bytes come from and how another machine gets the same, in one phrase."""
+    if spec in _STDLIB:
+        stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+        return (
+            f"the standard library of Python {platform.python_version()} at {stdlib}, which "
+            "differs between Python versions: run the replay on the Python version the claim "
+            f"was trained on, or train on {_PORTABLE[_STDLIB.index(spec)]}"
+        )
+    if spec in _PORTABLE:
+        return "pinned PyPI wheels fetched by pip (bitnet.portable): identical on every machine"
+    if isinstance(spec, str) and spec.startswith("text:") and spec != "text:":
+        path = Path(spec[len("text:") :]).expanduser()  # need not exist: it may be elsewhere
+        return f"the files under {path}: copy them to the verifier"
+    _resolve(spec, Path())  # unknown, or "text:" without a path: raises the error for it
+    raise AssertionError(f"no origin for {spec!r}")
+
+
 def load_corpus(spec: str, cache_dir: str | Path | None = None) -> Corpus:
     """Load a corpus by spec, building its token cache on first use."""
-    source = _resolve(spec)
+    base = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
+    source = _resolve(spec, base)
     files = _list_files(source)
     key = hashlib.sha256(
-        json.dumps([_FORMAT, source.kind, sys.version, files]).encode()
+        json.dumps([_FORMAT, source.kind, source.depends_on, files]).encode()
     ).hexdigest()[:16]
-    base = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
     entry = base / f"{source.prefix}-{key}"
     meta = _read_meta(entry)
     if meta is None:
@@ -98,6 +142,9 @@ def load_corpus(spec: str, cache_dir: str | Path | None = None) -> Corpus:
         val=np.memmap(entry / "val.bin", dtype=np.uint8, mode="r"),
         n_train_files=meta["n_train_files"],
         n_val_files=meta["n_val_files"],
+        train_sha256=meta["train_sha256"],
+        val_sha256=meta["val_sha256"],
+        sha256=meta["sha256"],
     )
 
 
@@ -127,16 +174,27 @@ def is_val_path(relpath: str) -> bool:
 
 @dataclass(frozen=True)
 class _Source:
-    kind: str  # "pycode" | "pyprose" | "text"
-    path: Path  # what was searched (stdlib folder, user file or folder)
+    kind: str  # "pycode" | "pyprose" | "portable-code" | "portable-prose" | "text"
+    path: Path  # what was searched (stdlib folder, user file or folder, wheel folder)
     root: Path  # relative paths (and so the split) are taken from here
-    prefix: str  # cache entry name without the fingerprint; older entries share it
+    prefix: str  # cache entry name without the key; older entries share it
+    depends_on: str  # what the bytes depend on beyond the files: Python version, wheel pins
+
+    @property
+    def portable(self) -> bool:
+        return self.kind in _PORTABLE
 
 
-def _resolve(spec: str) -> _Source:
-    if spec in ("pycode", "pyprose"):
+def _resolve(spec: str, cache_dir: Path) -> _Source:
+    if spec in _STDLIB:
         stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
-        return _Source(spec, stdlib, stdlib, f"{spec}-{_short_hash(str(stdlib), sys.version)}")
+        prefix = f"{spec}-{_short_hash(str(stdlib), sys.version)}"
+        return _Source(spec, stdlib, stdlib, prefix, sys.version)
+    if spec in _PORTABLE:
+        from bitnet import portable  # not at the top: it imports CorpusError from here
+
+        wheels = portable.wheel_dir(cache_dir)
+        return _Source(spec, wheels, wheels, spec, portable.PINS_DIGEST)
     if isinstance(spec, str) and spec.startswith("text:"):
         raw = spec[len("text:") :]
         if not raw:
@@ -149,7 +207,8 @@ def _resolve(spec: str) -> _Source:
         path = path.resolve()
         root = path if path.is_dir() else path.parent
         label = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name)[:40] or "root"
-        return _Source("text", path, root, f"text-{label}-{_short_hash(str(path), sys.version)}")
+        prefix = f"text-{label}-{_short_hash(str(path), sys.version)}"
+        return _Source("text", path, root, prefix, sys.version)
     raise CorpusError(f"unknown corpus {spec!r}; known corpora: {', '.join(KNOWN_CORPORA)}")
 
 
@@ -164,7 +223,13 @@ def _unreadable(path: str | os.PathLike, reason: str, source: _Source) -> Corpus
 
 
 def _list_files(source: _Source) -> list[tuple[str, int, int]]:
-    """Sorted (relative path, size, mtime_ns) of candidate files; stat only, no reading."""
+    """Sorted (relative path, size, mtime_ns) of candidate files; stat only, no reading.
+
+    Empty for the portable corpora: their pins (`depends_on`) say it all, and the wheels need
+    not be on this machine once the cache entry is built.
+    """
+    if source.portable:
+        return []
     candidates = _walk(source) if source.path.is_dir() else [source.path]
     listed = []
     for path in candidates:
@@ -203,15 +268,25 @@ def _read_file(path: Path, source: _Source) -> bytes:
         raise _unreadable(path, err.strerror or str(err), source) from err
 
 
+def _sources(source: _Source, files: list[tuple[str, int, int]]):
+    """Yield (relative path, raw bytes) of every candidate file."""
+    if source.portable:
+        from bitnet import portable
+
+        yield from portable.documents(portable.fetch(source.path, source.kind))
+        return
+    for rel, _, _ in files:
+        yield rel, _read_file(source.root / rel, source)
+
+
 def _documents(source: _Source, files: list[tuple[str, int, int]], skipped: dict[str, int]):
     """Yield (relative path, document bytes) per usable file; count the others in `skipped`."""
-    for rel, _, _ in files:
-        raw = _read_file(source.root / rel, source)
+    for rel, raw in _sources(source, files):
         if b"\0" in raw[:_SNIFF_BYTES]:
             skipped["binary"] += 1
             continue
         doc = raw
-        if source.kind == "pyprose":
+        if source.kind in _PROSE:
             prose = extract_prose(raw)
             if prose is None:
                 skipped["unparsable"] += 1
@@ -244,7 +319,7 @@ def _build_entry(
             f"({len(files)} files{'; skipped ' + reasons if reasons else ''}); "
             "point it at non-empty text files (hidden and binary files are ignored)"
         )
-    meta = {"format": _FORMAT, "spec": spec, "source": str(source.path)}
+    meta = {"format": _FORMAT, "spec": spec, "source": str(source.path), "skipped": skipped}
     if train and val:
         meta |= {"split": "by-file", "n_train_files": len(train), "n_val_files": len(val)}
     else:  # too few files for a by-file split: the tail of the stream is validation
@@ -252,6 +327,9 @@ def _build_entry(
         cut = len(stream) - max(1, int(len(stream) * TAIL_FRACTION))
         meta |= {"split": "tail", "n_train_files": len(train or val), "n_val_files": 0}
         train, val = [stream[:cut]], [stream[cut:]]
+    meta |= _fingerprints(train, val)
+    if source.portable:
+        _check_pin(spec, meta["sha256"])
 
     try:
         return _write_entry(entry, meta, train, val, source.prefix)
@@ -260,6 +338,29 @@ def _build_entry(
             f"cannot write the corpus cache in {entry.parent}: {err.strerror or err}; "
             "free some space or set MAGNET_CACHE_DIR to a writable folder"
         ) from err
+
+
+def _fingerprints(train: list[bytes], val: list[bytes]) -> dict[str, str]:
+    digests = {}
+    for name, parts in (("train", train), ("val", val)):
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        digests[f"{name}_sha256"] = digest.hexdigest()
+    return digests | {"sha256": corpus_sha256(digests["train_sha256"], digests["val_sha256"])}
+
+
+def _check_pin(spec: str, sha256: str) -> None:
+    """A portable corpus must be the same bytes everywhere: refuse any other build of it."""
+    from bitnet import portable
+
+    if sha256 != portable.PINNED_SHA256[spec]:
+        raise CorpusError(
+            f"corpus {spec!r} built on Python {platform.python_version()} has sha256 {sha256}, "
+            f"not the pinned {portable.PINNED_SHA256[spec]}, so it would differ from other "
+            "machines' (bitnet/portable.py pins the wheels and the fingerprint); train on "
+            f"{_STDLIB[_PORTABLE.index(spec)]} instead"
+        )
 
 
 def _write_entry(entry: Path, meta: dict, train: list[bytes], val: list[bytes], prefix: str):

@@ -4,7 +4,9 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import json
 import os
+import platform
 import sysconfig
 import threading
 import tokenize
@@ -242,6 +244,68 @@ def test_default_cache_dir_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(tmp_path / "env-cache"))
     corpus = load_corpus(f"text:{path}")
     assert Path(corpus.train.filename).parent.parent == tmp_path / "env-cache"
+
+
+# --- fingerprints ---------------------------------------------------------------------------
+
+
+def file_sha256(array) -> str:
+    return hashlib.sha256(Path(array.filename).read_bytes()).hexdigest()
+
+
+def test_fingerprints_are_the_sha256_of_the_cached_bytes(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, names(True, 2) + names(False, 8))
+    corpus = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert corpus.train_sha256 == file_sha256(corpus.train) == hashlib.sha256(
+        bytes(corpus.train)).hexdigest()
+    assert corpus.val_sha256 == file_sha256(corpus.val)
+    both_splits = f"train:{corpus.train_sha256}\nval:{corpus.val_sha256}".encode()
+    assert corpus.sha256 == hashlib.sha256(both_splits).hexdigest()  # the documented rule
+    assert corpus.sha256 == data.corpus_sha256(corpus.train_sha256, corpus.val_sha256)
+    assert load_corpus(f"text:{root}", tmp_path / "elsewhere").sha256 == corpus.sha256
+
+
+def test_one_changed_byte_changes_the_fingerprint_of_its_split_only(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, names(True, 2) + names(False, 8))
+    before = load_corpus(f"text:{root}", tmp_path / "cache")
+    train_file = root / names(False, 1)[0]
+    text = train_file.read_bytes()
+    train_file.write_bytes(text[:-2] + b"X" + text[-1:])  # same size, one byte differs
+    after = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert len(after.train) == len(before.train)
+    assert after.train_sha256 != before.train_sha256 and after.sha256 != before.sha256
+    assert after.val_sha256 == before.val_sha256
+    assert after.train_sha256 == file_sha256(after.train)
+
+
+def test_an_entry_of_the_previous_format_is_rebuilt_with_fingerprints(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, names(True, 1) + names(False, 5))
+    corpus = load_corpus(f"text:{root}", tmp_path / "cache")
+    meta_path = Path(corpus.train.filename).parent / "meta.json"
+    old = json.loads(meta_path.read_text())
+    for key in ("train_sha256", "val_sha256", "sha256"):
+        del old[key]
+    meta_path.write_text(json.dumps(old | {"format": old["format"] - 1}))
+    rebuilt = load_corpus(f"text:{root}", tmp_path / "cache")
+    assert rebuilt.sha256 == corpus.sha256
+    assert json.loads(meta_path.read_text())["sha256"] == corpus.sha256
+
+
+def test_corpus_origin_says_where_the_bytes_come_from(tmp_path):
+    stdlib = str(STDLIB.resolve())
+    pycode = data.corpus_origin("pycode")
+    assert platform.python_version() in pycode and stdlib in pycode
+    assert "portable-code" in pycode and "portable-prose" in data.corpus_origin("pyprose")
+    for spec in ("portable-code", "portable-prose"):
+        assert "identical on every machine" in data.corpus_origin(spec)
+    elsewhere = tmp_path / "not-on-this-machine"  # a verifier may not have the claimed folder
+    assert str(elsewhere) in data.corpus_origin(f"text:{elsewhere}")
+    assert "\n" not in pycode
+    with pytest.raises(CorpusError, match="known corpora"):
+        data.corpus_origin("wikipedia")
 
 
 # --- errors ---------------------------------------------------------------------------------
