@@ -21,6 +21,7 @@ from agent.experiment_record import run_summary
 from agent.goal import Goal, GoalError
 from agent.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.init_checkpoint import init_dir
+from agent.private_paths import private_paths
 from agent.replay_facts import replay_facts
 from sandbox.confine import Confinement
 from sandbox.env import run_environ
@@ -85,6 +86,7 @@ class Scorer:
         # runs read the corpus and its cache, never write them; the evaluator's model code gets
         # the validation bytes only through its pipe, so it does not see them at all
         starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
+        confinement = confinement.with_paths(hidden=private_paths())  # keys, credentials
         self.confinement = confinement.with_paths(
             readable=[*_corpus_paths(corpus_of(goal)), *starts_from])
         self.evaluator_confinement = confinement.with_paths(hidden=_corpus_paths(corpus_of(goal)))

@@ -64,7 +64,7 @@ class WorkerError(ValueError):
 @dataclass
 class WorkerOptions:
     lighthouse: str  # http://HOST:PORT of `magnet-agent lighthouse`
-    corpus: str  # pycode | pyprose | text:PATH
+    corpus: str  # bitnet.data.KNOWN_CORPORA
     out: Path
     replica_id: str = ""  # default: the hostname
     init: Path | None = None  # the common base checkpoint; None: fresh_model(config, seed)

@@ -121,6 +121,38 @@ def test_forged_records_control_and_metric_change_nothing(tmp_path, planner_env)
     assert "4 scored by the goal's `evaluate:` command" in report
 
 
+STEAL = """
+import os
+for path in {paths!r}:
+    try:
+        data = open(path, "rb").read()
+        print("STOLEN", path, len(data))
+    except OSError as err:
+        print("OUT OF REACH", type(err).__name__)
+print("LISTED", sorted(os.listdir({key_dir!r})))
+"""
+
+
+def test_ledger_keys_and_the_ledger_are_out_of_reach(tmp_path, planner_env, monkeypatch):
+    from ledger.book import Ledger
+    from ledger.keys import generate_key
+
+    home = tmp_path / "home"
+    key, ledger = home / ".magnet" / "me.key", tmp_path / "shared" / "ledger.sqlite"
+    generate_key(key)
+    Ledger.open(ledger).close()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MAGNET_LEDGER", str(ledger))
+    code = STEAL.format(paths=[str(key), str(ledger)], key_dir=str(key.parent))
+    planner_env.push(proposal(attack(code, "read the ledger key")))
+    run_dir = start_run(goal_file(tmp_path, experiments=1), runs_dir=tmp_path / "runs")
+
+    log = (run_dir / "logs" / "exp-002.log").read_text()
+    assert "STOLEN" not in log and log.count("OUT OF REACH") == 2, log
+    assert "LISTED []" in log
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")  # only hidden, not touched
+
+
 def test_without_evaluate_the_report_says_self_reported(tmp_path, planner_env):
     planner_env.push(proposal(sr("X = 3.0", "X = 2.0", "move X towards 1")))
     run_dir = start_run(goal_file(tmp_path, experiments=1), runs_dir=tmp_path / "runs")

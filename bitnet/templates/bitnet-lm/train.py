@@ -37,7 +37,7 @@ from bitnet.evaluate import evaluate_bpb
 from bitnet.model import BitNetConfig
 
 # --- tunable constants -------------------------------------------------------------------------
-CORPUS = os.environ.get("MAGNET_CORPUS", "pycode")  # pycode | pyprose | text:PATH
+CORPUS = os.environ.get("MAGNET_CORPUS", "pycode")  # pycode, pyprose, portable-*, text:PATH
 N_LAYER = 4
 N_EMBD = 96  # hidden size
 N_HEAD = 4
