@@ -340,20 +340,21 @@ def test_audit_cli_exit_codes(book: Book) -> None:
     assert not as_json["ok"] and as_json["problem"].startswith("entry 4: ")
 
 
-# Bug (ledger/book.py Ledger.__init__ -> SqliteStore.refresh): opening a ledger replays its
-# entries through the rules first, so a tamper the rules trip on makes `Ledger.open` raise
-# "entry N is corrupt ...; run `magnet-agent ledger audit`", and that audit fails the same way.
-@pytest.mark.xfail(strict=True, raises=LedgerError,
-                   reason="Ledger.open refreshes before audit; a corrupt ledger cannot be opened")
+# The rules cannot replay these (a verdict on a claim that is gone; bytes that are not JSON),
+# so the ledger must open without replaying its entries for audit to name the bad one.
 @pytest.mark.parametrize("tamper, expected", [
-    ("DELETE FROM entries WHERE seq = 3", "entry 3: "),  # entries 6 and 7 name claim 3
-    ("UPDATE entries SET data = CAST(substr(data, 2) AS BLOB) WHERE seq = 1", "entry 1: "),
+    ("DELETE FROM entries WHERE seq = 3", "entry 3: it is numbered 4"),  # 6 and 7 name claim 3
+    ("UPDATE entries SET data = CAST(substr(data, 2) AS BLOB) WHERE seq = 1",
+     "entry 1: unreadable"),
 ])
 def test_audit_of_entries_the_rules_cannot_read(book: Book, tamper: str, expected: str) -> None:
     copy = tampered_copy(book, lambda db: db.execute(tamper))
     with Ledger.open(copy) as lg:
         report = lg.audit()
-    assert report.problem is not None and report.problem.startswith(expected)
+    assert report.problem is not None and report.problem.startswith(expected), report.problem
+    done = cli("ledger", "audit", "--ledger", str(copy), cwd=book.path.parent)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith(f"bad: {expected}")
 
 
 # ---------------------------------------------------------------------------------------------
