@@ -2,9 +2,11 @@
 
 The claim names the goal, run, experiment, commit and parent, the metric before (the parent's
 judged value) and after (the value of the run the replay facts describe), the replay facts of
-the experiment's record, and the sha256 of two artifacts stored beside it in the ledger: the
-goal file and a git bundle of the commit. The bundle holds the commit with its history
-(parent..commit and the commits before it), so a machine that has none of them can unbundle it.
+the experiment's record, and the sha256 of the artifacts stored beside it in the ledger: the
+goal file, a git bundle of the commit, and the schedule the run followed (its progress at every
+step, by the clock, which a replay follows exactly). The bundle holds the commit with its
+history (parent..commit and the commits before it), so a machine that has none of them can
+unbundle it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 from agent import scores
 from agent.goal import load_goal
 from agent.records import RunRecords
+from agent.replay_facts import SCHEDULE_FILE
 from agent.rundir import GOAL_COPY, RunError
 from ledger.canonical import sha256_hex
 from sandbox.gitcli import Git, GitError
-from sandbox.layout import exp_ref, git_dir
+from sandbox.layout import exp_ref, git_dir, output_dir
 
 CLAIMED = (scores.KEEP,)  # statuses a claim may be made for: improvements that were kept
 
@@ -54,6 +57,9 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
     goal = load_goal(run_dir / GOAL_COPY)
     goal_text = (run_dir / GOAL_COPY).read_bytes()
     bundle = make_bundle(run_dir, exp, record["commit"])
+    artifacts = {"bundle": bundle, "goal_file": goal_text}
+    if replay.get("schedule_sha256"):
+        artifacts["schedule"] = _schedule(run_dir, exp, replay["schedule_sha256"])
     body = {
         "goal": {"name": goal.spec.name, "sha256": sha256_hex(goal_text)},
         "run": run_dir.name, "exp": exp, "commit": record["commit"], "parent": record["parent"],
@@ -61,9 +67,19 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
         "metric": {"name": record["metric_name"], "goal": goal.spec.metric.goal,
                    "before": parent["metric"], "after": record["runs"][0]},
         "replay": replay,
-        "bundle": sha256_hex(bundle), "goal_file": sha256_hex(goal_text), "stake": stake,
+        **{name: sha256_hex(data) for name, data in artifacts.items()}, "stake": stake,
     }
-    return Claim(body, {"bundle": bundle, "goal_file": goal_text})
+    return Claim(body, artifacts)
+
+
+def _schedule(run_dir: Path, exp: int, sha256: str) -> bytes:
+    """The schedule the experiment's first run followed, as its record fixed it."""
+    path = output_dir(run_dir, exp) / SCHEDULE_FILE
+    data = path.read_bytes() if path.is_file() else b""
+    if sha256_hex(data) != sha256:
+        raise RunError(f"{path} is missing or changed since the run (its record says sha256 "
+                       f"{sha256[:12]}); claim from an untouched run")
+    return data
 
 
 def make_bundle(run_dir: Path, exp: int, commit: str) -> bytes:

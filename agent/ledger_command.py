@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ledger.canonical import LedgerError
@@ -148,6 +149,7 @@ def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
 
 def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
     from agent.replay import replay_claim
+    from agent.train_command import STEP_LINE
     from ledger.keys import load_key
     from sandbox.confine import confinement
 
@@ -158,12 +160,25 @@ def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
     if state.status != "pending":
         raise LedgerError(f"claim {state.id[:12]} is already {state.status}; nothing to verify")
     confined = confinement(unconfined=args.unconfined)
+    steps = body["replay"].get("steps")
     console.print(f"replaying entry {entry.fields['seq']}: {body['run']} experiment "
-                  f"{body['exp']} ({body['replay'].get('steps')} steps, seed "
-                  f"{body['replay']['seed']}) …", soft_wrap=True)
-    with console.status("training and scoring the claimed commit"):
-        verdict = replay_claim(body, ledger.artifact(body["goal_file"]),
-                               ledger.artifact(body["bundle"]), confined)
+                  f"{body['exp']} ({steps} steps, seed {body['replay']['seed']}, "
+                  f"{body['replay'].get('threads')} threads)", soft_wrap=True)
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("preparing the sandbox", total=steps or None, status="")
+
+        def on_line(line: str) -> None:
+            if match := STEP_LINE.match(line):
+                progress.update(task, description="training", completed=int(match[1]),
+                                status=f"loss {match[2]}")
+            elif line.startswith("METRIC "):
+                progress.update(task, description="scoring", status="")
+
+        artifacts = {name: ledger.artifact(body[name])
+                     for name in ("goal_file", "bundle", "schedule") if name in body}
+        verdict = replay_claim(body, artifacts, confined, on_line=on_line)
     written = ledger.verify(key, entry, verdict.verdict, verdict.facts())
     if args.json:
         print(json.dumps({**verdict.facts(), "verdict": verdict.verdict,

@@ -2,7 +2,8 @@
 
 The claim's bundle is unbundled into a new git repository, checked to hold the claimed commit
 as a child of the claimed parent, and run as an experiment is (agent.scoring: confined, scored
-by the template's evaluator) with the claim's seed, steps, schedule switch and threads. The
+by the template's evaluator) with the claim's seed, steps, threads and the schedule the run
+followed, step by step. The
 claim is honest when the replayed metric is within `TOLERANCE` of what it claims.
 
 Refused before anything runs (no verdict, so nobody is slashed for the verifier's machine): a
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal import load_goal
+from agent.replay_facts import SCHEDULE_FILE
 from agent.rundir import GOAL_COPY, RunError
 from agent.scoring import Scorer, corpus_of
 from ledger.rules import FALSE, HONEST
@@ -26,8 +28,10 @@ from sandbox.gitcli import Git, GitError, run_git
 from sandbox.workspace import Workspace
 
 # Relative difference between a replayed val_bpb and the claimed one that still counts as the
-# same run: measured over 5 honest claims (bench/replay_tolerance.py), see the README.
-TOLERANCE = 0.01
+# same run. On the claimant's machine a replay is bit-exact (5 of 5 honest claims in
+# bench/replay_tolerance.py: same checkpoint bytes, difference 0); the margin is for another
+# CPU's float kernels, and bounds what a claim can overstate.
+TOLERANCE = 0.005
 BUDGET_FACTOR = 4  # a replay trains fixed steps; it may take this much longer than the claim
 
 
@@ -51,21 +55,22 @@ class Verdict:
                 "checkpoint_identical": self.checkpoint_identical}
 
 
-def replay_claim(body: Mapping[str, Any], goal_text: bytes, bundle: bytes,
+def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
                  confinement: Confinement, *, work_dir: Path | None = None,
                  on_line: Callable[[str], None] | None = None) -> Verdict:
-    """Replay the claim `body` (its artifacts given) and judge it."""
+    """Replay the claim `body` and judge it; `artifacts` are those it names (agent.claims):
+    the goal file, the bundle and, if the run recorded one, its schedule."""
     facts = body["replay"]
     _check_machine(facts)
     with tempfile.TemporaryDirectory(prefix="magnet-replay-", dir=work_dir) as tmp:
         root = Path(tmp)
         goal_path = root / GOAL_COPY
-        goal_path.write_bytes(goal_text)
+        goal_path.write_bytes(artifacts["goal_file"])
         goal = load_goal(goal_path)
         if goal.spec.init is not None:
             raise ReplayRefused("the claim's run starts from a checkpoint (`init:`), which "
                                 "replays cannot fetch yet; verify it on the contributor's data")
-        source = _unbundle(bundle, root / "source", body["commit"], body["parent"])
+        source = _unbundle(artifacts["bundle"], root / "source", body["commit"], body["parent"])
         spec = goal.spec
         with Workspace.create(root / f"replay-{body['commit'][:12]}", repo=source,
                               editable=spec.editable, knobs=spec.knobs,
@@ -76,7 +81,12 @@ def replay_claim(body: Mapping[str, Any], goal_text: bytes, bundle: bytes,
             _check_corpus(scorer, facts)
             scorer.prepare()
             ws.begin(0, f"replay of {body['run']} experiment {body['exp']}")
+            schedule = None
+            if "schedule" in artifacts:  # untracked, in the tree the run can read
+                schedule = ws.path / f".magnet-{SCHEDULE_FILE}"
+                schedule.write_bytes(artifacts["schedule"])
             run = scorer.run(seed=int(facts["seed"]), repeat=0, replay=facts, on_line=on_line,
+                             schedule=schedule,
                              time_budget=BUDGET_FACTOR * float(facts["time_budget"]))
     return judge(body, run)
 
@@ -95,7 +105,7 @@ def judge(body: Mapping[str, Any], run: Mapping[str, Any]) -> Verdict:
     verdict = HONEST if off <= TOLERANCE else FALSE
     relation = "within" if verdict == HONEST else "outside"
     reason = (f"replayed {metric['name']} {float(value):.6f} vs claimed {claimed:.6f}: "
-              f"{off:.3%} off, {relation} the {TOLERANCE:.0%} tolerance")
+              f"{off:.3%} off, {relation} the {TOLERANCE:.1%} tolerance")
     return Verdict(verdict, claimed, float(value), reason, run["seconds"], identical)
 
 

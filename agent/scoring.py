@@ -98,11 +98,12 @@ class Scorer:
 
     def run(self, *, seed: int, repeat: int, on_line: Callable[[str], None] | None = None,
             mem_limit: int | None = None, replay: Mapping[str, Any] | None = None,
-            time_budget: float | None = None) -> dict[str, Any]:
+            schedule: Path | None = None, time_budget: float | None = None) -> dict[str, Any]:
         """One confined run of the goal's command on the experiment in flight, scored: the
         run summary (agent.experiment_record.run_summary) the loop and `train` record, with
         the facts a replay needs (`replay`). Given `replay` (those facts of an earlier run), it
-        re-runs that run: its steps, schedule switch and threads."""
+        re-runs that run: its steps, threads and schedule (`schedule`: the file it recorded,
+        else its switch to stage 2)."""
         spec = self.goal.spec
         budget = time_budget or spec.budget.per_experiment
         env = run_env(self.goal, self.ws.run_dir)
@@ -111,6 +112,8 @@ class Scorer:
             steps, threads = replay.get("steps"), replay.get("threads")
             if replay.get("switch_step") is not None:
                 env["MAGNET_SWITCH_STEP"] = str(replay["switch_step"])
+            if schedule is not None:
+                env["MAGNET_SCHEDULE"] = str(schedule)
         result = self.ws.run(
             spec.command, time_budget=budget, seed=seed, steps=steps, threads=threads,
             grace=spec.budget.grace, mem_limit=mem_limit, metric=self.metric, on_line=on_line,

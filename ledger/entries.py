@@ -66,6 +66,24 @@ class Entry:
         return keys.verify(self.fields["author"], self.signature, self.data)
 
 
+FIELDS = {"seq": int, "prev": str, "kind": str, "author": str, "time": str, "body": dict}
+
+
+def shape_problem(fields: object) -> str | None:
+    """What is wrong with an entry's fields (exactly FIELDS, of those types), or None. Only
+    then may `Entry.body_id` cut the body from the bytes: strings cannot hold the raw text
+    `,"kind":` (their quotes are escaped)."""
+    if not isinstance(fields, dict) or set(fields) != set(FIELDS):
+        names = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
+        return f"its fields are {names}, not {sorted(FIELDS)}"
+    for name, kind in FIELDS.items():
+        if not isinstance(fields[name], kind) or isinstance(fields[name], bool):
+            return f"its {name} is a {type(fields[name]).__name__}, not a {kind.__name__}"
+    if fields["kind"] not in KINDS:
+        return f"its kind {fields['kind']!r} is none of {', '.join(KINDS)}"
+    return None
+
+
 def make_entry(key: Ed25519PrivateKey, *, seq: int, prev: str, kind: str,
                body: dict[str, Any], time: str | None = None) -> Entry:
     if kind not in KINDS:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.canonical import LedgerError
-from ledger.entries import CLAIM, SLASH, VERIFICATION, Entry
+from ledger.entries import CLAIM, SLASH, VERIFICATION, Entry, shape_problem
 
 POINTS_PER_GAIN = 10_000  # one point per 0.01% relative improvement
 VERIFY_POINTS = 10  # for replaying someone's claim
@@ -66,9 +66,10 @@ class Standing:
     def check(self, entry: Entry) -> None:
         """Raise LedgerError (one line) if `entry` may not follow the entries seen so far."""
         fields = entry.fields
+        if problem := shape_problem(fields):
+            raise LedgerError(f"the entry is malformed: {problem}; build entries with "
+                              "magnet-agent ledger")
         kind, body, author = fields["kind"], fields["body"], fields["author"]
-        if not isinstance(body, dict):
-            raise LedgerError(f"entry {fields['seq']}: its body is not an object")
         if kind == CLAIM:
             self._check_claim(body, entry.body_id)
         elif kind == VERIFICATION:

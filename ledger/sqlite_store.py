@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS tree_heads (
     signature BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS artifacts (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
+TABLES = ("entries", "tree_heads", "artifacts")
 BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another's transaction
 
 
@@ -41,6 +42,11 @@ class SqliteStore:
         try:
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                       isolation_level=None)
+            tables = {name for (name,) in self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not set(TABLES) <= tables:  # someone else's database: leave it alone
+                raise LedgerError(f"{self.path} is a SQLite database but not a ledger (tables "
+                                  f"{', '.join(sorted(tables))}); pass another --ledger")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL is atomic
             self.db.executescript(SCHEMA)
@@ -102,7 +108,12 @@ class SqliteStore:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")  # the write lock first, then read the head
+        try:  # the write lock first, then read the head
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise LedgerError(f"{self.path} stayed locked by another writer for "
+                              f"{BUSY_TIMEOUT_MS // 1000} s ({err}); retry when it is "
+                              "done") from None
         try:
             self.refresh()
             yield

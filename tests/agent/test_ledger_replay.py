@@ -109,6 +109,8 @@ def test_an_honest_claim_verifies_on_replay(kept_run):
     facts = json.loads(verified.stdout[verified.stdout.index("{"):])
     assert facts["verdict"] == "honest"
     assert abs(facts["replayed"] - facts["claimed"]) <= TOLERANCE * facts["claimed"]
+    # the recorded steps, threads, seed and schedule make it the same run, bit for bit
+    assert facts["checkpoint_identical"] and facts["replayed"] == facts["claimed"]
 
     with Ledger.open(ledger) as book:
         body = book.find(0).fields["body"]

@@ -241,17 +241,15 @@ def test_refused_in_one_line_and_nothing_written(book: Book, case: str) -> None:
     assert book.lg.audit().ok
 
 
-# Bug (ledger/entries.py Entry.body_id, ledger/rules.py Standing.check): body_id cuts the body
-# at the last `,"kind":` of the entry's bytes, and nothing checks that `time` is a string, so a
-# `time` object holding a "kind" key gives the same body another id and the replay passes.
-@pytest.mark.xfail(strict=True, reason="an entry's fields are not checked; body_id is fooled")
+# Entry.body_id cuts the body out of the entry's bytes at the last `,"kind":`: a `time` object
+# holding a "kind" key would give the same body another id, so entries must have their shape.
 def test_a_replayed_claim_is_refused_whatever_its_time_field(book: Book) -> None:
     body = book.claims[3].fields["body"]  # slashed, so its commit is free again
     seq, prev = book.head()
     fields = {"seq": seq, "prev": prev, "kind": CLAIM, "author": keys.public_hex(book.a),
               "time": {"a": 1, "kind": 0}, "body": body}
     data = canonical(fields)
-    with pytest.raises(LedgerError):
+    with pytest.raises(LedgerError, match="malformed: its time is a dict, not a str"):
         book.lg.submit(Entry(data, keys.sign(book.a, data)), book.a)
 
 
@@ -489,6 +487,21 @@ def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("magnet-agent: error: ")
     assert done.stderr.count("\n") == 1 and "is not a ledger" in done.stderr
+    assert path.read_bytes() == content
+
+
+def test_someone_elses_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "app.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE entries (x)")
+        db.execute("INSERT INTO entries VALUES (1)")
+    db.close()
+    content = path.read_bytes()
+    done = cli("ledger", "show", "--ledger", str(path), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "is a SQLite database but not a ledger (tables entries)" in done.stderr
     assert path.read_bytes() == content
 
 

@@ -5,9 +5,10 @@ loop, evaluation, report.
 It follows MAGNET's training-code contract:
   MAGNET_TIME_BUDGET  seconds of training (the loop stops itself when they are spent)
   MAGNET_STEPS        if set, train exactly this many steps instead (deterministic replay)
-  MAGNET_SWITCH_STEP  with MAGNET_STEPS: the step where stage 2 of the schedule begins (a
-                      replay of a time-budgeted run switches where that run did: it reports
-                      METRIC switch_step)
+  MAGNET_SCHEDULE     with MAGNET_STEPS: a schedule.json this script wrote (the progress it
+                      was at, by the clock, at every step), to replay that run exactly
+  MAGNET_SWITCH_STEP  with MAGNET_STEPS and no schedule: the step where stage 2 begins (a
+                      time-budgeted run reports where it switched as METRIC switch_step)
   MAGNET_SEED         seed for initialisation and batch sampling
   MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
   MAGNET_INIT_CHECKPOINT  if set, start from that checkpoint instead of random weights (a
@@ -58,6 +59,7 @@ LOG_EVERY = 25
 # --- the contract ------------------------------------------------------------------------------
 TIME_BUDGET = float(os.environ.get("MAGNET_TIME_BUDGET", "60"))
 FIXED_STEPS = int(os.environ["MAGNET_STEPS"]) if os.environ.get("MAGNET_STEPS") else None
+SCHEDULE = os.environ.get("MAGNET_SCHEDULE")
 SWITCH_STEP = int(os.environ.get("MAGNET_SWITCH_STEP") or 0) or None
 SEED = int(os.environ.get("MAGNET_SEED", "1337"))
 OUTPUT_DIR = Path(os.environ.get("MAGNET_OUTPUT_DIR", "out"))
@@ -122,8 +124,14 @@ def schedule(step: int, progress: float) -> tuple[float, float]:
     return lr * min(1.0, (step + 1) / WARMUP_STEPS), weight_decay
 
 
+recorded = json.loads(Path(SCHEDULE).read_text()) if SCHEDULE else []
+
+
 def replayed_progress(step: int) -> float:
-    """Progress of a fixed-step run: linear in steps, with stage 2 from SWITCH_STEP if given."""
+    """Progress of a fixed-step run: the recorded run's own, else linear in steps with stage 2
+    from SWITCH_STEP if given."""
+    if step < len(recorded):
+        return recorded[step]
     if SWITCH_STEP is None or not 0 < SWITCH_STEP < FIXED_STEPS:
         return step / FIXED_STEPS
     if step < SWITCH_STEP:
@@ -134,6 +142,7 @@ def replayed_progress(step: int) -> float:
 # --- training loop -----------------------------------------------------------------------------
 model.train()
 step, smoothed_loss, switch_step = 0, None, None
+schedule_trace = []  # progress at every step: a replay of this run follows it exactly
 train_start = time.perf_counter()
 while True:
     elapsed = time.perf_counter() - train_start
@@ -141,7 +150,8 @@ while True:
     if progress >= 1.0:
         break
     if progress >= 0.5 and switch_step is None:
-        switch_step = step  # where stage 2 began: a replay needs it
+        switch_step = step  # where stage 2 began
+    schedule_trace.append(progress)
     lr, weight_decay = schedule(step, progress)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -179,5 +189,6 @@ metrics = {
     "threads": torch.get_num_threads(),
 }
 (OUTPUT_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2))
+(OUTPUT_DIR / "schedule.json").write_text(json.dumps(schedule_trace))
 for name, value in metrics.items():
     print(f"METRIC {name}={value}")
