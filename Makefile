@@ -45,6 +45,8 @@ bench: setup
 	$(BIN)/python bench/sandbox_overhead.py
 	$(BIN)/python bench/planners.py
 	$(BIN)/python bench/diloco.py
+	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/replay_tolerance.py
 
 # not part of `make test`: builds llama-cpp-python (~4 min) on first use, then a 3-experiment
 # run of the main goal with the openai planner against its server on the bundled SmolLM2

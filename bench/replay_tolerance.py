@@ -26,7 +26,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "agent"))
+# bench/ledger.py would shadow the ledger package: the repository first, then the test server
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "agent")]
 from openai_server import ScriptedServer, proposal  # noqa: E402  (the scripted test server)
 
 from agent.claims import build_claim  # noqa: E402

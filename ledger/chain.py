@@ -251,9 +251,9 @@ class LedgerContract:
         try:
             return send(self.w3, fn, sender, value=value)
         except _REVERTS as e:
-            raise self._explain(_reason(e), sender, context) from None
+            raise self.explain(_reason(e), sender, context) from None
 
-    def _explain(self, reason: str, sender: Sender, context: dict[str, Any]) -> ChainError:
+    def explain(self, reason: str, sender: Sender, context: dict[str, Any]) -> ChainError:
         template = _FIXES.get(reason)
         if template is None:
             return ChainError(f"ledger contract refused the transaction: {reason}")

@@ -27,7 +27,7 @@ from web3.exceptions import Web3Exception
 from web3.types import TxReceipt
 
 from ledger import chain, keys
-from ledger.book import Ledger
+from ledger.book import DEFAULT_PATH, Ledger
 from ledger.canonical import LedgerError
 from ledger.chain import ChainError, LedgerContract, Sender
 from ledger.entries import CLAIM, VERIFICATION, Entry, make_entry
@@ -37,7 +37,7 @@ from ledger.sqlite_store import SqliteStore
 # `evm:tester`'s contract: the rules' stake in wei, one verifier's vote settles a challenge.
 TESTER_PARAMS = {"challenge_window": 3600, "min_stake": DEFAULT_STAKE, "quorum": 1,
                  "verifier_reward": VERIFY_POINTS}
-DATA_DIR = Path("~/.local/share/magnet")
+DATA_DIR = DEFAULT_PATH.parent  # beside the default SQLite ledger
 USAGE = "use evm:tester or evm:http(s)://HOST:PORT/...?contract=0xADDR[&data=PATH]"
 ETHER = 10**18
 GAS_MONEY = ETHER // 10  # what the tester's faucet keeps above a stake for gas
@@ -101,7 +101,7 @@ class EvmLedger(Ledger):
         with self._chain():
             if not self.contract.is_verifier(sender.address):
                 # The contract's own one-line refusal, before anything is written anywhere.
-                raise self.contract._explain("not a verifier", sender, {})
+                raise self.contract.explain("not a verifier", sender, {})
         return super().verify(key, claim, verdict, facts)
 
     def append(self, key: Ed25519PrivateKey, kind: str, body: dict[str, Any],

@@ -168,3 +168,48 @@ def test_a_claim_on_other_corpus_bytes_is_refused_before_it_runs(kept_run):
     assert "the claim was trained on abababababab" in line
     with Ledger.open(ledger) as book:
         assert len(book.entries()) == 1  # no verdict: nobody is slashed for the machine
+
+
+def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_run):
+    """The contract backend: a fabricated claim is replayed, challenged and slashed on chain; a
+    key that is not a registered verifier cannot resolve it; the honest claim for the same
+    commit is rewarded once the challenge window has passed."""
+    from agent.replay import replay_claim
+    from ledger.evm_ledger import open_evm_ledger
+    from ledger.rules import FALSE
+    from sandbox.confine import confinement
+
+    root, run_dir, _ = kept_run
+    alice, bob = load_key(root / "alice.key"), load_key(root / "bob.key")
+    generate_key(root / "carol.key")
+    carol = load_key(root / "carol.key")
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    forged = {**claim.body, "metric": {**claim.body["metric"],
+                                      "after": claim.body["metric"]["after"] * 0.9}}
+    with open_evm_ledger("evm:tester") as book:
+        book.register_verifier(book.owner, bob)
+        entry = book.claim(alice, forged, claim.artifacts)
+        assert book.chain_state(entry)["state"] == "PENDING"
+
+        verdict = replay_claim(forged, claim.artifacts, confinement())
+        assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
+        with pytest.raises(ValueError, match="not a registered verifier"):
+            book.verify(carol, entry, verdict.verdict, verdict.facts())
+        assert book.chain_state(entry)["state"] == "PENDING" and len(book.entries()) == 1
+
+        book.verify(bob, entry, verdict.verdict, verdict.facts())
+        assert book.chain_state(entry)["state"] == "SLASHED"
+        assert book.chain_points(alice) == 0 and book.chain_points(bob) == VERIFY_POINTS
+        assert [e.fields["kind"] for e in book.entries()] == ["claim", "verification", "slash"]
+
+        honest = book.claim(alice, claim.body, claim.artifacts)  # the commit is free again
+        with pytest.raises(ValueError, match="window"):
+            book.finalize(honest)
+        deadline = book.chain_state(honest)["deadline"]
+        tester = book.contract.w3.provider.ethereum_tester  # type: ignore[attr-defined]
+        tester.time_travel(deadline + 1)
+        tester.mine_blocks()
+        book.finalize(honest)
+        assert book.chain_state(honest)["state"] == "REWARDED"
+        assert book.chain_points(alice) == reward_points(claim.body["metric"]) > 0
+        assert book.audit().ok
