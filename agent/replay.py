@@ -3,8 +3,9 @@
 The claim's bundle is unbundled into a new git repository, checked to hold the claimed commit
 as a child of the claimed parent, and run as an experiment is (agent.scoring: confined, scored
 by the template's evaluator) with the claim's seed, steps, threads and the schedule the run
-followed, step by step. The
-claim is honest when the replayed metric is within `TOLERANCE` of what it claims.
+followed, step by step. The claim is honest when the replayed metric is within `TOLERANCE` of
+what it claims; false when it is not, when the replay fails, or when what the claim carries
+(goal file, commit ids, bundle) cannot be replayed at all.
 
 Refused before anything runs (no verdict, so nobody is slashed for the verifier's machine): a
 corpus whose bytes differ here, another torch version, a claim that starts from a checkpoint.
@@ -12,13 +13,14 @@ corpus whose bytes differ here, another torch version, a claim that starts from 
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.goal import load_goal
+from agent.goal import Goal, GoalError, load_goal
 from agent.replay_facts import SCHEDULE_FILE
 from agent.rundir import GOAL_COPY, RunError
 from agent.scoring import Scorer, corpus_of
@@ -32,11 +34,16 @@ from sandbox.workspace import Workspace
 # bench/replay_tolerance.py: same checkpoint bytes, difference 0); the margin is for another
 # CPU's float kernels, and bounds what a claim can overstate.
 TOLERANCE = 0.005
+COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # sha-1 or sha-256 repositories
 BUDGET_FACTOR = 4  # a replay trains fixed steps; it may take this much longer than the claim
 
 
 class ReplayRefused(RunError):
     """This machine cannot replay the claim faithfully; no verdict is given."""
+
+
+class MalformedClaim(RunError):
+    """What the claim carries cannot be replayed at all: the claimant's fault, judged false."""
 
 
 @dataclass(frozen=True)
@@ -64,17 +71,14 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
     _check_machine(facts)
     with tempfile.TemporaryDirectory(prefix="magnet-replay-", dir=work_dir) as tmp:
         root = Path(tmp)
-        goal_path = root / GOAL_COPY
-        goal_path.write_bytes(artifacts["goal_file"])
-        goal = load_goal(goal_path)
-        if goal.spec.init is not None:
-            raise ReplayRefused("the claim's run starts from a checkpoint (`init:`), which "
-                                "replays cannot fetch yet; verify it on the contributor's data")
-        source = _unbundle(artifacts["bundle"], root / "source", body["commit"], body["parent"])
+        try:
+            goal, source = _open_claim(body, artifacts, root)
+        except MalformedClaim as err:
+            return Verdict(FALSE, float(body["metric"]["after"]), None,
+                           f"the claim is malformed: {err}", 0.0, False)
         spec = goal.spec
-        with Workspace.create(root / f"replay-{body['commit'][:12]}", repo=source,
-                              editable=spec.editable, knobs=spec.knobs,
-                              goal=spec.metric.goal) as ws:
+        with Workspace.create(root / "replay", repo=source, editable=spec.editable,
+                              knobs=spec.knobs, goal=spec.metric.goal) as ws:
             if ws.git.head() != body["commit"]:
                 raise RunError("the unbundled workspace is not at the claimed commit")
             scorer = Scorer(goal, ws, confinement)
@@ -85,9 +89,11 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
             if "schedule" in artifacts:  # untracked, in the tree the run can read
                 schedule = ws.path / f".magnet-{SCHEDULE_FILE}"
                 schedule.write_bytes(artifacts["schedule"])
+            # the goal's limits, not the claim's facts: a claim cannot buy itself more time
             run = scorer.run(seed=int(facts["seed"]), repeat=0, replay=facts, on_line=on_line,
                              schedule=schedule,
-                             time_budget=BUDGET_FACTOR * float(facts["time_budget"]))
+                             time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
+                             mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
     return judge(body, run)
 
 
@@ -96,8 +102,9 @@ def judge(body: Mapping[str, Any], run: Mapping[str, Any]) -> Verdict:
     metric = body["metric"]
     claimed = float(metric["after"])
     value = run["metrics"].get(metric["name"]) if run["status"] == "ok" else None
-    identical = (run.get("replay") or {}).get("checkpoint_sha256") == \
-        body["replay"].get("checkpoint_sha256")
+    replayed_checkpoint = (run.get("replay") or {}).get("checkpoint_sha256")
+    identical = replayed_checkpoint is not None and \
+        replayed_checkpoint == body["replay"].get("checkpoint_sha256")
     if value is None:
         reason = f"the replay {run['status']}: {run.get('reason') or 'no metric'}"
         return Verdict(FALSE, claimed, None, reason, run["seconds"], identical)
@@ -132,6 +139,25 @@ def _check_corpus(scorer: Scorer, facts: Mapping[str, Any]) -> None:
             f"trained on {claimed['sha256'][:12]}; {corpus_origin(claimed['name'])}")
 
 
+def _open_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
+                root: Path) -> tuple[Goal, Path]:
+    """The claim's goal and a repository at its commit, under `root`; MalformedClaim if the
+    claim's own goal file, commit ids or bundle cannot give them."""
+    for name in ("commit", "parent"):
+        if not isinstance(body[name], str) or not COMMIT_ID.fullmatch(body[name]):
+            raise MalformedClaim(f"its {name} {str(body[name])[:80]!r} is no git commit id")
+    goal_path = root / GOAL_COPY
+    goal_path.write_bytes(artifacts["goal_file"])
+    try:
+        goal = load_goal(goal_path)
+    except GoalError as err:
+        raise MalformedClaim(f"its goal file does not load ({err})") from None
+    if goal.spec.init is not None:
+        raise ReplayRefused("the claim's run starts from a checkpoint (`init:`), which "
+                            "replays cannot fetch yet; verify it on the contributor's data")
+    return goal, _unbundle(artifacts["bundle"], root / "source", body["commit"], body["parent"])
+
+
 def _unbundle(bundle: bytes, dest: Path, commit: str, parent: str) -> Path:
     """A repository whose HEAD is the claimed commit, from the bundle alone."""
     dest.mkdir(parents=True)
@@ -147,9 +173,8 @@ def _unbundle(bundle: bytes, dest: Path, commit: str, parent: str) -> Path:
         parents = git.run("rev-list", "--parents", "-n", "1", commit).split()[1:]
         git.run("checkout", "-q", "-B", "claim", commit)
     except GitError as err:
-        raise RunError(f"the claim's bundle does not hold commit {commit[:12]} ({err}); the "
-                       "claim is malformed") from None
+        raise MalformedClaim(f"its bundle does not hold commit {commit[:12]} ({err})") from None
     if parent not in parents:
-        raise RunError(f"commit {commit[:12]} is not a child of the claimed parent "
-                       f"{parent[:12]}; the claim is malformed")
+        raise MalformedClaim(f"commit {commit[:12]} is not a child of the claimed parent "
+                             f"{parent[:12]}")
     return dest

@@ -213,3 +213,25 @@ def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_
         assert book.chain_state(honest)["state"] == "REWARDED"
         assert book.chain_points(alice) == reward_points(claim.body["metric"]) > 0
         assert book.audit().ok
+
+
+def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
+    """What the claimant carries is the claimant's to get right: a parent that is not the
+    commit's parent, or a commit id that is a path, is judged false without training."""
+    root, run_dir, env = kept_run
+    ledger = root / "malformed.sqlite"
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    wrong_parent = {**claim.body, "parent": "0" * 40}
+    path_commit = {**claim.body, "commit": "../../../etc"}
+    with Ledger.open(ledger) as book:
+        book.claim(load_key(root / "alice.key"), wrong_parent, claim.artifacts)
+        book.claim(load_key(root / "alice.key"), path_commit, claim.artifacts)
+    first = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "false" in first.stdout and "is not a child of the claimed parent 000000000000" \
+        in first.stdout.replace("\n", " ")
+    second = ledger_cli(env, ledger, "verify", "1", "--key", str(root / "bob.key"))
+    assert second.returncode == 1 and "is no git commit id" in second.stdout
+    with Ledger.open(ledger) as book:
+        assert [e.fields["kind"] for e in book.entries()] == [
+            "claim", "claim", "verification", "slash", "verification", "slash"]
