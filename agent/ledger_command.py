@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ledger.canonical import LedgerError
-
-ACTIONS = ("keygen", "claim", "show", "balance", "verify", "audit", "prove")
+from ledger.entries import CLAIM, VERIFICATION
+from ledger.rules import HONEST, PENDING
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -48,7 +48,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     claim.add_argument("--runs-dir", help="where runs are (default ./runs or MAGNET_RUNS_DIR)")
     show = sub("show", "the entries as a table, or one entry")
     show.add_argument("entry", nargs="?", help="number, or 6+ characters of a hash or claim id")
-    show.add_argument("--json", action="store_true", help="the signed entries as JSON")
+    show.add_argument("--last", type=int, default=50, metavar="N",
+                      help="the table's last N entries (default 50; 0: all)")
+    show.add_argument("--json", action="store_true", help="the signed entries as JSON (all)")
     balance = sub("balance", "points per key")
     balance.add_argument("--json", action="store_true")
     verify = sub("verify", "replay a claim in a fresh sandbox; a false claim is slashed")
@@ -105,7 +107,11 @@ def _show(ledger: Any, args: argparse.Namespace, console: Console) -> int:
         print(json.dumps([{"entry": e.fields, "signature": e.signature.hex(), "hash": e.hash}
                           for e in entries], indent=1))
         return 0
-    table = Table(title=f"ledger {ledger.location} ({ledger.standing.size} entries)")
+    size = ledger.standing.size
+    if not args.entry and 0 < args.last < size:
+        entries = entries[-args.last:]
+    shown = f"the last {len(entries)} of {size}" if len(entries) < size else f"{size}"
+    table = Table(title=f"ledger {ledger.location} ({shown} entries)")
     for column in ("#", "kind", "author", "what", "hash"):
         table.add_column(column, justify="right" if column == "#" else "left")
     for entry in entries:
@@ -120,13 +126,13 @@ def describe(ledger: Any, entry: Any) -> str:
     """One line of what an entry says."""
     fields = entry.fields
     body = fields["body"]
-    if fields["kind"] == "claim":
+    if fields["kind"] == CLAIM:
         metric = body["metric"]
         state = ledger.standing.claims.get(entry.body_id)
         return (f"{body['run']} exp {body['exp']} ({body['commit'][:8]}): {metric['name']} "
                 f"{metric['before']:.4f} -> {metric['after']:.4f}, stake {body['stake']}"
                 f"{f', {state.status}' if state else ''}")
-    if fields["kind"] == "verification":
+    if fields["kind"] == VERIFICATION:
         return f"{body['verdict']} verdict on claim {body['claim'][:12]}: {body.get('reason', '')}"
     return f"slash of claim {body['claim'][:12]}: stake {body['stake']} cut, {body['revoked']} " \
            "points revoked"
@@ -157,7 +163,7 @@ def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
     entry = ledger.find(args.entry)
     state = ledger.claim_state(entry)  # refuses a non-claim
     body = entry.fields["body"]
-    if state.status != "pending":
+    if state.status != PENDING:
         raise LedgerError(f"claim {state.id[:12]} is already {state.status}; nothing to verify")
     confined = confinement(unconfined=args.unconfined)
     steps = body["replay"].get("steps")
@@ -184,11 +190,11 @@ def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
         print(json.dumps({**verdict.facts(), "verdict": verdict.verdict,
                           "entries": [e.fields["seq"] for e in written]}, indent=1))
     else:
-        colour = "green" if verdict.verdict == "honest" else "red"
+        colour = "green" if verdict.verdict == HONEST else "red"
         console.print(f"[{colour}]{verdict.verdict}[/]: {verdict.reason}", soft_wrap=True)
         console.print(f"recorded as entr{'ies' if len(written) > 1 else 'y'} "
                       f"{', '.join(str(e.fields['seq']) for e in written)}")
-    return 0 if verdict.verdict == "honest" else 1
+    return 0 if verdict.verdict == HONEST else 1
 
 
 def _audit(ledger: Any, args: argparse.Namespace, console: Console) -> int:
