@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger import merkle
+from ledger import keys, merkle
 from ledger.audit import AuditReport, audit
 from ledger.canonical import LedgerError, sha256_hex
 from ledger.entries import CLAIM, SLASH, VERIFICATION, Entry, TreeHead, make_entry
@@ -123,8 +123,10 @@ class Ledger:
 
     def claim(self, key: Ed25519PrivateKey, body: Mapping[str, Any],
               artifacts: Mapping[str, bytes]) -> Entry:
-        """Append a claim; `artifacts` (the bundle, the goal file) are stored by sha256 and the
-        body must name each by it."""
+        """Append a claim by `key`'s owner (named in it as `contributor`); `artifacts` (the
+        bundle, the goal file, the schedule) are stored by sha256 and the body must name each
+        by it."""
+        body = {**body, "contributor": body.get("contributor") or keys.public_hex(key)}
         for name, data in artifacts.items():
             if body.get(name) != sha256_hex(data):
                 raise LedgerError(f"the claim's {name} is not the sha256 of the {name} given; "

@@ -1,7 +1,8 @@
 """What the entries mean: the state of every claim, who is owed what, and which new entry is
 refused. Pure: it reads entries in order and never touches storage.
 
-- A claim improves a metric over its parent commit and puts up a stake (> 0). Its reward is
+- A claim, signed by the contributor it names, improves a metric over its parent commit and
+  puts up a stake (> 0). Its reward is
   `POINTS_PER_GAIN` x the relative gain, paid once a replay verifies it.
 - A verification (by anyone but the claimant) replays the claim: `honest` credits the claim's
   points to the claimant; `false` is followed by a slash entry that takes the stake and revokes
@@ -72,6 +73,10 @@ class Standing:
         kind, body, author = fields["kind"], fields["body"], fields["author"]
         if kind == CLAIM:
             self._check_claim(body, entry.body_id)
+            if body["contributor"] != author:
+                raise LedgerError(f"the claim names contributor {str(body['contributor'])[:12]} "
+                                  f"but is signed by {author[:12]}; a claim is signed by its "
+                                  "contributor")
         elif kind == VERIFICATION:
             state = self._claim(body)
             if state.status != PENDING:
@@ -123,7 +128,7 @@ class Standing:
 
     def _check_claim(self, body: dict[str, Any], claim_id: str) -> None:
         missing = [k for k in ("goal", "run", "exp", "commit", "parent", "metric", "replay",
-                               "bundle", "stake") if k not in body]
+                               "bundle", "stake", "contributor") if k not in body]
         if missing:
             raise LedgerError(f"the claim lacks {', '.join(missing)}; build claims with "
                               "`magnet-agent ledger claim`")

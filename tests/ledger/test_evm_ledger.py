@@ -197,7 +197,7 @@ def test_the_same_claim_twice_is_refused_locally_and_on_chain(
     other = open_evm_ledger("evm:tester", w3=w3, contract_address=contract_address,
                             data=tmp_path / "other.sqlite")
     with pytest.raises(ChainError, match=r"already submitted \(a replayed claim\)"):
-        other.claim(keys["outsider"], body, artifacts)
+        other.claim(keys["claimant"], body, artifacts)
     assert other.standing.size == 0 and other.store.latest_tree_head() is None
     assert other.audit().ok
     other.close()

@@ -165,7 +165,8 @@ def test_false_verdict_is_followed_by_a_slash(tmp_path: Path) -> None:
 
 def test_an_entry_signed_elsewhere_is_accepted(book: Book) -> None:
     seq, prev = book.head()
-    signed = make_entry(book.b, seq=seq, prev=prev, kind=CLAIM, body=claim_body("run-b")[0])
+    body = {**claim_body("run-b")[0], "contributor": keys.public_hex(book.b)}
+    signed = make_entry(book.b, seq=seq, prev=prev, kind=CLAIM, body=body)
     document = json.loads(json.dumps({"entry": signed.fields,
                                       "signature": signed.signature.hex()}))
     appended = book.lg.submit(from_signed(document), book.a)
@@ -192,8 +193,14 @@ def _stale(book: Book) -> Entry:
 REFUSALS: dict[str, tuple[Callable[[Book], object], str]] = {
     "replayed claim": (lambda bk: bk.lg.claim(bk.a, *claim_body("run-1")),
                        "is already entry 1 (a replayed claim)"),
+    # another key's claim names it as contributor, so it is a new claim, for a claimed commit
     "replayed by another key": (lambda bk: bk.lg.claim(bk.b, *claim_body("run-1")),
-                                "is already entry 1 (a replayed claim)"),
+                                "is already claimed by entry 1"),
+    "a contributor who did not sign it": (
+        lambda bk: bk.lg.claim(bk.b, {**claim_body("run-x")[0],
+                                      "contributor": keys.public_hex(bk.a)},
+                               claim_body("run-x")[1]),
+        "but is signed by"),
     "commit already claimed": (
         lambda bk: bk.lg.claim(bk.b, *claim_body("other", commit=bk.claims[2].fields["body"][
             "commit"])), "is already claimed by entry 2 (pending)"),
@@ -410,7 +417,8 @@ def test_two_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
         claims = lg.standing.claims
         for name, public in publics.items():
             for i in range(n):
-                state = claims[claim_id(claim_body(f"{name}-{i}")[0])]
+                body = {**claim_body(f"{name}-{i}")[0], "contributor": public}
+                state = claims[claim_id(body)]
                 assert state.claimant == public
         # each worker's claims are in its own order
         for public in publics.values():
