@@ -296,10 +296,6 @@ def review(args: argparse.Namespace) -> int:
         return fail(f"git could not answer ({err}); is the run's workspace.git/ intact?")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _ledger(args: argparse.Namespace) -> int:
     from agent.goal import GoalError
     from agent.rundir import RunError
@@ -310,3 +306,7 @@ def _ledger(args: argparse.Namespace) -> int:
         return ledger_command.main(args)
     except (LedgerError, RunError, GoalError, SandboxError) as err:
         return fail(str(err))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

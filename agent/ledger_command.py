@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         public = generate_key(args.keyfile)
         console.print(f"wrote {args.keyfile} (mode 0600); public key {public}", soft_wrap=True)
         return 0
-    with Ledger.open(args.ledger) as ledger:
+    with Ledger.open(args.ledger, create=args.action == "claim") as ledger:
         return ACTION_RUNNERS[args.action](ledger, args, console)
 
 

@@ -52,13 +52,16 @@ class Ledger:
         self.location = str(store.path)
 
     @classmethod
-    def open(cls, location: str | Path | None = None) -> Ledger:
-        """A ledger by path (created on first use) or `evm:` URL."""
+    def open(cls, location: str | Path | None = None, *, create: bool = True) -> Ledger:
+        """A ledger by path (made on first use when `create`) or `evm:` URL."""
         location = str(location or default_location())
         if location.startswith("evm:"):
             from ledger.evm_ledger import open_evm_ledger
 
             return open_evm_ledger(location)
+        if not create and not Path(location).expanduser().exists():
+            raise LedgerError(f"no ledger at {location}; claim an improvement to start one, or "
+                              f"pass --ledger (or set {ENV_NAME})")
         return cls(SqliteStore(location))
 
     def close(self) -> None:

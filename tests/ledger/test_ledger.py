@@ -498,6 +498,15 @@ def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert path.read_bytes() == content
 
 
+def test_reading_a_ledger_that_does_not_exist_creates_none(tmp_path: Path) -> None:
+    path = tmp_path / "typo.sqlite"
+    for action in ("show", "audit", "balance"):
+        done = cli("ledger", action, "--ledger", str(path), cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1
+        assert f"no ledger at {path}" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_someone_elses_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> None:
     import sqlite3
 
