@@ -24,7 +24,7 @@ from agent.init_checkpoint import init_dir
 from agent.private_paths import private_paths
 from agent.replay_facts import replay_facts
 from sandbox.confine import Confinement
-from sandbox.env import run_environ
+from sandbox.env import free_cpus, run_environ
 from sandbox.metrics import is_finite
 from sandbox.workspace import Workspace
 
@@ -102,16 +102,13 @@ class Scorer:
         """One confined run of the goal's command on the experiment in flight, scored: the
         run summary (agent.experiment_record.run_summary) the loop and `train` record, with
         the facts a replay needs (`replay`). Given `replay` (those facts of an earlier run), it
-        re-runs that run: its steps, threads and schedule (`schedule`: the file it recorded,
-        else its switch to stage 2)."""
+        re-runs that run: its steps, threads and schedule (`schedule`: the file it recorded)."""
         spec = self.goal.spec
         budget = time_budget or spec.budget.per_experiment
         env = run_env(self.goal, self.ws.run_dir)
-        steps = threads = None
+        steps, threads = None, free_cpus()  # decided here, so the facts can say how many
         if replay is not None:
-            steps, threads = replay.get("steps"), replay.get("threads")
-            if replay.get("switch_step") is not None:
-                env["MAGNET_SWITCH_STEP"] = str(replay["switch_step"])
+            steps, threads = replay.get("steps"), replay.get("threads") or threads
             if schedule is not None:
                 env["MAGNET_SCHEDULE"] = str(schedule)
         result = self.ws.run(
@@ -121,7 +118,8 @@ class Scorer:
             passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
         scored = self.score(run_summary(result, seed), repeat)
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
-        scored["replay"] = replay_facts(scored, time_budget=budget, out_dir=out_dir,
+        scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
+                                        out_dir=out_dir,
                                         corpus=self.corpus if corpus_of(self.goal) else None)
         return scored
 

@@ -85,8 +85,11 @@ def test_the_record_carries_the_replay_facts(kept_run):
     facts = record["replay"]
     metrics = record["metrics"]
     assert facts["steps"] == metrics["steps"] > 0
-    assert 0 < facts["switch_step"] < facts["steps"]  # stage 2 began mid-run, by the clock
-    assert facts["threads"] == metrics["threads"] >= 1
+    schedule = json.loads((run_dir / "outputs" / "exp-002" / "schedule.json").read_text())
+    assert len(schedule) == facts["steps"] and schedule == sorted(schedule)  # by the clock
+    assert 0 < facts["switch_step"] < facts["steps"]  # stage 2 began mid-run
+    assert schedule[facts["switch_step"] - 1] < 0.5 <= schedule[facts["switch_step"]]
+    assert facts["threads"] >= 1
     assert facts["seed"] == record["seeds"][0]
     assert facts["corpus"]["name"].startswith("text:") and len(facts["corpus"]["sha256"]) == 64
     assert facts["python"] == sysconfig.get_python_version() or \

@@ -4,22 +4,19 @@ Read it top to bottom: constants, data, model (its code is in model.py), optimis
 loop, evaluation, report.
 It follows MAGNET's training-code contract:
   MAGNET_TIME_BUDGET  seconds of training (the loop stops itself when they are spent)
-  MAGNET_STEPS        if set, train exactly this many steps instead (deterministic replay)
-  MAGNET_SCHEDULE     with MAGNET_STEPS: a schedule.json this script wrote (the progress it
-                      was at, by the clock, at every step), to replay that run exactly
-  MAGNET_SWITCH_STEP  with MAGNET_STEPS and no schedule: the step where stage 2 begins (a
-                      time-budgeted run reports where it switched as METRIC switch_step)
+  MAGNET_STEPS        if set, train exactly this many steps instead, at the progress per step
+                      in MAGNET_SCHEDULE if set (a schedule.json written here): a replay
   MAGNET_SEED         seed for initialisation and batch sampling
   MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
   MAGNET_INIT_CHECKPOINT  if set, start from that checkpoint instead of random weights (a
                       specialist trained from a common base): its shapes win over the constants
   prints one `METRIC name=value` line per result; val_bpb (validation bits per byte) is the score.
-The validation set and the bytes it is scored on are fixed outside this file (bitnet.evaluate),
-so experiments that edit this file or model.py compare fairly. The printed val_bpb is only a
-claim: the controller re-scores the saved checkpoint with the fixed evaluator (bitnet.score, in
-a separate process, with a check that no prediction depends on later bytes) and marks a run
-whose printed value disagrees as invalid. So the checkpoint must load as
-`model.BitNetLM(config)`, config from its config.json (save_checkpoint writes both files).
+The validation bytes are fixed outside this file (bitnet.evaluate), so experiments that edit
+this file or model.py compare fairly. The printed val_bpb is only a claim: the controller
+re-scores the saved checkpoint with the fixed evaluator (bitnet.score, in a separate process,
+checking that no prediction depends on later bytes) and marks a run whose printed value
+disagrees as invalid. So the checkpoint must load as `model.BitNetLM(config)`, config from its
+config.json (save_checkpoint writes both files).
 """
 
 import json
@@ -38,7 +35,7 @@ from bitnet.evaluate import evaluate_bpb
 from bitnet.model import BitNetConfig
 
 # --- tunable constants -------------------------------------------------------------------------
-CORPUS = os.environ.get("MAGNET_CORPUS", "pycode")  # pycode, pyprose, portable-*, text:PATH
+CORPUS = os.environ.get("MAGNET_CORPUS", "pycode")  # see bitnet.data
 N_LAYER = 4
 N_EMBD = 96  # hidden size
 N_HEAD = 4
@@ -60,7 +57,7 @@ LOG_EVERY = 25
 TIME_BUDGET = float(os.environ.get("MAGNET_TIME_BUDGET", "60"))
 FIXED_STEPS = int(os.environ["MAGNET_STEPS"]) if os.environ.get("MAGNET_STEPS") else None
 SCHEDULE = os.environ.get("MAGNET_SCHEDULE")
-SWITCH_STEP = int(os.environ.get("MAGNET_SWITCH_STEP") or 0) or None
+RECORDED = json.loads(Path(SCHEDULE).read_text()) if SCHEDULE else []
 SEED = int(os.environ.get("MAGNET_SEED", "1337"))
 OUTPUT_DIR = Path(os.environ.get("MAGNET_OUTPUT_DIR", "out"))
 INIT_CHECKPOINT = os.environ.get("MAGNET_INIT_CHECKPOINT")
@@ -124,33 +121,17 @@ def schedule(step: int, progress: float) -> tuple[float, float]:
     return lr * min(1.0, (step + 1) / WARMUP_STEPS), weight_decay
 
 
-recorded = json.loads(Path(SCHEDULE).read_text()) if SCHEDULE else []
-
-
-def replayed_progress(step: int) -> float:
-    """Progress of a fixed-step run: the recorded run's own, else linear in steps with stage 2
-    from SWITCH_STEP if given."""
-    if step < len(recorded):
-        return recorded[step]
-    if SWITCH_STEP is None or not 0 < SWITCH_STEP < FIXED_STEPS:
-        return step / FIXED_STEPS
-    if step < SWITCH_STEP:
-        return 0.5 * step / SWITCH_STEP
-    return 0.5 + 0.5 * (step - SWITCH_STEP) / (FIXED_STEPS - SWITCH_STEP)
-
-
 # --- training loop -----------------------------------------------------------------------------
 model.train()
-step, smoothed_loss, switch_step = 0, None, None
-schedule_trace = []  # progress at every step: a replay of this run follows it exactly
+step, smoothed_loss = 0, None
+schedule_trace = []  # progress at every step, for replays
 train_start = time.perf_counter()
 while True:
     elapsed = time.perf_counter() - train_start
-    progress = replayed_progress(step) if FIXED_STEPS else elapsed / TIME_BUDGET
+    progress = (RECORDED[step] if step < len(RECORDED)  # a replay: as its recorded run did
+                else step / FIXED_STEPS if FIXED_STEPS else elapsed / TIME_BUDGET)
     if progress >= 1.0:
         break
-    if progress >= 0.5 and switch_step is None:
-        switch_step = step  # where stage 2 began
     schedule_trace.append(progress)
     lr, weight_decay = schedule(step, progress)
     for group in optimizer.param_groups:
@@ -185,8 +166,6 @@ metrics = {
     "params": n_params,
     "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     "val_bytes": val_bytes,
-    "switch_step": switch_step if switch_step is not None else step,
-    "threads": torch.get_num_threads(),
 }
 (OUTPUT_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2))
 (OUTPUT_DIR / "schedule.json").write_text(json.dumps(schedule_trace))
