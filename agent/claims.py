@@ -31,7 +31,7 @@ CLAIMED = (scores.KEEP,)  # statuses a claim may be made for: improvements that 
 @dataclass(frozen=True)
 class Claim:
     body: dict[str, Any]
-    artifacts: dict[str, bytes]  # body key -> bytes: "bundle" and "goal_file"
+    artifacts: dict[str, bytes]  # body key -> bytes: "bundle", "goal_file", "schedule"
 
 
 def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
@@ -61,7 +61,7 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
     if replay.get("schedule_sha256"):
         artifacts["schedule"] = _schedule(run_dir, exp, replay["schedule_sha256"])
     body = {
-        "goal": {"name": goal.spec.name, "sha256": sha256_hex(goal_text)},
+        "goal": goal.spec.name,  # the file itself is the goal_file artifact
         "run": run_dir.name, "exp": exp, "commit": record["commit"], "parent": record["parent"],
         "hypothesis": record.get("hypothesis", ""),
         "metric": {"name": record["metric_name"], "goal": goal.spec.metric.goal,
