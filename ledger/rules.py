@@ -5,8 +5,8 @@ refused. Pure: it reads entries in order and never touches storage.
   puts up a stake (> 0). Its reward is
   `POINTS_PER_GAIN` x the relative gain, paid once a replay verifies it.
 - A verification (by anyone but the claimant) replays the claim: `honest` credits the claim's
-  points to the claimant; `false` is followed by a slash entry that takes the stake and revokes
-  the reward. The verifier earns `VERIFY_POINTS` either way, for the work.
+  points to the claimant; `false` refutes it, and the slash entry that must follow takes the
+  stake and revokes the reward. The verifier earns `VERIFY_POINTS` either way, for the work.
 - Refused: the same claim twice (a replay of it), a claim for a commit already credited or
   pending, a verification of an unknown or already settled claim, a slash without a false
   verdict.
@@ -24,7 +24,9 @@ from ledger.entries import CLAIM, SLASH, VERIFICATION, Entry, shape_problem
 POINTS_PER_GAIN = 10_000  # one point per 0.01% relative improvement
 VERIFY_POINTS = 10  # for replaying someone's claim
 DEFAULT_STAKE = 100
-PENDING, VERIFIED, SLASHED = "pending", "verified", "slashed"
+# a claim's states; REFUTED: a false verdict is in and its slash entry is due (nothing else may
+# come between them, even from another process)
+PENDING, VERIFIED, REFUTED, SLASHED = "pending", "verified", "refuted", "slashed"
 HONEST, FALSE = "honest", "false"
 
 
@@ -61,7 +63,6 @@ class Standing:
     claims: dict[str, ClaimState] = field(default_factory=dict)
     by_commit: dict[str, str] = field(default_factory=dict)  # commit -> live claim id
     balances: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    verdicts: dict[int, str] = field(default_factory=dict)  # verification seq -> verdict
     size: int = 0
 
     def check(self, entry: Entry) -> None:
@@ -90,8 +91,7 @@ class Standing:
                                   f"{body.get('verdict')!r}")
         elif kind == SLASH:
             state = self._claim(body)
-            last = state.verified_by[-1] if state.verified_by else None
-            if state.status != PENDING or last is None or self.verdicts.get(last) != FALSE:
+            if state.status != REFUTED:
                 raise LedgerError(f"claim {state.id[:12]} has no false verdict to slash it for; "
                                   "verify it first")
 
@@ -107,11 +107,12 @@ class Standing:
         elif kind == VERIFICATION:
             state = self.claims[body["claim"]]
             state.verified_by.append(seq)
-            self.verdicts[seq] = body["verdict"]
             self.balances[author] += VERIFY_POINTS
             if body["verdict"] == HONEST:
                 state.status = VERIFIED
                 self.balances[state.claimant] += state.points
+            else:
+                state.status = REFUTED
         elif kind == SLASH:
             state = self.claims[body["claim"]]
             state.status = SLASHED

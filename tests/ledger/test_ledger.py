@@ -248,6 +248,19 @@ def test_refused_in_one_line_and_nothing_written(book: Book, case: str) -> None:
     assert book.lg.audit().ok
 
 
+def test_nothing_comes_between_a_false_verdict_and_its_slash(book: Book) -> None:
+    """Another process's honest verdict may not land between a false verdict and its slash."""
+    claim = book.claims[4]
+    state = book.lg.claim_state(claim)
+    book.lg.append(book.b, VERIFICATION, {"claim": state.id, "verdict": "false"})
+    with pytest.raises(LedgerError, match=r"is already refuted \(entry 8\)"):
+        book.lg.append(book.c, VERIFICATION, {"claim": state.id, "verdict": "honest"})
+    book.lg.append(book.b, SLASH, {"claim": state.id, "claimant": state.claimant,
+                                   "stake": state.stake, "revoked": state.points,
+                                   "reason": "false"})
+    assert book.lg.claim_state(claim).status == SLASHED and book.lg.audit().ok
+
+
 # Entry.body_id cuts the body out of the entry's bytes at the last `,"kind":`: a `time` object
 # holding a "kind" key would give the same body another id, so entries must have their shape.
 def test_a_replayed_claim_is_refused_whatever_its_time_field(book: Book) -> None:
