@@ -20,9 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ledger.canonical import LedgerError
 from ledger.entries import CLAIM, VERIFICATION
-from ledger.rules import HONEST, PENDING
+from ledger.rules import HONEST
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -114,21 +113,22 @@ def _show(ledger: Any, args: argparse.Namespace, console: Console) -> int:
     table = Table(title=f"ledger {ledger.location} ({shown} entries)")
     for column in ("#", "kind", "author", "what", "hash"):
         table.add_column(column, justify="right" if column == "#" else "left")
+    claims = ledger.standing.claims
     for entry in entries:
         fields = entry.fields
         table.add_row(str(fields["seq"]), fields["kind"], fields["author"][:12],
-                      describe(ledger, entry), entry.hash[:12])
+                      describe(claims, entry), entry.hash[:12])
     console.print(table)
     return 0
 
 
-def describe(ledger: Any, entry: Any) -> str:
-    """One line of what an entry says."""
+def describe(claims: dict[str, Any], entry: Any) -> str:
+    """One line of what an entry says; `claims`: the ledger's claim states by id."""
     fields = entry.fields
     body = fields["body"]
     if fields["kind"] == CLAIM:
         metric = body["metric"]
-        state = ledger.standing.claims.get(entry.body_id)
+        state = claims.get(entry.body_id)
         return (f"{body['run']} exp {body['exp']} ({body['commit'][:8]}): {metric['name']} "
                 f"{metric['before']:.4f} -> {metric['after']:.4f}, stake {body['stake']}"
                 f"{f', {state.status}' if state else ''}")
@@ -156,15 +156,13 @@ def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
 def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
     from agent.replay import replay_claim
     from agent.train_command import STEP_LINE
-    from ledger.keys import load_key
+    from ledger.keys import load_key, public_hex
     from sandbox.confine import confinement
 
     key = load_key(args.key)
     entry = ledger.find(args.entry)
-    state = ledger.claim_state(entry)  # refuses a non-claim
+    ledger.standing.check_verifiable(ledger.claim_state(entry), public_hex(key))  # before work
     body = entry.fields["body"]
-    if state.status != PENDING:
-        raise LedgerError(f"claim {state.id[:12]} is already {state.status}; nothing to verify")
     confined = confinement(unconfined=args.unconfined)
     steps = body["replay"].get("steps")
     console.print(f"replaying entry {entry.fields['seq']}: {body['run']} experiment "

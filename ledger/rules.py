@@ -79,13 +79,7 @@ class Standing:
                                   f"but is signed by {author[:12]}; a claim is signed by its "
                                   "contributor")
         elif kind == VERIFICATION:
-            state = self._claim(body)
-            if state.status != PENDING:
-                raise LedgerError(f"claim {state.id[:12]} is already {state.status} (entry "
-                                  f"{state.verified_by[-1]}); there is nothing left to verify")
-            if author == state.claimant:
-                raise LedgerError(f"claim {state.id[:12]} is your own; another key must verify "
-                                  "it")
+            self.check_verifiable(self._claim(body), author)
             if body.get("verdict") not in (HONEST, FALSE):
                 raise LedgerError(f"verdict must be {HONEST!r} or {FALSE!r}, not "
                                   f"{body.get('verdict')!r}")
@@ -94,6 +88,15 @@ class Standing:
             if state.status != REFUTED:
                 raise LedgerError(f"claim {state.id[:12]} has no false verdict to slash it for; "
                                   "verify it first")
+
+    def check_verifiable(self, state: ClaimState, verifier: str) -> None:
+        """Raise LedgerError unless `verifier` (a public key) may verify the claim now; also
+        asked before a replay, so a refused verdict costs no training."""
+        if state.status != PENDING:
+            raise LedgerError(f"claim {state.id[:12]} is already {state.status} (entry "
+                              f"{state.verified_by[-1]}); there is nothing left to verify")
+        if verifier == state.claimant:
+            raise LedgerError(f"claim {state.id[:12]} is your own; another key must verify it")
 
     def add(self, entry: Entry) -> None:
         """Apply an entry already checked (or read back from storage)."""

@@ -106,6 +106,9 @@ def test_an_honest_claim_verifies_on_replay(kept_run):
                          str(root / "alice.key"), "--runs-dir", str(root / "runs"))
     assert claimed.returncode == 0, claimed.stderr
     assert claimed.stdout.startswith("entry 0 ")
+    own = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "alice.key"))
+    assert own.returncode == 2 and "is your own; another key must verify it" in own.stderr
+    assert "replaying" not in own.stdout  # refused before any training
 
     verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"), "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
