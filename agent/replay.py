@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal import Goal, GoalError, load_goal
-from agent.replay_facts import SCHEDULE_FILE
+from agent.replay_facts import SCHEDULE_FILE, torch_version
 from agent.rundir import GOAL_COPY, RunError
 from agent.scoring import Scorer, corpus_of
 from ledger.rules import FALSE, HONEST
@@ -117,9 +117,7 @@ def judge(body: Mapping[str, Any], run: Mapping[str, Any]) -> Verdict:
 
 
 def _check_machine(facts: Mapping[str, Any]) -> None:
-    import torch
-
-    here = torch.__version__.split("+")[0]
+    here = torch_version()
     if facts.get("torch") and facts["torch"] != here:
         raise ReplayRefused(f"the claim was trained with torch {facts['torch']}, this machine "
                             f"has {here}; replay it where `pip install torch=={facts['torch']}` "

@@ -19,20 +19,25 @@ STAGE2 = 0.5  # the progress where the template's schedule switches to stage 2
 MAX_SCHEDULE = 16 * 2**20  # bytes: ~1M steps; a larger file is not a schedule
 
 
+def torch_version() -> str:
+    """This process's torch release, without the build tag (2.13.0, not 2.13.0+cpu)."""
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
 def replay_facts(run: Mapping[str, Any], *, time_budget: float, threads: int,
                  corpus: Any | None, out_dir: Path | None) -> dict[str, Any]:
     """The facts of one scored run: seed, steps, threads, where the schedule switched to stage
     2, corpus fingerprint, Python and torch versions, and the sha256 of the checkpoint it saved
     and of the schedule it followed (its progress at every step, which a replay follows)."""
-    import torch
-
     from bitnet.checkpoint import CheckpointError, checkpoint_hash
 
     steps = (run.get("metrics") or {}).get("steps")  # the template's METRIC steps
     facts: dict[str, Any] = {"seed": run["seed"], "time_budget": time_budget,
                              "steps": int(steps) if isinstance(steps, int | float) else None,
                              "threads": threads, "python": platform.python_version(),
-                             "torch": torch.__version__.split("+")[0]}
+                             "torch": torch_version()}
     facts["corpus"] = ({"name": corpus.name, "sha256": corpus.sha256} if corpus is not None
                        else None)
     facts["schedule_sha256"] = facts["switch_step"] = None
