@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS tree_heads (
 CREATE TABLE IF NOT EXISTS artifacts (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 TABLES = ("entries", "tree_heads", "artifacts")
+HEAD_COLUMNS = "tree_size, root, time, signer, signature"
 BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another's transaction
 
 
@@ -53,13 +54,15 @@ class SqliteStore:
         except sqlite3.DatabaseError as err:
             raise LedgerError(f"{self.path} is not a ledger ({err}); move it away or pass another "
                               "--ledger") from None
-        self.standing = Standing()
-        self.frontier = merkle.Frontier()
-        self.leaves: list[bytes] = []
-        self.head_hash = GENESIS
+        self._reset()
 
     def close(self) -> None:
         self.db.close()
+
+    @property
+    def head_hash(self) -> str:
+        """The hash the next entry names as `prev`."""
+        return self.leaves[-1].hex() if self.leaves else GENESIS
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -68,15 +71,11 @@ class SqliteStore:
         for seq, data, signature, leaf in self.db.execute(
                 "SELECT seq, data, signature, leaf FROM entries WHERE seq >= ? ORDER BY seq",
                 (self.standing.size,)):
-            entry = Entry(bytes(data), bytes(signature))
             try:
-                self.standing.add(entry)
+                self._take(Entry(bytes(data), bytes(signature)), bytes(leaf))
             except (KeyError, TypeError, ValueError) as err:
                 raise LedgerError(f"entry {seq} is corrupt ({err!r}); run `magnet-agent ledger "
                                   "audit` to find the first bad entry") from None
-            self.frontier.append(bytes(leaf))
-            self.leaves.append(bytes(leaf))
-            self.head_hash = bytes(leaf).hex()
 
     def rows(self) -> Iterator[tuple[int, Entry, bytes]]:
         """(seq, entry, stored leaf) of every entry, in order, exactly as stored."""
@@ -90,15 +89,13 @@ class SqliteStore:
         return Entry(bytes(row[0]), bytes(row[1])) if row else None
 
     def tree_heads(self) -> list[TreeHead]:
-        return [TreeHead(size, bytes(root), time, signer, bytes(sig)) for size, root, time,
-                signer, sig in self.db.execute(
-                    "SELECT tree_size, root, time, signer, signature FROM tree_heads "
-                    "ORDER BY tree_size")]
+        rows = self.db.execute(f"SELECT {HEAD_COLUMNS} FROM tree_heads ORDER BY tree_size")
+        return [_tree_head(row) for row in rows]
 
     def latest_tree_head(self) -> TreeHead | None:
-        row = self.db.execute("SELECT tree_size, root, time, signer, signature FROM tree_heads "
+        row = self.db.execute(f"SELECT {HEAD_COLUMNS} FROM tree_heads "
                               "ORDER BY tree_size DESC LIMIT 1").fetchone()
-        return TreeHead(row[0], bytes(row[1]), row[2], row[3], bytes(row[4])) if row else None
+        return _tree_head(row) if row else None
 
     def artifact(self, sha256: str) -> bytes | None:
         row = self.db.execute("SELECT data FROM artifacts WHERE sha256 = ?", (sha256,)).fetchone()
@@ -119,7 +116,8 @@ class SqliteStore:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
-            self._reload()  # the in-memory state may hold what was rolled back
+            self._reset()  # the in-memory state may hold what was rolled back
+            self.refresh()
             raise
         self.db.execute("COMMIT")
 
@@ -144,16 +142,26 @@ class SqliteStore:
                                 (sha256_hex(data), data))
             self.db.execute("INSERT INTO entries VALUES (?, ?, ?, ?)",
                             (seq, entry.data, entry.signature, entry.leaf))
-            self.standing.add(entry)
-            self.frontier.append(entry.leaf)
-            self.leaves.append(entry.leaf)
-            self.head_hash = entry.hash
+            self._take(entry, entry.leaf)
             head = sign_tree_head(key, self.frontier.size, self.frontier.root())
             self.db.execute("INSERT INTO tree_heads VALUES (?, ?, ?, ?, ?)",
                             (head.tree_size, head.root, head.time, head.signer, head.signature))
         return entry
 
-    def _reload(self) -> None:
-        self.standing, self.frontier, self.leaves, self.head_hash = (
-            Standing(), merkle.Frontier(), [], GENESIS)
-        self.refresh()
+    # --- the derived state -------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.standing = Standing()
+        self.frontier = merkle.Frontier()  # the root, incrementally
+        self.leaves: list[bytes] = []  # every leaf hash, for proofs
+
+    def _take(self, entry: Entry, leaf: bytes) -> None:
+        """Add one entry (stored, or about to be) to the derived state."""
+        self.standing.add(entry)
+        self.frontier.append(leaf)
+        self.leaves.append(leaf)
+
+
+def _tree_head(row: tuple) -> TreeHead:
+    size, root, time, signer, signature = row
+    return TreeHead(size, bytes(root), time, signer, bytes(signature))
