@@ -26,12 +26,15 @@ from sandbox.gitcli import Git, GitError
 from sandbox.layout import exp_ref, git_dir, output_dir
 
 CLAIMED = (scores.KEEP,)  # statuses a claim may be made for: improvements that were kept
+# what travels with a claim, stored in the ledger by sha256 and named by it under these keys
+BUNDLE, GOAL_FILE, SCHEDULE = "bundle", "goal_file", "schedule"
+ARTIFACTS = (BUNDLE, GOAL_FILE, SCHEDULE)
 
 
 @dataclass(frozen=True)
 class Claim:
     body: dict[str, Any]
-    artifacts: dict[str, bytes]  # body key -> bytes: "bundle", "goal_file", "schedule"
+    artifacts: dict[str, bytes]  # ARTIFACTS (the schedule if the run wrote one) -> bytes
 
 
 def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
@@ -57,9 +60,9 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
     goal = load_goal(run_dir / GOAL_COPY)
     goal_text = (run_dir / GOAL_COPY).read_bytes()
     bundle = make_bundle(run_dir, exp, record["commit"])
-    artifacts = {"bundle": bundle, "goal_file": goal_text}
+    artifacts = {BUNDLE: bundle, GOAL_FILE: goal_text}
     if replay.get("schedule_sha256"):
-        artifacts["schedule"] = _schedule(run_dir, exp, replay["schedule_sha256"])
+        artifacts[SCHEDULE] = _schedule(run_dir, exp, replay["schedule_sha256"])
     body = {
         "goal": goal.spec.name,  # the file itself is the goal_file artifact
         "run": run_dir.name, "exp": exp, "commit": record["commit"], "parent": record["parent"],

@@ -154,6 +154,7 @@ def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
 
 
 def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from agent.claims import ARTIFACTS
     from agent.replay import replay_claim
     from agent.train_command import STEP_LINE
     from ledger.keys import load_key, public_hex
@@ -181,7 +182,7 @@ def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
                 progress.update(task, description="scoring", status="")
 
         artifacts = {name: ledger.artifact(body[name])
-                     for name in ("goal_file", "bundle", "schedule") if name in body}
+                     for name in ARTIFACTS if name in body}
         verdict = replay_claim(body, artifacts, confined, on_line=on_line)
     written = ledger.verify(key, entry, verdict.verdict, verdict.facts())
     if args.json:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.claims import BUNDLE, GOAL_FILE, SCHEDULE
 from agent.goal import Goal, GoalError, load_goal
 from agent.replay_facts import SCHEDULE_FILE, torch_version
 from agent.rundir import GOAL_COPY, RunError
@@ -86,9 +87,9 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
             scorer.prepare()
             ws.begin(0, f"replay of {body['run']} experiment {body['exp']}")
             schedule = None
-            if "schedule" in artifacts:  # untracked, in the tree the run can read
+            if SCHEDULE in artifacts:  # untracked, in the tree the run can read
                 schedule = ws.path / f".magnet-{SCHEDULE_FILE}"
-                schedule.write_bytes(artifacts["schedule"])
+                schedule.write_bytes(artifacts[SCHEDULE])
             # the goal's limits, not the claim's facts: a claim cannot buy itself more time
             run = scorer.run(seed=int(facts["seed"]), repeat=0, replay=facts, on_line=on_line,
                              schedule=schedule,
@@ -145,7 +146,7 @@ def _open_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
         if not isinstance(body[name], str) or not COMMIT_ID.fullmatch(body[name]):
             raise MalformedClaim(f"its {name} {str(body[name])[:80]!r} is no git commit id")
     goal_path = root / GOAL_COPY
-    goal_path.write_bytes(artifacts["goal_file"])
+    goal_path.write_bytes(artifacts[GOAL_FILE])
     try:
         goal = load_goal(goal_path)
     except GoalError as err:
@@ -153,7 +154,7 @@ def _open_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
     if goal.spec.init is not None:
         raise ReplayRefused("the claim's run starts from a checkpoint (`init:`), which "
                             "replays cannot fetch yet; verify it on the contributor's data")
-    return goal, _unbundle(artifacts["bundle"], root / "source", body["commit"], body["parent"])
+    return goal, _unbundle(artifacts[BUNDLE], root / "source", body["commit"], body["parent"])
 
 
 def _unbundle(bundle: bytes, dest: Path, commit: str, parent: str) -> Path:
