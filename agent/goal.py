@@ -67,6 +67,7 @@ class Budget(Strict):
     wall: float = 1800.0  # seconds for the whole run
     tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)  # LLM tokens for the run
     grace: float = 120.0  # beyond per_experiment: start-up, evaluation, checkpointing
+    tool_calls: int = Field(default=4, ge=0, le=100)  # the planner's, per experiment
 
     _durations = field_validator("per_experiment", "wall", "grace", mode="before")(
         lambda v: parse_duration(v)
@@ -80,6 +81,39 @@ class Budget(Strict):
                 "raise wall or lower per_experiment"
             )
         return self
+
+
+TOOL_NAMES = ("record_contribution", "verify_contribution", "merge_specialists", "generate_data",
+              "read_file", "read_log")
+ToolName = Literal["record_contribution", "verify_contribution", "merge_specialists",
+                   "generate_data", "read_file", "read_log"]
+LEDGER_TOOLS = ("record_contribution", "verify_contribution")
+
+
+class LedgerSettings(Strict):
+    """Where the ledger tools write and whose key signs (`--ledger` and `--key` of the CLI)."""
+
+    path: str | None = Field(default=None, min_length=1)  # default: $MAGNET_LEDGER, else ~/.local
+    key: Path  # an Ed25519 key file (`magnet-agent ledger keygen KEYFILE`)
+    stake: int | None = Field(default=None, ge=0)  # per claim; default: the ledger's rules
+
+
+class MergeSettings(Strict):
+    """What `merge_specialists` merges this run's best with, and how (`magnet-agent merge`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              populate_by_name=True)
+
+    with_: str = Field(alias="with", min_length=1)  # RUN, RUN:EXP or a checkpoint directory
+    method: Literal["linear", "task_arithmetic", "ties", "dare"] = "ties"
+    options: dict[str, float | int | bool] = {}  # the method's options, as `merge` takes them
+
+
+class TeacherSettings(Strict):
+    """The model `generate_data` writes with: `local` (the bundled model) or an `openai` model
+    name (served at OPENAI_BASE_URL)."""
+
+    model: str = Field(default="local", min_length=1)
 
 
 class GoalSpec(Strict):
@@ -109,6 +143,12 @@ class GoalSpec(Strict):
     # start every run from this checkpoint (RUN, RUN:EXP or a directory): tune a specialist of a
     # base instead of training from random weights (MAGNET_INIT_CHECKPOINT)
     init: str | None = Field(default=None, min_length=1)
+    # tools the planner may call (an `openai` planner chooses; `local` and `search` run the
+    # ledger and merge tools as explicit steps), and their settings
+    tools: list[ToolName] = []
+    ledger: LedgerSettings | None = None
+    merge: MergeSettings | None = None
+    teacher: TeacherSettings = TeacherSettings()
 
     @model_validator(mode="after")
     def _one_source(self) -> GoalSpec:
@@ -132,6 +172,21 @@ class GoalSpec(Strict):
                              "`command:` (the evaluator scores on the goal's corpus)")
         if self.corpus is not None and self.template is None:
             raise ValueError("`corpus:` is for templates; a repository reads its own data")
+        return self
+
+    @model_validator(mode="after")
+    def _tools_have_settings(self) -> GoalSpec:
+        if len(set(self.tools)) != len(self.tools):
+            raise ValueError("a tool is listed twice; list each once")
+        if self.ledger is None and (needs := [t for t in self.tools if t in LEDGER_TOOLS]):
+            raise ValueError(f"tool {needs[0]} needs `ledger: {{key: KEYFILE}}` (make one with "
+                             "`magnet-agent ledger keygen KEYFILE`)")
+        if self.merge is None and "merge_specialists" in self.tools:
+            raise ValueError("tool merge_specialists needs `merge: {with: RUN|CHECKPOINT}`, "
+                             "the specialist to merge this run's best with")
+        if "merge_specialists" in self.tools and self.init is None:
+            raise ValueError("tool merge_specialists merges specialists of one base: set "
+                             "`init:` to the base checkpoint this run tunes")
         return self
 
     @model_validator(mode="after")
@@ -186,6 +241,7 @@ def load_goal(path: str | Path, base_dir: Path | None = None) -> Goal:
     except EditError as err:
         raise GoalError(f"{path}: knobs: {err}") from None
     _check_knobs_exist(path, source_dir, spec.editable, knobs)
+    spec = _with_key_path(path, spec, base_dir or path.parent)
     return Goal(spec=spec, brief=brief.strip(), path=path, source_dir=source_dir, knobs=knobs)
 
 
@@ -226,9 +282,14 @@ def describe_validation_error(err: ValidationError) -> str:
             model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
         known = ", ".join(model.model_fields)
         return f"unknown key `{key}`; known keys here: {known}"
+    if kind == "literal_error" and first["loc"][0] == "tools":
+        return (f"unknown tool {_shown(first.get('input'))} in `tools`; known tools: "
+                f"{', '.join(TOOL_NAMES)}")
     if kind == "missing":
         return f"`{key}` is missing; add it (see goals/pycode-bitnet.md for an example)"
     message = message.removeprefix("Value error, ")
+    if not first["loc"]:  # a check across keys: the message names them
+        return message
     return f"`{key}`: {message} (got {_shown(first.get('input'))})"
 
 
@@ -250,6 +311,19 @@ def _source_dir(path: Path, spec: GoalSpec, base_dir: Path) -> Path:
         raise GoalError(f"{path}: workspace: {repo} is not a git repository; "
                         "point it at a repository (or run `git init` there)")
     return repo.resolve()
+
+
+def _with_key_path(path: Path, spec: GoalSpec, base_dir: Path) -> GoalSpec:
+    """The spec with `ledger.key` made absolute (read from `base_dir`, like `workspace:`) and
+    checked to exist: a run must not find out at its first kept improvement."""
+    if spec.ledger is None:
+        return spec
+    key = spec.ledger.key.expanduser()
+    key = key if key.is_absolute() else (base_dir / key).resolve()
+    if not key.is_file():
+        raise GoalError(f"{path}: ledger.key: {key} does not exist; make it with "
+                        f"`magnet-agent ledger keygen {spec.ledger.key}`")
+    return spec.model_copy(update={"ledger": spec.ledger.model_copy(update={"key": key})})
 
 
 def _check_editable(path: Path, source_dir: Path, editable: list[str]) -> None:

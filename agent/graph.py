@@ -24,9 +24,15 @@ def after_baseline(state: RunState) -> str:
 
 
 def after_plan(state: RunState) -> str:
+    if state.get("tool_request"):  # the planner's calls, or the goal's explicit steps
+        return "tool"
     if state.get("stop_reason"):
         return "finish"
     return "edit" if state.get("proposal") else "reflect"
+
+
+def after_tool(state: RunState) -> str:
+    return "finish" if state.get("stop_reason") else "plan"
 
 
 def after_edit(state: RunState) -> str:
@@ -52,12 +58,13 @@ def after_record(state: RunState) -> str:
 
 def build_graph(nodes: Nodes) -> StateGraph:
     graph = StateGraph(RunState)
-    for name in ("baseline", "plan", "edit", "approve", "run", "judge", "keep", "revert", "record",
-                 "reflect", "finish"):
+    for name in ("baseline", "plan", "tool", "edit", "approve", "run", "judge", "keep", "revert",
+                 "record", "reflect", "finish"):
         graph.add_node(name, getattr(nodes, name))
     graph.add_edge(START, "baseline")
     graph.add_conditional_edges("baseline", after_baseline, ["baseline", "plan", "finish"])
-    graph.add_conditional_edges("plan", after_plan, ["edit", "reflect", "finish"])
+    graph.add_conditional_edges("plan", after_plan, ["tool", "edit", "reflect", "finish"])
+    graph.add_conditional_edges("tool", after_tool, ["plan", "finish"])
     graph.add_conditional_edges("edit", after_edit, ["approve", "revert"])
     graph.add_conditional_edges("approve", after_approve, ["run", "revert"])
     graph.add_edge("run", "judge")

@@ -2,7 +2,11 @@
 
     baseline (x2) -> plan -> edit -> run -> judge -> keep | revert -> record -> plan ...
                          \\-> reflect (invalid reply)   judge -> run (confirm with another seed)
-                                                   failures: record -> reflect -> plan
+                         \\-> tool -> plan             failures: record -> reflect -> plan
+
+`tool` runs what `plan` asked for: the planner's tool calls (their results go back into its
+context; a per-experiment budget caps them), or, for planners that cannot choose tools, the
+goal's explicit steps (a ledger claim after each kept improvement, a merge at the end).
 
 An experiment's record is built once: `edit` drafts it from the workspace as it will run (edits,
 knob values, diff hash and size, parent commit), `judge` adds the outcome, and keep/revert and
@@ -37,10 +41,16 @@ from agent.planners.base import (
     PlannerError,
     PlannerUnavailable,
     Proposal,
+    ToolCall,
+    ToolExchange,
+    ToolRequest,
 )
 from agent.records import RunRecords
 from agent.scoring import Scorer
 from agent.state import RunState
+from agent.tool_records import PLANNER, STEP, ToolCallRecord, ToolRecords
+from agent.tools.base import ToolContext
+from agent.tools.registry import call_tool, for_planner, planner_specs
 from agent.view import RunView
 from sandbox.errors import EditError, SandboxError
 from sandbox.workspace import Workspace
@@ -63,11 +73,16 @@ class Runtime:
     view: RunView
     scorer: Scorer  # runs the goal's command confined and scores it (agent.scoring)
     memory_limit_bytes: int | None = None
+    unconfined: bool = False  # the run's --unconfined, for tools that run experiments (replay)
     session_start: float = field(default_factory=time.monotonic)
     session_base: float = 0.0  # wall seconds used before this session
 
     def wall_used(self) -> float:
         return self.session_base + time.monotonic() - self.session_start
+
+    @property
+    def tool_records(self) -> ToolRecords:
+        return ToolRecords(self.run_dir)
 
 
 class Nodes:
@@ -115,7 +130,9 @@ class Nodes:
         if state["stop_requested"]:
             return {**update, "stop_reason": control.STOPPED_BY_A_PERSON}
         if stop := self._budget_exhausted(state):
-            return {**update, "stop_reason": stop}
+            return {**update, "stop_reason": stop, "tool_request": self._steps_due(at_end=True)}
+        if steps := self._steps_due(at_end=False):
+            return {**update, "tool_request": steps}
         context = self._context(state)
         self._status(state, "planning")
         self.rt.view.message(f"planning with {self.rt.planner.name}…")
@@ -139,9 +156,89 @@ class Nodes:
                                          f"(last: {err})")
             return update
         tokens = state["tokens"] + proposal.usage.total_tokens
+        if isinstance(proposal, ToolRequest):
+            return {**update, "tool_request": self._requested(state, proposal),
+                    "planner_failures": 0, "tokens": tokens}
         # the failure and the hints have now entered a proposal's context: consumed
         return {**update, "proposal": {**_dump(proposal), "hints": state["hints"]},
                 "planner_failures": 0, "tokens": tokens, "last_failure": None, "hints": []}
+
+    # --- tool ---------------------------------------------------------------------------------
+
+    def tool(self, state: RunState) -> dict[str, Any]:
+        """Run the requested calls, in order; a call that already finished (before a crash) is
+        not run again: its recorded result is used."""
+        exchanges = list(state.get("tool_exchanges") or [])
+        reply = 1 + max((x["reply"] for x in exchanges), default=0)
+        self._status(state, "tool")
+        for request in state["tool_request"] or []:
+            record = self._call(request)
+            self.rt.view.message(f"tool {record.summary()}")
+            if request["by"] == PLANNER:
+                exchanges.append({**request, "result": _for_planner(record), "reply": reply})
+        return {"tool_request": None, "tool_exchanges": exchanges}
+
+    def _call(self, request: dict[str, Any]) -> ToolCallRecord:
+        records = self.rt.tool_records
+        done = records.get(request["call"])
+        if done is not None and done.finished:
+            return done
+        if "refused" in request:  # over the tool budget: recorded, never run
+            records.start(request["call"], self.ws.next_exp, request["tool"], request["args"],
+                          request["by"])
+            return records.finish(request["call"], error=request["refused"], seconds=0.0)
+        records.start(request["call"], self.ws.next_exp, request["tool"], request["args"],
+                      request["by"])
+        self.rt.view.message(f"tool #{request['call']} {request['tool']} running…")
+        started = time.monotonic()
+        ctx = ToolContext(run_dir=self.rt.run_dir, goal=self.rt.goal, workspace=self.ws.path,
+                          call=request["call"], console=self.rt.view.console,
+                          unconfined=self.rt.unconfined)
+        outcome = call_tool(ctx, request["tool"], request["args"])
+        return records.finish(request["call"], result=outcome.get("result"),
+                              error=outcome.get("error"), seconds=time.monotonic() - started)
+
+    def _requested(self, state: RunState, request: ToolRequest) -> list[dict[str, Any]]:
+        """The planner's calls, numbered; those beyond this experiment's budget are refused."""
+        first = self.rt.tool_records.next_call()
+        left = self._tool_calls_left(state)
+        calls = []
+        for i, call in enumerate(request.tool_calls):
+            entry = {"call": first + i, "id": call.id or f"call_{first + i}", "tool": call.name,
+                     "args": call.arguments, "by": PLANNER}
+            if i >= left:
+                entry["refused"] = (f"the tool budget of {self.spec.budget.tool_calls} calls "
+                                    "for this experiment is spent; reply with a proposal")
+            calls.append(entry)
+        return calls
+
+    def _tool_calls_left(self, state: RunState) -> int:
+        return max(0, self.spec.budget.tool_calls - len(state.get("tool_exchanges") or []))
+
+    def _steps_due(self, *, at_end: bool) -> list[dict[str, Any]] | None:
+        """The goal's tool settings as explicit steps, for planners that cannot choose tools: a
+        claim for each kept improvement not yet claimed, and (at the end) the merge. A step cut
+        off by a crash is due again under its own number."""
+        enabled = self.spec.tools
+        if self.rt.planner.chooses_tools or not enabled:
+            return None
+        calls = [c for c in self.rt.tool_records.read() if c.by == STEP]
+        wanted: list[tuple[str, dict[str, Any]]] = []
+        if "record_contribution" in enabled:
+            wanted += [("record_contribution", {"exp": r["exp"]})
+                       for r in self.rt.records.read() if r.get("status") == scores.KEEP]
+        if at_end and "merge_specialists" in enabled:
+            wanted.append(("merge_specialists", {}))
+        due, fresh = [], self.rt.tool_records.next_call()
+        for tool, args in wanted:
+            same = [c for c in calls if c.tool == tool and c.args == args]
+            if any(c.finished for c in same):
+                continue
+            number = same[0].call if same else fresh
+            fresh += not same
+            due.append({"call": number, "id": f"step_{number}", "tool": tool, "args": args,
+                        "by": STEP})
+        return due or None
 
     # --- edit ---------------------------------------------------------------------------------
 
@@ -150,7 +247,8 @@ class Nodes:
         assert proposal is not None
         exp = self._begin(proposal["hypothesis"])
         update: dict[str, Any] = {"exp": exp, "experiments": state["experiments"] + 1,
-                                  "results": [], "outcome": None, "decision": None}
+                                  "results": [], "outcome": None, "decision": None,
+                                  "tool_exchanges": []}
         try:
             return self._make(state, proposal, exp, update)
         except (SandboxError, ValueError) as err:
@@ -369,9 +467,12 @@ class Nodes:
 
     def _draft(self, proposal: dict[str, Any], *, planner: str | None = None,
                ran: bool = True) -> dict[str, Any]:
-        return experiment_record.draft(
+        draft = experiment_record.draft(
             self.ws, self.spec.editable, self.rt.goal.knobs, proposal,
             planner=planner or self.rt.planner.name, metric_name=self.spec.metric.name, ran=ran)
+        exp = self.ws.current["exp"] if self.ws.current else None
+        calls = [c.as_dict() for c in self.rt.tool_records.read() if c.exp == exp]
+        return {**draft, "tool_calls": calls} if calls else draft
 
     def _note(self, state: RunState) -> dict[str, Any]:
         """The experiment's record as far as it goes before keep or revert: the git note."""
@@ -481,14 +582,29 @@ class Nodes:
                                      status=r["status"], metric=r.get("metric"),
                                      knobs=r.get("knobs") or {}) for r in records]
         failure = state.get("last_failure")
+        tools, note = [], ""
+        if self.rt.planner.chooses_tools and self.spec.tools:
+            if self._tool_calls_left(state):
+                tools = planner_specs(list(self.spec.tools))
+            else:
+                note = (f"The tool budget of {self.spec.budget.tool_calls} calls for this "
+                        "experiment is spent: reply with a proposal now.")
+        exchanges = [ToolExchange(call=ToolCall(id=x["id"], name=x["tool"], arguments=x["args"]),
+                                  result=x["result"], reply=x["reply"])
+                     for x in state.get("tool_exchanges") or []]
         return PlanContext(
             brief=self.rt.goal.brief, metric_name=self.spec.metric.name,
             goal=goal, editable_files=files, knobs=self.rt.goal.knobs,
             current_knobs=read_knob_values(files, self.rt.goal.knobs), history=history,
             best_metric=scores.best(records, goal), baseline_metric=scores.baseline(records),
             last_failure=Failure(**failure) if failure else None, hints=list(state["hints"]),
-            seed=self.spec.seed + len(history),
+            seed=self.spec.seed + len(history), tools=tools, tool_exchanges=exchanges,
+            tool_note=note,
         )
+
+
+def _for_planner(record: ToolCallRecord) -> str:
+    return for_planner({"result": record.result, "error": record.error})
 
 
 def _dump(proposal: Proposal) -> dict[str, Any]:

@@ -46,32 +46,32 @@ class RunRecords:
         """Append one experiment's record unless it is already there; True if written."""
         if self.has(record["exp"]):
             return False
-        record = _strict(record)
-        _append_line(self.jsonl, json.dumps(record, sort_keys=True, allow_nan=False))
+        record = strict_json(record)
+        append_line(self.jsonl, json.dumps(record, sort_keys=True, allow_nan=False))
         if not self.tsv.exists():
-            _append_line(self.tsv, TSV_HEADER.rstrip("\n"))
+            append_line(self.tsv, TSV_HEADER.rstrip("\n"))
         metric = record.get("metric")
         description = " ".join(str(record.get("hypothesis", "")).split())
-        _append_line(self.tsv, "\t".join([
+        append_line(self.tsv, "\t".join([
             f"{record['exp']:03d}", (record.get("commit") or "")[:7],
             "" if metric is None else f"{metric:.6f}", record["status"], description,
         ]))
         return True
 
 
-def _strict(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """`value` as strict JSON: a NaN or infinite float (a diverged run's metrics) is None, so
     every JSON reader (jq, a browser) can read the records."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
+        return {k: strict_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
+        return [strict_json(v) for v in value]
     return value
 
 
-def _append_line(path: Path, line: str) -> None:
+def append_line(path: Path, line: str) -> None:
     # A torn previous line (crash mid-write) must not swallow this one: start on a new line.
     prefix = ""
     if path.exists() and path.stat().st_size:

@@ -37,6 +37,7 @@ def start_run(goal_path: str | Path, *, runs_dir: str | Path | None = None,
     goal = load_goal(goal_path)
     confinement(unconfined=unconfined)  # no bubblewrap: one line with the fix, before any run
     init = find_init(goal.spec.init, runs_dir) if goal.spec.init is not None else None
+    check_tool_settings(goal, runs_dir)
     options = {"goal_path": str(Path(goal_path).resolve()),
                "planner": resolve_planner_name(planner or goal.spec.planner),
                "model": model, "experiments": experiments, "unconfined": unconfined}
@@ -60,6 +61,25 @@ def start_run(goal_path: str | Path, *, runs_dir: str | Path | None = None,
     (run_dir / RUN_FILE).write_text(json.dumps(options, indent=2))
     _execute(run_dir, fresh=True, console=console)
     return run_dir
+
+
+def check_tool_settings(goal: Goal, runs_dir: str | Path | None) -> None:
+    """What the goal's tools will need, checked before the run starts (RunError, one line): a
+    key the ledger can load (mode 0600), a specialist to merge with that exists."""
+    from agent.checkpoint_ref import resolve_checkpoint
+    from ledger.canonical import LedgerError
+    from ledger.keys import load_key
+
+    if goal.spec.ledger is not None:
+        try:
+            load_key(goal.spec.ledger.key)
+        except LedgerError as err:
+            raise RunError(f"{goal.path}: ledger.key: {err}") from None
+    if goal.spec.merge is not None:
+        try:
+            resolve_checkpoint(goal.spec.merge.with_, runs_dir)
+        except RunError as err:
+            raise RunError(f"{goal.path}: merge.with: {err}") from None
 
 
 def resume_run(run: str, *, runs_dir: str | Path | None = None,
@@ -120,6 +140,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
                 goal=goal, run_dir=run_dir, workspace=workspace, planner=planner,
                 records=records, view=view, scorer=scorer,
                 memory_limit_bytes=(spec.memory_limit_mb or 0) * 2**20 or None,
+                unconfined=bool(options.get("unconfined")),
                 session_base=_wall_used(latest, start),
             ))).compile(checkpointer=saver)
             if not fresh and _finished(run_dir, graph, config, latest):

@@ -29,6 +29,10 @@ class RunState(TypedDict, total=False):
     tried: list[str]  # diff hashes of every experiment that ran
     experiments: int  # experiments started (baselines excluded): the experiment budget
     planner_failures: int  # consecutive replies that gave no valid proposal
+    # tools: calls waiting to run ({call, id, tool, args, by}), and the planner's calls of the
+    # experiment being planned with their results (what its context shows; the budget counts)
+    tool_request: list[dict[str, Any]] | None
+    tool_exchanges: list[dict[str, Any]]
     planner_down: bool  # the run stopped because the planner's endpoint failed
     tokens: int  # LLM tokens used by the whole run
     wall_seconds: float  # run time used by earlier sessions (resume adds to it)
@@ -47,7 +51,8 @@ def initial_state(run_id: str) -> RunState:
     return RunState(
         run_id=run_id, baselines=0, exp=None, proposal=None, draft=None, results=[],
         outcome=None, decision=None, failure=None, last_failure=None, tried=[], experiments=0,
-        planner_failures=0, planner_down=False, tokens=0, wall_seconds=0.0, stop_reason=None,
+        planner_failures=0, tool_request=None, tool_exchanges=[], planner_down=False, tokens=0,
+        wall_seconds=0.0, stop_reason=None,
         control_seen=0, hints=[], paused=False, approve=False, stop_requested=False,
         budget_experiments=None, budget_wall=None,
     )

@@ -70,6 +70,35 @@ class Proposal(ProposalReply):
     usage: Usage = Field(default_factory=Usage, exclude=True)
 
 
+class ToolCall(BaseModel):
+    """One tool the planner asks to run; `id` pairs it with its result (function calling)."""
+
+    id: str = ""
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any] = {}
+
+
+class ToolCallsReply(BaseModel):
+    """The JSON form of a tool request, for servers without function calling."""
+
+    tool_calls: list[ToolCall] = Field(min_length=1)
+
+
+class ToolRequest(ToolCallsReply):
+    """A planner's answer that asks for tools instead of proposing an experiment."""
+
+    usage: Usage = Field(default_factory=Usage, exclude=True)
+
+
+@dataclass(frozen=True)
+class ToolExchange:
+    """A tool call of the experiment being planned, with what it returned."""
+
+    call: ToolCall
+    result: str  # as the planner reads it (JSON, or `error: …`)
+    reply: int  # which planner reply asked for it: calls of one reply go back together
+
+
 @dataclass(frozen=True)
 class ExperimentSummary:
     """What the planner may know about a past experiment."""
@@ -112,6 +141,11 @@ class PlanContext:
     last_failure: Failure | None = None  # the last failure, diagnosed by reflect
     hints: list[str] = field(default_factory=list)  # from a person, newest last
     seed: int = 1337
+    # tools the planner may call now ({name, description, parameters}); empty when the goal
+    # enables none or this experiment's tool budget is spent
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_exchanges: list[ToolExchange] = field(default_factory=list)  # this experiment's calls
+    tool_note: str = ""  # e.g. that the tool budget is spent
 
 
 class PlannerError(RuntimeError):
@@ -126,9 +160,11 @@ class PlannerUnavailable(PlannerError):
 
 class Planner(Protocol):
     name: str
+    chooses_tools: bool  # False: the goal's tool settings run as explicit steps instead
 
-    def propose(self, context: PlanContext) -> Proposal:
-        """A new proposal for the next experiment, or PlannerError."""
+    def propose(self, context: PlanContext) -> Proposal | ToolRequest:
+        """A new proposal for the next experiment (or, when `context.tools` offers some, a
+        request to run tools first), or PlannerError."""
         ...
 
     def observe(self, proposal: Proposal, knobs: dict[str, Any], metric: float | None,

@@ -251,6 +251,7 @@ class LocalPlanner:
     """SmolLM2-135M-Instruct choosing one knob change from an enumerated, untried set."""
 
     name = "local"
+    chooses_tools = False  # a 135M model cannot be trusted with them: explicit steps instead
 
     def __init__(self, gguf_path: str | Path | None = None, *,
                  cache_dir: str | Path | None = None, use_cache: bool = True,

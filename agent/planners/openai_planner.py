@@ -33,6 +33,9 @@ from agent.planners.base import (
     PlannerUnavailable,
     Proposal,
     ProposalReply,
+    ToolCall,
+    ToolCallsReply,
+    ToolRequest,
     Usage,
 )
 from agent.planners.prompt import (
@@ -74,6 +77,34 @@ MODE_NAMES = {"json_schema": "json_schema", "json_object_schema": "json_object w
 # supported" (OpenAI, 400), "Unrecognized request argument supplied: schema"...
 REFUSAL = re.compile(r"response[_ ]?format|json_schema|json_object|\bschema\b|structured output",
                      re.IGNORECASE)
+
+
+# what servers say when they do not take `tools`: "tools param requires --jinja flag"
+# (llama.cpp), "Unrecognized request argument supplied: tools", "does not support tools"
+TOOLS_REFUSAL = re.compile(r"\btools?\b|tool_choice|function[_ ]?call", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Reply:
+    text: str
+    calls: list[ToolCall]
+
+
+class _ToolsRefused(Exception):
+    """The server refused `tools`: the planner asks again with the tools in the prompt."""
+
+
+def _tool_call(call: Any) -> ToolCall:
+    """A function call of the reply; arguments that are not a JSON object are a ReplyError."""
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        raise ReplyError(f"the arguments of tool call {call.function.name} are not valid JSON; "
+                         "send a JSON object") from None
+    if not isinstance(arguments, dict):
+        raise ReplyError(f"the arguments of tool call {call.function.name} must be a JSON "
+                         "object")
+    return ToolCall(id=call.id or "", name=call.function.name, arguments=arguments)
 
 
 class ReplyError(ValueError):
@@ -158,6 +189,7 @@ class OpenAIPlanner:
     """Proposals from a chat model behind an OpenAI-compatible endpoint."""
 
     name = "openai"
+    chooses_tools = True
 
     def __init__(self, model: str | None, *, base_url: str | None = None,
                  api_key: str | None = None, timeout: float | None = None, attempts: int = 4,
@@ -188,6 +220,9 @@ class OpenAIPlanner:
         self.temperature, self.max_tokens = temperature, max_tokens
         # the response_format asked for; steps down OUTPUT_MODES when refused, for the whole run
         self.output_mode: OutputMode = "json_schema" if structured else "text"
+        # how tools are offered: function calling, or (when the server refuses it) in the
+        # prompt with JSON replies; for the whole run once refused
+        self.tool_mode: Literal["functions", "json"] = "functions"
         self.negotiated = not structured  # True once a reply came back in output_mode
         self.last_unavailable: PlannerUnavailable | None = None  # cleared by any reply
         self.total = Usage(attempts=0)  # everything this planner has spent, failures included
@@ -204,27 +239,64 @@ class OpenAIPlanner:
 
     # --- the Planner interface --------------------------------------------------------------
 
-    def propose(self, context: PlanContext) -> Proposal:
-        """Ask for a proposal; one repair round if the reply is invalid, then PlannerError."""
+    def propose(self, context: PlanContext) -> Proposal | ToolRequest:
+        """Ask for a proposal, or tool calls when the context offers tools; one repair round if
+        the reply is invalid, then PlannerError."""
         tally = _Tally(self.model, time.perf_counter())
-        messages = build_messages(context, token_budget=self.token_budget)
         try:
-            reply_text = self._complete(messages, tally, want_json=True)
             try:
-                reply = parse_reply(reply_text)
-            except ReplyError as err:
-                log.info("invalid proposal (%s); asking for a repair", err)
-                messages = [*messages, {"role": "assistant", "content": reply_text},
-                            {"role": "user", "content": repair_prompt(str(err))}]
-                try:
-                    reply = parse_reply(self._complete(messages, tally, want_json=True))
-                except ReplyError as again:
-                    raise PlannerError(f"invalid reply after one repair round: {again}") from None
+                return self._propose(context, tally)
+            except _ToolsRefused:  # asked again with the tools in the prompt instead
+                return self._propose(context, tally)
         except PlannerError as err:
             err.usage = self._spend(tally)  # type: ignore[attr-defined] - tokens still spent
             raise
-        return Proposal(hypothesis=reply.hypothesis, rationale=reply.rationale,
-                        edits=reply.edits, usage=self._spend(tally))
+
+    def _propose(self, context: PlanContext, tally: _Tally) -> Proposal | ToolRequest:
+        calling = self.tool_mode == "functions"
+        messages = build_messages(context, token_budget=self.token_budget,
+                                  function_calling=calling)
+        tools = context.tools if calling and context.tools else None
+        either = bool(context.tools) and not calling  # a proposal or tool calls, as JSON
+        reply = self._complete(messages, tally, want_json=True, tools=tools, either=either)
+        try:
+            answer = self._parse(reply, context)
+        except ReplyError as err:
+            log.info("invalid reply (%s); asking for a repair", err)
+            messages = [*messages, {"role": "assistant", "content": reply.text or
+                                    json.dumps([c.model_dump() for c in reply.calls])},
+                        {"role": "user", "content": repair_prompt(str(err))}]
+            try:
+                answer = self._parse(self._complete(messages, tally, want_json=True,
+                                                    tools=tools, either=either), context)
+            except ReplyError as again:
+                raise PlannerError(f"invalid reply after one repair round: {again}") from None
+        if isinstance(answer, ToolCallsReply):
+            return ToolRequest(tool_calls=answer.tool_calls, usage=self._spend(tally))
+        return Proposal(hypothesis=answer.hypothesis, rationale=answer.rationale,
+                        edits=answer.edits, usage=self._spend(tally))
+
+    @staticmethod
+    def _parse(reply: _Reply, context: PlanContext) -> ProposalReply | ToolCallsReply:
+        """The reply as a proposal or as tool calls (function calls, or JSON `tool_calls`)."""
+        calls = reply.calls
+        if not calls and "tool_calls" in (reply.text or ""):
+            with contextlib.suppress(ReplyError):
+                data = extract_json_object(reply.text)
+                if "tool_calls" in data:
+                    try:
+                        calls = ToolCallsReply.model_validate(data).tool_calls
+                    except ValidationError as err:
+                        raise ReplyError(f"the tool_calls do not match the schema: "
+                                         f"{err.errors()[0]['msg']}") from None
+                    calls = [c.model_copy(update={"id": c.id or f"call_{i}"})
+                             for i, c in enumerate(calls)]
+        if calls:
+            if not context.tools:
+                raise ReplyError(context.tool_note or "no tools are available now; reply with "
+                                 "a proposal")
+            return ToolCallsReply(tool_calls=calls)
+        return parse_reply(reply.text)
 
     def observe(self, proposal: Proposal, knobs: dict[str, Any], metric: float | None,
                 status: str) -> None:
@@ -248,7 +320,7 @@ class OpenAIPlanner:
         messages = reflect_messages(context, hypothesis=hypothesis, status=status,
                                     log_tail=log_tail)
         try:
-            text = " ".join(self._complete(messages, tally, want_json=False).split())
+            text = " ".join(self._complete(messages, tally, want_json=False).text.split())
             if not text:
                 raise PlannerError("the model sent an empty diagnosis")
         except PlannerError as err:
@@ -261,15 +333,22 @@ class OpenAIPlanner:
 
     # --- one reply, with retries and the structured-output negotiation ----------------------
 
-    def _complete(self, messages: list[Message], tally: _Tally, *, want_json: bool) -> str:
+    def _complete(self, messages: list[Message], tally: _Tally, *, want_json: bool,
+                  tools: list[dict[str, Any]] | None = None, either: bool = False) -> _Reply:
         attempt = 0
         while True:
             mode: OutputMode = self.output_mode if want_json else "text"
             attempt += 1
             tally.requests += 1
             try:
-                response = self.client.chat.completions.create(**self._request(messages, mode))
+                response = self.client.chat.completions.create(
+                    **self._request(messages, mode, tools=tools, either=either))
             except openai.APIStatusError as err:
+                if tools and TOOLS_REFUSAL.search(_message(err)):
+                    self.tool_mode = "json"
+                    log.warning("%s does not take function calling (%s); tools are offered in "
+                                "the prompt from now on", self.endpoint, _one_line(err))
+                    raise _ToolsRefused from None
                 if mode != "text" and REFUSAL.search(_message(err)):
                     self._refused(mode, err)
                     attempt -= 1  # the endpoint works: a refusal does not use up a retry
@@ -311,13 +390,20 @@ class OpenAIPlanner:
         self.last_unavailable = error
         return error
 
-    def _request(self, messages: list[Message], mode: OutputMode) -> dict[str, Any]:
+    def _request(self, messages: list[Message], mode: OutputMode, *,
+                 tools: list[dict[str, Any]] | None = None, either: bool = False
+                 ) -> dict[str, Any]:
         request: dict[str, Any] = {"model": self.model, "messages": messages}
+        if tools:
+            request["tools"] = [{"type": "function", "function": tool} for tool in tools]
+            request["tool_choice"] = "auto"
         if self.temperature is not None:
             request["temperature"] = self.temperature
         if self.max_tokens is not None:
             request["max_tokens"] = self.max_tokens
         schema = ProposalReply.model_json_schema()
+        if either:  # tools offered in the prompt: a proposal or tool calls
+            schema = {"anyOf": [schema, ToolCallsReply.model_json_schema()]}
         if mode == "json_schema":
             request["response_format"] = {"type": "json_schema", "json_schema": {
                 # not strict: OpenAI's strict mode forbids the schema's defaults and length bounds;
@@ -329,17 +415,20 @@ class OpenAIPlanner:
             request["response_format"] = {"type": "json_object"}
         return request
 
-    def _account(self, response: Any, messages: list[Message], tally: _Tally) -> str:
+    def _account(self, response: Any, messages: list[Message], tally: _Tally) -> _Reply:
         choice = response.choices[0] if response.choices else None
-        content = (choice.message.content if choice and choice.message else None) or ""
+        message = choice.message if choice else None
+        content = (message.content if message else None) or ""
+        calls = [_tool_call(c) for c in (getattr(message, "tool_calls", None) or [])]
         usage = getattr(response, "usage", None)
         if usage is not None and usage.prompt_tokens is not None:
             tally.prompt_tokens += usage.prompt_tokens
             tally.completion_tokens += usage.completion_tokens or 0
         else:  # some servers send no usage; estimate so token budgets still hold
             tally.prompt_tokens += messages_tokens(messages)
-            tally.completion_tokens += estimate_tokens(content)
-        return content
+            tally.completion_tokens += estimate_tokens(content + json.dumps(
+                [c.model_dump() for c in calls]))
+        return _Reply(content, calls)
 
     def _backoff(self, attempt: int, err: Exception) -> float:
         wait = self.base_delay * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)

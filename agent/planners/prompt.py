@@ -41,7 +41,7 @@ HYPOTHESIS_CHARS = 120
 FAILURE_HEAD_CHARS = 1200
 LOG_TAIL_MARKER = "Log tail:"
 
-Message = dict[str, str]
+Message = dict[str, Any]  # role, content; tool calls and their results add keys
 
 
 def estimate_tokens(text: str) -> int:
@@ -50,7 +50,8 @@ def estimate_tokens(text: str) -> int:
 
 
 def messages_tokens(messages: Sequence[Message]) -> int:
-    return sum(estimate_tokens(m["content"]) for m in messages)
+    return sum(estimate_tokens((m.get("content") or "") + json.dumps(m.get("tool_calls") or ""))
+               for m in messages)
 
 
 @cache
@@ -66,12 +67,58 @@ def render(name: str, **values: Any) -> str:
 # --- messages ----------------------------------------------------------------------------------
 
 
-def build_messages(context: PlanContext, *,
-                   token_budget: int = DEFAULT_TOKEN_BUDGET) -> list[Message]:
-    """System + user messages asking for the next proposal, within `token_budget` tokens."""
+def build_messages(context: PlanContext, *, token_budget: int = DEFAULT_TOKEN_BUDGET,
+                   function_calling: bool = True) -> list[Message]:
+    """System + user messages asking for the next proposal, within `token_budget` tokens, then
+    this experiment's tool calls and their results. With `function_calling` off the tools'
+    schemas are in the prompt and calls are JSON replies."""
     system = system_prompt(context)
-    user = propose_prompt(context, token_budget=token_budget - estimate_tokens(system))
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    tools = tools_section(context, schemas=not function_calling)
+    exchanges = exchange_messages(context, function_calling=function_calling)
+    rest = estimate_tokens(system) + estimate_tokens(tools) + messages_tokens(exchanges)
+    user = propose_prompt(context, token_budget=token_budget - rest) + tools
+    return [{"role": "system", "content": system}, {"role": "user", "content": user},
+            *exchanges]
+
+
+def tools_section(context: PlanContext, *, schemas: bool) -> str:
+    """What the planner may call before proposing (empty when the goal enables no tool)."""
+    if not context.tools:
+        return f"\n# Tools\n{context.tool_note}\n" if context.tool_note else ""
+    lines = ["", "# Tools",
+             "Before proposing you may call tools; their results come back to you, then call "
+             f"more or propose. {context.tool_note}".rstrip()]
+    for tool in context.tools:
+        params = f" Parameters (JSON schema): {json.dumps(tool['parameters'])}" if schemas else ""
+        lines.append(f"- {tool['name']}: {tool['description']}{params}")
+    if schemas:
+        lines.append('To call tools, reply with {"tool_calls": [{"name": "<tool>", "arguments": '
+                     '{...}}]} instead of a proposal.')
+    return "\n".join(lines) + "\n"
+
+
+def exchange_messages(context: PlanContext, *, function_calling: bool) -> list[Message]:
+    """The assistant's tool calls and their results, one round per planner reply."""
+    messages: list[Message] = []
+    rounds: dict[int, list[Any]] = {}
+    for exchange in context.tool_exchanges:
+        rounds.setdefault(exchange.reply, []).append(exchange)
+    for exchanges in rounds.values():
+        calls = [x.call for x in exchanges]
+        if function_calling:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                for c in calls]})
+            messages += [{"role": "tool", "tool_call_id": x.call.id, "content": x.result}
+                         for x in exchanges]
+        else:
+            reply = {"tool_calls": [{"name": c.name, "arguments": c.arguments} for c in calls]}
+            results = "\n".join(f"{x.call.name}: {x.result}" for x in exchanges)
+            messages += [{"role": "assistant", "content": json.dumps(reply)},
+                         {"role": "user", "content": f"Tool results:\n{results}\n\nCall more "
+                                                     "tools or reply with the proposal."}]
+    return messages
 
 
 def system_prompt(context: PlanContext) -> str:

@@ -103,6 +103,7 @@ class SearchPlanner:
     """Optuna TPE over the goal's knobs; `history` re-tells a resumed run's past experiments."""
 
     name = "search"
+    chooses_tools = False
 
     def __init__(self, history: Sequence[ExperimentSummary] = (), *, n_startup_trials: int = 5,
                  max_asks: int = 8) -> None:

@@ -10,14 +10,18 @@ Each POST /v1/chat/completions takes the next scripted reply. A request whose `r
 the server does not take is refused without taking a scripted reply: `response_formats` lists
 the types it takes (None: all; `reject_response_format=True`: none), `json_object_schema` whether
 it takes llama.cpp's `{"type": "json_object", "schema": {...}}`, `refusal` the status and message
-it refuses with. `ScriptedServer.like_llama_cpp()` behaves like llama-cpp-python's server (500 on
-json_schema, json_object with a schema taken). An empty script answers 500 ("script exhausted"),
+it refuses with. `calls(("read_log", {"exp": 1}), ...)` answers with function calls (finish_reason
+`tool_calls`), as OpenAI does; a server made with `takes_tools=False` refuses every request that
+offers `tools` (like a llama.cpp server without --jinja), again without taking a reply.
+`ScriptedServer.like_llama_cpp()` behaves like llama-cpp-python's server (500 on json_schema,
+json_object with a schema taken). An empty script answers 500 ("script exhausted"),
 so a test that sends more requests than it scripted fails loudly.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import threading
@@ -49,6 +53,7 @@ class Reply:
     delay: float = 0.0  # seconds to wait before answering
     usage: tuple[int, int] | None = None  # (prompt, completion) tokens; else estimated
     headers: tuple[tuple[str, str], ...] = ()
+    tool_calls: tuple[tuple[str, dict[str, Any] | str], ...] = ()  # (name, arguments)
 
 
 def proposal(data: dict[str, Any] | BaseModel, **options: Any) -> Reply:
@@ -67,10 +72,15 @@ def error(status: int, message: str = "", **options: Any) -> Reply:
     return Reply(status=status, message=message or f"scripted error {status}", **options)
 
 
+def calls(*tool_calls: tuple[str, dict[str, Any] | str], **options: Any) -> Reply:
+    """A reply that calls tools: (name, arguments), the arguments as a dict or as raw text (to
+    send arguments that are not JSON)."""
+    return Reply(tool_calls=tuple(tool_calls), **options)
+
+
 def delay(seconds: float, then: Reply) -> Reply:
     """`then`, answered after `seconds` (longer than the client's timeout = a timeout)."""
-    return Reply(content=then.content, status=then.status, message=then.message,
-                 delay=seconds, usage=then.usage, headers=then.headers)
+    return dataclasses.replace(then, delay=seconds)
 
 
 def estimate_tokens(value: Any) -> int:
@@ -85,10 +95,11 @@ class ScriptedServer:
                  reject_response_format: bool = False,
                  response_formats: Collection[str] | None = None, json_object_schema: bool = True,
                  refusal: tuple[int, str] = (400, "response_format is not supported here"),
-                 model: str = "scripted-model") -> None:
+                 takes_tools: bool = True, model: str = "scripted-model") -> None:
         self.response_formats = () if reject_response_format else response_formats
         self.json_object_schema = json_object_schema
         self.refusal = refusal
+        self.takes_tools = takes_tools
         self.model = model
         self.requests: list[dict[str, Any]] = []  # bodies received, in order
         self.replies_sent: list[Reply] = []  # replies answered (incl. rejections), in order
@@ -171,6 +182,10 @@ class ScriptedServer:
             kinds.append(kind + ("+schema" if isinstance(fmt, dict) and "schema" in fmt else ""))
         return kinds
 
+    def offered_tools(self, index: int = -1) -> list[str]:
+        """The names of the tools request `index` offered by function calling."""
+        return [t["function"]["name"] for t in self.requests[index].get("tools") or []]
+
     def user_messages(self, index: int = -1) -> list[str]:
         """The contents of the user messages of request `index`."""
         return [m["content"] for m in self.requests[index]["messages"] if m["role"] == "user"]
@@ -180,6 +195,8 @@ class ScriptedServer:
             self.requests.append(body)
             if "response_format" in body and not self.takes(body["response_format"]):
                 reply = error(*self.refusal)
+            elif "tools" in body and not self.takes_tools:
+                reply = error(400, "tools are not supported by this server")
             elif self._script:
                 reply = self._script.popleft()
             else:
@@ -189,14 +206,21 @@ class ScriptedServer:
 
     def _completion(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         prompt, completion = reply.usage or (estimate_tokens(body.get("messages", [])),
-                                             estimate_tokens(reply.content or ""))
+                                             estimate_tokens(reply.content or reply.tool_calls))
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {"id": f"call_{len(self.requests)}_{i}", "type": "function",
+                 "function": {"name": name, "arguments": args if isinstance(args, str)
+                              else json.dumps(args)}}
+                for i, (name, args) in enumerate(reply.tool_calls)]
         return {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", self.model),
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": reply.content}}],
+            "choices": [{"index": 0, "logprobs": None, "message": message,
+                         "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                       "total_tokens": prompt + completion},
         }
