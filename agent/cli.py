@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runs_dir(history)
     show = commands.add_parser("show", help="one experiment: hypothesis, diff, metrics, log")
     show.add_argument("run", help="run id or directory")
-    show.add_argument("exp", help="experiment number, as 7 or 007")
+    show.add_argument("exp", help="experiment number, as 7 or 007; or a tool call, as tool:3")
     _json(show, "the record, its diff, log path and log tail")
     _runs_dir(show)
     report = commands.add_parser("report", help="regenerate a run's report.md and progress.png")
@@ -279,6 +279,14 @@ def review(args: argparse.Namespace) -> int:
                     console.print(f"with plain git: git -C {run.sandbox.git.git_dir} log "
                                   f"--notes=magnet --glob={EXP_REFS}", markup=False,
                                   soft_wrap=True)
+        elif args.command == "show" and (call := rv.parse_tool_call(args.exp)) is not None:
+            if args.json:
+                found = [c.as_dict() for c in run.tool_calls() if c.call == call]
+                if not found:
+                    return fail(f"{run.id} has no tool call {call}; `history` lists them")
+                console.file.write(rv.to_json(found[0]))
+            else:
+                console.print(rv.show_tool_call(run, call))
         elif args.command == "show":
             exp = rv.parse_exp(args.exp)
             if args.json:

@@ -40,10 +40,13 @@ from agent.review import (
     diff_text,
     history_table,
     parse_exp,
+    parse_tool_call,
     record_line,
     show_experiment,
+    show_tool_call,
     status_view,
     text_plot,
+    tool_line,
     write_progress_png,
 )
 from agent.rundir import GOAL_COPY, RUN_FILE, find_run, runs_root
@@ -57,7 +60,8 @@ WAKE = "\x00wake"  # what an interrupted prompt returns
 COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("status", "what the run is doing: state, experiment in flight, budget, best"),
     "history": ("history [N]", "the experiments so far, or the last N"),
-    "show": ("show EXP", "one experiment (7 or 007): hypothesis, rationale, diff, metrics, log"),
+    "show": ("show EXP", "one experiment (7 or 007): hypothesis, rationale, diff, metrics, log; "
+                         "or a tool call (tool:3)"),
     "best": ("best", "the best kept experiment"),
     "diff": ("diff A B", "the code of experiment B against that of experiment A"),
     "plot": ("plot", "the metric per experiment in the terminal; also rewrites progress.png"),
@@ -96,6 +100,7 @@ class Repl:
         self._handling: int | None = None  # the experiment being asked about
         self._settled: set[int] = set()  # answered or put off: not asked again by itself
         self._seen = len(run.records())
+        self._seen_calls = len([c for c in run.tool_calls() if c.finished])
         self._state = self._last_state = self._state_news()[0]
         self._done = threading.Event()
 
@@ -220,7 +225,10 @@ class Repl:
 
     def cmd_show(self, arg: str) -> None:
         if not arg:
-            raise ReviewError("show needs an experiment: show 7")
+            raise ReviewError("show needs an experiment or a tool call: show 7, show tool:2")
+        if (call := parse_tool_call(arg)) is not None:
+            self.say(show_tool_call(self.run, call))
+            return
         self.say(show_experiment(self.run, parse_exp(arg)))
 
     def cmd_best(self, arg: str) -> None:
@@ -390,6 +398,10 @@ class Repl:
             for i in range(self._seen, len(records)):
                 self.say(record_line(records[i], self.run.metric, best[i]))
             self._seen = len(records)
+        calls = [c for c in self.run.tool_calls() if c.finished]
+        for call in calls[self._seen_calls:]:
+            self.say(tool_line(call))
+        self._seen_calls = len(calls)
         if self.child is not None:
             self.child.poll()  # reap the run this REPL started once it ends
         self._announce_state()

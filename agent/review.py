@@ -22,6 +22,7 @@ from agent import control, scores
 from agent.listing import Listing
 from agent.records import RunRecords
 from agent.rundir import GOAL_COPY, RUN_FILE, RunError, list_runs, runs_root
+from agent.tool_records import PLANNER, ToolCallRecord, ToolRecords
 from sandbox.errors import WorkspaceError
 from sandbox.reader import RunReader
 
@@ -63,6 +64,9 @@ class Run:
 
     def records(self) -> list[dict[str, Any]]:
         return RunRecords(self.path).read()
+
+    def tool_calls(self) -> list[ToolCallRecord]:
+        return ToolRecords(self.path).read()
 
     def status(self) -> dict[str, Any] | None:
         return control.read_status(self.path)
@@ -165,13 +169,47 @@ def record_line(record: dict[str, Any], metric: str, best: float | None) -> Text
     )
 
 
+def tool_line(call: ToolCallRecord) -> Text:
+    """One line for a tool call (the REPL's tail, `show`)."""
+    style = {"ok": "cyan", "error": "red"}.get(call.status, "magenta")
+    who = "" if call.by == PLANNER else " (goal step)"
+    return Text.assemble((f"tool #{call.call}", style), f"{who} before exp {call.exp:03d}  ",
+                         (call.summary().split(" ", 1)[1], "dim"))
+
+
+def parse_tool_call(text: str) -> int | None:
+    """`tool:3` or `tool3` -> 3; None when `text` names no tool call."""
+    match = re.fullmatch(r"tool[:#-]?(\d{1,6})", text.strip().lower())
+    return int(match[1]) if match else None
+
+
+def show_tool_call(run: Run, call: int) -> Group:
+    """One tool call: what was asked, by whom, before which experiment, and what came back."""
+    found = next((c for c in run.tool_calls() if c.call == call), None)
+    if found is None:
+        raise ReviewError(f"{run.id} has no tool call {call}; `history` lists them")
+    parts: list[RenderableType] = [tool_line(found)]
+    parts.append(Text.assemble(("arguments: ", "bold"), json.dumps(found.args)))
+    if found.seconds is not None:
+        parts.append(Text.assemble(("seconds: ", "bold"), f"{found.seconds:g}"))
+    if found.error:
+        parts.append(Text.assemble(("error: ", "bold"), found.error))
+    elif found.result is not None:
+        parts += [Text("result:", "bold"), Text(json.dumps(found.result, indent=1), "dim")]
+    return Group(*parts)
+
+
 def history_table(run: Run, records: list[dict[str, Any]], last: int | None = None) -> Listing:
     table = Listing(f"{run.id}: {run.goal} {run.metric}",
                     [("exp", "right"), ("status", "left"), (run.metric, "right"),
                      ("best so far", "right"), ("sec", "right"), ("tokens", "right"),
                      ("hypothesis", "left")], wrap=("hypothesis",))
     rows = list(zip(records, scores.best_so_far(records, run.goal), strict=True))
-    for r, best in rows[-last:] if last else rows:
+    rows = rows[-last:] if last else rows
+    calls = run.tool_calls()
+    for r, best in rows:
+        for call in (c for c in calls if c.exp == r["exp"]):  # the calls that preceded it
+            table.rows.append(_tool_row(call))
         seconds = r.get("seconds")
         hypothesis = " ".join(str(r.get("hypothesis", "")).split())
         if r.get("hints"):
@@ -180,7 +218,15 @@ def history_table(run: Run, records: list[dict[str, Any]], last: int | None = No
                            fmt_metric(r.get("metric")), fmt_metric(best),
                            "-" if seconds is None else f"{seconds:.1f}",
                            str(tokens_of(r) or "-"), hypothesis])
+    newest = records[-1]["exp"] if records else -1
+    table.rows += [_tool_row(c) for c in calls if c.exp > newest]  # after the last experiment
     return table
+
+
+def _tool_row(call: ToolCallRecord) -> list[Any]:
+    return ["", Text(f"tool #{call.call}", "cyan"), "", "",
+            "-" if call.seconds is None else f"{call.seconds:.1f}", "",
+            call.summary().split(" ", 1)[1]]
 
 
 def diff_text(diff: str) -> Text:
@@ -286,6 +332,10 @@ def show_experiment(run: Run, exp: int) -> Group:
                   Text(detail["log_tail"] or "(empty)", "dim")]
     for path in detail["repeat_log_paths"]:
         parts.append(Text(f"confirmation run's log: {path}", "dim"))
+    calls = [c for c in run.tool_calls() if c.exp == exp]
+    if calls:
+        parts.append(Text("tool calls before it (`show RUN tool:N` for one in full):", "bold"))
+        parts += [tool_line(c) for c in calls]
     return Group(*parts)
 
 

@@ -14,6 +14,7 @@ from pydantic import Field
 from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError
 from sandbox.layout import log_path
 from sandbox.reader import read_tail
+from sandbox.workspace import MAX_REPEATS
 
 MAX_LINES = 200  # a reply must fit the planner's context with room to spare
 MAX_CHARS = 12_000
@@ -28,7 +29,9 @@ class ReadFileArgs(ToolArgs):
 class ReadLogArgs(ToolArgs):
     exp: int = Field(ge=1, description="the experiment whose log to read")
     lines: int = Field(default=40, ge=1, le=MAX_LINES, description="newest lines to show")
-    repeat: int = Field(default=0, ge=0, le=9, description="0: its run; 1: its confirmation")
+    repeat: int | None = Field(default=None, ge=0, le=MAX_REPEATS - 1,
+                               description="0: its first run, 1: its confirmation run; "
+                                           "default: the first that has a log")
 
 
 def read_file(ctx: ToolContext, args: ReadFileArgs) -> dict[str, Any]:
@@ -48,17 +51,19 @@ def read_file(ctx: ToolContext, args: ReadFileArgs) -> dict[str, Any]:
 
 
 def read_log(ctx: ToolContext, args: ReadLogArgs) -> dict[str, Any]:
-    path = log_path(ctx.run_dir, args.exp, args.repeat)
+    repeats = range(MAX_REPEATS) if args.repeat is None else [args.repeat]
+    # the second baseline is measured as a repeat: its only log is its run2 log
+    found = next((r for r in repeats if log_path(ctx.run_dir, args.exp, r).is_file()), None)
+    if found is None:
+        which = "" if args.repeat is None else f" for repeat {args.repeat}"
+        raise ToolError(f"experiment {args.exp:03d} has no log{which}; read the log of an "
+                        "experiment that ran")
     try:
-        tail = read_tail(path, args.lines)
-    except FileNotFoundError:
-        raise ToolError(f"experiment {args.exp:03d} has no log"
-                        f"{f' for repeat {args.repeat}' if args.repeat else ''}; read the log "
-                        "of an experiment that ran") from None
+        tail = read_tail(log_path(ctx.run_dir, args.exp, found), args.lines)
     except OSError as err:
         raise ToolError(f"cannot read the log of experiment {args.exp:03d}: "
                         f"{err.strerror or err}") from None
-    return {"exp": args.exp, "repeat": args.repeat, "tail": _capped(tail, keep_end=True)}
+    return {"exp": args.exp, "repeat": found, "tail": _capped(tail, keep_end=True)}
 
 
 def _inside(workspace: Path, relative: str) -> Path:

@@ -7,6 +7,8 @@ the per-experiment budget caps the calls.
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,33 @@ def test_tools_in_the_prompt_where_the_server_refuses_function_calling(tmp_path,
     assert '"tool_calls"' in server.user_messages(1)[0]
     assert "Tool results:" in server.user_messages(2)[-1]
     assert [c.status for c in ToolRecords(run_dir).read()] == ["ok"]
+
+
+def test_history_and_show_list_the_calls(tmp_path, goal, endpoint):
+    endpoint.push(
+        calls(("read_log", {"exp": 1, "lines": 2})),
+        calls(("read_file", {"path": "missing.py"})),
+        proposal(sr("X = 3.0", "X = 2.0", "move X towards 1")),
+        proposal({"hypothesis": "overshoot X", "edits": [{"knob": "X", "value": 3.5}]}),
+    )
+    run_dir = start_run(goal, runs_dir=tmp_path / "runs")
+    cli = [sys.executable, "-m", "agent.cli"]
+
+    def magnet(*args: str) -> str:
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, check=True)
+        return done.stdout
+
+    history = magnet("history", str(run_dir)).splitlines()
+    rows = [line.split("\t") for line in history]
+    # the two calls are listed, in order, just before the experiment they preceded
+    kinds = [row[0] or row[1] for row in rows[1:]]
+    assert kinds == ["000", "001", "tool #1", "tool #2", "002", "003"]
+    assert "read_file(path='missing.py') failed" in history[4]
+    shown = magnet("show", str(run_dir), "2")
+    assert "tool #1" in shown and "tool #2" in shown and "not a file in the workspace" in shown
+    call = json.loads(magnet("show", str(run_dir), "tool:1", "--json"))
+    assert call["tool"] == "read_log" and call["status"] == "ok" and call["exp"] == 2
+    assert call["result"]["tail"].endswith("METRIC score=4.5")
+    missing = subprocess.run([*cli, "show", str(run_dir), "tool:9"], capture_output=True,
+                             text=True)
+    assert missing.returncode == 2 and "has no tool call 9" in missing.stderr
