@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pycode | pyprose | portable-code | portable-prose | text:PATH")
     train.add_argument("--budget", type=float, default=60.0, help="training seconds")
     train.add_argument("--seed", type=int, default=1337)
+    train.add_argument("--name", default="train", type=_run_name,
+                       help="run ids are NAME-YYYYmmdd-HHMMSS; `init: NAME`, `--init NAME` and "
+                            "`merge: {with: NAME}` then mean the newest such run")
     train.add_argument("--init", metavar="RUN|RUN:EXP|CHECKPOINT",
                        help="start from this checkpoint instead of random weights: a specialist "
                             "of that base")
@@ -128,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_name(text: str) -> str:
+    from agent.goal import RUN_NAME
+
+    if not re.match(RUN_NAME, text) or len(text) > 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run name; use letters, digits, "
+                                         "'.', '_' and '-'")
+    return text
+
+
 def _unconfined(command: argparse.ArgumentParser) -> None:
     command.add_argument("--unconfined", action="store_true",
                          help="run experiment code without bubblewrap, with your full rights "
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail("--budget must be a positive number of seconds")
         try:
             return train(args.template, args.corpus, args.budget, args.seed, args.runs_dir,
-                         unconfined=args.unconfined, init=args.init)
+                         unconfined=args.unconfined, init=args.init, name=args.name)
         except (GoalError, RunDirError, SandboxError) as err:
             return fail(str(err))
         except KeyboardInterrupt:

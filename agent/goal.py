@@ -17,6 +17,7 @@ from sandbox.errors import EditError, TemplateError
 from sandbox.knobs import KnobSpec, parse_knobs
 from sandbox.templates import template_dir
 
+RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a goal's name: run ids are NAME-YYYYmmdd-HHMMSS
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
 UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
@@ -105,8 +106,10 @@ class MergeSettings(Strict):
                               populate_by_name=True)
 
     with_: str = Field(alias="with", min_length=1)  # RUN, RUN:EXP or a checkpoint directory
+    # merge.methods.METHODS, spelt out: importing it would load torch to read a goal
     method: Literal["linear", "task_arithmetic", "ties", "dare"] = "ties"
-    options: dict[str, float | int | bool] = {}  # the method's options, as `merge` takes them
+    # the method's keyword arguments (lam, density, drop_rate, seed, weights, sign_election)
+    options: dict[str, float | int | bool | list[float]] = {}
 
 
 class TeacherSettings(Strict):
@@ -119,7 +122,7 @@ class TeacherSettings(Strict):
 class GoalSpec(Strict):
     """The front matter, exactly as a user may write it."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    name: str = Field(pattern=RUN_NAME, max_length=64)
     template: str | None = None
     workspace: Path | None = None
     editable: list[str] = Field(min_length=1)

@@ -8,6 +8,7 @@ from typing import Any
 
 from agent import scores
 from agent.goal import Goal
+from agent.tool_records import ToolCallRecord, ToolRecords
 from sandbox.confine import UNCONFINED
 from sandbox.layout import EXP_REFS, GIT_DIR
 
@@ -86,6 +87,7 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
         lines.append(f"| {r['exp']:03d} | {r['status']} | {'' if m is None else f'{m:.4f}'} | "
                      f"{'' if b is None else f'{b:.4f}'} | {size} | {_cell(r.get('hypothesis'))} "
                      f"| {_cell(r.get('reason'))} |")
+    lines += _tools(ToolRecords(run_dir).read())
     lines += ["", "Review with git (every experiment, kept or not): "
               f"`git -C {GIT_DIR} log --notes=magnet --glob={EXP_REFS}`.", ""]
     path = run_dir / "report.md"
@@ -93,6 +95,21 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _tools(calls: list[ToolCallRecord]) -> list[str]:
+    """The tool calls, one line each; a merge's table in full (the merged model on each
+    domain is what a specialist-merge run is for)."""
+    if not calls:
+        return []
+    lines = ["", f"## Tool calls ({len(calls)})", ""]
+    for call in calls:
+        lines.append(f"- before exp {call.exp:03d}: {call.summary()}")
+    for call in calls:
+        table = (call.result or {}).get("table")
+        if call.tool == "merge_specialists" and isinstance(table, str):
+            lines += ["", f"### Merge (tool call #{call.call})", "", table]
+    return lines
 
 
 def _trust(records: list[dict[str, Any]]) -> list[str]:

@@ -4,14 +4,22 @@ REPL start fast."""
 from __future__ import annotations
 
 import os
+import re
+from datetime import datetime
 from pathlib import Path
 
 RUN_FILE = "run.json"  # the options a run was started with, so resume needs none
 GOAL_COPY = "goal.md"
+RUN_ID = re.compile(r"(.+)-\d{8}-\d{6}")  # NAME-YYYYmmdd-HHMMSS
 
 
 class RunError(ValueError):
     """A run that cannot be found, started or shown; one line naming the problem and the fix."""
+
+
+def new_run_id(name: str) -> str:
+    """The id of a run of `name` started now: NAME-YYYYmmdd-HHMMSS (RUN_ID)."""
+    return f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def runs_root(runs_dir: str | Path | None = None) -> Path:
@@ -28,7 +36,9 @@ def list_runs(runs_dir: str | Path | None = None) -> list[Path]:
 
 
 def find_run(run: str | None, runs_dir: str | Path | None = None) -> Path:
-    """A run directory from its id (under runs/) or its path; the newest run when None."""
+    """A run directory from its id (under runs/) or its path; the newest run when None; the
+    newest run of a name (`base` for `base-20261127-101500`: a goal's name, or `train --name`)
+    so a goal can name a run that does not exist yet when it is written."""
     if run is None:
         runs = list_runs(runs_dir)
         if not runs:
@@ -38,6 +48,10 @@ def find_run(run: str | None, runs_dir: str | Path | None = None) -> Path:
     for candidate in (Path(run), runs_root(runs_dir) / run):
         if (candidate / RUN_FILE).is_file():
             return candidate.resolve()
+    named = [p for p in list_runs(runs_dir)
+             if (match := RUN_ID.fullmatch(p.name)) and match[1] == run]
+    if named:
+        return named[-1].resolve()
     known = [p.name for p in list_runs(runs_dir)]
     hint = f"; runs here: {', '.join(known[-5:])}" if known else ""
     raise RunError(f"no run {run!r} under {runs_root(runs_dir)}{hint}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from agent.nodes import Nodes, Runtime
 from agent.planners import make_planner, resolve_planner_name
 from agent.planners.base import ExperimentSummary
 from agent.records import RunRecords
-from agent.rundir import GOAL_COPY, RUN_FILE, RunError, find_run, runs_root
+from agent.rundir import GOAL_COPY, RUN_FILE, RunError, find_run, new_run_id, runs_root
 from agent.scoring import Scorer
 from agent.state import RunState, initial_state, rebuilt_state
 from agent.view import RunView
@@ -41,7 +40,7 @@ def start_run(goal_path: str | Path, *, runs_dir: str | Path | None = None,
     options = {"goal_path": str(Path(goal_path).resolve()),
                "planner": resolve_planner_name(planner or goal.spec.planner),
                "model": model, "experiments": experiments, "unconfined": unconfined}
-    run_id = f"{goal.spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_id = new_run_id(goal.spec.name)
     run_dir = runs_root(runs_dir).resolve() / run_id
     if run_dir.exists():
         raise RunError(f"{run_dir} already exists; wait a second and start again")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,20 @@ from agent import control, experiment_record, scores
 from agent.goal import Budget, Goal, load_goal
 from agent.init_checkpoint import copy_init, find_init
 from agent.records import RunRecords
-from agent.rundir import GOAL_COPY, RUN_FILE, RunError, runs_root
+from agent.rundir import GOAL_COPY, RUN_FILE, RunError, new_run_id, runs_root
 from agent.scoring import Scorer
 from sandbox.confine import confinement
 from sandbox.metrics import parse_metric_line
 from sandbox.templates import template_dir
 from sandbox.workspace import Workspace
 
-NAME = "train"  # run ids are train-YYYYmmdd-HHMMSS
+NAME = "train"  # run ids are train-YYYYmmdd-HHMMSS unless --name says otherwise
 METRIC = "val_bpb"
 STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
 
 
 def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None,
-          *, unconfined: bool = False, init: str | None = None) -> int:
+          *, unconfined: bool = False, init: str | None = None, name: str = NAME) -> int:
     """Run it; 0 when it reported val_bpb. `init` (RUN, RUN:EXP or a checkpoint directory):
     start from that checkpoint, i.e. train a specialist of it. Raises RunError, GoalError or
     SandboxError (one line each) when the run cannot start."""
@@ -47,11 +46,11 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
     confined = confinement(unconfined=unconfined)  # no bubblewrap: one line with the fix
     init_path = find_init(init, runs_dir) if init is not None else None
     editable = sorted(p.name for p in template_dir(template).glob("*.py"))  # TemplateError
-    run_dir = runs_root(runs_dir).resolve() / f"{NAME}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = runs_root(runs_dir).resolve() / new_run_id(name)
     if run_dir.exists():
         raise RunError(f"{run_dir} already exists; wait a second and start again")
     run_dir.mkdir(parents=True)
-    goal = write_goal(run_dir, template, corpus, budget, seed, editable, init_path)
+    goal = write_goal(run_dir, template, corpus, budget, seed, editable, init_path, name)
     if init_path is not None:
         copy_init(init_path, run_dir)
     spec = goal.spec
@@ -116,11 +115,11 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
 
 
 def write_goal(run_dir: Path, template: str, corpus: str, budget: float, seed: int,
-               editable: list[str], init: Path | None = None) -> Goal:
+               editable: list[str], init: Path | None = None, name: str = NAME) -> Goal:
     """`goal.md` for this one run (a goal file a research run could start from), checked."""
     grace = Budget().grace
     front = {
-        "name": NAME, "template": template, "editable": editable,
+        "name": name, "template": template, "editable": editable,
         "command": "python train.py", "corpus": corpus,
         "metric": {"name": METRIC, "goal": "minimize"},
         "budget": {"per_experiment": budget, "experiments": 1, "wall": budget + grace},

@@ -13,6 +13,8 @@ it takes llama.cpp's `{"type": "json_object", "schema": {...}}`, `refusal` the s
 it refuses with. `calls(("read_log", {"exp": 1}), ...)` answers with function calls (finish_reason
 `tool_calls`), as OpenAI does; a server made with `takes_tools=False` refuses every request that
 offers `tools` (like a llama.cpp server without --jinja), again without taking a reply.
+`route(body) -> Reply | None`, when given, answers the requests it recognises without taking a
+scripted reply (e.g. a teacher's, while the script holds the planner's).
 `ScriptedServer.like_llama_cpp()` behaves like llama-cpp-python's server (500 on json_schema,
 json_object with a schema taken). An empty script answers 500 ("script exhausted"),
 so a test that sends more requests than it scripted fails loudly.
@@ -26,7 +28,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -95,11 +97,13 @@ class ScriptedServer:
                  reject_response_format: bool = False,
                  response_formats: Collection[str] | None = None, json_object_schema: bool = True,
                  refusal: tuple[int, str] = (400, "response_format is not supported here"),
-                 takes_tools: bool = True, model: str = "scripted-model") -> None:
+                 takes_tools: bool = True, model: str = "scripted-model",
+                 route: Callable[[dict[str, Any]], Reply | None] | None = None) -> None:
         self.response_formats = () if reject_response_format else response_formats
         self.json_object_schema = json_object_schema
         self.refusal = refusal
         self.takes_tools = takes_tools
+        self.route = route
         self.model = model
         self.requests: list[dict[str, Any]] = []  # bodies received, in order
         self.replies_sent: list[Reply] = []  # replies answered (incl. rejections), in order
@@ -197,6 +201,8 @@ class ScriptedServer:
                 reply = error(*self.refusal)
             elif "tools" in body and not self.takes_tools:
                 reply = error(400, "tools are not supported by this server")
+            elif self.route is not None and (routed := self.route(body)) is not None:
+                reply = routed
             elif self._script:
                 reply = self._script.popleft()
             else:
