@@ -217,10 +217,12 @@ class Goal(BaseModel):
     knobs: dict[str, KnobSpec]
 
 
-def load_goal(path: str | Path, base_dir: Path | None = None) -> Goal:
+def load_goal(path: str | Path, base_dir: Path | None = None, *,
+              repository: Path | None = None) -> Goal:
     """Read, parse and check a goal file; raise GoalError with one clear line otherwise.
 
-    A relative `workspace:` is read from `base_dir` (default: the goal file's folder).
+    A relative `workspace:` is read from `base_dir` (default: the goal file's folder);
+    `repository` replaces it (a replay's copy of the contributor's repository).
     """
     path = Path(path)
     try:
@@ -237,7 +239,7 @@ def load_goal(path: str | Path, base_dir: Path | None = None) -> Goal:
     if not brief.strip():
         raise GoalError(f"{path}: the research brief after the front matter is empty; "
                         "describe the goal in a few sentences")
-    source_dir = _source_dir(path, spec, base_dir or path.parent)
+    source_dir = _source_dir(path, spec, base_dir or path.parent, repository)
     _check_editable(path, source_dir, spec.editable)
     try:
         knobs = parse_knobs(spec.knobs)
@@ -302,14 +304,15 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _source_dir(path: Path, spec: GoalSpec, base_dir: Path) -> Path:
+def _source_dir(path: Path, spec: GoalSpec, base_dir: Path, repository: Path | None) -> Path:
     if spec.template is not None:
         try:
             return template_dir(spec.template)
         except TemplateError as err:
             raise GoalError(f"{path}: template: {err}") from None
     assert spec.workspace is not None
-    repo = spec.workspace if spec.workspace.is_absolute() else base_dir / spec.workspace
+    repo = repository or (spec.workspace if spec.workspace.is_absolute()
+                          else base_dir / spec.workspace)
     if not (repo / ".git").exists():
         raise GoalError(f"{path}: workspace: {repo} is not a git repository; "
                         "point it at a repository (or run `git init` there)")

@@ -145,16 +145,17 @@ def _open_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
     for name in ("commit", "parent"):
         if not isinstance(body[name], str) or not COMMIT_ID.fullmatch(body[name]):
             raise MalformedClaim(f"its {name} {str(body[name])[:80]!r} is no git commit id")
+    source = _unbundle(artifacts[BUNDLE], root / "source", body["commit"], body["parent"])
     goal_path = root / GOAL_COPY
     goal_path.write_bytes(artifacts[GOAL_FILE])
-    try:
-        goal = load_goal(goal_path)
+    try:  # a goal on the contributor's own repository replays on the bundle's copy of it
+        goal = load_goal(goal_path, repository=source)
     except GoalError as err:
         raise MalformedClaim(f"its goal file does not load ({err})") from None
     if goal.spec.init is not None:
         raise ReplayRefused("the claim's run starts from a checkpoint (`init:`), which "
                             "replays cannot fetch yet; verify it on the contributor's data")
-    return goal, _unbundle(artifacts[BUNDLE], root / "source", body["commit"], body["parent"])
+    return goal, source
 
 
 def _unbundle(bundle: bytes, dest: Path, commit: str, parent: str) -> Path:
