@@ -7,21 +7,30 @@
 
 Every command takes `--ledger PATH|evm:URL` (default $MAGNET_LEDGER, else
 ~/.local/share/magnet/ledger.sqlite). The ledger itself is `ledger/`; replays are
-agent.replay.
+agent.replay. `claim_experiment` and `replay_entry` are what both these commands and the
+ledger tools (agent.tools.ledger_tools) do.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ledger.entries import CLAIM, VERIFICATION
-from ledger.rules import HONEST
+from ledger.entries import CLAIM, VERIFICATION, Entry
+from ledger.rules import HONEST, reward_points
+
+if TYPE_CHECKING:  # imported when used: `ledger keygen` and `--help` start fast
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.replay import Verdict
+    from ledger.book import Ledger
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -81,23 +90,69 @@ def main(args: argparse.Namespace) -> int:
         return ACTION_RUNNERS[args.action](ledger, args, console)
 
 
+def ledger_errors() -> tuple[type[Exception], ...]:
+    """What the ledger, a run's records and a replay refuse with, one line each (a replay this
+    machine cannot make faithfully is a RunError: ReplayRefused)."""
+    from agent.goal import GoalError
+    from agent.rundir import RunError
+    from ledger.canonical import LedgerError
+    from sandbox.errors import SandboxError
+
+    return LedgerError, RunError, GoalError, SandboxError
+
+
 def _claim(ledger: Any, args: argparse.Namespace, console: Console) -> int:
-    from agent.claims import build_claim
     from agent.rundir import find_run
     from ledger.keys import load_key
-    from ledger.rules import DEFAULT_STAKE, reward_points
 
     key = load_key(args.key)
-    run_dir = find_run(args.run, args.runs_dir)
-    claim = build_claim(run_dir, args.exp, stake=DEFAULT_STAKE if args.stake is None
-                        else args.stake)
-    entry = ledger.claim(key, claim.body, claim.artifacts)
-    metric = claim.body["metric"]
-    console.print(f"entry {entry.fields['seq']} ({entry.hash[:12]}): {run_dir.name} experiment "
-                  f"{args.exp}, {metric['name']} {metric['before']:.4f} -> {metric['after']:.4f}, "
-                  f"{reward_points(metric)} points once verified, stake {claim.body['stake']}",
-                  soft_wrap=True)
+    claimed = claim_experiment(ledger, key, find_run(args.run, args.runs_dir), args.exp,
+                               stake=args.stake)
+    console.print(claim_line(claimed.entry), soft_wrap=True)
     return 0
+
+
+def claim_line(entry: Entry) -> str:
+    """A claim entry in one line: what it claims and what it is worth."""
+    body = entry.fields["body"]
+    metric = body["metric"]
+    return (f"entry {entry.fields['seq']} ({entry.hash[:12]}): {body['run']} experiment "
+            f"{body['exp']}, {metric['name']} {metric['before']:.4f} -> {metric['after']:.4f}, "
+            f"{reward_points(metric)} points once verified, stake {body['stake']}")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    entry: Entry
+    new: bool  # False: the ledger already held this claim by this key (nothing was written)
+
+
+def claim_experiment(ledger: Ledger, key: Ed25519PrivateKey, run_dir: Path, exp: int, *,
+                     stake: int | None = None, reuse: bool = False) -> Claimed:
+    """Claim kept experiment `exp` of the run in `run_dir` with its replay facts and bundle
+    (agent.claims), signed by `key`; `stake` None: the ledger's default. With `reuse`, a claim
+    this key already made for that run, experiment and commit is returned instead of refused
+    (a call re-run after its append). RunError or LedgerError (one line) otherwise."""
+    from agent.claims import build_claim
+    from ledger.keys import public_hex
+    from ledger.rules import DEFAULT_STAKE
+
+    claim = build_claim(run_dir, exp, stake=DEFAULT_STAKE if stake is None else stake)
+    if reuse and (held := held_claim(ledger, claim.body, public_hex(key))) is not None:
+        return Claimed(held, new=False)
+    return Claimed(ledger.claim(key, claim.body, claim.artifacts), new=True)
+
+
+def held_claim(ledger: Ledger, body: dict[str, Any], contributor: str) -> Entry | None:
+    """The live claim entry `contributor` made for `body`'s run, experiment and commit, if the
+    ledger holds one (another's claim on that commit is the ledger's to refuse)."""
+    standing = ledger.standing
+    claim_id = standing.by_commit.get(body["commit"])
+    if claim_id is None or standing.claims[claim_id].claimant != contributor:
+        return None
+    entry = ledger.find(standing.claims[claim_id].seq)
+    held = entry.fields["body"]
+    return entry if (held["run"], held["exp"]) == (body["run"], body["exp"]) else None
 
 
 def _show(ledger: Any, args: argparse.Namespace, console: Console) -> int:
@@ -154,24 +209,54 @@ def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
 
 
 def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from ledger.keys import load_key
+
+    replayed = replay_entry(ledger, load_key(args.key), args.entry, unconfined=args.unconfined,
+                            console=console)
+    verdict, written = replayed.verdict, replayed.written
+    if args.json:
+        print(json.dumps({**verdict.facts(), "verdict": verdict.verdict,
+                          "entries": [e.fields["seq"] for e in written]}, indent=1))
+    else:
+        colour = "green" if verdict.verdict == HONEST else "red"
+        console.print(f"[{colour}]{verdict.verdict}[/]: {verdict.reason}", soft_wrap=True)
+        console.print(f"recorded as entr{'ies' if len(written) > 1 else 'y'} "
+                      f"{', '.join(str(e.fields['seq']) for e in written)}")
+    return 0 if verdict.verdict == HONEST else 1
+
+
+@dataclass(frozen=True)
+class Replayed:
+    claim: Entry
+    verdict: Verdict
+    written: list[Entry]  # the verification entry, and the slash that follows a false verdict
+
+
+def replay_entry(ledger: Ledger, key: Ed25519PrivateKey, ref: str, *, unconfined: bool,
+                 console: Console | None = None) -> Replayed:
+    """Replay the claim `ref` names (number, hash or claim id) in a fresh sandbox, as its
+    verifier `key`, and record the verdict; progress on `console` (None: quiet). Refused before
+    any training (LedgerError, one line): your own claim, a settled one; ReplayRefused when this
+    machine cannot replay it faithfully (nothing is recorded)."""
     from agent.claims import ARTIFACTS
     from agent.replay import replay_claim
     from agent.train_command import STEP_LINE
-    from ledger.keys import load_key, public_hex
+    from ledger.keys import public_hex
     from sandbox.confine import confinement
 
-    key = load_key(args.key)
-    entry = ledger.find(args.entry)
+    entry = ledger.find(ref)
     ledger.standing.check_verifiable(ledger.claim_state(entry), public_hex(key))  # before work
     body = entry.fields["body"]
-    confined = confinement(unconfined=args.unconfined)
+    confined = confinement(unconfined=unconfined)
     steps = body["replay"].get("steps")
-    console.print(f"replaying entry {entry.fields['seq']}: {body['run']} experiment "
-                  f"{body['exp']} ({steps} steps, seed {body['replay']['seed']}, "
-                  f"{body['replay'].get('threads')} threads)", soft_wrap=True)
+    if console is not None:
+        console.print(f"replaying entry {entry.fields['seq']}: {body['run']} experiment "
+                      f"{body['exp']} ({steps} steps, seed {body['replay']['seed']}, "
+                      f"{body['replay'].get('threads')} threads)", soft_wrap=True)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=console is None) as progress:
         task = progress.add_task("preparing the sandbox", total=steps or None, status="")
 
         def on_line(line: str) -> None:
@@ -184,16 +269,7 @@ def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
         artifacts = {name: ledger.artifact(body[name])
                      for name in ARTIFACTS if name in body}
         verdict = replay_claim(body, artifacts, confined, on_line=on_line)
-    written = ledger.verify(key, entry, verdict.verdict, verdict.facts())
-    if args.json:
-        print(json.dumps({**verdict.facts(), "verdict": verdict.verdict,
-                          "entries": [e.fields["seq"] for e in written]}, indent=1))
-    else:
-        colour = "green" if verdict.verdict == HONEST else "red"
-        console.print(f"[{colour}]{verdict.verdict}[/]: {verdict.reason}", soft_wrap=True)
-        console.print(f"recorded as entr{'ies' if len(written) > 1 else 'y'} "
-                      f"{', '.join(str(e.fields['seq']) for e in written)}")
-    return 0 if verdict.verdict == HONEST else 1
+    return Replayed(entry, verdict, ledger.verify(key, entry, verdict.verdict, verdict.facts()))
 
 
 def _audit(ledger: Any, args: argparse.Namespace, console: Console) -> int:

@@ -50,7 +50,7 @@ def replay_facts(run: Mapping[str, Any], *, time_budget: float, threads: int,
             facts["switch_step"] = sum(p < STAGE2 for p in json.loads(data))
     facts["checkpoint_sha256"] = None
     if out_dir is not None and (out_dir / "config.json").is_file():
-        # an unreadable checkpoint: the run's status already says so
-        with contextlib.suppress(CheckpointError):
+        # unreadable: the evaluator's status says so (a repository's own files: no checkpoint)
+        with contextlib.suppress(CheckpointError, OSError):
             facts["checkpoint_sha256"] = checkpoint_hash(out_dir)
     return facts

@@ -1,0 +1,121 @@
+"""`record_contribution` and `verify_contribution`: the ledger as `magnet-agent ledger claim` and
+`ledger verify` use it, for the planner (or the loop's explicit steps).
+
+Both sign with the goal's key (`ledger: {key, path, stake}`) and call the very functions the CLI
+calls (agent.ledger_command), so a claim or verdict made here is the one the CLI would make.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import Field
+
+from agent import scores
+from agent.goal import LedgerSettings
+from agent.ledger_command import claim_experiment, claim_line, ledger_errors, replay_entry
+from agent.records import RunRecords
+from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError
+from ledger.book import Ledger
+from ledger.keys import load_key
+from ledger.rules import reward_points
+
+
+class RecordArgs(ToolArgs):
+    exp: int | None = Field(default=None, ge=0, description=(
+        "the kept experiment to claim; default: this run's best"))
+
+
+class VerifyArgs(ToolArgs):
+    entry: str = Field(min_length=1, description=(
+        "the claim to replay: its entry number, or 6+ characters of its hash or claim id"))
+
+
+def record_contribution(ctx: ToolContext, args: RecordArgs) -> dict[str, Any]:
+    settings = _settings(ctx)
+    exp = args.exp if args.exp is not None else _best_exp(ctx)
+    with _one_line():
+        key = load_key(settings.key)  # before the ledger: a bad key creates no ledger file
+        with Ledger.open(settings.path) as ledger:
+            claimed = claim_experiment(ledger, key, ctx.run_dir, exp, stake=settings.stake,
+                                       reuse=True)
+            entry = claimed.entry
+            status = ledger.claim_state(entry).status
+            location = ledger.location
+    body = entry.fields["body"]
+    metric = body["metric"]
+    held = " (already in the ledger: nothing written)" if not claimed.new else ""
+    return {"summary": f"{claim_line(entry)}, {status}{held}", "entry": entry.fields["seq"],
+            "hash": entry.hash, "claim_id": entry.body_id, "run": body["run"],
+            "exp": body["exp"], "commit": body["commit"],
+            "metric": {k: metric[k] for k in ("name", "before", "after")},
+            "points_once_verified": reward_points(metric), "stake": body["stake"],
+            "status": status, "already_recorded": not claimed.new, "ledger": location}
+
+
+def verify_contribution(ctx: ToolContext, args: VerifyArgs) -> dict[str, Any]:
+    settings = _settings(ctx)
+    with _one_line():
+        key = load_key(settings.key)
+        with Ledger.open(settings.path, create=False) as ledger:
+            replayed = replay_entry(ledger, key, args.entry, unconfined=ctx.unconfined,
+                                    console=ctx.console)
+            location = ledger.location
+    verdict, claim = replayed.verdict, replayed.claim.fields
+    written = [e.fields["seq"] for e in replayed.written]
+    return {"summary": f"{verdict.verdict}: {verdict.reason}; recorded as entries "
+                       f"{', '.join(map(str, written))}",
+            "entry": claim["seq"], "run": claim["body"]["run"], "exp": claim["body"]["exp"],
+            "verdict": verdict.verdict, "reason": verdict.reason,
+            "metric": claim["body"]["metric"]["name"], "claimed": verdict.claimed,
+            "replayed": verdict.replayed, "checkpoint_identical": verdict.checkpoint_identical,
+            "entries_written": written, "ledger": location}
+
+
+def _settings(ctx: ToolContext) -> LedgerSettings:
+    if ctx.goal.spec.ledger is None:
+        raise ToolError("the goal has no `ledger:` settings; add `ledger: {key: KEYFILE}` (make "
+                        "a key with `magnet-agent ledger keygen KEYFILE`)")
+    return ctx.goal.spec.ledger
+
+
+def _best_exp(ctx: ToolContext) -> int:
+    best = scores.best_record(RunRecords(ctx.run_dir).read(), ctx.goal.spec.metric.goal)
+    if best is None:
+        raise ToolError("nothing was kept yet, so there is no best experiment to claim; call it "
+                        "after an improvement is kept, or name a kept `exp`")
+    return int(best["exp"])
+
+
+@contextmanager
+def _one_line() -> Iterator[None]:
+    try:
+        yield
+    except ledger_errors() as err:
+        raise ToolError(str(err)) from None
+
+
+RECORD_CONTRIBUTION = Tool(
+    name="record_contribution",
+    description=(
+        "Claim a kept improvement of this run in the contribution ledger, signed with the "
+        "goal's key: the commit, the metric before and after, and what another machine needs "
+        "to replay it. Points are credited once someone verifies it; a false claim loses its "
+        "stake. Call it after an experiment is kept (default: the run's best). Calling it again "
+        "for the same experiment returns the same entry."),
+    args=RecordArgs,
+    run=record_contribution,
+)
+
+VERIFY_CONTRIBUTION = Tool(
+    name="verify_contribution",
+    description=(
+        "Replay someone else's ledger claim in a fresh sandbox (the recorded steps, seed and "
+        "schedule) and record the verdict: honest if the replayed metric is within the "
+        "tolerance of the claim, otherwise false and the claim is slashed. Earns verification "
+        "points either way. Takes minutes of training; your own or settled claims are refused."),
+    args=VerifyArgs,
+    run=verify_contribution,
+)
