@@ -11,17 +11,16 @@ unbundle it.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent import scores
-from agent.goal import Goal, load_goal
+from agent.goal import load_run_goal
 from agent.records import RunRecords
 from agent.replay_facts import SCHEDULE_FILE
-from agent.rundir import GOAL_COPY, RUN_FILE, RunError
+from agent.rundir import GOAL_COPY, RunError
 from ledger.canonical import sha256_hex
 from sandbox.gitcli import Git, GitError
 from sandbox.layout import exp_ref, git_dir, output_dir
@@ -58,7 +57,7 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
     if parent is None:
         raise RunError(f"the parent {str(record.get('parent'))[:12]} of experiment {exp} has no "
                        "measured metric in the run's records; it cannot be claimed")
-    goal = run_goal(run_dir)
+    goal = load_run_goal(run_dir)
     goal_text = (run_dir / GOAL_COPY).read_bytes()
     bundle = make_bundle(run_dir, exp, record["commit"])
     artifacts = {BUNDLE: bundle, GOAL_FILE: goal_text}
@@ -74,13 +73,6 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
         **{name: sha256_hex(data) for name, data in artifacts.items()}, "stake": stake,
     }
     return Claim(body, artifacts)
-
-
-def run_goal(run_dir: Path) -> Goal:
-    """The goal the run was started with: its copy, a relative `workspace:` (a repository
-    goal) read from the original goal file's folder, as the run itself reads it."""
-    options = json.loads((run_dir / RUN_FILE).read_text())
-    return load_goal(run_dir / GOAL_COPY, base_dir=Path(options["goal_path"]).parent)
 
 
 def _schedule(run_dir: Path, exp: int, sha256: str) -> bytes:

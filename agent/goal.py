@@ -5,6 +5,7 @@ Every mistake becomes one `GoalError` line that names the key and the fix, befor
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.knob_values import top_level_assignments
+from agent.rundir import GOAL_COPY, RUN_FILE
 from sandbox.errors import EditError, TemplateError
 from sandbox.knobs import KnobSpec, parse_knobs
 from sandbox.templates import template_dir
@@ -246,8 +248,15 @@ def load_goal(path: str | Path, base_dir: Path | None = None, *,
     except EditError as err:
         raise GoalError(f"{path}: knobs: {err}") from None
     _check_knobs_exist(path, source_dir, spec.editable, knobs)
-    spec = _with_key_path(path, spec, base_dir or path.parent)
+    spec = _with_key_path(spec, base_dir or path.parent)
     return Goal(spec=spec, brief=brief.strip(), path=path, source_dir=source_dir, knobs=knobs)
+
+
+def load_run_goal(run_dir: Path) -> Goal:
+    """The goal a run was started with: its copy, with a relative `workspace:` or `ledger.key`
+    read from the original goal file's folder, as the run itself reads them."""
+    options = json.loads((run_dir / RUN_FILE).read_text())
+    return load_goal(run_dir / GOAL_COPY, base_dir=Path(options["goal_path"]).parent)
 
 
 def split_front_matter(path: Path, text: str) -> tuple[dict, str]:
@@ -319,16 +328,13 @@ def _source_dir(path: Path, spec: GoalSpec, base_dir: Path, repository: Path | N
     return repo.resolve()
 
 
-def _with_key_path(path: Path, spec: GoalSpec, base_dir: Path) -> GoalSpec:
-    """The spec with `ledger.key` made absolute (read from `base_dir`, like `workspace:`) and
-    checked to exist: a run must not find out at its first kept improvement."""
+def _with_key_path(spec: GoalSpec, base_dir: Path) -> GoalSpec:
+    """The spec with `ledger.key` made absolute (read from `base_dir`, like `workspace:`). The
+    run checks it before it starts (agent.runner); a replay of its claim never reads it."""
     if spec.ledger is None:
         return spec
     key = spec.ledger.key.expanduser()
     key = key if key.is_absolute() else (base_dir / key).resolve()
-    if not key.is_file():
-        raise GoalError(f"{path}: ledger.key: {key} does not exist; make it with "
-                        f"`magnet-agent ledger keygen {spec.ledger.key}`")
     return spec.model_copy(update={"ledger": spec.ledger.model_copy(update={"key": key})})
 
 

@@ -211,8 +211,10 @@ def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
 def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
     from ledger.keys import load_key
 
+    # with --json, stdout is the JSON document alone: the progress goes to stderr
+    progress = Console(stderr=True, highlight=False) if args.json else console
     replayed = replay_entry(ledger, load_key(args.key), args.entry, unconfined=args.unconfined,
-                            console=console)
+                            console=progress)
     verdict, written = replayed.verdict, replayed.written
     if args.json:
         print(json.dumps({**verdict.facts(), "verdict": verdict.verdict,

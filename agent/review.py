@@ -21,7 +21,7 @@ from rich.text import Text
 from agent import control, scores
 from agent.listing import Listing
 from agent.records import RunRecords
-from agent.rundir import GOAL_COPY, RUN_FILE, RunError, list_runs, runs_root
+from agent.rundir import GOAL_COPY, RunError, list_runs, runs_root
 from agent.tool_records import PLANNER, ToolCallRecord, ToolRecords
 from sandbox.errors import WorkspaceError
 from sandbox.reader import RunReader
@@ -482,11 +482,10 @@ def write_progress_png(run: Run, records: list[dict[str, Any]]) -> Path:
 
 def regenerate_report(run: Run) -> Path:
     """Rewrite report.md and progress.png from the records, keeping the recorded stop reason."""
-    from agent.goal import GoalError, load_goal
+    from agent.goal import GoalError, load_run_goal
 
-    options = json.loads((run.path / RUN_FILE).read_text())
     try:
-        goal = load_goal(run.path / GOAL_COPY, base_dir=Path(options["goal_path"]).parent)
+        goal = load_run_goal(run.path)
     except GoalError as err:
         raise ReviewError(f"cannot read the run's goal: {err}") from None
     from agent.report import write_report

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from agent.control import read_status
-from agent.goal import Goal, GoalError, load_goal
+from agent.goal import Goal, GoalError, load_goal, load_run_goal
 from agent.graph import CHECKPOINTS, build_graph, check_checkpoints, checkpointer, set_aside
 from agent.init_checkpoint import copy_init, find_init
 from agent.nodes import Nodes, Runtime
@@ -72,7 +72,7 @@ def check_tool_settings(goal: Goal, runs_dir: str | Path | None) -> None:
     if goal.spec.ledger is not None:
         try:
             load_key(goal.spec.ledger.key)
-        except LedgerError as err:
+        except LedgerError as err:  # missing, not a key, or others may read it
             raise RunError(f"{goal.path}: ledger.key: {err}") from None
     if goal.spec.merge is not None:
         try:
@@ -92,7 +92,7 @@ def _load_goal(run_dir: Path, options: dict[str, Any]) -> Goal:
     """The goal as it was started: the copy, with a relative `workspace:` read from the
     original file's folder."""
     try:
-        return load_goal(run_dir / GOAL_COPY, base_dir=Path(options["goal_path"]).parent)
+        return load_run_goal(run_dir)
     except GoalError as err:
         raise RunError(f"cannot resume: {err}") from None
 

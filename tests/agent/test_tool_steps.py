@@ -70,11 +70,12 @@ def test_search_run_claims_every_kept_improvement(tmp_path: Path) -> None:
 
     verifier = tmp_path / "verifier.key"
     generate_key(verifier)
+    key.rename(tmp_path / "elsewhere.key")  # a verifier's machine lacks the goal's key file
     first = str(shown[0]["entry"]["seq"])
     verdict = magnet("ledger", "verify", first, "--ledger", str(ledger), "--key", str(verifier),
                      "--json", check=False)
     assert verdict.returncode == 0, verdict.stderr + verdict.stdout
-    assert json.loads(verdict.stdout[verdict.stdout.index("{"):])["verdict"] == "honest"
+    assert json.loads(verdict.stdout)["verdict"] == "honest"
 
 
 def test_a_goal_that_enables_a_tool_without_its_settings_is_one_line(tmp_path: Path) -> None:
@@ -83,8 +84,8 @@ def test_a_goal_that_enables_a_tool_without_its_settings_is_one_line(tmp_path: P
     done = magnet("run", str(goal), "--runs-dir", str(tmp_path / "runs"), check=False)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
-        f"magnet-agent: error: {goal}: tool record_contribution needs `ledger: {{key: KEYFILE}}` (make "
-        "one with `magnet-agent ledger keygen KEYFILE`)"]
+        f"magnet-agent: error: {goal}: tool record_contribution needs `ledger: {{key: KEYFILE}}` "
+        "(make one with `magnet-agent ledger keygen KEYFILE`)"]
     assert not (tmp_path / "runs").exists()
 
 
@@ -92,9 +93,10 @@ def test_an_unknown_tool_and_a_missing_key_file_are_one_line(tmp_path: Path) -> 
     text = GOAL.format(ledger=tmp_path / "l.sqlite", key=tmp_path / "absent.key")
     goal = make_goal(tmp_path, MODES_TRAIN, text)
     done = magnet("run", str(goal), check=False)
+    absent = tmp_path / "absent.key"
     assert done.stderr.strip().splitlines() == [
-        f"magnet-agent: error: {goal}: ledger.key: {tmp_path / 'absent.key'} does not exist; make it "
-        f"with `magnet-agent ledger keygen {tmp_path / 'absent.key'}`"]
+        f"magnet-agent: error: {goal}: ledger.key: cannot read key file {absent}: No such file "
+        f"or directory; create one with `magnet-agent ledger keygen {absent}`"]
     goal.write_text(text.replace("tools: [record_contribution]", "tools: [read_file, teleport]"))
     done = magnet("run", str(goal), check=False)
     assert done.stderr.strip().splitlines() == [

@@ -23,8 +23,7 @@ from openai_server import ScriptedServer, proposal
 from test_ledger_replay import kept_run, ledger_cli  # noqa: F401 - a fixture
 from test_specialist import corpus
 
-from agent.claims import run_goal
-from agent.goal import Goal, LedgerSettings, MergeSettings
+from agent.goal import Goal, LedgerSettings, MergeSettings, load_run_goal
 from agent.merge_command import OUTPUTS
 from agent.runner import start_run
 from agent.tool_records import STEP, ToolRecords
@@ -85,7 +84,7 @@ def ledger_ctx(kept) -> ToolContext:
     """A call of the kept run's, with alice's key and a ledger of its own."""
     root, run_dir, _ = kept
     settings = LedgerSettings(key=root / "alice.key", path=str(root / "tools.sqlite"))
-    return context(run_dir, run_goal(run_dir), 1, ledger=settings)
+    return context(run_dir, load_run_goal(run_dir), 1, ledger=settings)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +145,7 @@ def test_record_contribution_refuses_a_key_others_can_read(kept, tmp_path):
     generate_key(key)
     key.chmod(0o644)
     ledger = tmp_path / "none.sqlite"
-    ctx = context(run_dir, run_goal(run_dir), 2,
+    ctx = context(run_dir, load_run_goal(run_dir), 2,
                   ledger=LedgerSettings(key=key, path=str(ledger)))
     with pytest.raises(ToolError) as err:
         RECORD_CONTRIBUTION.run(ctx, RecordArgs())
@@ -154,7 +153,7 @@ def test_record_contribution_refuses_a_key_others_can_read(kept, tmp_path):
                             f"`chmod 600 {key}`"
     assert not ledger.exists()  # refused before the ledger was made
     with pytest.raises(ToolError, match=r"^the goal has no `ledger:` settings; add"):
-        RECORD_CONTRIBUTION.run(context(run_dir, run_goal(run_dir), 3), RecordArgs())
+        RECORD_CONTRIBUTION.run(context(run_dir, load_run_goal(run_dir), 3), RecordArgs())
 
 
 def test_verify_contribution_replays_the_claim_with_another_key(kept, ledger_ctx, claimed,
@@ -212,7 +211,7 @@ def test_a_repository_run_claims_each_kept_improvement(tmp_path):
     assert {b["contributor"] for b in bodies} == {public_hex(load_key(key))}
     assert all(b["replay"]["corpus"] is None for b in bodies)  # a repository has no corpus
 
-    best = RECORD_CONTRIBUTION.run(context(run_dir, run_goal(run_dir), 99), RecordArgs())
+    best = RECORD_CONTRIBUTION.run(context(run_dir, load_run_goal(run_dir), 99), RecordArgs())
     best_record = min((r for r in records if r["status"] == "keep"), key=lambda r: r["metric"])
     assert best["exp"] == best_record["exp"] and best["already_recorded"]
     assert best["entry"] == kept_exps.index(best_record["exp"])
@@ -270,7 +269,7 @@ def specialists(kept) -> dict[str, Any]:
 
 def merge_ctx(specialists: dict[str, Any], call: int, run: str = "tuned") -> ToolContext:
     run_dir = specialists[run]
-    return context(run_dir, run_goal(run_dir), call,
+    return context(run_dir, load_run_goal(run_dir), call,
                    merge=MergeSettings(with_=specialists["trained"].name, method="ties"))
 
 
@@ -337,7 +336,7 @@ def test_a_bad_with_is_one_line_and_writes_nothing(specialists, with_, message):
 
 def test_merge_specialists_needs_a_base_and_a_kept_experiment(specialists, kept):
     _, base_run, _ = kept
-    no_init = context(base_run, run_goal(base_run), 5,
+    no_init = context(base_run, load_run_goal(base_run), 5,
                       merge=MergeSettings(with_=specialists["trained"].name))
     with pytest.raises(ToolError) as err:
         MERGE_SPECIALISTS.run(no_init, MergeArgs())
