@@ -233,17 +233,13 @@ def inference(args: argparse.Namespace) -> int:
 
 
 def merge_specialists(args: argparse.Namespace) -> int:
-    from agent.merge_command import merge_command, options_from_args
-    from agent.rundir import RunError
-    from bitnet.checkpoint import CheckpointError
-    from bitnet.data import CorpusError
-    from merge.methods import MergeError
+    from agent.merge_command import merge_command, merge_errors, options_from_args
 
     try:
         return merge_command(args.base, args.specialist, args.method, options_from_args(args),
                              corpora=args.corpus, out=args.out, runs_dir=args.runs_dir,
                              as_json=args.json)
-    except (RunError, CheckpointError, CorpusError, MergeError) as err:
+    except merge_errors() as err:
         return fail(str(err))
 
 
@@ -318,14 +314,9 @@ def review(args: argparse.Namespace) -> int:
 
 
 def _ledger(args: argparse.Namespace) -> int:
-    from agent.goal import GoalError
-    from agent.rundir import RunError
-    from ledger.canonical import LedgerError
-    from sandbox.errors import SandboxError
-
     try:
         return ledger_command.main(args)
-    except (LedgerError, RunError, GoalError, SandboxError) as err:
+    except ledger_command.ledger_errors() as err:
         return fail(str(err))
 
 
