@@ -3,8 +3,9 @@
 The claim names the goal, run, experiment, commit and parent, the metric before (the parent's
 judged value) and after (the value of the run the replay facts describe), the replay facts of
 the experiment's record, and the sha256 of the artifacts stored beside it in the ledger: the
-goal file, a git bundle of the commit, and the schedule the run followed (its progress at every
-step, by the clock, which a replay follows exactly). The bundle holds the commit with its
+goal file, a git bundle of the commit, the schedule the run followed (its progress at every
+step, by the clock, which a replay follows exactly) and, for a run started from a base
+checkpoint (`init:`), that checkpoint. The bundle holds the commit with its
 history (parent..commit and the commits before it), so a machine that has none of them can
 unbundle it.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from agent import scores
 from agent.goal import load_run_goal
+from agent.init_checkpoint import pack_init
 from agent.records import RunRecords
 from agent.replay_facts import SCHEDULE_FILE
 from agent.rundir import GOAL_COPY, RunError
@@ -27,14 +29,14 @@ from sandbox.layout import exp_ref, git_dir, output_dir
 
 CLAIMED = (scores.KEEP,)  # statuses a claim may be made for: improvements that were kept
 # what travels with a claim, stored in the ledger by sha256 and named by it under these keys
-BUNDLE, GOAL_FILE, SCHEDULE = "bundle", "goal_file", "schedule"
-ARTIFACTS = (BUNDLE, GOAL_FILE, SCHEDULE)
+BUNDLE, GOAL_FILE, SCHEDULE, INIT = "bundle", "goal_file", "schedule", "init"
+ARTIFACTS = (BUNDLE, GOAL_FILE, SCHEDULE, INIT)
 
 
 @dataclass(frozen=True)
 class Claim:
     body: dict[str, Any]
-    artifacts: dict[str, bytes]  # ARTIFACTS (the schedule if the run wrote one) -> bytes
+    artifacts: dict[str, bytes]  # ARTIFACTS (schedule and init when the run has them) -> bytes
 
 
 def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
@@ -63,6 +65,8 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
     artifacts = {BUNDLE: bundle, GOAL_FILE: goal_text}
     if replay.get("schedule_sha256"):
         artifacts[SCHEDULE] = _schedule(run_dir, exp, replay["schedule_sha256"])
+    if goal.spec.init is not None:  # the same bytes the run started every experiment from
+        artifacts[INIT] = pack_init(run_dir)
     body = {
         "goal": goal.spec.name,  # the file itself is the goal_file artifact
         "run": run_dir.name, "exp": exp, "commit": record["commit"], "parent": record["parent"],

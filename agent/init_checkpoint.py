@@ -6,7 +6,9 @@ however the base's run goes on (or is deleted), and `resume` needs nothing outsi
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 from pathlib import Path
 
 from agent.checkpoint_ref import resolve_checkpoint
@@ -42,3 +44,36 @@ def copy_init(checkpoint: Path, run_dir: Path) -> Path:
 
 def init_dir(run_dir: Path) -> Path:
     return run_dir / INIT_DIR
+
+
+def pack_init(run_dir: Path) -> bytes:
+    """The run's copy of its base checkpoint as one tar archive that depends on the files'
+    names and bytes only (sorted, no times or owners), so it travels with a claim by sha256."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(init_dir(run_dir).iterdir()):
+            if not path.is_file():
+                continue
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    return buffer.getvalue()
+
+
+def unpack_init(archive: bytes, run_dir: Path) -> Path:
+    """`pack_init`'s archive as the run's `init/`; ValueError (one line) when it holds anything
+    but plain files by plain names: a claim's archive is untrusted input."""
+    target = init_dir(run_dir)
+    target.mkdir(parents=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or Path(member.name).name != member.name or \
+                        member.name in ("", ".", ".."):
+                    raise ValueError(f"its base checkpoint holds {member.name!r}, not a plain "
+                                     "file")
+                tar.extract(member, target, filter="data")
+    except tarfile.TarError as err:
+        raise ValueError(f"its base checkpoint is not a tar archive ({err})") from None
+    return target

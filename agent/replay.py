@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.claims import BUNDLE, GOAL_FILE, SCHEDULE
+from agent.claims import BUNDLE, GOAL_FILE, INIT, SCHEDULE
 from agent.goal import Goal, GoalError, load_goal
+from agent.init_checkpoint import unpack_init
 from agent.replay_facts import SCHEDULE_FILE, torch_version
 from agent.rundir import GOAL_COPY, RunError
 from agent.scoring import Scorer, corpus_of
@@ -80,6 +81,12 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
         spec = goal.spec
         with Workspace.create(root / "replay", repo=source, editable=spec.editable,
                               knobs=spec.knobs, goal=spec.metric.goal) as ws:
+            if spec.init is not None:
+                try:
+                    unpack_init(artifacts[INIT], ws.run_dir)
+                except ValueError as err:
+                    return Verdict(FALSE, float(body["metric"]["after"]), None,
+                                   f"the claim is malformed: {err}", 0.0, False)
             if ws.git.head() != body["commit"]:
                 raise RunError("the unbundled workspace is not at the claimed commit")
             scorer = Scorer(goal, ws, confinement)
@@ -152,9 +159,9 @@ def _open_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
         goal = load_goal(goal_path, repository=source)
     except GoalError as err:
         raise MalformedClaim(f"its goal file does not load ({err})") from None
-    if goal.spec.init is not None:
-        raise ReplayRefused("the claim's run starts from a checkpoint (`init:`), which "
-                            "replays cannot fetch yet; verify it on the contributor's data")
+    if goal.spec.init is not None and INIT not in artifacts:
+        raise ReplayRefused("the claim's run starts from a checkpoint (`init:`) that the claim "
+                            "does not carry (a claim made before claims carried it)")
     return goal, source
 
 

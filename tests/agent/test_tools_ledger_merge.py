@@ -10,9 +10,11 @@ that model, a repository run whose loop claims each improvement through the tool
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,3 +346,32 @@ def test_merge_specialists_needs_a_base_and_a_kept_experiment(specialists, kept)
     with pytest.raises(ToolError) as err:  # a train run: its baseline only
         MERGE_SPECIALISTS.run(merge_ctx(specialists, 6, run="trained"), MergeArgs())
     assert one_line(err).startswith("nothing was kept yet, so this run has no best checkpoint")
+
+
+def test_a_claim_from_a_run_of_a_base_carries_the_base_and_replays_honest(specialists,
+                                                                            monkeypatch):
+    """A specialist's claim travels with its run's copy of the base checkpoint: a verifier who
+    has neither the base run nor its files replays it bit-exact."""
+    root, tuned = specialists["root"], specialists["tuned"]
+    monkeypatch.setenv("MAGNET_CACHE_DIR", str(root / "cache"))
+    book = root / "init-claims.sqlite"
+    alice = context(tuned, load_run_goal(tuned), 7,
+                    ledger=LedgerSettings(key=root / "alice.key", path=str(book)))
+    claimed = RECORD_CONTRIBUTION.run(alice, RecordArgs())
+    with Ledger.open(book) as ledger:
+        body = ledger.find(str(claimed["entry"])).fields["body"]
+        archive = ledger.artifact(body["init"])
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        names = sorted(tar.getnames())
+    assert names == sorted(p.name for p in (tuned / "init").iterdir() if p.is_file())
+
+    hidden = specialists["base_run"].with_name("base-run-moved-away")
+    specialists["base_run"].rename(hidden)  # the verifier has no base run to read from
+    try:
+        bob = context(tuned, alice.goal, 8, ledger=LedgerSettings(key=root / "bob.key",
+                                                                  path=str(book)))
+        verdict = VERIFY_CONTRIBUTION.run(bob, VerifyArgs(entry=str(claimed["entry"])))
+    finally:
+        hidden.rename(specialists["base_run"])
+    assert verdict["verdict"] == "honest", verdict["reason"]
+    assert verdict["checkpoint_identical"]
