@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from goal_repo import MODES_TRAIN, goal_text, make_goal
-from openai_server import ScriptedServer, proposal
+from openai_server import ScriptedServer, calls, proposal
 from test_ledger_replay import kept_run, ledger_cli  # noqa: F401 - a fixture
 from test_specialist import corpus
 
@@ -375,3 +375,53 @@ def test_a_claim_from_a_run_of_a_base_carries_the_base_and_replays_honest(specia
         hidden.rename(specialists["base_run"])
     assert verdict["verdict"] == "honest", verdict["reason"]
     assert verdict["checkpoint_identical"]
+
+
+def test_the_shipped_specialist_merge_goal_with_the_llm_choosing_the_tools(specialists,
+                                                                            tmp_path):
+    """goals/specialist-merge.md as shipped (its tools, ledger and merge keys), pointed at this
+    module's base and specialist, with a scripted LLM that chooses the tools: a kept
+    improvement, its claim, the merge with the other specialist, and the merged model's
+    val_bpb on both domains in the run's report."""
+    root, base_run, trained = specialists["root"], specialists["base_run"], specialists["trained"]
+    shipped = (Path(__file__).parents[2] / "goals" / "specialist-merge.md").read_text()
+    book = tmp_path / "ledger.sqlite"
+    text = (shipped.replace("corpus: portable-prose", f"corpus: text:{root / 'lorem'}")
+            .replace("init: base ", f"init: {base_run.name} ")
+            .replace("per_experiment: 30s, experiments: 4", "per_experiment: 3s, experiments: 2")
+            .replace("planner: auto", "planner: openai").replace("model: null",
+                                                                 "model: scripted-model")
+            .replace("ledger: {key: ~/.magnet/ledger.key}",
+                     f"ledger: {{key: {root / 'alice.key'}, path: {book}}}")
+            .replace("merge: {with: code,", f"merge: {{with: {trained.name},"))
+    for replaced in (f"text:{root / 'lorem'}", base_run.name, trained.name, str(book),
+                     "planner: openai", "experiments: 2"):
+        assert replaced in text, replaced
+    goal = tmp_path / "specialist-merge.md"
+    goal.write_text(text)
+    with ScriptedServer() as server, environ(
+            MAGNET_CACHE_DIR=str(root / "cache"), OPENAI_BASE_URL=server.base_url,
+            OPENAI_API_KEY="sk-test-not-a-secret"):
+        server.push(proposal(NO_WARMUP),
+                    calls(("record_contribution", {})),
+                    calls(("merge_specialists", {})),
+                    proposal({"hypothesis": "a little weight decay",
+                              "edits": [{"knob": "WEIGHT_DECAY", "value": 0.05}]}))
+        run_dir = start_run(goal, runs_dir=root / "runs")
+        assert server.pending == 0
+        assert server.offered_tools(1) == ["record_contribution", "merge_specialists",
+                                           "read_log", "read_file"]
+
+    statuses = [json.loads(x)["status"]
+                for x in (run_dir / "experiments.jsonl").read_text().splitlines()]
+    assert statuses[2] == "keep", statuses
+    calls_made = ToolRecords(run_dir).read()
+    assert [(c.tool, c.status, c.exp) for c in calls_made] == [
+        ("record_contribution", "ok", 3), ("merge_specialists", "ok", 3)]
+    claim, merge = (c.result for c in calls_made)
+    assert claim["exp"] == 2 and claim["run"] == run_dir.name
+    with Ledger.open(book) as ledger:
+        assert ledger.audit().ok and ledger.standing.size == 1
+    assert len(merge["merged"]) == 2  # both domains: this run's topic and the other's
+    report = (run_dir / "report.md").read_text()
+    assert "### Merge (tool call #2)" in report and merge["table"] in report
