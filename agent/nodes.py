@@ -170,7 +170,7 @@ class Nodes:
         not run again: its recorded result is used."""
         exchanges = list(state.get("tool_exchanges") or [])
         reply = 1 + max((x["reply"] for x in exchanges), default=0)
-        self._status(state, "tool")
+        self._status(state, "tool")  # a live state: `status` and the REPL show it
         for request in state["tool_request"] or []:
             record = self._call(request)
             self.rt.view.message(f"tool {record.summary()}")
@@ -183,12 +183,10 @@ class Nodes:
         done = records.get(request["call"])
         if done is not None and done.finished:
             return done
-        if "refused" in request:  # over the tool budget: recorded, never run
-            records.start(request["call"], self.ws.next_exp, request["tool"], request["args"],
-                          request["by"])
-            return records.finish(request["call"], error=request["refused"], seconds=0.0)
         records.start(request["call"], self.ws.next_exp, request["tool"], request["args"],
                       request["by"])
+        if "refused" in request:  # over the tool budget: recorded, never run
+            return records.finish(request["call"], error=request["refused"], seconds=0.0)
         self.rt.view.message(f"tool #{request['call']} {request['tool']} running…")
         started = time.monotonic()
         ctx = ToolContext(run_dir=self.rt.run_dir, goal=self.rt.goal, workspace=self.ws.path,
@@ -207,10 +205,13 @@ class Nodes:
             entry = {"call": first + i, "id": call.id or f"call_{first + i}", "tool": call.name,
                      "args": call.arguments, "by": PLANNER}
             if i >= left:
-                entry["refused"] = (f"the tool budget of {self.spec.budget.tool_calls} calls "
-                                    "for this experiment is spent; reply with a proposal")
+                entry["refused"] = self._budget_spent()
             calls.append(entry)
         return calls
+
+    def _budget_spent(self) -> str:
+        return (f"the tool budget of {self.spec.budget.tool_calls} calls for this experiment is "
+                "spent; reply with a proposal")
 
     def _tool_calls_left(self, state: RunState) -> int:
         return max(0, self.spec.budget.tool_calls - len(state.get("tool_exchanges") or []))
@@ -587,8 +588,7 @@ class Nodes:
             if self._tool_calls_left(state):
                 tools = planner_specs(list(self.spec.tools))
             else:
-                note = (f"The tool budget of {self.spec.budget.tool_calls} calls for this "
-                        "experiment is spent: reply with a proposal now.")
+                note = self._budget_spent().capitalize() + "."
         exchanges = [ToolExchange(call=ToolCall(id=x["id"], name=x["tool"], arguments=x["args"]),
                                   result=x["result"], reply=x["reply"])
                      for x in state.get("tool_exchanges") or []]

@@ -29,7 +29,7 @@ from sandbox.reader import RunReader
 STATUS_STYLE = {"keep": "green", "baseline": "blue", "discard": "yellow", "rejected": "cyan",
                 "interrupted": "magenta"}
 LOG_TAIL_LINES = 15
-LIVE_STATES = ("starting", "planning", "running", "paused", "waiting_approval")
+LIVE_STATES = ("starting", "planning", "tool", "running", "paused", "waiting_approval")
 
 
 # one error type for whatever a run lookup or a review cannot show
