@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 # argparse and rich only: torch is imported when a command runs
-from agent import diloco_command, ledger_command
+from agent import diloco_command, generate_data_command, ledger_command
 
 
 def _version() -> str:
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runs_dir(merge)
     diloco_command.add_commands(commands)
     ledger_command.add_command(commands)
+    generate_data_command.add_command(commands)
 
     repl = commands.add_parser("repl", help="steer and review a run interactively")
     repl.add_argument("run", nargs="?",
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return diloco_command.main(args)
     if args.command == "ledger":
         return _ledger(args)
+    if args.command == "generate-data":
+        return generate_data_command.main(args)
     if args.command in ("run", "resume"):
         from agent.goal import GoalError
         from agent.planners.base import PlannerError
