@@ -1,0 +1,1 @@
+"""The tools the research loop can call (agent.tools.registry names them)."""
