@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import openai
 
@@ -77,7 +77,7 @@ class OpenAITeacher:
                                    f"or use the bundled model: teacher `{LOCAL}`")
             api_key = "none"  # local servers ignore it, but the SDK insists on one
         if timeout is None:  # the planner's setting: slow local servers raise it once for both
-            timeout = _env_seconds("MAGNET_OPENAI_TIMEOUT", 120.0)
+            timeout = env_seconds("MAGNET_OPENAI_TIMEOUT", 120.0)
         self.model = model
         self.name = f"openai:{model}"
         self.temperature = temperature
@@ -98,8 +98,8 @@ class OpenAITeacher:
         except openai.OpenAIError as err:
             status = getattr(err, "status_code", None)
             raise TeacherError(f"the teacher's endpoint {self.endpoint} failed: "
-                               f"{openai_planner._one_line(err)}; "
-                               f"{openai_planner._fix(status)}") from None
+                               f"{openai_planner.error_line(err)}; "
+                               f"{openai_planner.endpoint_fix(status)}") from None
         choice = response.choices[0] if response.choices else None
         return (choice.message.content if choice and choice.message else None) or ""
 
@@ -118,14 +118,10 @@ class LocalTeacher:
         self.temperature = temperature
         # loaded now, so a time budget is spent writing: seconds from the converted-weights
         # cache the local planner keeps, ~30 s the very first time
-        planner = LocalPlanner(self.gguf)
         try:
-            planner.load()
+            self._tokenizer, self._model = LocalPlanner(self.gguf).model()
         except PlannerError as err:
             raise TeacherError(f"the local teacher: {err}") from None
-        assert planner._loaded is not None
-        self._tokenizer: Any = planner._loaded.tokenizer
-        self._model: Any = planner._loaded.model
 
     def write(self, prompt: str, *, max_tokens: int, seed: int) -> str:
         return self.write_batch([prompt], max_tokens=max_tokens, seed=seed)[0]
@@ -156,8 +152,8 @@ class LocalTeacher:
         return [self._tokenizer.decode(row, skip_special_tokens=True) for row in replies]
 
 
-def _env_seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: float) -> float:
     try:
-        return openai_planner._env_seconds(name, default)
+        return openai_planner.env_seconds(name, default)
     except PlannerError as err:
         raise TeacherError(str(err)) from None

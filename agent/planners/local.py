@@ -268,6 +268,12 @@ class LocalPlanner:
         self._loaded: _Loaded | None = None
         self._proposed: set[tuple] = set()  # configurations proposed (maybe not yet in history)
 
+    def model(self) -> tuple[Any, Any]:
+        """(tokenizer, model), loaded once (the teacher writes with the same weights)."""
+        self.load()
+        assert self._loaded is not None
+        return self._loaded.tokenizer, self._loaded.model
+
     # --- the Planner interface -----------------------------------------------------------------
 
     def propose(self, context: PlanContext) -> Proposal:

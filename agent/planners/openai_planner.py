@@ -209,9 +209,9 @@ class OpenAIPlanner:
             api_key = "none"  # local servers ignore it, but the SDK insists on one
         # unset: MAGNET_OPENAI_TIMEOUT / MAGNET_OPENAI_RETRY_DELAY (seconds), so tests and slow
         # local servers can tune them without code
-        timeout = timeout if timeout is not None else _env_seconds("MAGNET_OPENAI_TIMEOUT", 120.0)
+        timeout = timeout if timeout is not None else env_seconds("MAGNET_OPENAI_TIMEOUT", 120.0)
         if base_delay is None:
-            base_delay = _env_seconds("MAGNET_OPENAI_RETRY_DELAY", 2.0)
+            base_delay = env_seconds("MAGNET_OPENAI_RETRY_DELAY", 2.0)
         self.model = model
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout,
                                     max_retries=0)
@@ -347,7 +347,7 @@ class OpenAIPlanner:
                 if tools and TOOLS_REFUSAL.search(_message(err)):
                     self.tool_mode = "json"
                     log.warning("%s does not take function calling (%s); tools are offered in "
-                                "the prompt from now on", self.endpoint, _one_line(err))
+                                "the prompt from now on", self.endpoint, error_line(err))
                     raise _ToolsRefused from None
                 if mode != "text" and REFUSAL.search(_message(err)):
                     self._refused(mode, err)
@@ -374,19 +374,20 @@ class OpenAIPlanner:
         """Step down to the next output mode, for the rest of the run."""
         self.output_mode = OUTPUT_MODES[OUTPUT_MODES.index(mode) + 1]
         log.warning("%s refused response_format %s (%s); asking for %s from now on",
-                    self.endpoint, MODE_NAMES[mode], _one_line(err),
+                    self.endpoint, MODE_NAMES[mode], error_line(err),
                     MODE_NAMES[self.output_mode])
 
     def _wait(self, attempt: int, err: Exception) -> None:
         wait = self._backoff(attempt, err)
-        log.warning("%s: %s; retrying in %.1fs", self.endpoint, _one_line(err), wait)
+        log.warning("%s: %s; retrying in %.1fs", self.endpoint, error_line(err), wait)
         self._sleep(wait)
 
     def _unavailable(self, err: Exception, attempts: int) -> PlannerUnavailable:
         """The one-line transport failure: endpoint, status, the server's message, the fix."""
         tries = f" {attempts} times, giving up" if attempts > 1 else ""
+        fix = endpoint_fix(getattr(err, "status_code", None))
         error = PlannerUnavailable(f"the openai endpoint {self.endpoint} failed{tries}: "
-                                   f"{_one_line(err)}; {_fix(getattr(err, 'status_code', None))}")
+                                   f"{error_line(err)}; {fix}")
         self.last_unavailable = error
         return error
 
@@ -449,7 +450,7 @@ class OpenAIPlanner:
         return usage
 
 
-def _env_seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: float) -> float:
     raw = os.environ.get(name)
     try:
         return float(raw) if raw else default
@@ -457,7 +458,7 @@ def _env_seconds(name: str, default: float) -> float:
         raise PlannerError(f"{name}={raw!r} is not a number of seconds; e.g. {name}=30") from None
 
 
-def _fix(status: int | None) -> str:
+def endpoint_fix(status: int | None) -> str:
     if status in (401, 403):
         return "check OPENAI_API_KEY"
     if status == 404:
@@ -482,7 +483,7 @@ def _message(err: Exception) -> str:
     return str(message or err)
 
 
-def _one_line(err: Exception) -> str:
+def error_line(err: Exception) -> str:
     status = getattr(err, "status_code", None)
     text = " ".join(_message(err).split()) or type(err).__name__
     text = text if len(text) <= 300 else text[:299] + "…"
