@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python bench/diloco.py
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/replay_tolerance.py
+	$(BIN)/python bench/teacher_data.py --quick
 
 # not part of `make test`: builds llama-cpp-python (~4 min) on first use, then a 3-experiment
 # run of the main goal with the openai planner against its server on the bundled SmolLM2
