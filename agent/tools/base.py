@@ -7,7 +7,8 @@ or the ToolError's line; the loop records both (agent.tool_records).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,15 @@ from agent.goal import Goal
 class ToolError(RuntimeError):
     """A tool call that failed; str() is one line naming the problem and the fix. It goes back
     to the planner as the call's result: the run goes on."""
+
+
+@contextmanager
+def as_tool_errors(errors: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Turn the one-line errors a module refuses with (`errors`) into ToolErrors."""
+    try:
+        yield
+    except errors as err:
+        raise ToolError(str(err)) from None
 
 
 class ToolArgs(BaseModel):

@@ -7,8 +7,6 @@ calls (agent.ledger_command), so a claim or verdict made here is the one the CLI
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from pydantic import Field
@@ -17,7 +15,7 @@ from agent import scores
 from agent.goal import LedgerSettings
 from agent.ledger_command import claim_experiment, claim_line, ledger_errors, replay_entry
 from agent.records import RunRecords
-from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError
+from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError, as_tool_errors
 from ledger.book import Ledger
 from ledger.keys import load_key
 from ledger.rules import reward_points
@@ -36,7 +34,7 @@ class VerifyArgs(ToolArgs):
 def record_contribution(ctx: ToolContext, args: RecordArgs) -> dict[str, Any]:
     settings = _settings(ctx)
     exp = args.exp if args.exp is not None else _best_exp(ctx)
-    with _one_line():
+    with as_tool_errors(ledger_errors()):
         key = load_key(settings.key)  # before the ledger: a bad key creates no ledger file
         with Ledger.open(settings.path) as ledger:
             claimed = claim_experiment(ledger, key, ctx.run_dir, exp, stake=settings.stake,
@@ -57,7 +55,7 @@ def record_contribution(ctx: ToolContext, args: RecordArgs) -> dict[str, Any]:
 
 def verify_contribution(ctx: ToolContext, args: VerifyArgs) -> dict[str, Any]:
     settings = _settings(ctx)
-    with _one_line():
+    with as_tool_errors(ledger_errors()):
         key = load_key(settings.key)
         with Ledger.open(settings.path, create=False) as ledger:
             replayed = replay_entry(ledger, key, args.entry, unconfined=ctx.unconfined,
@@ -88,13 +86,6 @@ def _best_exp(ctx: ToolContext) -> int:
                         "after an improvement is kept, or name a kept `exp`")
     return int(best["exp"])
 
-
-@contextmanager
-def _one_line() -> Iterator[None]:
-    try:
-        yield
-    except ledger_errors() as err:
-        raise ToolError(str(err)) from None
 
 
 RECORD_CONTRIBUTION = Tool(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from agent.merge_command import (
     plan_merge,
 )
 from agent.records import RunRecords
-from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError
+from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError, as_tool_errors
 
 MergeMethod = MergeSettings.model_fields["method"].annotation  # the goal's methods, one list
 Options = dict[str, float | int | bool | list[float]]  # `weights` is one number per model
@@ -64,7 +62,7 @@ def merge_specialists(ctx: ToolContext, args: MergeArgs) -> dict[str, Any]:
     out_dir = ctx.out_dir
     if not (out_dir / SUMMARY_FILE).is_file():  # not finished by an earlier try of this call
         own = f"{ctx.run_dir.name}:{_best_exp(ctx):03d}"
-        with _one_line():
+        with as_tool_errors(merge_errors()):
             plan = plan_merge(str(init_dir(ctx.run_dir)), [own, specialist],
                               runs_dir=ctx.runs_dir)
             _clear(out_dir)
@@ -108,13 +106,6 @@ def _clear(out_dir: Path) -> None:
         else:
             path.unlink(missing_ok=True)
 
-
-@contextmanager
-def _one_line() -> Iterator[None]:
-    try:
-        yield
-    except merge_errors() as err:
-        raise ToolError(str(err)) from None
 
 
 MERGE_SPECIALISTS = Tool(
