@@ -105,3 +105,14 @@ def test_durations():
     assert parse_duration("1.5h") == 5400 and parse_duration(45) == 45
     with pytest.raises(ValueError):
         parse_duration("0s")
+
+
+def test_the_goal_knows_every_merge_method_and_no_other():
+    """`merge.method` spells out merge.methods.METHODS (importing it would load torch to read a
+    goal): the two lists must agree."""
+    from typing import get_args
+
+    from agent.goal import MergeSettings
+    from merge.methods import METHODS
+
+    assert get_args(MergeSettings.model_fields["method"].annotation) == METHODS
