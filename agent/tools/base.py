@@ -16,7 +16,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 
+from agent import scores
 from agent.goal import Goal
+from agent.records import RunRecords
 
 
 class ToolError(RuntimeError):
@@ -59,6 +61,16 @@ class ToolContext:
         """This call's own folder, `runs/<run-id>/tools/call-007/`: the same on a resumed call,
         so a call cut off by a crash can pick up what it wrote."""
         return self.run_dir / "tools" / f"call-{self.call:03d}"
+
+
+def best_kept_exp(ctx: ToolContext, wanted: str) -> int:
+    """The run's best kept experiment (agent.scores), or a ToolError saying there is none yet:
+    `wanted` names what the caller needed it for, e.g. "no best checkpoint to merge"."""
+    best = scores.best_record(RunRecords(ctx.run_dir).read(), ctx.goal.spec.metric.goal)
+    if best is None:
+        raise ToolError(f"nothing was kept yet, so this run has {wanted}; call it after an "
+                        "improvement is kept")
+    return int(best["exp"])
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,16 @@ from typing import Any
 
 from pydantic import Field
 
-from agent import scores
 from agent.goal import LedgerSettings
 from agent.ledger_command import claim_experiment, claim_line, ledger_errors, replay_entry
-from agent.records import RunRecords
-from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError, as_tool_errors
+from agent.tools.base import (
+    Tool,
+    ToolArgs,
+    ToolContext,
+    ToolError,
+    as_tool_errors,
+    best_kept_exp,
+)
 from ledger.book import Ledger
 from ledger.keys import load_key
 from ledger.rules import reward_points
@@ -33,7 +38,8 @@ class VerifyArgs(ToolArgs):
 
 def record_contribution(ctx: ToolContext, args: RecordArgs) -> dict[str, Any]:
     settings = _settings(ctx)
-    exp = args.exp if args.exp is not None else _best_exp(ctx)
+    exp = args.exp if args.exp is not None else best_kept_exp(
+        ctx, "no best experiment to claim (or name a kept `exp`)")
     with as_tool_errors(ledger_errors()):
         key = load_key(settings.key)  # before the ledger: a bad key creates no ledger file
         with Ledger.open(settings.path) as ledger:
@@ -78,13 +84,6 @@ def _settings(ctx: ToolContext) -> LedgerSettings:
                         "a key with `magnet-agent ledger keygen KEYFILE`)")
     return ctx.goal.spec.ledger
 
-
-def _best_exp(ctx: ToolContext) -> int:
-    best = scores.best_record(RunRecords(ctx.run_dir).read(), ctx.goal.spec.metric.goal)
-    if best is None:
-        raise ToolError("nothing was kept yet, so there is no best experiment to claim; call it "
-                        "after an improvement is kept, or name a kept `exp`")
-    return int(best["exp"])
 
 
 

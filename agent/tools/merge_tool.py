@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from agent import scores
 from agent.goal import MergeSettings
 from agent.init_checkpoint import init_dir
 from agent.merge_command import (
@@ -26,8 +25,14 @@ from agent.merge_command import (
     merge_errors,
     plan_merge,
 )
-from agent.records import RunRecords
-from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError, as_tool_errors
+from agent.tools.base import (
+    Tool,
+    ToolArgs,
+    ToolContext,
+    ToolError,
+    as_tool_errors,
+    best_kept_exp,
+)
 
 MergeMethod = MergeSettings.model_fields["method"].annotation  # the goal's methods, one list
 Options = dict[str, float | int | bool | list[float]]  # `weights` is one number per model
@@ -61,7 +66,8 @@ def merge_specialists(ctx: ToolContext, args: MergeArgs) -> dict[str, Any]:
                                                               else {})
     out_dir = ctx.out_dir
     if not (out_dir / SUMMARY_FILE).is_file():  # not finished by an earlier try of this call
-        own = f"{ctx.run_dir.name}:{_best_exp(ctx):03d}"
+        best = best_kept_exp(ctx, "no best checkpoint to merge")
+        own = f"{ctx.run_dir.name}:{best:03d}"
         with as_tool_errors(merge_errors()):
             plan = plan_merge(str(init_dir(ctx.run_dir)), [own, specialist],
                               runs_dir=ctx.runs_dir)
@@ -88,13 +94,6 @@ def _result(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "checkpoint": summary["checkpoint"], "out_dir": str(out_dir),
             "files": sorted(name for name in OUTPUTS if (out_dir / name).exists())}
 
-
-def _best_exp(ctx: ToolContext) -> int:
-    best = scores.best_record(RunRecords(ctx.run_dir).read(), ctx.goal.spec.metric.goal)
-    if best is None:
-        raise ToolError("nothing was kept yet, so this run has no best checkpoint to merge; "
-                        "call it after an improvement is kept")
-    return int(best["exp"])
 
 
 def _clear(out_dir: Path) -> None:
