@@ -280,17 +280,18 @@ class OpenAIPlanner:
     def _parse(reply: _Reply, context: PlanContext) -> ProposalReply | ToolCallsReply:
         """The reply as a proposal or as tool calls (function calls, or JSON `tool_calls`)."""
         calls = reply.calls
+        data: dict[str, Any] = {}
         if not calls and "tool_calls" in (reply.text or ""):
-            with contextlib.suppress(ReplyError):
+            with contextlib.suppress(ReplyError):  # no JSON: parse_reply below says why
                 data = extract_json_object(reply.text)
-                if "tool_calls" in data:
-                    try:
-                        calls = ToolCallsReply.model_validate(data).tool_calls
-                    except ValidationError as err:
-                        raise ReplyError(f"the tool_calls do not match the schema: "
-                                         f"{err.errors()[0]['msg']}") from None
-                    calls = [c.model_copy(update={"id": c.id or f"call_{i}"})
-                             for i, c in enumerate(calls)]
+        if "tool_calls" in data:
+            try:
+                calls = ToolCallsReply.model_validate(data).tool_calls
+            except ValidationError as err:
+                raise ReplyError(f"the tool_calls do not match the schema: "
+                                 f"{err.errors()[0]['msg']}") from None
+            calls = [c.model_copy(update={"id": c.id or f"call_{i}"})
+                     for i, c in enumerate(calls)]
         if calls:
             if not context.tools:
                 raise ReplyError(context.tool_note or "no tools are available now; reply with "

@@ -16,6 +16,7 @@ from agent.planners.base import (
     PlannerUnavailable,
     ProposalReply,
     SearchReplaceEdit,
+    ToolRequest,
 )
 from agent.planners.openai_planner import OpenAIPlanner, parse_reply, price
 
@@ -340,3 +341,17 @@ def test_parse_reply_errors_are_one_line():
     with pytest.raises(ValueError, match=r"edits\.0\.search"):
         parse_reply('{"hypothesis": "raise lr", "edits": [{"path": "a", "search": "", '
                     '"replace": "b"}]}')
+
+
+def test_json_tool_calls_that_miss_the_schema_get_a_repair_naming_it():
+    """Where tools are offered in the prompt, a JSON `tool_calls` reply that does not match
+    their schema is repaired with that problem named, not read as a broken proposal."""
+    tools = [{"name": "read_log", "description": "a log", "parameters": {"type": "object"}}]
+    with ScriptedServer(takes_tools=False) as server:
+        server.push(proposal({"tool_calls": [{"arguments": {"exp": 1}}]}),
+                    proposal({"tool_calls": [{"name": "read_log", "arguments": {"exp": 1}}]}))
+        answer = planner(server).propose(context(tools=tools))
+    assert isinstance(answer, ToolRequest)
+    assert [(c.name, c.arguments) for c in answer.tool_calls] == [("read_log", {"exp": 1})]
+    repair = server.user_messages(-1)[-1]
+    assert "the tool_calls do not match the schema: Field required" in repair
