@@ -3,7 +3,7 @@
 Each planner runs the same short research runs (e.g. 12 experiments of 30 s) for several seeds.
 Reported per planner: the best val_bpb reduction against the run's baseline, the loop overhead
 (wall time per experiment not spent in the training command: planning, git, records) and the
-seconds per proposal, and how often a confirmation run (agent.decision) changed the decision the
+seconds per proposal, and how often a confirmation run (loop.decision) changed the decision the
 previous rule would have made, and its share of the wall time. Goals: >= 3% reduction within 12
 experiments; search overhead < 10% of the experiment budget; local < 15 s per proposal. Writes
 bench/planners.png and the numbers behind it, bench/planners.json.
@@ -25,9 +25,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from agent import scores
-from agent.records import RunRecords
-from agent.runner import start_run
+from agent.loop.launch import start_run
+from agent.rundir import ranking
+from agent.rundir.records import RunRecords
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,19 +46,19 @@ def goal_variant(goal: Path, out: Path, *, seed: int, per_experiment: int, exper
 
 def measure(run_dir: Path, wall: float) -> dict[str, float]:
     records = RunRecords(run_dir).read()
-    baseline = scores.baseline(records)
-    best = scores.best(records, "minimize")
-    proposals = scores.experiments(records)
+    baseline = ranking.baseline(records)
+    best = ranking.best(records, "minimize")
+    proposals = ranking.experiments(records)
     command_seconds = sum(r.get("seconds") or 0 for r in records)
     propose = [r["propose_seconds"] for r in proposals if r.get("propose_seconds") is not None]
-    confirmed = [r for r in proposals if len(scores.runs_of(r)) > 1]
+    confirmed = [r for r in proposals if len(ranking.runs_of(r)) > 1]
     return {
         "baseline": baseline,
         "best": best if best is not None else baseline,
-        "reduction_pct": scores.change_pct(baseline, best, "minimize") if best else 0.0,
+        "reduction_pct": ranking.change_pct(baseline, best, "minimize") if best else 0.0,
         "overhead_s": (wall - command_seconds) / max(len(records), 1),
         "propose_s": statistics.median(propose) if propose else 0.0,
-        "kept": sum(r["status"] == scores.KEEP for r in proposals),
+        "kept": sum(r["status"] == ranking.KEEP for r in proposals),
         "experiments": len(proposals),
         "confirmed": len(confirmed),
         "flipped": sum(flipped(r, records) for r in confirmed),
@@ -70,17 +70,17 @@ def measure(run_dir: Path, wall: float) -> dict[str, float]:
 
 def curve(records: list[dict]) -> list[float]:
     """What each proposal had to beat after it ran: the best kept, else the baseline mean."""
-    proposals = scores.experiments(records)
-    return [scores.reference(records[: records.index(r) + 1], "minimize")[0] for r in proposals]
+    proposals = ranking.experiments(records)
+    return [ranking.reference(records[: records.index(r) + 1], "minimize")[0] for r in proposals]
 
 
 def flipped(record: dict, records: list[dict]) -> bool:
     """Whether confirming changed the decision the previous rule (one run; keep when it beats
     the best by more than the two baselines' difference) would have made."""
-    base = scores.baseline_values(records)
+    base = ranking.baseline_values(records)
     judgement = record["judgement"]
-    first_gain = scores.gain(record["runs"][0], judgement["reference"], "minimize")
-    return (first_gain > abs(base[0] - base[1])) != (record["status"] == scores.KEEP)
+    first_gain = ranking.gain(record["runs"][0], judgement["reference"], "minimize")
+    return (first_gain > abs(base[0] - base[1])) != (record["status"] == ranking.KEEP)
 
 
 def main() -> None:

@@ -3,11 +3,11 @@
 Five research runs (the bitnet-lm template, a time budget per experiment, seeds 1..5) each keep
 one improvement (one scripted proposal: N_LAYER 4 -> 2, which the history of real runs shows
 kept at short budgets; the planner is the scripted OpenAI-compatible server of the tests, over
-HTTP). Each kept experiment is claimed in a fresh ledger and replayed by agent.replay exactly
+HTTP). Each kept experiment is claimed in a fresh ledger and replayed by agent.claims.replay exactly
 as `magnet-agent ledger verify` does: unbundled into a fresh sandbox, trained for the recorded
 steps with the recorded schedule switch, seed and threads, scored by the evaluator. Reported:
 the replayed val_bpb against the claimed one (relative difference), whether the checkpoint came
-out bit-identical, and the verdict under agent.replay.TOLERANCE.
+out bit-identical, and the verdict under agent.claims.replay.TOLERANCE.
 
 usage: python bench/replay_tolerance.py [--budget 10] [--claims 5] [--corpus portable-code]
 Ends with `RESULT claims=<n> honest=<n> max_rel_diff=<x> mean_rel_diff=<x> identical=<n>
@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "agent")]
 from openai_server import ScriptedServer, proposal  # noqa: E402  (the scripted test server)
 
-from agent.claims import build_claim  # noqa: E402
-from agent.replay import TOLERANCE, replay_claim  # noqa: E402
-from agent.runner import start_run  # noqa: E402
+from agent.claims.claim import build_claim  # noqa: E402
+from agent.claims.replay import TOLERANCE, replay_claim  # noqa: E402
+from agent.loop.launch import start_run  # noqa: E402
 from ledger.book import Ledger  # noqa: E402
 from ledger.keys import generate_key, load_key  # noqa: E402
 from ledger.rules import DEFAULT_STAKE  # noqa: E402

@@ -5,7 +5,7 @@ the teacher did not write.
   base        the template's model (605k parameters), --base-steps on --base-corpus
               (portable-code: Python source of 15 PyPI packages, not the topic)
   teacher     writes a corpus on --topic for --teacher-seconds (or until --teacher-bytes),
-              filtered and deduplicated (agent.synthetic_data): the bundled SmolLM2-135M by
+              filtered and deduplicated (agent.teacher.corpus): the bundled SmolLM2-135M by
               default, `--teacher MODEL` for an OpenAI-compatible endpoint
   specialist  the base + --tune-steps on the teacher corpus's train split
   control     the base + --tune-steps on its own corpus: the same extra compute, so a gain of the
@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))
 
 from diloco import CONFIG  # noqa: E402 - bench/diloco.py: the template's model, as it trains it
 
-from agent.synthetic_data import generate_corpus  # noqa: E402
-from agent.teacher import make_teacher  # noqa: E402
+from agent.teacher.corpus import generate_corpus  # noqa: E402
+from agent.teacher.models import make_teacher  # noqa: E402
 from bitnet.data import load_corpus  # noqa: E402
 from bitnet.evaluate import evaluate_bpb  # noqa: E402
 from merge.inner import InnerConfig, fresh_model, inner_optimizer, train_steps  # noqa: E402

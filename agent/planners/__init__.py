@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from agent.goal import Goal
+from agent.goal.spec import Goal
 from agent.planners.base import ExperimentSummary, Planner, PlannerError
 
 PLANNERS = ("auto", "openai", "local", "search")

@@ -23,8 +23,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from agent import scores
 from agent.planners.base import ExperimentSummary, Failure, PlanContext, ProposalReply
+from agent.rundir import ranking
 from sandbox.knobs import KnobSpec
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
@@ -245,10 +245,10 @@ def summarise(rows: Sequence[ExperimentSummary], goal: str) -> str:
     counts = Counter(row.status for row in rows)
     text = f"exps {rows[0].exp}-{rows[-1].exp} (summarised): " + ", ".join(
         f"{n} {status}" for status, n in counts.most_common())
-    best = scores.best_record([asdict(row) for row in rows], goal)
+    best = ranking.best_record([asdict(row) for row in rows], goal)
     if best is not None:
         text += f"; best kept {_metric_or(best['metric'], '-')} at exp {best['exp']}"
-    kept = [str(row.exp) for row in rows if row.status == scores.KEEP]
+    kept = [str(row.exp) for row in rows if row.status == ranking.KEEP]
     if kept:  # the newest few: a long run keeps many
         more = f" ({len(kept)} in all)" if len(kept) > MAX_KEPT_LISTED else ""
         text += f"; kept: exp {', '.join(kept[-MAX_KEPT_LISTED:])}{more}"

@@ -2,7 +2,7 @@
 
 A tool is a function `run(ctx, args) -> dict` with a pydantic model for its arguments. The
 planner sees the model's JSON schema (function calling) and gets back the result dict as JSON,
-or the ToolError's line; the loop records both (agent.tool_records).
+or the ToolError's line; the loop records both (agent.rundir.tool_records).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 
-from agent import scores
-from agent.goal import Goal
-from agent.records import RunRecords
+from agent.goal.spec import Goal
+from agent.rundir import ranking
+from agent.rundir.records import RunRecords
 
 
 class ToolError(RuntimeError):
@@ -48,7 +48,7 @@ class ToolContext:
     run_dir: Path  # runs/<run-id>/
     goal: Goal  # the goal as the run loaded it (tool settings: ledger, merge, teacher)
     workspace: Path  # runs/<run-id>/workspace/ (the git sandbox's work tree)
-    call: int  # this call's number in the run (agent.tool_records)
+    call: int  # this call's number in the run (agent.rundir.tool_records)
     console: Console | None = None  # for progress bars; None: quiet
     unconfined: bool = False  # the run's `--unconfined` (replays run as experiments do)
 
@@ -64,9 +64,9 @@ class ToolContext:
 
 
 def best_kept_exp(ctx: ToolContext, wanted: str) -> int:
-    """The run's best kept experiment (agent.scores), or a ToolError saying there is none yet:
+    """The run's best kept experiment (rundir.ranking), or a ToolError saying there is none yet:
     `wanted` names what the caller needed it for, e.g. "no best checkpoint to merge"."""
-    best = scores.best_record(RunRecords(ctx.run_dir).read(), ctx.goal.spec.metric.goal)
+    best = ranking.best_record(RunRecords(ctx.run_dir).read(), ctx.goal.spec.metric.goal)
     if best is None:
         raise ToolError(f"nothing was kept yet, so this run has {wanted}; call it after an "
                         "improvement is kept")

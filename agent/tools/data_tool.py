@@ -2,7 +2,7 @@
 
 The teacher is the goal's `teacher: {model: ...}` (`local`, the bundled model, by default). The
 corpus goes into this call's own folder (ToolContext.out_dir), so a call resumed after a crash
-continues the documents it had written (agent.synthetic_data).
+continues the documents it had written (agent.teacher.corpus).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import Field
 
-from agent.synthetic_data import generate_corpus
-from agent.teacher import TeacherError, make_teacher
+from agent.teacher.corpus import generate_corpus
+from agent.teacher.models import TeacherError, make_teacher
 from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError
 
 

@@ -2,7 +2,7 @@
 `ledger verify` use it, for the planner (or the loop's explicit steps).
 
 Both sign with the goal's key (`ledger: {key, path, stake}`) and call the very functions the CLI
-calls (agent.ledger_command), so a claim or verdict made here is the one the CLI would make.
+calls (agent.cli.ledger), so a claim or verdict made here is the one the CLI would make.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import Field
 
-from agent.goal import LedgerSettings
-from agent.ledger_command import claim_experiment, claim_line, ledger_errors, replay_entry
+from agent.cli.ledger import claim_experiment, claim_line, ledger_errors, replay_entry
+from agent.goal.spec import LedgerSettings
 from agent.tools.base import (
     Tool,
     ToolArgs,

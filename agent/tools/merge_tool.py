@@ -1,5 +1,5 @@
 """`merge_specialists`: this run's best checkpoint merged with another specialist of the same
-base, and the table of what it cost, as `magnet-agent merge` makes them (agent.merge_command).
+base, and the table of what it cost, as `magnet-agent merge` makes them (agent.merging.merge_run).
 
 The base is the run's own copy of its `init:` checkpoint (runs/<id>/init/); everything is
 written into the call's folder, and merge.json, written last, marks a finished merge: a call
@@ -16,15 +16,15 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from agent.goal import MergeSettings
-from agent.init_checkpoint import init_dir
-from agent.merge_command import (
+from agent.goal.spec import MergeSettings
+from agent.merging.merge_run import (
     OUTPUTS,
     SUMMARY_FILE,
     merge_and_report,
     merge_errors,
     plan_merge,
 )
+from agent.rundir.init_checkpoint import init_dir
 from agent.tools.base import (
     Tool,
     ToolArgs,

@@ -16,7 +16,7 @@ import pytest
 from goal_repo import make_goal, sr
 from openai_server import proposal
 
-from agent.runner import start_run
+from agent.loop.launch import start_run
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")

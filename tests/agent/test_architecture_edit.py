@@ -15,9 +15,9 @@ import torch
 from openai_server import proposal
 from safetensors.torch import load_file
 
-from agent.goal import load_goal
-from agent.knob_values import read_knob_values, top_level_assignments
-from agent.runner import start_run
+from agent.goal.knob_values import read_knob_values, top_level_assignments
+from agent.goal.spec import load_goal
+from agent.loop.launch import start_run
 from bitnet.checkpoint import config_from_hf
 from bitnet.data import load_corpus
 from bitnet.evaluate import evaluate_bpb

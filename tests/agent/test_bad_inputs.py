@@ -18,8 +18,8 @@ import pytest
 from goal_repo import goal_text, make_goal, wait_for
 from openai_server import proposal, text
 
-from agent import control
-from agent.runner import resume_run, start_run
+from agent.loop.launch import resume_run, start_run
+from agent.rundir import control
 from sandbox.errors import WorkspaceError
 from sandbox.workspace import Workspace
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from goal_repo import MODES_TRAIN, goal_text, make_goal
 
-from agent.checkpoint_ref import resolve_checkpoint
-from agent.rundir import RunError
-from agent.runner import start_run
+from agent.loop.launch import start_run
+from agent.rundir.checkpoint_ref import resolve_checkpoint
+from agent.rundir.runs import RunError
 from sandbox.reader import RunReader
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.goal import GoalError, load_goal, parse_duration
+from agent.goal.spec import GoalError, load_goal, parse_duration
 
 ROOT = Path(__file__).parents[2]
 GOOD = """---
@@ -112,7 +112,7 @@ def test_the_goal_knows_every_merge_method_and_no_other():
     goal): the two lists must agree."""
     from typing import get_args
 
-    from agent.goal import MergeSettings
+    from agent.goal.spec import MergeSettings
     from merge.methods import METHODS
 
     assert get_args(MergeSettings.model_fields["method"].annotation) == METHODS

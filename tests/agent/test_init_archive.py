@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.init_checkpoint import init_dir, pack_init, unpack_init
+from agent.rundir.init_checkpoint import init_dir, pack_init, unpack_init
 
 
 def test_the_archive_depends_on_names_and_bytes_only(tmp_path: Path) -> None:

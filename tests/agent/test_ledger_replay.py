@@ -20,9 +20,9 @@ import pytest
 from goal_repo import sr
 from openai_server import ScriptedServer, proposal
 
-from agent.claims import build_claim
-from agent.replay import TOLERANCE
-from agent.runner import start_run
+from agent.claims.claim import build_claim
+from agent.claims.replay import TOLERANCE
+from agent.loop.launch import start_run
 from ledger.book import Ledger
 from ledger.keys import generate_key, load_key
 from ledger.rules import DEFAULT_STAKE, VERIFY_POINTS, reward_points
@@ -180,7 +180,7 @@ def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_
     """The contract backend: a fabricated claim is replayed, challenged and slashed on chain; a
     key that is not a registered verifier cannot resolve it; the honest claim for the same
     commit is rewarded once the challenge window has passed."""
-    from agent.replay import replay_claim
+    from agent.claims.replay import replay_claim
     from ledger.evm_ledger import open_evm_ledger
     from ledger.rules import FALSE
     from sandbox.confine import confinement

@@ -17,8 +17,8 @@ import pytest
 from goal_repo import MODES_TRAIN, make_goal, sr
 from openai_server import ScriptedServer, error, proposal, text
 
-from agent import scores
-from agent.runner import start_run
+from agent.loop.launch import start_run
+from agent.rundir import ranking
 
 GOAL = """---
 name: scripted
@@ -140,7 +140,7 @@ def test_a_run_completes_through_the_structured_output_fallback(tmp_path, goal, 
 
     records = [json.loads(line) for line in
                (run_dir / "experiments.jsonl").read_text().splitlines()]
-    tried = scores.experiments(records)
+    tried = ranking.experiments(records)
     assert [r["hypothesis"] for r in tried] == hypotheses  # every proposal ran
     assert {r["status"] for r in tried} <= {"keep", "discard"}
     by_hypothesis = {r["hypothesis"]: r["metric"] for r in tried}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.goal import load_goal
-from agent.knob_values import read_knob_values
+from agent.goal.knob_values import read_knob_values
+from agent.goal.spec import load_goal
 from agent.planners.base import ExperimentSummary, Failure, KnobEdit, PlanContext, PlannerError
 from agent.planners.knob_text import config_key
 from agent.planners.local import (

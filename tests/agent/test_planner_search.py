@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from agent.goal import load_goal
-from agent.knob_values import read_knob_values
+from agent.goal.knob_values import read_knob_values
+from agent.goal.spec import load_goal
 from agent.planners.base import ExperimentSummary, KnobEdit, PlanContext, PlannerError, Proposal
 from agent.planners.knob_text import format_value
 from agent.planners.search import SearchPlanner

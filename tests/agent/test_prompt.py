@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.goal import load_goal
-from agent.knob_values import read_knob_values
+from agent.goal.knob_values import read_knob_values
+from agent.goal.spec import load_goal
 from agent.planners.base import ExperimentSummary, Failure, PlanContext, ProposalReply
 from agent.planners.prompt import (
     MAX_ROWS,

@@ -1,4 +1,4 @@
-"""Each record describes the code that ran, and decisions follow one rule (agent.decision).
+"""Each record describes the code that ran, and decisions follow one rule (agent.loop.decision).
 
 Real runs: a scripted OpenAI-compatible server (real client over HTTP) or the search planner
 (Optuna), real git workspaces and real training subprocesses.
@@ -16,10 +16,10 @@ from goal_repo import MODES_TRAIN, goal_text, make_goal, sr, wait_for
 from openai_server import proposal, text
 from optuna.trial import TrialState
 
-import agent.runner
-from agent import control, scores
+import agent.loop.launch
+from agent.loop.launch import resume_run, start_run
 from agent.planners.base import ExperimentSummary, PlanContext
-from agent.runner import resume_run, start_run
+from agent.rundir import control, ranking
 
 CLI = [sys.executable, "-m", "agent.cli"]
 
@@ -128,13 +128,13 @@ def tried(records: list[dict]) -> list[tuple[float, float]]:
 def test_search_study_holds_the_tried_values_also_after_resume(tmp_path, monkeypatch):
     goal_path = make_goal(tmp_path, QUADRATIC, QUADRATIC_GOAL)
     built = []
-    real_make_planner = agent.runner.make_planner
+    real_make_planner = agent.loop.launch.make_planner
 
     def keep_planner(*args, **kwargs):  # the real planner, kept to look at its study after
         built.append(real_make_planner(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(agent.runner, "make_planner", keep_planner)
+    monkeypatch.setattr(agent.loop.launch, "make_planner", keep_planner)
     runs = tmp_path / "runs"
     controller = subprocess.Popen([*CLI, "run", str(goal_path), "--runs-dir", str(runs)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -146,12 +146,12 @@ def test_search_study_holds_the_tried_values_also_after_resume(tmp_path, monkeyp
     resume_run(run_dir.name, runs_dir=runs)
 
     records = records_of(run_dir)
-    assert len(scores.experiments([r for r in records if r["status"] != "interrupted"])) == 6
-    values = {r["knobs"]["A"] for r in scores.experiments(records)}
+    assert len(ranking.experiments([r for r in records if r["status"] != "interrupted"])) == 6
+    values = {r["knobs"]["A"] for r in ranking.experiments(records)}
     assert len(values) >= 5  # the proposals moved A: a record that copied the kept A would not
     for r in records:
         assert r["metric"] is None or abs(r["metric"] - (r["knobs"]["A"] - 2.5) ** 2) < 1e-9
-    from agent.goal import load_goal
+    from agent.goal.spec import load_goal
 
     goal = load_goal(goal_path)
     (planner,) = built  # the resumed run's planner: told the past, then what it observed
@@ -193,8 +193,8 @@ def test_a_gain_within_the_noise_band_is_confirmed_with_another_seed(
     for exp in (2, 3):
         assert (run_dir / "logs" / f"exp-{exp:03d}.log").exists()
         assert (run_dir / "logs" / f"exp-{exp:03d}-run2.log").exists()
-    assert abs(scores.noise_sd(records) - 0.2 / 2**0.5) < 1e-9
-    assert scores.best(records, "minimize") == pytest.approx(4.4025)
+    assert abs(ranking.noise_sd(records) - 0.2 / 2**0.5) < 1e-9
+    assert ranking.best(records, "minimize") == pytest.approx(4.4025)
     report = (run_dir / "report.md").read_text()
     assert "Baseline 4.6000 → best 4.4025" in report and "2 re-run with another seed" in report
 
@@ -222,7 +222,7 @@ def test_simpler_code_at_equal_quality_is_kept(tmp_path, openai_server, monkeypa
     assert simpler["metric"] == records[0]["metric"]  # no better, but simpler
     assert worse["diff"] == {"added": 0, "removed": 1} and worse["status"] == "discard"
     assert "does nothing" not in git(run_dir, "show", "HEAD:train.py")
-    assert scores.best(records, "minimize") == simpler["metric"]
+    assert ranking.best(records, "minimize") == simpler["metric"]
 
 
 def test_nothing_beat_the_baseline_and_a_run_without_experiments_fails(tmp_path):
@@ -237,7 +237,7 @@ def test_nothing_beat_the_baseline_and_a_run_without_experiments_fails(tmp_path)
     run_dir = next((tmp_path / "runs").iterdir())
     records = records_of(run_dir)
     assert [r["status"] for r in records] == ["baseline", "baseline", "crashed", "crashed"]
-    assert scores.best(records, "minimize") is None
+    assert ranking.best(records, "minimize") is None
     assert "Nothing beat the baseline 6.2500." in (run_dir / "report.md").read_text()
     status = json.loads((run_dir / "status.json").read_text())
     assert status["failed"] and status["verdict"] == "Nothing beat the baseline 6.2500."

@@ -20,7 +20,7 @@ import pytest
 from goal_repo import make_goal, sr, wait_for
 from openai_server import proposal, text
 
-from agent.review import Run
+from agent.review.run import Run
 
 # The baselines (X = 3.0) take longer: time for the REPL to attach before the first proposal.
 TRAIN = """import time

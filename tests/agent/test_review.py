@@ -15,7 +15,8 @@ import pytest
 from goal_repo import make_goal, sr
 from openai_server import ScriptedServer, proposal, text
 
-from agent.review import (
+from agent.loop.launch import start_run
+from agent.review.run import (
     ReviewError,
     Run,
     diff_between,
@@ -23,7 +24,6 @@ from agent.review import (
     parse_exp,
     text_plot,
 )
-from agent.runner import start_run
 
 TRAIN = """X = 3.0
 MODE = "ok"

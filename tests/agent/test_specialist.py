@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from openai_server import proposal, text
 
-from agent.rundir import RunError
-from agent.runner import start_run
+from agent.loop.launch import start_run
+from agent.rundir.runs import RunError
 from bitnet.checkpoint import checkpoint_hash, checkpoint_lineage, load_checkpoint
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,

@@ -23,8 +23,8 @@ import pytest
 from openai_server import ScriptedServer, delay, error, text
 from pydantic import ValidationError
 
-from agent.goal import load_goal
-from agent.synthetic_data import (
+from agent.goal.spec import load_goal
+from agent.teacher.corpus import (
     CORPUS_DIR,
     PROGRESS_FILE,
     REPORT_FILE,
@@ -33,8 +33,8 @@ from agent.synthetic_data import (
     generate_corpus,
     parse_subtopics,
 )
-from agent.teacher import LocalTeacher, OpenAITeacher, TeacherError
-from agent.text_quality import Deduplicator, quality_rejection
+from agent.teacher.models import LocalTeacher, OpenAITeacher, TeacherError
+from agent.teacher.quality import Deduplicator, quality_rejection
 from agent.tools.base import ToolContext, ToolError
 from agent.tools.data_tool import GENERATE_DATA, GenerateDataArgs
 from bitnet.data import is_val_path, load_corpus

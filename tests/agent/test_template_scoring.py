@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from openai_server import proposal, text
 
-from agent.runner import start_run
+from agent.loop.launch import start_run
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")

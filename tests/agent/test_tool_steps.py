@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from goal_repo import MODES_TRAIN, make_goal
 
-from agent.runner import start_run
-from agent.tool_records import STEP, ToolRecords
+from agent.loop.launch import start_run
+from agent.rundir.tool_records import STEP, ToolRecords
 from ledger.keys import generate_key
 
 CLI = str(Path(sys.executable).with_name("magnet-agent"))

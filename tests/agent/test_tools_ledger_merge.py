@@ -25,10 +25,11 @@ from openai_server import ScriptedServer, calls, proposal
 from test_ledger_replay import kept_run, ledger_cli  # noqa: F401 - a fixture
 from test_specialist import corpus
 
-from agent.goal import Goal, LedgerSettings, MergeSettings, load_run_goal
-from agent.merge_command import OUTPUTS
-from agent.runner import start_run
-from agent.tool_records import STEP, ToolRecords
+from agent.goal.spec import Goal, LedgerSettings, MergeSettings, load_run_goal
+from agent.loop.launch import start_run
+from agent.loop.train_once import train
+from agent.merging.merge_run import OUTPUTS
+from agent.rundir.tool_records import STEP, ToolRecords
 from agent.tools.base import ToolContext, ToolError
 from agent.tools.ledger_tools import (
     RECORD_CONTRIBUTION,
@@ -37,7 +38,6 @@ from agent.tools.ledger_tools import (
     VerifyArgs,
 )
 from agent.tools.merge_tool import MERGE_SPECIALISTS, MergeArgs
-from agent.train_command import train
 from bitnet.checkpoint import checkpoint_hash, checkpoint_lineage, descent
 from ledger.book import Ledger
 from ledger.keys import generate_key, load_key, public_hex

@@ -15,8 +15,8 @@ import pytest
 from goal_repo import MODES_TRAIN, make_goal, sr
 from openai_server import ScriptedServer, calls, proposal
 
-from agent.runner import start_run
-from agent.tool_records import ToolRecords
+from agent.loop.launch import start_run
+from agent.rundir.tool_records import ToolRecords
 from sandbox.reader import RunReader
 
 GOAL = """---

@@ -22,7 +22,7 @@ import pytest
 from goal_repo import MODES_TRAIN, make_goal, sr, wait_for
 from openai_server import ScriptedServer, calls, proposal, text
 
-from agent.tool_records import TOOLS_FILE, ToolRecords
+from agent.rundir.tool_records import TOOLS_FILE, ToolRecords
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")

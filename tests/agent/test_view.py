@@ -2,7 +2,7 @@
 
 from rich.console import Console
 
-from agent.view import RunView
+from agent.loop.view import RunView
 
 
 def rendered(records: list[dict]) -> str:

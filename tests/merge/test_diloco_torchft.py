@@ -1,6 +1,6 @@
 """DiLoCo across processes on torchft: a real lighthouse and real workers on 127.0.0.1.
 
-Each worker is `python -m agent.diloco_command diloco ...` in its own process group, killed in
+Each worker is `python -m agent.cli.diloco diloco ...` in its own process group, killed in
 `finally` so none outlives a test. Tolerance against the single-process reference: none, the
 weights are bit-identical. Both sides run on one thread, start from the same checkpoint, draw
 the same batches, and do the same float operations in the same order (the pseudo-gradient is
@@ -69,7 +69,7 @@ class Processes:
         log = self.root / f"{name}.log"
         with log.open("w") as out:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "agent.diloco_command", *args], stdout=out,
+                [sys.executable, "-m", "agent.cli.diloco", *args], stdout=out,
                 stderr=subprocess.STDOUT, env=self.env, cwd=self.root, start_new_session=True)
         return log
 
@@ -197,7 +197,7 @@ def test_killed_worker_the_other_carries_on_and_a_restart_catches_up(world):
 def run_command(world, capsys, *args: str) -> tuple[int, str]:
     import argparse
 
-    from agent import diloco_command
+    from agent.cli import diloco as diloco_command
 
     parser = argparse.ArgumentParser()
     diloco_command.add_commands(parser.add_subparsers(dest="command", required=True))

@@ -1,0 +1,50 @@
+"""`magnet-agent generate RUN|CHECKPOINT --prompt TEXT`: stream text from a trained model.
+
+Batch 1 on the CPU with bitnet.generate (ternary weights as int8 codes, integer matmuls, a KV
+cache), one thread: decoding is memory-bound, and a second thread that shares a busy core
+stalls every matmul (bitnet.generate explains). `--json` prints the result instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agent.rundir.checkpoint_ref import resolve_checkpoint
+
+THREADS = 1
+
+
+def generate(args: argparse.Namespace) -> int:
+    from bitnet.generate import generate as run
+    from bitnet.infer import load_for_inference
+
+    if args.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    if not 0 <= args.temperature <= 100 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise ValueError("--temperature takes 0 (greedy) to 100, --top-p (0, 1], --top-k 0 "
+                         "(off) or more")
+    model = load_for_inference(resolve_checkpoint(args.checkpoint, args.runs_dir))
+    stream = None if args.json else _print
+    if stream is not None:
+        _print(args.prompt)
+    result = run(model, args.prompt, max_new_tokens=args.max_new_tokens,
+                 temperature=args.temperature, top_k=args.top_k or None,
+                 top_p=args.top_p if args.top_p < 1 else None, seed=args.seed,
+                 on_token=stream, threads=THREADS)
+    if args.json:
+        print(json.dumps({"text": result.text, "prompt": args.prompt,
+                          "prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens,
+                          "prompt_truncated": result.prompt_truncated, "seed": result.seed,
+                          "tokens_per_s": round(result.tokens_per_s, 1),
+                          "seconds": round(result.seconds, 3)}))
+    else:
+        print(f"\n[{result.new_tokens} tokens, {result.tokens_per_s:.0f} tokens/s]",
+              file=sys.stderr)
+    return 0
+
+
+def _print(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()

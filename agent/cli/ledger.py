@@ -1,0 +1,302 @@
+"""`magnet-agent ledger ...`: keys, claims, verification by replay, balances, audit, proofs.
+
+    magnet-agent ledger keygen ~/.magnet/me.key
+    magnet-agent ledger claim RUN EXP --key ~/.magnet/me.key      # a kept improvement
+    magnet-agent ledger verify ENTRY --key ~/.magnet/verifier.key # replay it; slash if false
+    magnet-agent ledger show | balance | audit | prove ENTRY
+
+Every command takes `--ledger PATH|evm:URL` (default $MAGNET_LEDGER, else
+~/.local/share/magnet/ledger.sqlite). The ledger itself is `ledger/`; replays are
+agent.claims.replay. `claim_experiment` and `replay_entry` are what both these commands and the
+ledger tools (agent.tools.ledger_tools) do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ledger.entries import CLAIM, VERIFICATION, Entry
+from ledger.rules import HONEST, reward_points
+
+if TYPE_CHECKING:  # imported when used: `ledger keygen` and `--help` start fast
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.claims.replay import Verdict
+    from ledger.book import Ledger
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    ledger = commands.add_parser(
+        "ledger", help="signed claims of verified improvements: keygen, claim, show, balance, "
+                       "verify (replay), audit, prove")
+    actions = ledger.add_subparsers(dest="action", required=True)
+
+    def sub(name: str, help: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help)
+        parser.add_argument("--ledger", metavar="PATH|evm:URL",
+                            help="default $MAGNET_LEDGER, else ~/.local/share/magnet/"
+                                 "ledger.sqlite")
+        return parser
+
+    keygen = actions.add_parser("keygen", help="write a new Ed25519 key file (mode 0600)")
+    keygen.add_argument("keyfile")
+    claim = sub("claim", "claim a kept improvement of a run, with its replay facts and bundle")
+    claim.add_argument("run", help="run id or directory")
+    claim.add_argument("exp", type=int, help="the kept experiment's number")
+    claim.add_argument("--key", required=True, metavar="KEYFILE")
+    claim.add_argument("--stake", type=int, default=None, help="points put up (default 100)")
+    claim.add_argument("--runs-dir", help="where runs are (default ./runs or MAGNET_RUNS_DIR)")
+    show = sub("show", "the entries as a table, or one entry")
+    show.add_argument("entry", nargs="?", help="number, or 6+ characters of a hash or claim id")
+    show.add_argument("--last", type=int, default=50, metavar="N",
+                      help="the table's last N entries (default 50; 0: all)")
+    show.add_argument("--json", action="store_true", help="the signed entries as JSON (all)")
+    balance = sub("balance", "points per key")
+    balance.add_argument("--json", action="store_true")
+    verify = sub("verify", "replay a claim in a fresh sandbox; a false claim is slashed")
+    verify.add_argument("entry")
+    verify.add_argument("--key", required=True, metavar="KEYFILE", help="the verifier's key")
+    verify.add_argument("--unconfined", action="store_true",
+                        help="replay without bubblewrap (only where bwrap cannot run)")
+    verify.add_argument("--json", action="store_true")
+    audit = sub("audit", "re-check every signature, hash link and Merkle root")
+    audit.add_argument("--json", action="store_true")
+    prove = sub("prove", "an inclusion proof of an entry in the latest signed tree head")
+    prove.add_argument("entry")
+    prove.add_argument("--from", dest="old_size", type=int, metavar="SIZE",
+                       help="also a consistency proof from the tree of SIZE entries")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run one `ledger` action; 0 on success, 1 when audit finds a bad entry or a claim is
+    judged false. Errors raise LedgerError/RunError (one line) for the caller to print."""
+    from ledger.book import Ledger
+    from ledger.keys import generate_key
+
+    console = Console(highlight=False)
+    if args.action == "keygen":
+        public = generate_key(args.keyfile)
+        console.print(f"wrote {args.keyfile} (mode 0600); public key {public}", soft_wrap=True)
+        return 0
+    with Ledger.open(args.ledger, create=args.action == "claim") as ledger:
+        return ACTION_RUNNERS[args.action](ledger, args, console)
+
+
+def ledger_errors() -> tuple[type[Exception], ...]:
+    """What the ledger, a run's records and a replay refuse with, one line each (a replay this
+    machine cannot make faithfully is a RunError: ReplayRefused)."""
+    from agent.goal.spec import GoalError
+    from agent.rundir.runs import RunError
+    from ledger.canonical import LedgerError
+    from sandbox.errors import SandboxError
+
+    return LedgerError, RunError, GoalError, SandboxError
+
+
+def _claim(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from agent.rundir.runs import find_run
+    from ledger.keys import load_key
+
+    key = load_key(args.key)
+    claimed = claim_experiment(ledger, key, find_run(args.run, args.runs_dir), args.exp,
+                               stake=args.stake)
+    console.print(claim_line(claimed.entry), soft_wrap=True)
+    return 0
+
+
+def claim_line(entry: Entry) -> str:
+    """A claim entry in one line: what it claims and what it is worth."""
+    body = entry.fields["body"]
+    metric = body["metric"]
+    return (f"entry {entry.fields['seq']} ({entry.hash[:12]}): {body['run']} experiment "
+            f"{body['exp']}, {metric['name']} {metric['before']:.4f} -> {metric['after']:.4f}, "
+            f"{reward_points(metric)} points once verified, stake {body['stake']}")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    entry: Entry
+    new: bool  # False: the ledger already held this claim by this key (nothing was written)
+
+
+def claim_experiment(ledger: Ledger, key: Ed25519PrivateKey, run_dir: Path, exp: int, *,
+                     stake: int | None = None, reuse: bool = False) -> Claimed:
+    """Claim kept experiment `exp` of the run in `run_dir` with its replay facts and bundle
+    (agent.claims.claim), signed by `key`; `stake` None: the ledger's default. With `reuse`, a claim
+    this key already made for that run, experiment and commit is returned instead of refused
+    (a call re-run after its append). RunError or LedgerError (one line) otherwise."""
+    from agent.claims.claim import build_claim
+    from ledger.keys import public_hex
+    from ledger.rules import DEFAULT_STAKE
+
+    claim = build_claim(run_dir, exp, stake=DEFAULT_STAKE if stake is None else stake)
+    if reuse and (held := held_claim(ledger, claim.body, public_hex(key))) is not None:
+        return Claimed(held, new=False)
+    return Claimed(ledger.claim(key, claim.body, claim.artifacts), new=True)
+
+
+def held_claim(ledger: Ledger, body: dict[str, Any], contributor: str) -> Entry | None:
+    """The live claim entry `contributor` made for `body`'s run, experiment and commit, if the
+    ledger holds one (another's claim on that commit is the ledger's to refuse)."""
+    standing = ledger.standing
+    claim_id = standing.by_commit.get(body["commit"])
+    if claim_id is None or standing.claims[claim_id].claimant != contributor:
+        return None
+    entry = ledger.find(standing.claims[claim_id].seq)
+    held = entry.fields["body"]
+    return entry if (held["run"], held["exp"]) == (body["run"], body["exp"]) else None
+
+
+def _show(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    entries = [ledger.find(args.entry)] if args.entry else ledger.entries()
+    if args.json:
+        print(json.dumps([{"entry": e.fields, "signature": e.signature.hex(), "hash": e.hash}
+                          for e in entries], indent=1))
+        return 0
+    size = ledger.standing.size
+    if not args.entry and 0 < args.last < size:
+        entries = entries[-args.last:]
+    shown = f"the last {len(entries)} of {size}" if len(entries) < size else f"{size}"
+    table = Table(title=f"ledger {ledger.location} ({shown} entries)")
+    for column in ("#", "kind", "author", "what", "hash"):
+        table.add_column(column, justify="right" if column == "#" else "left")
+    claims = ledger.standing.claims
+    for entry in entries:
+        fields = entry.fields
+        table.add_row(str(fields["seq"]), fields["kind"], fields["author"][:12],
+                      describe(claims, entry), entry.hash[:12])
+    console.print(table)
+    return 0
+
+
+def describe(claims: dict[str, Any], entry: Any) -> str:
+    """One line of what an entry says; `claims`: the ledger's claim states by id."""
+    fields = entry.fields
+    body = fields["body"]
+    if fields["kind"] == CLAIM:
+        metric = body["metric"]
+        state = claims.get(entry.body_id)
+        return (f"{body['run']} exp {body['exp']} ({body['commit'][:8]}): {metric['name']} "
+                f"{metric['before']:.4f} -> {metric['after']:.4f}, stake {body['stake']}"
+                f"{f', {state.status}' if state else ''}")
+    if fields["kind"] == VERIFICATION:
+        return f"{body['verdict']} verdict on claim {body['claim'][:12]}: {body.get('reason', '')}"
+    return f"slash of claim {body['claim'][:12]}: stake {body['stake']} cut, {body['revoked']} " \
+           "points revoked"
+
+
+def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    balances = ledger.balances()
+    if args.json:
+        print(json.dumps(balances, indent=1))
+        return 0
+    table = Table(title="points per key (verified improvements + verifications - slashed "
+                        "stakes)")
+    table.add_column("public key")
+    table.add_column("points", justify="right")
+    for public, points in sorted(balances.items(), key=lambda kv: -kv[1]):
+        table.add_row(public, str(points))
+    console.print(table)
+    return 0
+
+
+def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from ledger.keys import load_key
+
+    # with --json, stdout is the JSON document alone: the progress goes to stderr
+    progress = Console(stderr=True, highlight=False) if args.json else console
+    replayed = replay_entry(ledger, load_key(args.key), args.entry, unconfined=args.unconfined,
+                            console=progress)
+    verdict, written = replayed.verdict, replayed.written
+    if args.json:
+        print(json.dumps({**verdict.facts(), "verdict": verdict.verdict,
+                          "entries": [e.fields["seq"] for e in written]}, indent=1))
+    else:
+        colour = "green" if verdict.verdict == HONEST else "red"
+        console.print(f"[{colour}]{verdict.verdict}[/]: {verdict.reason}", soft_wrap=True)
+        console.print(f"recorded as entr{'ies' if len(written) > 1 else 'y'} "
+                      f"{', '.join(str(e.fields['seq']) for e in written)}")
+    return 0 if verdict.verdict == HONEST else 1
+
+
+@dataclass(frozen=True)
+class Replayed:
+    claim: Entry
+    verdict: Verdict
+    written: list[Entry]  # the verification entry, and the slash that follows a false verdict
+
+
+def replay_entry(ledger: Ledger, key: Ed25519PrivateKey, ref: str, *, unconfined: bool,
+                 console: Console | None = None) -> Replayed:
+    """Replay the claim `ref` names (number, hash or claim id) in a fresh sandbox, as its
+    verifier `key`, and record the verdict; progress on `console` (None: quiet). Refused before
+    any training (LedgerError, one line): your own claim, a settled one; ReplayRefused when this
+    machine cannot replay it faithfully (nothing is recorded)."""
+    from agent.claims.claim import ARTIFACTS
+    from agent.claims.replay import replay_claim
+    from agent.loop.train_once import STEP_LINE
+    from ledger.keys import public_hex
+    from sandbox.confine import confinement
+
+    entry = ledger.find(ref)
+    ledger.standing.check_verifiable(ledger.claim_state(entry), public_hex(key))  # before work
+    body = entry.fields["body"]
+    confined = confinement(unconfined=unconfined)
+    steps = body["replay"].get("steps")
+    if console is not None:
+        console.print(f"replaying entry {entry.fields['seq']}: {body['run']} experiment "
+                      f"{body['exp']} ({steps} steps, seed {body['replay']['seed']}, "
+                      f"{body['replay'].get('threads')} threads)", soft_wrap=True)
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=console is None) as progress:
+        task = progress.add_task("preparing the sandbox", total=steps or None, status="")
+
+        def on_line(line: str) -> None:
+            if match := STEP_LINE.match(line):
+                progress.update(task, description="training", completed=int(match[1]),
+                                status=f"loss {match[2]}")
+            elif line.startswith("METRIC "):
+                progress.update(task, description="scoring", status="")
+
+        artifacts = {name: ledger.artifact(body[name])
+                     for name in ARTIFACTS if name in body}
+        verdict = replay_claim(body, artifacts, confined, on_line=on_line)
+    return Replayed(entry, verdict, ledger.verify(key, entry, verdict.verdict, verdict.facts()))
+
+
+def _audit(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    report = ledger.audit()
+    if args.json:
+        print(json.dumps({"ok": report.ok, "entries": report.entries,
+                          "tree_heads": report.tree_heads, "root": report.root,
+                          "seconds": round(report.seconds, 3), "problem": report.problem}))
+    elif report.ok:
+        console.print(f"[green]ok[/]: {report.entries} entries and {report.tree_heads} signed "
+                      f"tree heads check out (root {report.root[:16]}…, {report.seconds:.2f} s)")
+    else:
+        console.print(f"[red]bad[/]: {report.problem}", soft_wrap=True)
+    return 0 if report.ok else 1
+
+
+def _prove(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    proof = ledger.prove(args.entry)
+    document: dict[str, Any] = {"inclusion": proof.as_json(), "verified": proof.check()}
+    if args.old_size is not None:
+        document["consistency"] = ledger.consistency(args.old_size)
+        document["verified"] &= document["consistency"]["verified"]
+    print(json.dumps(document, indent=1))
+    return 0 if document["verified"] else 1
+
+
+ACTION_RUNNERS = {"claim": _claim, "show": _show, "balance": _balance, "verify": _verify,
+                  "audit": _audit, "prove": _prove}

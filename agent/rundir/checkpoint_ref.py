@@ -1,0 +1,41 @@
+"""Which checkpoint a command means: `RUN` (its best), `RUN:EXP`, or a checkpoint directory.
+
+`RUN` is the experiment tagged magnet/best; its checkpoint is the one its first run saved in
+`outputs/exp-NNN/` (a repeat run's, `exp-NNN-run2/`, when only that one exists: the second
+baseline is measured as a repeat).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.review.run import ReviewError, parse_exp
+from agent.rundir.runs import RunError, find_run
+from sandbox.reader import RunReader
+from sandbox.workspace import MAX_REPEATS
+
+
+def resolve_checkpoint(ref: str, runs_dir: str | Path | None = None) -> Path:
+    """The checkpoint directory `ref` names; RunError (one line) when there is none."""
+    if Path(ref).is_dir() and not (Path(ref) / "run.json").is_file():
+        return Path(ref)
+    run, sep, exp_text = ref.rpartition(":") if ":" in ref else (ref, "", "")
+    run_dir = find_run(run, runs_dir)
+    reader = RunReader(run_dir)
+    if sep:
+        try:
+            exp = parse_exp(exp_text)
+        except ReviewError as err:
+            raise RunError(f"{ref}: {err}") from None
+    else:
+        best = reader.best()
+        if best is None or best["exp"] is None:
+            raise RunError(f"{run_dir.name} has no best experiment yet; name one as "
+                           f"{run_dir.name}:EXP")
+        exp = best["exp"]
+    for repeat in range(MAX_REPEATS):
+        if (out := reader.output_dir(exp, repeat)).is_dir():
+            return out
+    raise RunError(f"experiment {exp:03d} of {run_dir.name} left no checkpoint (no "
+                   f"{reader.output_dir(exp).relative_to(run_dir)}/); it may have failed "
+                   "before saving: pick another with RUN:EXP")

@@ -1,0 +1,79 @@
+"""The checkpoint a goal's runs start from (`init:`, `train --init`): found, checked, copied.
+
+The run keeps its own copy in `runs/<id>/init/`, so its experiments start from the same bytes
+however the base's run goes on (or is deleted), and `resume` needs nothing outside the run.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+from agent.rundir.checkpoint_ref import resolve_checkpoint
+from agent.rundir.runs import RunError
+
+INIT_DIR = "init"
+ENV_NAME = "MAGNET_INIT_CHECKPOINT"
+
+
+def find_init(ref: str, runs_dir: str | Path | None = None) -> Path:
+    """The checkpoint directory `ref` names, checked to load; RunError (one line) otherwise."""
+    from bitnet.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        path = resolve_checkpoint(ref, runs_dir).resolve()
+    except RunError as err:
+        raise RunError(f"init: {err}") from None
+    try:
+        load_checkpoint(path)
+    except CheckpointError as err:
+        raise RunError(f"init: {ref}: {err}") from None
+    return path
+
+
+def copy_init(checkpoint: Path, run_dir: Path) -> Path:
+    """Copy the checkpoint's files into the run (atomically: a stop never leaves half a copy)."""
+    target, partial = run_dir / INIT_DIR, run_dir / f"{INIT_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns("*.tmp", "metrics.json"))
+    partial.rename(target)
+    return target
+
+
+def init_dir(run_dir: Path) -> Path:
+    return run_dir / INIT_DIR
+
+
+def pack_init(run_dir: Path) -> bytes:
+    """The run's copy of its base checkpoint as one tar archive that depends on the files'
+    names and bytes only (sorted, no times or owners), so it travels with a claim by sha256."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(init_dir(run_dir).iterdir()):
+            if not path.is_file():
+                continue
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    return buffer.getvalue()
+
+
+def unpack_init(archive: bytes, run_dir: Path) -> Path:
+    """`pack_init`'s archive as the run's `init/`; ValueError (one line) when it holds anything
+    but plain files by plain names: a claim's archive is untrusted input."""
+    target = init_dir(run_dir)
+    target.mkdir(parents=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or Path(member.name).name != member.name or \
+                        member.name in ("", ".", ".."):
+                    raise ValueError(f"its base checkpoint holds {member.name!r}, not a plain "
+                                     "file")
+                tar.extract(member, target, filter="data")
+    except tarfile.TarError as err:
+        raise ValueError(f"its base checkpoint is not a tar archive ({err})") from None
+    return target

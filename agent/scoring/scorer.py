@@ -1,0 +1,201 @@
+"""The score of a run, from where the experiment cannot forge it.
+
+An experiment's own METRIC lines are claims. What counts:
+  - `evaluator`: a template's fixed evaluator (bitnet-lm: bitnet.score re-computes val_bpb from
+    the saved checkpoint on the fixed validation bytes, the model code confined, with a check
+    that it does not look ahead). A METRIC line that disagrees makes the run `invalid_metric`.
+  - `evaluate_command`: the goal's `evaluate:` command, run after training with nothing
+    writable; its METRIC lines are the score.
+  - `self_reported`: neither exists (a repository without `evaluate:`): the METRIC lines count,
+    and the report says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from agent.goal.spec import Goal, GoalError
+from agent.rundir.experiment_record import run_summary
+from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
+from agent.rundir.init_checkpoint import init_dir
+from agent.scoring.private_paths import private_paths
+from agent.scoring.replay_facts import replay_facts
+from sandbox.confine import Confinement
+from sandbox.env import free_cpus, run_environ
+from sandbox.metrics import is_finite
+from sandbox.workspace import Workspace
+
+EVALUATOR, EVALUATE_COMMAND, SELF_REPORTED = "evaluator", "evaluate_command", "self_reported"
+DESCRIPTIONS = {
+    EVALUATOR: "the template's fixed evaluator, re-computed from the saved checkpoint",
+    EVALUATE_COMMAND: "the goal's `evaluate:` command, run with nothing writable",
+    SELF_REPORTED: "the experiment's own METRIC lines (no evaluator: add `evaluate:`)",
+}
+INVALID_METRIC = "invalid_metric"
+TEMPLATE_EVALUATORS = {"bitnet-lm": "val_bpb"}  # templates with a fixed evaluator: its metric
+DEFAULT_CORPUS = "pycode"
+# The printed val_bpb and the evaluator's come from the same model on the same windows; they
+# differ only by float summation order, far below this.
+AGREEMENT = 1e-3  # relative
+# windows the evaluator checks for look-ahead: a model peeking at a fraction f of positions
+# escapes with probability (1 - f) ** n; each window costs one forward pass
+CAUSAL_WINDOWS = 32
+
+
+def scored_by(goal: Goal) -> str:
+    """How this goal's runs are scored (one of the three above)."""
+    if goal.spec.evaluate:
+        return EVALUATE_COMMAND
+    if goal.spec.template in TEMPLATE_EVALUATORS:
+        return EVALUATOR
+    return SELF_REPORTED
+
+
+def corpus_of(goal: Goal) -> str | None:
+    """The corpus a template goal trains and is scored on (None for a repository)."""
+    return goal.spec.corpus or DEFAULT_CORPUS if goal.spec.template is not None else None
+
+
+def run_env(goal: Goal, run_dir: Path) -> dict[str, str]:
+    """Settings the goal gives every run of its command (and its evaluation): its corpus, and
+    the run's copy of the checkpoint it starts from."""
+    corpus = corpus_of(goal)
+    env = {"MAGNET_CORPUS": corpus} if corpus else {}
+    if goal.spec.init is not None:
+        env[INIT_ENV] = str(init_dir(run_dir))
+    return env
+
+
+class Scorer:
+    """Turns a run summary (agent.rundir.experiment_record.run_summary) into a scored one."""
+
+    def __init__(self, goal: Goal, ws: Workspace, confinement: Confinement) -> None:
+        """`confinement`: sandbox.confine.confinement() (bubblewrap, or the explicit opt-out)."""
+        self.goal = goal
+        self.ws = ws
+        self.kind = scored_by(goal)
+        self.metric = goal.spec.metric.name
+        fixed = TEMPLATE_EVALUATORS.get(goal.spec.template or "")
+        if self.kind == EVALUATOR and self.metric != fixed:
+            raise GoalError(f"{goal.path}: template {goal.spec.template} is scored by its "
+                            f"evaluator as {fixed}; set `metric: {{name: {fixed}}}` or give "
+                            "`evaluate:` a command that prints your metric")
+        # runs read the corpus and its cache, never write them; the evaluator's model code gets
+        # the validation bytes only through its pipe, so it does not see them at all
+        starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
+        confinement = confinement.with_paths(hidden=private_paths())  # keys, credentials
+        self.confinement = confinement.with_paths(
+            readable=[*_corpus_paths(corpus_of(goal)), *starts_from])
+        self.evaluator_confinement = confinement.with_paths(hidden=_corpus_paths(corpus_of(goal)))
+
+    def prepare(self) -> None:
+        """Build what the runs read but may not write (the corpus cache), before the first."""
+        if corpus_of(self.goal) is not None:
+            _ = self.validation
+
+    def run(self, *, seed: int, repeat: int, on_line: Callable[[str], None] | None = None,
+            mem_limit: int | None = None, replay: Mapping[str, Any] | None = None,
+            schedule: Path | None = None, time_budget: float | None = None) -> dict[str, Any]:
+        """One confined run of the goal's command on the experiment in flight, scored: the
+        run summary (agent.rundir.experiment_record.run_summary) the loop and `train` record, with
+        the facts a replay needs (`replay`). Given `replay` (those facts of an earlier run), it
+        re-runs that run: its steps, threads and schedule (`schedule`: the file it recorded)."""
+        spec = self.goal.spec
+        budget = time_budget or spec.budget.per_experiment
+        env = run_env(self.goal, self.ws.run_dir)
+        steps, threads = None, free_cpus()  # decided here, so the facts can say how many
+        if replay is not None:
+            steps, threads = replay.get("steps"), replay.get("threads") or threads
+            if schedule is not None:
+                env["MAGNET_SCHEDULE"] = str(schedule)
+        result = self.ws.run(
+            spec.command, time_budget=budget, seed=seed, steps=steps, threads=threads,
+            grace=spec.budget.grace, mem_limit=mem_limit, metric=self.metric, on_line=on_line,
+            repeat=repeat, confinement=self.confinement, env=env,
+            passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
+        scored = self.score(run_summary(result, seed), repeat)
+        out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
+        scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
+                                        out_dir=out_dir,
+                                        corpus=self.corpus if corpus_of(self.goal) else None)
+        return scored
+
+    @cached_property
+    def corpus(self) -> Any:
+        """The template's corpus (bitnet.data.Corpus): its validation bytes and fingerprint."""
+        from bitnet.data import load_corpus
+
+        return load_corpus(corpus_of(self.goal) or DEFAULT_CORPUS)
+
+    @property
+    def validation(self) -> Any:
+        return self.corpus.val
+
+    def score(self, run: Mapping[str, Any], repeat: int) -> dict[str, Any]:
+        """`run` with `scored_by`, the metric the scorer measured, and the status
+        `invalid_metric` when the printed metric disagrees or cannot be checked."""
+        scored = {**run, "scored_by": self.kind}
+        if run["status"] != "ok" or self.kind == SELF_REPORTED:
+            return scored
+        reported = run["metrics"].get(self.metric)
+        if self.kind == EVALUATE_COMMAND:
+            measured, why = self._evaluate_command(repeat)
+        else:
+            measured, why = self._evaluator(repeat)
+        if measured is None:
+            return {**scored, "status": INVALID_METRIC, "reason": why}
+        scored["metrics"] = {**run["metrics"], self.metric: measured}
+        scored["reported"] = reported
+        if self.kind == EVALUATOR and not _agrees(reported, measured):
+            return {**scored, "status": INVALID_METRIC, "reason": (
+                f"it printed {self.metric}={reported} but the evaluator measured {measured:.6f} "
+                "on its saved checkpoint; report what the checkpoint scores")}
+        return scored
+
+    def _evaluate_command(self, repeat: int) -> tuple[float | None, str]:
+        spec = self.goal.spec
+        assert spec.evaluate is not None
+        result = self.ws.evaluate(spec.evaluate, repeat=repeat, timeout=spec.budget.grace,
+                                  confinement=self.confinement,
+                                  env=run_env(self.goal, self.ws.run_dir), passed_env=spec.env)
+        value = result.metrics.get(self.metric)
+        if result.status not in ("ok", "no_metric") or not is_finite(value):
+            why = result.reason or f"printed no finite METRIC {self.metric}"
+            return None, f"the evaluate command failed: {why}; see {result.log_path}"
+        return float(value), ""  # type: ignore[arg-type]
+
+    def _evaluator(self, repeat: int) -> tuple[float | None, str]:
+        from bitnet import logits_server
+        from bitnet.score import ScoreError, score_checkpoint
+
+        out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
+        server = logits_server.command(out_dir, self.ws.path)
+        confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
+        env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
+                          passed=self.goal.spec.env)
+        try:
+            score = score_checkpoint(self.validation, out_dir, confined.wrap(server, env),
+                                     timeout=self.goal.spec.budget.grace,
+                                     causal_windows=CAUSAL_WINDOWS)
+        except ScoreError as err:
+            return None, f"the evaluator could not score the checkpoint: {err}"
+        return score.val_bpb, ""
+
+
+def _corpus_paths(corpus: str | None) -> list[Path]:
+    """What a template's runs read of a corpus: the cache, and a text corpus's own files."""
+    if corpus is None:
+        return []
+    from bitnet.data import default_cache_dir
+
+    text = [Path(corpus.removeprefix("text:")).expanduser()] if corpus.startswith("text:") else []
+    return [default_cache_dir(), *text]
+
+
+def _agrees(reported: object, measured: float) -> bool:
+    if not is_finite(reported):
+        return False
+    return abs(float(reported) - measured) <= AGREEMENT * max(1.0, abs(measured))  # type: ignore[arg-type]
