@@ -23,7 +23,8 @@ from typing import Any
 from agent.claims.claim import BUNDLE, GOAL_FILE, INIT, SCHEDULE
 from agent.goal.spec import Goal, GoalError, load_goal
 from agent.rundir.init_checkpoint import unpack_init
-from agent.rundir.runs import GOAL_COPY, RunError
+from agent.rundir.names import GOAL_COPY
+from agent.rundir.runs import RunError
 from agent.scoring.replay_facts import SCHEDULE_FILE, torch_version
 from agent.scoring.scorer import Scorer, corpus_of
 from ledger.rules import FALSE, HONEST

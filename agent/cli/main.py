@@ -7,10 +7,12 @@ import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-# argparse and rich only: torch is imported when a command runs
 from agent.cli import diloco as diloco_command
 from agent.cli import generate_data as generate_data_command
 from agent.cli import ledger as ledger_command
+
+# argparse and rich only: torch is imported when a command runs
+from agent.rundir.names import PROGRESS_PLOT
 
 
 def _version() -> str:
@@ -309,7 +311,7 @@ def review(args: argparse.Namespace) -> int:
                 console.print(rv.show_experiment(run, exp))
         else:
             path = rv.regenerate_report(run)
-            console.print(f"wrote {path} and {run.path / 'progress.png'}", markup=False,
+            console.print(f"wrote {path} and {run.path / PROGRESS_PLOT}", markup=False,
                           soft_wrap=True)
         return 0
     except rv.ReviewError as err:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.goal.knob_values import top_level_assignments
-from agent.rundir.runs import GOAL_COPY, RUN_FILE
+from agent.rundir.names import GOAL_COPY, RUN_FILE
 from sandbox.errors import EditError, TemplateError
 from sandbox.knobs import KnobSpec, parse_knobs
 from sandbox.templates import template_dir

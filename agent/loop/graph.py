@@ -12,8 +12,8 @@ from langgraph.graph import END, START, StateGraph
 
 from agent.loop.nodes import BASELINE, Nodes
 from agent.loop.state import RunState
+from agent.rundir.names import CHECKPOINTS
 
-CHECKPOINTS = "checkpoints.sqlite"
 SIDE_FILES = ("", "-wal", "-shm")  # the database and SQLite's write-ahead log beside it
 
 

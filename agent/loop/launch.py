@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from agent.goal.spec import Goal, GoalError, load_goal, load_run_goal
-from agent.loop.graph import CHECKPOINTS, build_graph, check_checkpoints, checkpointer, set_aside
+from agent.loop.graph import build_graph, check_checkpoints, checkpointer, set_aside
 from agent.loop.nodes import Nodes, Runtime
 from agent.loop.state import RunState, initial_state, rebuilt_state
 from agent.loop.view import RunView
@@ -19,8 +19,9 @@ from agent.planners import make_planner, resolve_planner_name
 from agent.planners.base import ExperimentSummary
 from agent.rundir.control import read_status
 from agent.rundir.init_checkpoint import copy_init, find_init
+from agent.rundir.names import CHECKPOINTS, GOAL_COPY, RUN_FILE
 from agent.rundir.records import RunRecords
-from agent.rundir.runs import GOAL_COPY, RUN_FILE, RunError, find_run, new_run_id, runs_root
+from agent.rundir.runs import RunError, find_run, new_run_id, runs_root
 from agent.scoring.scorer import Scorer
 from sandbox.confine import confinement
 from sandbox.metrics import is_finite

@@ -47,6 +47,7 @@ from agent.planners.base import (
     ToolRequest,
 )
 from agent.rundir import control, experiment_record, ranking
+from agent.rundir.names import REPORT_FILE
 from agent.rundir.records import RunRecords
 from agent.rundir.tool_records import PLANNER, STEP, ToolCallRecord, ToolRecords
 from agent.scoring.scorer import Scorer
@@ -432,7 +433,7 @@ class Nodes:
         state = {**state, "stop_reason": reason}
         self._status(state, "finished", failed=failed)
         write_report(self.rt.run_dir, self.rt.goal, records, stop_reason=reason)
-        self.rt.view.message(f"finished: {reason}; report at {self.rt.run_dir / 'report.md'}")
+        self.rt.view.message(f"finished: {reason}; report at {self.rt.run_dir / REPORT_FILE}")
         return {"stop_reason": reason, "wall_seconds": self.rt.wall_used()}
 
     # --- helpers ------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ from rich.table import Table
 from agent.goal.spec import Budget, Goal, load_goal
 from agent.rundir import control, experiment_record, ranking
 from agent.rundir.init_checkpoint import copy_init, find_init
+from agent.rundir.names import GOAL_COPY, RUN_FILE
 from agent.rundir.records import RunRecords
-from agent.rundir.runs import GOAL_COPY, RUN_FILE, RunError, new_run_id, runs_root
+from agent.rundir.runs import RunError, new_run_id, runs_root
 from agent.scoring.scorer import Scorer
 from sandbox.confine import confinement
 from sandbox.metrics import parse_metric_line

@@ -49,7 +49,8 @@ from agent.review.run import (
     write_progress_png,
 )
 from agent.rundir import control, ranking
-from agent.rundir.runs import GOAL_COPY, RUN_FILE, find_run, runs_root
+from agent.rundir.names import GOAL_COPY, RUN_FILE
+from agent.rundir.runs import find_run, runs_root
 from agent.text import text_problem
 from sandbox.errors import GitError
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.goal.spec import Goal
 from agent.rundir import ranking
+from agent.rundir.names import PROGRESS_PLOT, REPORT_FILE
 from agent.rundir.tool_records import ToolCallRecord, ToolRecords
 from sandbox.confine import UNCONFINED
 from sandbox.layout import EXP_REFS, GIT_DIR
@@ -59,7 +60,7 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
                  stop_reason: str | None = None) -> Path:
     spec = goal.spec
     metric, direction = spec.metric.name, spec.metric.goal
-    write_plot(run_dir / "progress.png", records, metric, direction)
+    write_plot(run_dir / PROGRESS_PLOT, records, metric, direction)
     line = ranking.best_so_far(records, direction)
     experiments = ranking.experiments(records)
     counts: dict[str, int] = {}
@@ -76,7 +77,7 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
         f"{len(experiments)} experiments: "
         + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none")
         + f"; {confirmed} re-run with another seed to confirm; {tokens:,} LLM tokens.", "",
-        "![progress](progress.png)", "",
+        f"![progress]({PROGRESS_PLOT})", "",
         f"| exp | status | {metric} | best so far | +/- lines | hypothesis | decision |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -90,7 +91,7 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
     lines += _tools(ToolRecords(run_dir).read())
     lines += ["", "Review with git (every experiment, kept or not): "
               f"`git -C {GIT_DIR} log --notes=magnet --glob={EXP_REFS}`.", ""]
-    path = run_dir / "report.md"
+    path = run_dir / REPORT_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)

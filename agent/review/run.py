@@ -20,8 +20,9 @@ from rich.text import Text
 
 from agent.review.listing import Listing
 from agent.rundir import control, ranking
+from agent.rundir.names import GOAL_COPY, PROGRESS_PLOT
 from agent.rundir.records import RunRecords
-from agent.rundir.runs import GOAL_COPY, RunError, list_runs, runs_root
+from agent.rundir.runs import RunError, list_runs, runs_root
 from agent.rundir.tool_records import PLANNER, ToolCallRecord, ToolRecords
 from sandbox.errors import WorkspaceError
 from sandbox.reader import RunReader
@@ -475,7 +476,7 @@ def text_plot(records: list[dict[str, Any]], metric: str, goal: str,
 def write_progress_png(run: Run, records: list[dict[str, Any]]) -> Path:
     from agent.review.report import write_plot
 
-    path = run.path / "progress.png"
+    path = run.path / PROGRESS_PLOT
     write_plot(path, records, run.metric, run.goal)
     return path
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.review.run import ReviewError, parse_exp
+from agent.rundir.names import RUN_FILE
 from agent.rundir.runs import RunError, find_run
 from sandbox.reader import RunReader
 from sandbox.workspace import MAX_REPEATS
@@ -17,7 +18,7 @@ from sandbox.workspace import MAX_REPEATS
 
 def resolve_checkpoint(ref: str, runs_dir: str | Path | None = None) -> Path:
     """The checkpoint directory `ref` names; RunError (one line) when there is none."""
-    if Path(ref).is_dir() and not (Path(ref) / "run.json").is_file():
+    if Path(ref).is_dir() and not (Path(ref) / RUN_FILE).is_file():
         return Path(ref)
     run, sep, exp_text = ref.rpartition(":") if ":" in ref else (ref, "", "")
     run_dir = find_run(run, runs_dir)

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal.spec import MAX_EXPERIMENTS, MAX_SECONDS
+from agent.rundir.names import APPROVAL_FILE, CONTROL_FILE, STATUS_FILE
 from agent.text import text_problem
 
 STOPPED_BY_A_PERSON = "stopped by a person"  # the stop reason a `stop` command leads to
-CONTROL_FILE = "control.jsonl"
-APPROVAL_FILE = "approval.json"
 COMMANDS = ("hint", "pause", "resume", "stop", "budget", "approve", "answer")
 BUDGET_LIMITS = {"experiments": MAX_EXPERIMENTS, "wall": MAX_SECONDS}  # wall in seconds
 
@@ -130,7 +129,6 @@ def clear_approval(run_dir: Path) -> None:
     (run_dir / APPROVAL_FILE).unlink(missing_ok=True)
 
 
-STATUS_FILE = "status.json"
 
 
 def write_status(run_dir: Path, status: dict[str, Any]) -> None:

@@ -12,9 +12,9 @@ import tarfile
 from pathlib import Path
 
 from agent.rundir.checkpoint_ref import resolve_checkpoint
+from agent.rundir.names import INIT_DIR
 from agent.rundir.runs import RunError
 
-INIT_DIR = "init"
 ENV_NAME = "MAGNET_INIT_CHECKPOINT"
 
 

@@ -74,6 +74,16 @@ def best_record(records: Sequence[Record], goal: str) -> Record | None:
     return next(r for r in records if r.get("status") == KEEP and r.get("metric") == value)
 
 
+def standing_record(records: Sequence[Record], goal: str) -> Record | None:
+    """The experiment a run stands for (`RUN` in export, generate, merge; tag magnet/best): its
+    best kept experiment, or its first baseline run when nothing was kept (None before one)."""
+    top = best_record(records, goal)
+    if top is not None:
+        return top
+    return next((r for r in records if r.get("status") == BASELINE
+                 and is_finite(r.get("metric"))), None)
+
+
 def reference(records: Sequence[Record], goal: str) -> tuple[float | None, int]:
     """(metric, runs behind it) that a candidate must beat: the best kept experiment, else the
     baseline mean."""

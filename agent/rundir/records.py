@@ -12,13 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agent.rundir.names import EXPERIMENTS_FILE, RESULTS_FILE
+
 TSV_HEADER = "exp\tcommit\tmetric\tstatus\tdescription\n"
 
 
 class RunRecords:
     def __init__(self, run_dir: Path) -> None:
-        self.jsonl = run_dir / "experiments.jsonl"
-        self.tsv = run_dir / "results.tsv"
+        self.jsonl = run_dir / EXPERIMENTS_FILE
+        self.tsv = run_dir / RESULTS_FILE
         # the loop reads the records at every node and while paused: parse only when they grew
         self._parsed: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
 

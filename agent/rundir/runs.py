@@ -8,8 +8,8 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-RUN_FILE = "run.json"  # the options a run was started with, so resume needs none
-GOAL_COPY = "goal.md"
+from agent.rundir.names import RUN_FILE
+
 RUN_ID = re.compile(r"(.+)-\d{8}-\d{6}")  # NAME-YYYYmmdd-HHMMSS
 
 

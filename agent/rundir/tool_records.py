@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.rundir.names import TOOLS_FILE
 from agent.rundir.records import append_line, strict_json
 
-TOOLS_FILE = "tools.jsonl"
 PLANNER, STEP = "planner", "step"  # who asked for a call
 
 

@@ -22,7 +22,8 @@ import pytest
 from goal_repo import MODES_TRAIN, make_goal, sr, wait_for
 from openai_server import ScriptedServer, calls, proposal, text
 
-from agent.rundir.tool_records import TOOLS_FILE, ToolRecords
+from agent.rundir.names import TOOLS_FILE
+from agent.rundir.tool_records import ToolRecords
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")
