@@ -1,1 +1,2 @@
-"""TODO"""
+"""Ledger claims of kept improvements: what a claim carries (claim) and the verifier's replay
+of it (replay)."""

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.goal.spec import load_run_goal
 from agent.rundir import ranking
 from agent.rundir.init_checkpoint import pack_init
 from agent.rundir.names import GOAL_COPY
 from agent.rundir.records import RunRecords
-from agent.rundir.runs import RunError
+from agent.rundir.runs import RunError, load_run_goal
 from agent.scoring.replay_facts import SCHEDULE_FILE
 from ledger.canonical import sha256_hex
 from sandbox.gitcli import Git, GitError

@@ -5,7 +5,6 @@ Every mistake becomes one `GoalError` line that names the key and the fix, befor
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +13,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.goal.knob_values import top_level_assignments
-from agent.rundir.names import GOAL_COPY, RUN_FILE
 from sandbox.errors import EditError, TemplateError
 from sandbox.knobs import KnobSpec, parse_knobs
 from sandbox.templates import template_dir
@@ -250,13 +248,6 @@ def load_goal(path: str | Path, base_dir: Path | None = None, *,
     _check_knobs_exist(path, source_dir, spec.editable, knobs)
     spec = _with_key_path(spec, base_dir or path.parent)
     return Goal(spec=spec, brief=brief.strip(), path=path, source_dir=source_dir, knobs=knobs)
-
-
-def load_run_goal(run_dir: Path) -> Goal:
-    """The goal a run was started with: its copy, with a relative `workspace:` or `ledger.key`
-    read from the original goal file's folder, as the run itself reads them."""
-    options = json.loads((run_dir / RUN_FILE).read_text())
-    return load_goal(run_dir / GOAL_COPY, base_dir=Path(options["goal_path"]).parent)
 
 
 def split_front_matter(path: Path, text: str) -> tuple[dict, str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from agent.goal.spec import Goal, GoalError, load_goal, load_run_goal
+from agent.goal.spec import Goal, GoalError, load_goal
 from agent.loop.graph import build_graph, check_checkpoints, checkpointer, set_aside
 from agent.loop.nodes import Nodes, Runtime
 from agent.loop.state import RunState, initial_state, rebuilt_state
@@ -21,7 +21,7 @@ from agent.rundir.control import read_status
 from agent.rundir.init_checkpoint import copy_init, find_init
 from agent.rundir.names import CHECKPOINTS, GOAL_COPY, RUN_FILE
 from agent.rundir.records import RunRecords
-from agent.rundir.runs import RunError, find_run, new_run_id, runs_root
+from agent.rundir.runs import RunError, find_run, load_run_goal, new_run_id, runs_root
 from agent.scoring.scorer import Scorer
 from sandbox.confine import confinement
 from sandbox.metrics import is_finite

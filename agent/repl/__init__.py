@@ -1,1 +1,1 @@
-"""TODO"""
+"""`magnet-agent repl`: steering and reviewing a live run through its directory."""

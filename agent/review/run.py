@@ -483,7 +483,8 @@ def write_progress_png(run: Run, records: list[dict[str, Any]]) -> Path:
 
 def regenerate_report(run: Run) -> Path:
     """Rewrite report.md and progress.png from the records, keeping the recorded stop reason."""
-    from agent.goal.spec import GoalError, load_run_goal
+    from agent.goal.spec import GoalError
+    from agent.rundir.runs import load_run_goal
 
     try:
         goal = load_run_goal(run.path)

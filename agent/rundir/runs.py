@@ -3,12 +3,14 @@ REPL start fast."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import datetime
 from pathlib import Path
 
-from agent.rundir.names import RUN_FILE
+from agent.goal.spec import Goal, load_goal
+from agent.rundir.names import GOAL_COPY, RUN_FILE
 
 RUN_ID = re.compile(r"(.+)-\d{8}-\d{6}")  # NAME-YYYYmmdd-HHMMSS
 
@@ -55,3 +57,10 @@ def find_run(run: str | None, runs_dir: str | Path | None = None) -> Path:
     known = [p.name for p in list_runs(runs_dir)]
     hint = f"; runs here: {', '.join(known[-5:])}" if known else ""
     raise RunError(f"no run {run!r} under {runs_root(runs_dir)}{hint}")
+
+
+def load_run_goal(run_dir: Path) -> Goal:
+    """The goal a run was started with: its copy, with a relative `workspace:` or `ledger.key`
+    read from the original goal file's folder, as the run itself reads them."""
+    options = json.loads((run_dir / RUN_FILE).read_text())
+    return load_goal(run_dir / GOAL_COPY, base_dir=Path(options["goal_path"]).parent)

@@ -25,10 +25,11 @@ from openai_server import ScriptedServer, calls, proposal
 from test_ledger_replay import kept_run, ledger_cli  # noqa: F401 - a fixture
 from test_specialist import corpus
 
-from agent.goal.spec import Goal, LedgerSettings, MergeSettings, load_run_goal
+from agent.goal.spec import Goal, LedgerSettings, MergeSettings
 from agent.loop.launch import start_run
 from agent.loop.train_once import train
 from agent.merging.merge_run import OUTPUTS
+from agent.rundir.runs import load_run_goal
 from agent.rundir.tool_records import STEP, ToolRecords
 from agent.tools.base import ToolContext, ToolError
 from agent.tools.ledger_tools import (
