@@ -1,43 +1,55 @@
 """The `openai` planner: any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp).
 
 One proposal = one chat request (plus at most one repair round when the reply is not a valid
-ProposalReply). Structured output is negotiated once per run and remembered: `response_format`
-json_schema, then json_object with the schema (llama.cpp's extension), then plain json_object,
-then JSON in text. A refusal is recognised by what the error says about the response format,
-whatever its status (llama-cpp-python answers 500), and is never retried as transient.
+ProposalReply, read by agent.planners.openai_reply). Structured output is negotiated once per run
+and remembered (agent.planners.openai_output): `response_format` json_schema, then json_object
+with the schema (llama.cpp's extension), then plain json_object, then JSON in text.
 429 / 5xx / timeouts / connection errors are retried here with exponential backoff (the SDK's
 own retries are off, so the attempts and the time they take are counted in one place); what
 survives the retries, and any other HTTP error, is PlannerUnavailable naming the endpoint, the
-status and the server's message.
+status and the server's message (agent.planners.openai_endpoint). Without a model name the
+planner takes the one model the endpoint lists, and says so.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import openai
-from pydantic import ValidationError
 
 from agent.planners.base import (
     PlanContext,
     PlannerError,
     PlannerUnavailable,
     Proposal,
-    ProposalReply,
-    ToolCall,
     ToolCallsReply,
     ToolRequest,
     Usage,
 )
+from agent.planners.openai_endpoint import (
+    backoff,
+    endpoint_fix,
+    env_seconds,
+    error_line,
+    retryable,
+    served_model,
+    server_message,
+)
+from agent.planners.openai_output import (
+    MODE_NAMES,
+    REFUSAL,
+    TOOLS_REFUSAL,
+    OutputMode,
+    next_mode,
+    response_format,
+)
+from agent.planners.openai_reply import Reply, ReplyError, parse_reply, read_reply, tool_call
 from agent.planners.prompt import (
     DEFAULT_TOKEN_BUDGET,
     Message,
@@ -47,6 +59,9 @@ from agent.planners.prompt import (
     reflect_messages,
     repair_prompt,
 )
+
+# the names other modules import from here
+__all__ = ["OpenAIPlanner", "endpoint_fix", "env_seconds", "error_line", "parse_reply", "price"]
 
 log = logging.getLogger(__name__)
 
@@ -64,99 +79,11 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
     "gpt-5-mini": (0.25, 2.00),
     "gpt-5-nano": (0.05, 0.40),
 }
-RETRY_STATUS = {408, 409, 429}  # plus every 5xx, as the SDK itself would retry
 DIAGNOSIS_CHARS = 600
-
-OutputMode = Literal["json_schema", "json_object_schema", "json_object", "text"]
-# best first; a refused mode is never asked for again in the run
-OUTPUT_MODES: tuple[OutputMode, ...] = ("json_schema", "json_object_schema", "json_object", "text")
-MODE_NAMES = {"json_schema": "json_schema", "json_object_schema": "json_object with the schema",
-              "json_object": "json_object", "text": "JSON in plain text"}
-# what servers say when they do not take a response_format: "Input should be 'text' or
-# 'json_object'" (llama-cpp-python, HTTP 500), "'response_format' of type 'json_schema' is not
-# supported" (OpenAI, 400), "Unrecognized request argument supplied: schema"...
-REFUSAL = re.compile(r"response[_ ]?format|json_schema|json_object|\bschema\b|structured output",
-                     re.IGNORECASE)
-
-
-# what servers say when they do not take `tools`: "tools param requires --jinja flag"
-# (llama.cpp), "Unrecognized request argument supplied: tools", "does not support tools"
-TOOLS_REFUSAL = re.compile(r"\btools?\b|tool_choice|function[_ ]?call", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class _Reply:
-    text: str
-    calls: list[ToolCall]
 
 
 class _ToolsRefused(Exception):
     """The server refused `tools`: the planner asks again with the tools in the prompt."""
-
-
-def _tool_call(call: Any) -> ToolCall:
-    """A function call of the reply; arguments that are not a JSON object are a ReplyError."""
-    try:
-        arguments = json.loads(call.function.arguments or "{}")
-    except ValueError:
-        raise ReplyError(f"the arguments of tool call {call.function.name} are not valid JSON; "
-                         "send a JSON object") from None
-    if not isinstance(arguments, dict):
-        raise ReplyError(f"the arguments of tool call {call.function.name} must be a JSON "
-                         "object")
-    return ToolCall(id=call.id or "", name=call.function.name, arguments=arguments)
-
-
-class ReplyError(ValueError):
-    """A reply that is not a valid proposal; str() is one line, sent back in the repair round."""
-
-
-def parse_reply(text: str) -> ProposalReply:
-    """The first JSON object in `text` (prose and ``` fences around it are fine), validated."""
-    data = extract_json_object(text)
-    try:
-        return ProposalReply.model_validate(data)
-    except ValidationError as err:
-        problems = [_problem(error, data) for error in err.errors()]
-        shown = "; ".join(dict.fromkeys(p for p in problems if p))  # unique, in order
-        raise ReplyError(f"the JSON does not match the schema: {shown}") from None
-
-
-EDIT_KINDS = {"SearchReplaceEdit", "KnobEdit"}
-
-
-def _problem(error: Any, data: dict[str, Any]) -> str | None:
-    """`edits.0.search: String should have ...`, or None for the union branch the edit is not.
-
-    An edit fails against both union members; only the one its keys point at is worth telling.
-    """
-    loc = list(error["loc"])
-    if len(loc) >= 3 and loc[0] == "edits" and loc[2] in EDIT_KINDS:
-        edit = data["edits"][loc[1]]
-        meant = "KnobEdit" if isinstance(edit, dict) and "knob" in edit else "SearchReplaceEdit"
-        if loc[2] != meant:
-            return None
-        del loc[2]
-    return f"{'.'.join(str(part) for part in loc) or 'reply'}: {error['msg']}"
-
-
-def extract_json_object(text: str) -> dict[str, Any]:
-    """Decode the first `{...}` in `text` that is a whole JSON object."""
-    decoder = json.JSONDecoder()
-    first_error: json.JSONDecodeError | None = None
-    start = text.find("{")
-    while start != -1:
-        try:
-            data, _ = decoder.raw_decode(text, start)
-            if isinstance(data, dict):
-                return data
-        except json.JSONDecodeError as err:
-            first_error = first_error or err
-        start = text.find("{", start + 1)
-    if first_error is not None:
-        raise ReplyError(f"the reply is not valid JSON ({first_error.msg} at line "
-                         f"{first_error.lineno} column {first_error.colno})")
-    raise ReplyError("the reply contains no JSON object")
 
 
 def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -197,9 +124,6 @@ class OpenAIPlanner:
                  token_budget: int = DEFAULT_TOKEN_BUDGET, temperature: float | None = None,
                  max_tokens: int | None = None, structured: bool = True,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        if not model:
-            raise PlannerError("the openai planner needs a model name; "
-                               "set `model:` in the goal or pass --model")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
         if api_key is None:
@@ -212,9 +136,12 @@ class OpenAIPlanner:
         timeout = timeout if timeout is not None else env_seconds("MAGNET_OPENAI_TIMEOUT", 120.0)
         if base_delay is None:
             base_delay = env_seconds("MAGNET_OPENAI_RETRY_DELAY", 2.0)
-        self.model = model
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout,
                                     max_retries=0)
+        if not model:
+            model = served_model(self.client, self.endpoint)
+            log.warning("using model %s, the only one %s serves", model, self.endpoint)
+        self.model = model
         self.attempts, self.base_delay, self.max_delay = max(1, attempts), base_delay, max_delay
         self.token_budget = token_budget
         self.temperature, self.max_tokens = temperature, max_tokens
@@ -260,44 +187,21 @@ class OpenAIPlanner:
         either = bool(context.tools) and not calling  # a proposal or tool calls, as JSON
         reply = self._complete(messages, tally, want_json=True, tools=tools, either=either)
         try:
-            answer = self._parse(reply, context)
+            answer = read_reply(reply, context)
         except ReplyError as err:
             log.info("invalid reply (%s); asking for a repair", err)
             messages = [*messages, {"role": "assistant", "content": reply.text or
                                     json.dumps([c.model_dump() for c in reply.calls])},
                         {"role": "user", "content": repair_prompt(str(err))}]
             try:
-                answer = self._parse(self._complete(messages, tally, want_json=True,
-                                                    tools=tools, either=either), context)
+                answer = read_reply(self._complete(messages, tally, want_json=True,
+                                                   tools=tools, either=either), context)
             except ReplyError as again:
                 raise PlannerError(f"invalid reply after one repair round: {again}") from None
         if isinstance(answer, ToolCallsReply):
             return ToolRequest(tool_calls=answer.tool_calls, usage=self._spend(tally))
         return Proposal(hypothesis=answer.hypothesis, rationale=answer.rationale,
                         edits=answer.edits, usage=self._spend(tally))
-
-    @staticmethod
-    def _parse(reply: _Reply, context: PlanContext) -> ProposalReply | ToolCallsReply:
-        """The reply as a proposal or as tool calls (function calls, or JSON `tool_calls`)."""
-        calls = reply.calls
-        data: dict[str, Any] = {}
-        if not calls and "tool_calls" in (reply.text or ""):
-            with contextlib.suppress(ReplyError):  # no JSON: parse_reply below says why
-                data = extract_json_object(reply.text)
-        if "tool_calls" in data:
-            try:
-                calls = ToolCallsReply.model_validate(data).tool_calls
-            except ValidationError as err:
-                raise ReplyError(f"the tool_calls do not match the schema: "
-                                 f"{err.errors()[0]['msg']}") from None
-            calls = [c.model_copy(update={"id": c.id or f"call_{i}"})
-                     for i, c in enumerate(calls)]
-        if calls:
-            if not context.tools:
-                raise ReplyError(context.tool_note or "no tools are available now; reply with "
-                                 "a proposal")
-            return ToolCallsReply(tool_calls=calls)
-        return parse_reply(reply.text)
 
     def observe(self, proposal: Proposal, knobs: dict[str, Any], metric: float | None,
                 status: str) -> None:
@@ -335,7 +239,7 @@ class OpenAIPlanner:
     # --- one reply, with retries and the structured-output negotiation ----------------------
 
     def _complete(self, messages: list[Message], tally: _Tally, *, want_json: bool,
-                  tools: list[dict[str, Any]] | None = None, either: bool = False) -> _Reply:
+                  tools: list[dict[str, Any]] | None = None, either: bool = False) -> Reply:
         attempt = 0
         while True:
             mode: OutputMode = self.output_mode if want_json else "text"
@@ -345,16 +249,16 @@ class OpenAIPlanner:
                 response = self.client.chat.completions.create(
                     **self._request(messages, mode, tools=tools, either=either))
             except openai.APIStatusError as err:
-                if tools and TOOLS_REFUSAL.search(_message(err)):
+                if tools and TOOLS_REFUSAL.search(server_message(err)):
                     self.tool_mode = "json"
                     log.warning("%s does not take function calling (%s); tools are offered in "
                                 "the prompt from now on", self.endpoint, error_line(err))
                     raise _ToolsRefused from None
-                if mode != "text" and REFUSAL.search(_message(err)):
+                if mode != "text" and REFUSAL.search(server_message(err)):
                     self._refused(mode, err)
                     attempt -= 1  # the endpoint works: a refusal does not use up a retry
                     continue
-                if not _retryable(err) or attempt >= self.attempts:
+                if not retryable(err) or attempt >= self.attempts:
                     raise self._unavailable(err, attempt) from None
                 self._wait(attempt, err)
                 continue
@@ -373,13 +277,13 @@ class OpenAIPlanner:
 
     def _refused(self, mode: OutputMode, err: openai.APIStatusError) -> None:
         """Step down to the next output mode, for the rest of the run."""
-        self.output_mode = OUTPUT_MODES[OUTPUT_MODES.index(mode) + 1]
+        self.output_mode = next_mode(mode)
         log.warning("%s refused response_format %s (%s); asking for %s from now on",
                     self.endpoint, MODE_NAMES[mode], error_line(err),
                     MODE_NAMES[self.output_mode])
 
     def _wait(self, attempt: int, err: Exception) -> None:
-        wait = self._backoff(attempt, err)
+        wait = backoff(attempt, err, self.base_delay, self.max_delay)
         log.warning("%s: %s; retrying in %.1fs", self.endpoint, error_line(err), wait)
         self._sleep(wait)
 
@@ -403,25 +307,15 @@ class OpenAIPlanner:
             request["temperature"] = self.temperature
         if self.max_tokens is not None:
             request["max_tokens"] = self.max_tokens
-        schema = ProposalReply.model_json_schema()
-        if either:  # tools offered in the prompt: a proposal or tool calls
-            schema = {"anyOf": [schema, ToolCallsReply.model_json_schema()]}
-        if mode == "json_schema":
-            request["response_format"] = {"type": "json_schema", "json_schema": {
-                # not strict: OpenAI's strict mode forbids the schema's defaults and length bounds;
-                # replies are validated here anyway
-                "name": "proposal", "strict": False, "schema": schema}}
-        elif mode == "json_object_schema":
-            request["response_format"] = {"type": "json_object", "schema": schema}
-        elif mode == "json_object":
-            request["response_format"] = {"type": "json_object"}
+        if (fmt := response_format(mode, either=either)) is not None:
+            request["response_format"] = fmt
         return request
 
-    def _account(self, response: Any, messages: list[Message], tally: _Tally) -> _Reply:
+    def _account(self, response: Any, messages: list[Message], tally: _Tally) -> Reply:
         choice = response.choices[0] if response.choices else None
         message = choice.message if choice else None
         content = (message.content if message else None) or ""
-        calls = [_tool_call(c) for c in (getattr(message, "tool_calls", None) or [])]
+        calls = [tool_call(c) for c in (getattr(message, "tool_calls", None) or [])]
         usage = getattr(response, "usage", None)
         if usage is not None and usage.prompt_tokens is not None:
             tally.prompt_tokens += usage.prompt_tokens
@@ -430,15 +324,7 @@ class OpenAIPlanner:
             tally.prompt_tokens += messages_tokens(messages)
             tally.completion_tokens += estimate_tokens(content + json.dumps(
                 [c.model_dump() for c in calls]))
-        return _Reply(content, calls)
-
-    def _backoff(self, attempt: int, err: Exception) -> float:
-        wait = self.base_delay * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
-        response = getattr(err, "response", None)
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        with contextlib.suppress(ValueError):  # an HTTP date is ignored: the wait is bounded
-            wait = max(wait, float(retry_after)) if retry_after else wait
-        return min(wait, self.max_delay)
+        return Reply(content, calls)
 
     def _spend(self, tally: _Tally) -> Usage:
         usage, total = tally.usage(), self.total
@@ -449,43 +335,3 @@ class OpenAIPlanner:
             cost_usd=None if usage.cost_usd is None else (total.cost_usd or 0.0) + usage.cost_usd,
             attempts=total.attempts + usage.attempts)
         return usage
-
-
-def env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise PlannerError(f"{name}={raw!r} is not a number of seconds; e.g. {name}=30") from None
-
-
-def endpoint_fix(status: int | None) -> str:
-    if status in (401, 403):
-        return "check OPENAI_API_KEY"
-    if status == 404:
-        return "check OPENAI_BASE_URL (it usually ends in /v1) and the model name"
-    if status is None or status >= 500:
-        return "check that the server is running and answering"
-    return "check the model name and the server's limits"
-
-
-def _retryable(err: openai.APIStatusError) -> bool:
-    return err.status_code in RETRY_STATUS or err.status_code >= 500
-
-
-def _message(err: Exception) -> str:
-    """What the server said (its JSON error message when there is one), or the exception text."""
-    body = getattr(err, "body", None)
-    message = body.get("message") if isinstance(body, dict) else None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        message = body["error"].get("message")
-    if message is None and isinstance(err, openai.APIConnectionError) and err.__cause__:
-        message = f"{err} ({err.__cause__})"  # "Connection error. ([Errno 111] Connection refused)"
-    return str(message or err)
-
-
-def error_line(err: Exception) -> str:
-    status = getattr(err, "status_code", None)
-    text = " ".join(_message(err).split()) or type(err).__name__
-    text = text if len(text) <= 300 else text[:299] + "…"
-    return f"HTTP {status}: {text}" if status else f"{type(err).__name__}: {text}"

@@ -124,7 +124,7 @@ def exchange_messages(context: PlanContext, *, function_calling: bool) -> list[M
 def system_prompt(context: PlanContext) -> str:
     """Role, reply schema and rules."""
     schema = json.dumps(ProposalReply.model_json_schema(), separators=(",", ":"))
-    return render("system", metric_name=context.metric_name, direction=_direction(context.goal),
+    return render("system", metric_name=context.metric_name, direction=direction(context.goal),
                   editable=", ".join(context.editable_files) or "(none)", schema=schema,
                   example=json.dumps(_example(context)))
 
@@ -149,7 +149,7 @@ def propose_prompt(context: PlanContext, *, token_budget: int = DEFAULT_TOKEN_BU
     fixed = {
         "brief": context.brief.strip(),
         "metric_name": context.metric_name,
-        "direction": _direction(context.goal),
+        "direction": direction(context.goal),
         "baseline": _metric_or(context.baseline_metric, "not measured yet"),
         "best": _metric_or(context.best_metric, "none yet (nothing has beaten the baseline)"),
         "knobs": knobs_section(context.knobs, context.current_knobs),
@@ -286,8 +286,9 @@ def hints_section(hints: Sequence[str]) -> str:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _direction(goal: str) -> str:
-    return "lower" if goal == "minimize" else "higher"
+def direction(goal: str) -> str:
+    """`lower` or `higher`: which way the metric gets better, as ranking.better reads `goal`."""
+    return "lower" if ranking.better(0.0, 1.0, goal) else "higher"
 
 
 def _metric_or(value: float | None, missing: str) -> str:

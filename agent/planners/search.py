@@ -33,6 +33,7 @@ from agent.planners.base import (
     Usage,
 )
 from agent.planners.knob_text import changed, config_key, describe_changes, is_number, round_sig
+from agent.rundir import ranking
 from sandbox.errors import EditError
 from sandbox.knobs import KnobSpec
 
@@ -193,10 +194,13 @@ class SearchPlanner:
         values = [o.value for o in self._outcomes if o.value is not None]
         if not values:
             return None
-        worst, best = (max(values), min(values)) if goal == "minimize" else (min(values),
-                                                                             max(values))
+        def merit(value: float) -> float:
+            return ranking.gain(value, 0.0, goal)
+
+        worst, best = min(values, key=merit), max(values, key=merit)
         spread = abs(worst - best) or abs(worst) * 0.1 or 1.0
-        return worst + 0.5 * spread if goal == "minimize" else worst - 0.5 * spread
+        # half a spread past the worst, in the direction that is worse (merit(1) is +1 or -1)
+        return worst - 0.5 * spread * merit(1.0)
 
     @staticmethod
     def _frozen(outcome: Outcome, space: Mapping[str, BaseDistribution],

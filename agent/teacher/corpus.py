@@ -1,5 +1,5 @@
-"""A synthetic corpus on a topic, written by a teacher model (teacher.models) within a byte and a
-time budget.
+"""A synthetic corpus on a topic, written by a teacher model (agent.teacher.models) within a
+byte and a time budget.
 
     out_dir/
       corpus/<sha256[:20]>.txt   one accepted document per file, named by its bytes' hash

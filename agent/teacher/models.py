@@ -6,7 +6,7 @@ A teacher turns one prompt into one document: `write(prompt, max_tokens=, seed=)
   key). A request that fails after the SDK's retries is one TeacherError line naming the
   endpoint and the fix.
 - LocalTeacher: the bundled SmolLM2-135M-Instruct, found and loaded as the local planner loads it
-  (agent.planners.local). It also writes several prompts in one batch (`write_batch`): on two
+  (agent.planners.local_model). It also writes several prompts in one batch (`write_batch`): on two
   CPU cores four replies at once come out about 2.5x faster than one after another.
 """
 
@@ -19,9 +19,9 @@ from typing import Protocol, runtime_checkable
 
 import openai
 
-from agent.planners import openai_planner
+from agent.planners import openai_endpoint
 from agent.planners.base import PlannerError
-from agent.planners.local import LocalPlanner, find_gguf
+from agent.planners.local_model import default_cache_dir, find_gguf, load_model
 from sandbox.env import free_cpus
 
 LOCAL = "local"  # the model name that means the bundled model (agent.goal.spec.TeacherSettings)
@@ -98,8 +98,8 @@ class OpenAITeacher:
         except openai.OpenAIError as err:
             status = getattr(err, "status_code", None)
             raise TeacherError(f"the teacher's endpoint {self.endpoint} failed: "
-                               f"{openai_planner.error_line(err)}; "
-                               f"{openai_planner.endpoint_fix(status)}") from None
+                               f"{openai_endpoint.error_line(err)}; "
+                               f"{openai_endpoint.endpoint_fix(status)}") from None
         choice = response.choices[0] if response.choices else None
         return (choice.message.content if choice and choice.message else None) or ""
 
@@ -119,9 +119,10 @@ class LocalTeacher:
         # loaded now, so a time budget is spent writing: seconds from the converted-weights
         # cache the local planner keeps, ~30 s the very first time
         try:
-            self._tokenizer, self._model = LocalPlanner(self.gguf).model()
+            loaded = load_model(self.gguf, default_cache_dir())
         except PlannerError as err:
             raise TeacherError(f"the local teacher: {err}") from None
+        self._tokenizer, self._model = loaded.tokenizer, loaded.model
 
     def write(self, prompt: str, *, max_tokens: int, seed: int) -> str:
         return self.write_batch([prompt], max_tokens=max_tokens, seed=seed)[0]
@@ -154,6 +155,6 @@ class LocalTeacher:
 
 def env_seconds(name: str, default: float) -> float:
     try:
-        return openai_planner.env_seconds(name, default)
+        return openai_endpoint.env_seconds(name, default)
     except PlannerError as err:
         raise TeacherError(str(err)) from None

@@ -15,6 +15,7 @@ it refuses with. `calls(("read_log", {"exp": 1}), ...)` answers with function ca
 offers `tools` (like a llama.cpp server without --jinja), again without taking a reply.
 `route(body) -> Reply | None`, when given, answers the requests it recognises without taking a
 scripted reply (e.g. a teacher's, while the script holds the planner's).
+GET /v1/models lists `models` (default: the one `model`, as llama-cpp-python's server does).
 `ScriptedServer.like_llama_cpp()` behaves like llama-cpp-python's server (500 on json_schema,
 json_object with a schema taken). An empty script answers 500 ("script exhausted"),
 so a test that sends more requests than it scripted fails loudly.
@@ -98,6 +99,7 @@ class ScriptedServer:
                  response_formats: Collection[str] | None = None, json_object_schema: bool = True,
                  refusal: tuple[int, str] = (400, "response_format is not supported here"),
                  takes_tools: bool = True, model: str = "scripted-model",
+                 models: Collection[str] | None = None,
                  route: Callable[[dict[str, Any]], Reply | None] | None = None) -> None:
         self.response_formats = () if reject_response_format else response_formats
         self.json_object_schema = json_object_schema
@@ -105,6 +107,7 @@ class ScriptedServer:
         self.takes_tools = takes_tools
         self.route = route
         self.model = model
+        self.models = [model] if models is None else list(models)  # what GET /v1/models lists
         self.requests: list[dict[str, Any]] = []  # bodies received, in order
         self.replies_sent: list[Reply] = []  # replies answered (incl. rejections), in order
         self._script: collections.deque[Reply] = collections.deque(replies)
@@ -241,9 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
         if self.path.rstrip("/").endswith("/models"):
-            model = self.server_ref.model
             self._send(200, {"object": "list", "data": [
-                {"id": model, "object": "model", "created": 0, "owned_by": "tests"}]})
+                {"id": model, "object": "model", "created": 0, "owned_by": "tests"}
+                for model in self.server_ref.models]})
         else:
             self._send(404, _error_body(404, f"no route {self.path}"))
 

@@ -15,10 +15,9 @@ from agent.goal.knob_values import read_knob_values
 from agent.goal.spec import load_goal
 from agent.planners.base import ExperimentSummary, Failure, KnobEdit, PlanContext, PlannerError
 from agent.planners.knob_text import config_key
-from agent.planners.local import (
-    LocalPlanner,
+from agent.planners.local import LocalPlanner, find_gguf
+from agent.planners.local_prompt import (
     candidate_changes,
-    find_gguf,
     history_rows,
     parse_reply,
     proposal_schema,

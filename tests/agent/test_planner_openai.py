@@ -285,6 +285,29 @@ def test_missing_model_or_endpoint_is_one_clear_error(monkeypatch):
         OpenAIPlanner("gpt-4o")
 
 
+def test_without_a_model_the_one_model_the_endpoint_serves_is_used(caplog):
+    """llama-cpp-python's server lists exactly one model: the run goes on with it, and says so."""
+    with ScriptedServer(models=["smollm2-135m"]) as server:
+        server.push(proposal(GOOD))
+        with caplog.at_level("WARNING", logger="agent.planners.openai_planner"):
+            plan = OpenAIPlanner(None, base_url=server.base_url, api_key="x", base_delay=0.01)
+        assert plan.model == "smollm2-135m"
+        assert [r.getMessage() for r in caplog.records] == [
+            f"using model smollm2-135m, the only one {server.base_url} serves"]
+        assert plan.propose(context()).hypothesis == GOOD["hypothesis"]
+        assert server.requests[0]["model"] == "smollm2-135m"
+
+
+def test_without_a_model_an_endpoint_serving_several_is_refused_naming_them():
+    with ScriptedServer(models=["llama-3-8b", "qwen2.5-7b"]) as server:
+        with pytest.raises(PlannerError) as caught:
+            OpenAIPlanner(None, base_url=server.base_url, api_key="x")
+        assert str(caught.value) == (
+            f"the openai planner needs a model name ({server.base_url} serves llama-3-8b, "
+            "qwen2.5-7b); set `model:` in the goal or pass --model")
+        assert server.requests == []  # nothing was asked of a model
+
+
 def test_diagnose_returns_a_short_plain_paragraph(openai_server):
     long_answer = "The run crashed because MODE crash raises RuntimeError.\n\n" + "Detail. " * 200
     openai_server.push(text(long_answer, usage=(400, 300)))

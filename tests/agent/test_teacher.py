@@ -126,7 +126,7 @@ def test_each_filter_rejects_what_it_should_with_one_line(bad, reason):
 
 
 def test_english_prose_and_python_code_pass(docs):
-    code = (ROOT / "agent" / "synthetic_data.py").read_text(encoding="utf-8")[:6000]
+    code = (ROOT / "agent" / "teacher" / "corpus.py").read_text(encoding="utf-8")[:6000]
     assert quality_rejection(docs[0]) is None
     assert quality_rejection(code) is None
 
