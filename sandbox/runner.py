@@ -37,7 +37,7 @@ from sandbox.runlog import (
     read_available,
 )
 
-__all__ = [  # with the names of proctree and runlog callers import from here
+__all__ = [  # callers import a run's names from here, those of proctree and runlog too
     "DEFAULT_LOG_LIMIT",
     "STATUSES",
     "TAIL_LINES",
