@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from ledger import chain, keys  # noqa: E402
 from ledger.book import Ledger  # noqa: E402
 from ledger.canonical import sha256_hex  # noqa: E402
+from ledger.open import open_ledger  # noqa: E402
 from ledger.rules import reward_points  # noqa: E402
 
 GOAL_FILE = b"name: tinystories-bpb\nmetric: {name: val_bpb, goal: minimize}\n" * 8
@@ -89,7 +90,7 @@ def worker(path: str, tag: str, n: int, barrier: str, bundle_kb: int) -> None:
     """One of the two appending processes: ready, wait for go, append, print wall times."""
     key = Ed25519PrivateKey.generate()
     claims = [claim(tag, i, bundle_kb) for i in range(n)]
-    with Ledger.open(path) as lg:
+    with open_ledger(path) as lg:
         Path(barrier, f"ready-{tag}").touch()
         while not Path(barrier, "go").exists():
             time.sleep(0.0005)
@@ -101,7 +102,7 @@ def worker(path: str, tag: str, n: int, barrier: str, bundle_kb: int) -> None:
 
 def two_processes(tmp: Path, n: int, bundle_kb: int) -> dict[str, Any]:
     path = tmp / "shared.sqlite"
-    Ledger.open(path).close()  # the schema exists before either worker opens it
+    open_ledger(path).close()  # the schema exists before either worker opens it
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(path), tag, str(n),
                                str(tmp), str(bundle_kb)], stdout=subprocess.PIPE, text=True)
              for tag in ("w0", "w1")]
@@ -117,7 +118,7 @@ def two_processes(tmp: Path, n: int, bundle_kb: int) -> dict[str, Any]:
             sys.exit(f"a worker process failed with exit code {p.returncode}")
         results.append(json.loads(out))
     seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
-    with Ledger.open(path) as lg:
+    with open_ledger(path) as lg:
         authors = [e.fields["author"] for e in lg.entries()]
         ok = lg.audit().ok
     switches = sum(a != b for a, b in zip(authors, authors[1:], strict=False))
@@ -214,7 +215,7 @@ def main() -> None:
         tmp = Path(tmp_dir)
         key = Ed25519PrivateKey.generate()
         with console.status(f"appending {args.claims:,} claims"):
-            lg = Ledger.open(tmp / "one.sqlite")
+            lg = open_ledger(tmp / "one.sqlite")
             seconds = append_claims(lg, key, "one", args.claims, args.bundle_kb)
         file_mb = sum(p.stat().st_size for p in tmp.glob("one.sqlite*")) / 1e6
         with console.status("two processes appending at once"):

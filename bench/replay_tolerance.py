@@ -34,8 +34,8 @@ from openai_server import ScriptedServer, proposal  # noqa: E402  (the scripted 
 from agent.claims.claim import build_claim  # noqa: E402
 from agent.claims.replay import TOLERANCE, replay_claim  # noqa: E402
 from agent.loop.launch import start_run  # noqa: E402
-from ledger.book import Ledger  # noqa: E402
 from ledger.keys import generate_key, load_key  # noqa: E402
+from ledger.open import open_ledger  # noqa: E402
 from ledger.rules import DEFAULT_STAKE  # noqa: E402
 from sandbox.confine import confinement  # noqa: E402
 
@@ -71,7 +71,7 @@ def main() -> None:
     rows = []
     import os
 
-    with ScriptedServer() as server, Ledger.open(root / "ledger.sqlite") as ledger:
+    with ScriptedServer() as server, open_ledger(root / "ledger.sqlite") as ledger:
         os.environ.update(OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-bench-not-secret")
         for seed in range(1, args.claims + 1):
             goal = root / f"goal-{seed}.md"

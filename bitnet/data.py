@@ -32,15 +32,14 @@ key covers ``_FORMAT`` and, for the stdlib and text corpora, the file list (path
 mtimes) and the Python version, so a changed file means a rebuild (the stale entry is deleted);
 for the portable corpora it covers the wheel pins only, never the Python version. Builds happen
 in a temporary folder renamed into place.
+
+The prose corpora's extraction is bitnet.prose; the portable corpora's wheels bitnet.portable.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
 import gc
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -50,12 +49,15 @@ import stat
 import sys
 import sysconfig
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bitnet import portable
+from bitnet.corpus_errors import CorpusError  # also imported from here by callers
+from bitnet.prose import extract_prose
 
 VOCAB_SIZE = 256  # byte-level tokenizer: token id == byte value
 KNOWN_CORPORA: tuple[str, ...] = (
@@ -71,10 +73,6 @@ _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages"})
 _STDLIB = ("pycode", "pyprose")
 _PORTABLE = ("portable-code", "portable-prose")  # the same kinds of text as _STDLIB, in order
 _PROSE = frozenset({"pyprose", "portable-prose"})
-
-
-class CorpusError(ValueError):
-    """A corpus cannot be loaded; the message names the problem and the fix in one line."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing arrays field-wise is meaningless
@@ -191,8 +189,6 @@ def _resolve(spec: str, cache_dir: Path) -> _Source:
         prefix = f"{spec}-{_short_hash(str(stdlib), sys.version)}"
         return _Source(spec, stdlib, stdlib, prefix, sys.version)
     if spec in _PORTABLE:
-        from bitnet import portable  # not at the top: it imports CorpusError from here
-
         wheels = portable.wheel_dir(cache_dir)
         return _Source(spec, wheels, wheels, spec, portable.PINS_DIGEST)
     if isinstance(spec, str) and spec.startswith("text:"):
@@ -271,8 +267,6 @@ def _read_file(path: Path, source: _Source) -> bytes:
 def _sources(source: _Source, files: list[tuple[str, int, int]]):
     """Yield (relative path, raw bytes) of every candidate file."""
     if source.portable:
-        from bitnet import portable
-
         yield from portable.documents(portable.fetch(source.path, source.kind))
         return
     for rel, _, _ in files:
@@ -352,8 +346,6 @@ def _fingerprints(train: list[bytes], val: list[bytes]) -> dict[str, str]:
 
 def _check_pin(spec: str, sha256: str) -> None:
     """A portable corpus must be the same bytes everywhere: refuse any other build of it."""
-    from bitnet import portable
-
     if sha256 != portable.PINNED_SHA256[spec]:
         raise CorpusError(
             f"corpus {spec!r} built on Python {platform.python_version()} has sha256 {sha256}, "
@@ -400,102 +392,3 @@ def _read_meta(entry: Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return meta if ok else None
-
-
-# --- pyprose extraction ---------------------------------------------------------------------
-
-# Strings or comments, leftmost first: a '#' inside a string is swallowed by the string match.
-# On the whole 3.11 stdlib this finds exactly tokenize's COMMENT tokens, about 15x faster.
-_STRING_OR_COMMENT = re.compile(
-    r'"""(?:[^\\]|\\.)*?"""'
-    r"|'''(?:[^\\]|\\.)*?'''"
-    r'|"(?:[^"\\\n]|\\.)*"'
-    r"|'(?:[^'\\\n]|\\.)*'"
-    r"|(?P<comment>\#[^\n]*)",
-    re.DOTALL,
-)
-_CODING = re.compile(r"#.*?coding[:=]|#.*-\*-")  # PEP 263 and editor mode lines
-_PRAGMA = re.compile(r"(?:noqa|type:|pragma:|fmt:|pylint:|isort:|mypy:)", re.IGNORECASE)
-_CODE_HINT = re.compile(
-    r"[()\[\]{}=]|^(?:import|from|return|def|class|raise|assert|del|pass|break|continue|"
-    r"global|nonlocal|yield|with|try|except|finally|elif|else|while|for|if)\b"
-)
-_DEFS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-
-
-def extract_prose(source: bytes) -> str | None:
-    """Docstrings and comments of one Python file in source order, or None if it won't parse.
-
-    Chunks (a docstring, or a run of comments on consecutive lines) are separated by a blank
-    line; a comment loses its leading '#'s and one space.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid escapes etc. in deliberately odd test files
-        try:
-            tree = ast.parse(source)
-            text = importlib.util.decode_source(source)  # PEP 263 encoding, universal newlines
-        except (SyntaxError, ValueError, RecursionError):  # includes UnicodeDecodeError
-            return None
-    chunks = _docstrings(tree)
-    blocks: list[tuple[int, list[str]]] = []  # (first line, comment lines)
-    previous = -1
-    for line, comment in _comments(text):
-        if not blocks or line != previous + 1:
-            blocks.append((line, []))
-        blocks[-1][1].append(comment)
-        previous = line
-    chunks += [(line, "\n".join(lines)) for line, lines in blocks]
-    chunks.sort(key=lambda chunk: chunk[0])
-    return "\n\n".join(chunk for _, chunk in chunks)
-
-
-def _docstrings(tree: ast.Module) -> list[tuple[int, str]]:
-    found = []
-    stack: list[ast.AST] = [tree]
-    while stack:  # statements only: expressions cannot hold docstrings, and skipping is fast
-        node = stack.pop()
-        if isinstance(node, _DEFS) and (doc := ast.get_docstring(node)):
-            found.append((node.body[0].lineno, doc.strip()))
-        for field in _block_fields(type(node)):
-            stack.extend(getattr(node, field))
-    return found
-
-
-@functools.cache
-def _block_fields(cls: type) -> tuple[str, ...]:
-    """The fields of a node type that hold statements (or handlers/cases that hold them)."""
-    return tuple(
-        f for f in cls._fields if f in ("body", "orelse", "finalbody", "handlers", "cases")
-    )
-
-
-def _comments(text: str) -> list[tuple[int, str]]:
-    found = []
-    line, pos = 1, 0
-    for match in _STRING_OR_COMMENT.finditer(text):
-        if match.lastgroup != "comment":
-            continue
-        line += text.count("\n", pos, match.start())
-        pos = match.start()
-        comment = match.group()
-        if (line == 1 and comment.startswith("#!")) or (line <= 2 and _CODING.match(comment)):
-            continue
-        body = comment.lstrip("#")
-        body = (body[1:] if body.startswith(" ") else body).rstrip()
-        if any(c.isalnum() for c in body) and not _PRAGMA.match(body) and not _is_code(body):
-            found.append((line, body))
-    return found
-
-
-def _is_code(text: str) -> bool:
-    """Commented-out code: parses as Python and has code punctuation or a leading keyword."""
-    text = text.strip()
-    if not _CODE_HINT.search(text):
-        return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ast.parse(text + " pass" if text.endswith(":") else text)
-    except (SyntaxError, ValueError, RecursionError):
-        return False
-    return True

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitnet.data import CorpusError
+from bitnet.corpus_errors import CorpusError
 
 
 @dataclass(frozen=True)

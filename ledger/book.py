@@ -1,5 +1,6 @@
-"""The ledger as its users see it: open one by path or URL, claim, verify, slash, read
-balances, audit, prove. Storage is `ledger.sqlite_store`; what entries mean is `ledger.rules`.
+"""The ledger as its users see it: claim, verify, slash, read balances, audit, prove.
+Storage is `ledger.sqlite_store`; what entries mean is `ledger.rules`; opening one by path or
+URL is `ledger.open.open_ledger`.
 """
 
 from __future__ import annotations
@@ -50,19 +51,6 @@ class Ledger:
         # entries no longer parse, to name the first bad one
         self.store = store
         self.location = str(store.path)
-
-    @classmethod
-    def open(cls, location: str | Path | None = None, *, create: bool = True) -> Ledger:
-        """A ledger by path (made on first use when `create`) or `evm:` URL."""
-        location = str(location or default_location())
-        if location.startswith("evm:"):
-            from ledger.evm_ledger import open_evm_ledger
-
-            return open_evm_ledger(location)
-        if not create and not Path(location).expanduser().exists():
-            raise LedgerError(f"no ledger at {location}; claim an improvement to start one, or "
-                              f"pass --ledger (or set {ENV_NAME})")
-        return cls(SqliteStore(location))
 
     def close(self) -> None:
         self.store.close()

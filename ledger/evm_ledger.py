@@ -2,7 +2,7 @@
 rules, audit and proofs as `ledger.book.Ledger`), and the contract holds what must be
 economically backed: stakes, claim hashes, the log's Merkle roots, challenges and votes.
 
-Locations (`Ledger.open`):
+Locations (`ledger.open.open_ledger`):
   evm:tester[?data=PATH]                     an in-process py-evm chain with a fresh contract
   evm:http(s)://HOST:PORT/...?contract=0xADDR[&data=PATH]   any chain, by its RPC URL
 

@@ -30,6 +30,11 @@ PENDING, VERIFIED, REFUTED, SLASHED = "pending", "verified", "refuted", "slashed
 HONEST, FALSE = "honest", "false"
 
 
+# The ledger's own comparison, deliberately not agent.rundir.ranking.gain: the ledger imports
+# nothing from the other packages, so a verifier needs only this package to check a ledger. Same
+# sign convention as ranking.gain (positive: better in the goal's direction), relative to
+# `before` so points compare across metrics. The contract (ledger/contracts/magnet_ledger.vy)
+# does not evaluate it: submit_claim stores the points evm_ledger computes with reward_points.
 def relative_gain(metric: dict[str, Any]) -> float:
     """How much `after` improves on `before`, relative to `before` (positive: better)."""
     before, after = float(metric["before"]), float(metric["after"])

@@ -3,7 +3,8 @@
 The worker trains H inner AdamW steps (merge/inner.py) on its own corpus or shard, then
 torchft's `DiLoCo` asks the lighthouse for a quorum, all-reduces the pseudo-gradients of the
 replicas in it and steps the outer optimiser (merge/outer.py), after which every replica holds
-the same global weights. The arithmetic is the single-process reference's (merge/diloco.py).
+the same global weights. The arithmetic is the single-process reference's (merge/diloco.py);
+reaching the lighthouse and the peers, and torchft's subclasses, are merge/diloco_net.py.
 
 Fault tolerance is torchft's: a replica that dies drops out of the next quorum (the others wait
 at most the lighthouse's heartbeat timeout, then carry on; an outer step whose all-reduce broke
@@ -36,7 +37,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 
@@ -44,9 +44,16 @@ from bitnet.checkpoint import descent, load_checkpoint, save_checkpoint
 from bitnet.data import load_corpus
 from bitnet.evaluate import evaluate_bpb
 from bitnet.model import BitNetConfig, BitNetLM
-from merge.compress import check_kind, decode, encode, payload_bytes
+from merge.compress import check_kind, payload_bytes
+from merge.diloco_net import (
+    WorkerError,
+    gloo_interface,
+    lighthouse_url,
+    reach_lighthouse,
+    require_torchft,
+    torchft_classes,
+)
 from merge.inner import InnerConfig, fresh_model, inner_optimizer, train_steps
-from merge.lighthouse import TORCHFT_INSTALL
 from merge.outer import OUTER_LR, OUTER_MOMENTUM, outer_optimizer
 
 STATE_FILE = "state.pt"  # everything needed to resume (model, optimisers, step, data stream)
@@ -55,10 +62,6 @@ PROGRESS_FILE = "progress.jsonl"  # one JSON line per outer step
 LOG_FILE = "torchft.log"  # torchft's own log (tracebacks of peers that left go here)
 LOCK_FILE = ".lock"  # held while a worker uses the directory
 _STATE_FORMAT = 1
-
-
-class WorkerError(ValueError):
-    """Bad input or an unusable environment; the message says what to do, in one line."""
 
 
 @dataclass
@@ -96,137 +99,6 @@ class StepReport:
     bytes_sent: int  # this worker's total so far
     healed_from_peer: bool  # this step started by catching up from a live peer
     seconds: float  # since the worker started
-
-
-# --- addresses -------------------------------------------------------------------------------
-
-
-def lighthouse_url(text: str) -> str:
-    """`HOST:PORT` or `http://HOST:PORT` as torchft's `http://HOST:PORT`."""
-    url = text if "://" in text else f"http://{text}"
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "http" or not parts.hostname or port is None:
-        raise WorkerError(f"--lighthouse {text!r} is not HOST:PORT: pass e.g. "
-                          "http://10.0.0.5:29510 (what `magnet-agent lighthouse` prints)")
-    return f"http://{parts.netloc}"
-
-
-def reach_lighthouse(url: str, timeout: float = 5.0) -> str:
-    """Connect once to the lighthouse; returns this machine's address on the route to it."""
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
-            return sock.getsockname()[0]
-    except OSError as err:
-        reason = err.strerror or str(err) or type(err).__name__
-        raise WorkerError(
-            f"cannot reach the lighthouse at {url} ({reason}): start it with `magnet-agent "
-            f"lighthouse --bind 0.0.0.0:{parts.port}` on {parts.hostname}, or fix --lighthouse"
-        ) from err
-
-
-def gloo_interface(address: str) -> str | None:
-    """The network interface that owns `address` (gloo listens on it), if any."""
-    import psutil
-
-    for name, addresses in psutil.net_if_addrs().items():
-        if any(a.address.split("%")[0] == address for a in addresses):
-            return name
-    return None
-
-
-# --- torchft pieces --------------------------------------------------------------------------
-
-
-def require_torchft() -> None:
-    """torchft is installed apart from the package's dependencies (see the Makefile)."""
-    try:
-        import torchft  # noqa: F401
-    except ImportError as err:
-        raise WorkerError(f"torchft is not installed ({err}): {TORCHFT_INSTALL}") from err
-
-
-def _torchft_classes(host: str):
-    """Import torchft (quietly) and build the two subclasses this worker needs."""
-    from torch.distributed.distributed_c10d import AllgatherOptions, ReduceOp
-    from torchft.checkpointing.http_transport import HTTPTransport
-    from torchft.manager import Manager
-
-    class AdvertisedHTTPTransport(HTTPTransport):
-        """torchft advertises `socket.gethostname()`, which peers on other machines may not
-        resolve; this serves checkpoints under the address peers reach the worker at."""
-
-        def address(self) -> str:
-            port = self._server.socket.getsockname()[1]
-            return f"http://{_url_host(host)}:{port}/checkpoint/"
-
-    class CompressingManager(Manager):
-        """A torchft Manager whose pseudo-gradient all-reduce can compress on CPU."""
-
-        compression = "none"
-        bytes_sent = 0
-        last_commit = False
-
-        def allreduce(self, tensor: torch.Tensor, should_quantize: bool = False,
-                      reduce_op: ReduceOp = ReduceOp.AVG):
-            self.bytes_sent += payload_bytes(tensor.numel(), self.compression)
-            if self.compression == "none" or not should_quantize:
-                return super().allreduce(tensor, reduce_op=reduce_op)
-            return self._compressed_mean(tensor, AllgatherOptions())
-
-        def _compressed_mean(self, tensor: torch.Tensor, opts):
-            """All-gather the encoded vectors, then mean of the decoded ones, in rank order.
-
-            Errors are reported to the manager as torchft's own all-reduce does: the outer
-            step is then not committed and is redone with the next quorum.
-            """
-            if self.errored():
-                return DoneWork(tensor)
-            self.wait_quorum()
-            if not self.is_participating():
-                tensor.zero_()
-            payload = encode(tensor, self.compression)
-            gathered = [torch.empty_like(payload) for _ in range(self._pg.size())]
-            try:
-                self._pg.allgather([gathered], [payload], opts).wait()
-            except Exception as err:  # noqa: BLE001 - any transport failure discards the step
-                self.report_error(err)
-                return DoneWork(tensor)
-            decoded = [decode(p, tensor.numel(), self.compression) for p in gathered]
-            total = decoded[0]
-            for vector in decoded[1:]:
-                total += vector
-            tensor.copy_(total / self.num_participants())
-            return DoneWork(tensor)
-
-        def should_commit(self, timeout: timedelta | None = None) -> bool:
-            self.last_commit = super().should_commit(timeout)
-            return self.last_commit
-
-    return AdvertisedHTTPTransport, CompressingManager
-
-
-class DoneWork(torch.distributed._Work):
-    """A finished collective (the compressed mean is computed synchronously)."""
-
-    def __init__(self, result: torch.Tensor) -> None:
-        super().__init__()
-        self._future: torch.futures.Future = torch.futures.Future()
-        self._future.set_result(result)
-
-    def wait(self, timeout: timedelta | None = None) -> bool:
-        return True
-
-    def get_future(self) -> torch.futures.Future:
-        return self._future
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 # --- the worker ------------------------------------------------------------------------------
@@ -343,7 +215,7 @@ def _manager(opts: WorkerOptions, local: _Local, replica_id: str, url: str, host
     require_torchft()
     from torchft.process_group import ProcessGroupGloo
 
-    transport_cls, manager_cls = _torchft_classes(host)
+    transport_cls, manager_cls = torchft_classes(host)
 
     def load_state(state: dict) -> None:  # torchft calls it only to heal from a peer
         local.model.load_state_dict(state["model"])

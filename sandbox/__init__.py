@@ -6,7 +6,7 @@
     ws.commit()
     result = ws.run("python train.py", time_budget=60, metric="val_bpb")
     if result.status == "ok":
-        ws.keep(1, {"metric": result.metrics["val_bpb"]})
+        ws.keep(1, {"metric": result.metrics["val_bpb"]}, best=True)
     else:
         ws.discard(1, {"error": result.log_tail}, status=result.status)
 

@@ -13,6 +13,9 @@ from pathlib import Path
 ALLOWED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 # MAGNET_* settings an experiment inherits: this machine's corpus cache is not part of it
 PASSED_THROUGH = ("MAGNET_CACHE_DIR",)
+# Where a run writes its checkpoint; also how its processes are found after a crash (kill_by_env)
+OUTPUT_DIR_VAR = "MAGNET_OUTPUT_DIR"
+
 
 def scrubbed_environ(base: Mapping[str, str] | None = None,
                      names: Iterable[str] = ()) -> dict[str, str]:
@@ -50,7 +53,7 @@ def run_environ(
     env.update(
         MAGNET_TIME_BUDGET=str(budget),
         MAGNET_SEED=str(seed),
-        MAGNET_OUTPUT_DIR=str(output_dir),
+        **{OUTPUT_DIR_VAR: str(output_dir)},
         OMP_NUM_THREADS=n,
         MKL_NUM_THREADS=n,
         PYTHONUNBUFFERED="1",  # METRIC lines and logs arrive as they are printed

@@ -6,9 +6,12 @@
       sandbox.json          the workspace's journal      sandbox.lock   held by the controller
       logs/exp-007.log      outputs/exp-007/             a confirmation run: exp-007-run2
       logs/exp-007-eval.log the goal's `evaluate:` command on exp 007's outputs
+      outputs/exp-007/metrics.json   the metrics a run may write beside its checkpoint
 
 In git: every experiment's commit at refs/magnet/exp/007, its record as a note under
-refs/notes/magnet, tags magnet/baseline and magnet/best. The workspace writes these names and
+refs/notes/magnet, tags magnet/baseline and magnet/best; what a kept run left in tracked files
+at refs/magnet/leftover/007, and what recovery found off the kept commit at
+refs/magnet/recovered/<time>. The workspace writes these names and
 the reader (and through it the review commands) reads them; nobody else spells them out.
 Review with plain git: `git -C runs/<run-id>/workspace.git log --notes=magnet` (its config names
 the work tree). Runs made before the git directory moved out kept it in workspace/.git;
@@ -25,16 +28,30 @@ JOURNAL_FILE = "sandbox.json"
 LOCK_FILE = "sandbox.lock"
 LOGS_DIR = "logs"
 OUTPUTS_DIR = "outputs"
+METRICS_FILE = "metrics.json"  # in a run's output directory, beside its checkpoint
+MAX_REPEATS = 2  # runs of one experiment: the first, and one confirmation with another seed
 
 NOTES_REF = "refs/notes/magnet"
 BEST_TAG = "magnet/best"
 BASELINE_TAG = "magnet/baseline"
 EXP_REFS = "refs/magnet/exp"  # for `git log --glob=refs/magnet/exp`
+LEFTOVER_REFS = "refs/magnet/leftover"
+RECOVERED_REFS = "refs/magnet/recovered"
 
 
 def exp_ref(exp: int) -> str:
     """Where experiment `exp`'s commit is kept, whatever became of it."""
     return f"{EXP_REFS}/{exp:03d}"
+
+
+def leftover_ref(exp: int) -> str:
+    """Where what a kept experiment's run wrote to tracked files is kept (off the branch)."""
+    return f"{LEFTOVER_REFS}/{exp:03d}"
+
+
+def recovered_ref(stamp: str) -> str:
+    """Where recovery keeps what it found off the kept commit (`stamp`: when, %Y%m%d-%H%M%S)."""
+    return f"{RECOVERED_REFS}/{stamp}"
 
 
 def workspace_dir(run_dir: Path) -> Path:

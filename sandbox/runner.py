@@ -1,5 +1,6 @@
 """Run one training command confined: bubblewrap (sandbox.confine), own session, wall limit,
 memory limit over every process of the run, a capped log, and a status named by what happened.
+The run's process tree and its killing are sandbox.proctree; its output and log, sandbox.runlog.
 
 Single-threaded on purpose: one select() loop reads the output, notices the exit (pidfd) and
 checks the limits, so no thread can outlive a run or race the cleanup.
@@ -7,8 +8,6 @@ checks the limits, so no thread can outlive a run or race the cleanup.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import os
 import re
 import selectors
@@ -19,21 +18,40 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from sandbox.confine import Confinement
-from sandbox.metrics import (
-    Number,
-    is_finite,
-    parse_metric_line,
-    read_metrics_json,
-    refused_metric,
+from sandbox.layout import METRICS_FILE
+from sandbox.metrics import Number, is_finite, read_metrics_json
+from sandbox.proctree import (
+    ProcessTree,
+    group_members,
+    kill_by_env,
+    kill_group,
+    processes_with_env,
+)
+from sandbox.runlog import (
+    DEFAULT_LOG_LIMIT,
+    TAIL_LINES,
+    LineCallback,
+    RunOutput,
+    drain,
+    read_available,
 )
 
+__all__ = [  # callers import a run's names from here, those of proctree and runlog too
+    "DEFAULT_LOG_LIMIT",
+    "STATUSES",
+    "TAIL_LINES",
+    "LineCallback",
+    "RunLimits",
+    "RunResult",
+    "group_members",
+    "kill_by_env",
+    "kill_group",
+    "processes_with_env",
+    "run_command",
+]
+
 STATUSES = ("ok", "crashed", "timeout", "oom", "no_metric", "log_limit")
-TAIL_LINES = 50
-DEFAULT_LOG_LIMIT = 50 * 2**20  # bytes of output a run may write to its log
-_MAX_LINE = 64 * 1024
 _OOM_TEXT = re.compile(r"\bMemoryError\b|std::bad_alloc|Cannot allocate memory|out of memory", re.I)
 
 
@@ -67,63 +85,6 @@ class RunResult:
     confinement: str = ""  # sandbox.confine's name for how it ran: bubblewrap | unconfined
 
 
-LineCallback = Callable[[str], None]
-
-
-class _Output:
-    """Splits the child's bytes into lines: to the log file, the tail, the metrics, the callback."""
-
-    def __init__(self, log_path: Path | None, on_line: LineCallback | None,
-                 limit: int = DEFAULT_LOG_LIMIT) -> None:
-        self.log = open(log_path, "w", encoding="utf-8", buffering=1) if log_path else None  # noqa: SIM115
-        self.on_line = on_line
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self.metrics: dict[str, Number] = {}
-        self.refused: set[str] = set()  # metrics printed with a value that is not a number
-        self.buf = b""
-        self.bytes = 0  # of output taken: at most `limit`, the rest is dropped
-        self.limit = limit
-        self.over = False  # the run wrote more than `limit`: it must be stopped
-
-    def feed(self, data: bytes) -> None:
-        if len(data) > self.limit - self.bytes:
-            data = data[: max(0, self.limit - self.bytes)]
-            self.over = True
-        self.bytes += len(data)
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        for raw in lines:
-            self.line(raw.rstrip(b"\r").decode("utf-8", "replace"))
-        if len(self.buf) > _MAX_LINE:  # no newline for a long time: do not grow without bound
-            self.line(self.buf.decode("utf-8", "replace"))
-            self.buf = b""
-
-    def flush(self) -> None:
-        if self.buf:
-            self.line(self.buf.rstrip(b"\r").decode("utf-8", "replace"))
-            self.buf = b""
-
-    def line(self, text: str, parse: bool = True) -> None:
-        if parse and (hit := parse_metric_line(text)):
-            self.metrics[hit[0]] = hit[1]
-        elif parse and (name := refused_metric(text)):
-            self.refused.add(name)
-        self.tail.append(text)
-        if self.log:
-            self.log.write(text + "\n")
-        if self.on_line is not None:
-            try:
-                self.on_line(text)
-            except Exception as e:  # a broken display must not break the experiment
-                self.on_line = None
-                if self.log:
-                    self.log.write(f"[sandbox] display callback failed and was dropped: {e!r}\n")
-
-    def close(self) -> None:
-        if self.log:
-            self.log.close()
-
-
 def run_command(
     command: str,
     cwd: Path,
@@ -143,7 +104,7 @@ def run_command(
     will do. `on_start(pid)` is called once the process exists (its pid is also its group id).
     `confinement` wraps the shell (bubblewrap); None runs it as it is.
     """
-    out = _Output(log_path, on_line, limits.log_limit)
+    out = RunOutput(log_path, on_line, limits.log_limit)
     confinement = confinement or Confinement(enabled=False)
     oom_kills = _oom_kills()
     start = time.monotonic()
@@ -159,7 +120,7 @@ def run_command(
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)  # a straggler holding the pipe must never block a read
-    watch = _Watch(proc.pid, limits)
+    watch = ProcessTree(proc.pid)
     killed_for: str | None = None
     seconds = 0.0
     try:
@@ -171,9 +132,9 @@ def run_command(
         watch.kill_all(signal.SIGKILL)
         watch.wait_gone(5.0)
         rc = proc.wait()
-        _drain(fd, out, 2.0)
+        drain(fd, out, 2.0)
         proc.stdout.close()
-    metrics = {**read_metrics_json(output_dir / "metrics.json")} if output_dir else {}
+    metrics = {**read_metrics_json(output_dir / METRICS_FILE)} if output_dir else {}
     metrics.update(out.metrics)
     kernel_oom = _oom_kills() > oom_kills
     status, reason = _status(killed_for, rc, metrics, metric, list(out.tail), limits, watch.peak,
@@ -196,7 +157,7 @@ def run_command(
 
 
 def _supervise(
-    pid: int, fd: int, out: _Output, watch: _Watch, limits: RunLimits, start: float
+    pid: int, fd: int, out: RunOutput, watch: ProcessTree, limits: RunLimits, start: float
 ) -> tuple[str | None, float]:
     """Loop until the leader exits or a limit is hit; returns (killed_for, seconds)."""
     sel = selectors.DefaultSelector()
@@ -214,7 +175,7 @@ def _supervise(
             if pidfd is None:
                 wait = min(wait, 0.01)
             for key, _ in sel.select(wait):
-                if key.data == "out" and not _read(fd, out):
+                if key.data == "out" and not read_available(fd, out):
                     sel.unregister(fd)
             if out.over:
                 killed_for = "log_limit"
@@ -244,119 +205,6 @@ def _supervise(
     return killed_for, time.monotonic() - start
 
 
-class _Watch:
-    """Knows every process of the run: its group plus any child seen that left the group."""
-
-    def __init__(self, pid: int, limits: RunLimits) -> None:
-        self.pgid = pid
-        self.limits = limits
-        self.seen: dict[int, psutil.Process] = {}
-        self.peak = 0
-        try:
-            self.leader: psutil.Process | None = psutil.Process(pid)
-        except psutil.Error:
-            self.leader = None
-
-    def check(self) -> int:
-        """Total resident memory of the tree now; remembers its members for the final kill."""
-        if self.leader is None:
-            return 0
-        try:
-            procs = [self.leader, *self.leader.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        total = 0
-        for p in procs:
-            self.seen.setdefault(p.pid, p)
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        self.peak = max(self.peak, total)
-        return total
-
-    def kill_all(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, sig)
-        for p in self.seen.values():  # processes that called setsid() are outside the group
-            with contextlib.suppress(psutil.Error):
-                if p.pid != self.pgid and p.is_running():  # is_running() also checks pid reuse
-                    p.send_signal(sig)
-
-    def alive(self) -> list[int]:
-        pids = {p.pid for p in self.seen.values() if _live(p)}
-        pids.update(group_members(self.pgid))
-        pids.discard(self.pgid)  # the leader is reaped by Popen.wait()
-        return sorted(pids)
-
-    def wait_gone(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < end:
-            self.kill_all(signal.SIGKILL)
-            time.sleep(0.01)
-
-
-def _live(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is `pgid`."""
-    found = []
-    for pid in psutil.pids():
-        try:
-            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found.append(pid)
-        except (OSError, psutil.Error):
-            continue
-    return found
-
-
-def kill_group(pgid: int, timeout: float = 5.0) -> bool:
-    """SIGKILL what is left of a run's process group (e.g. after the controller died).
-
-    True when something was killed. Safe against pid reuse: a group id stays reserved while any
-    process of the group lives, so live members of `pgid` belong to the orphaned run.
-    """
-    members = group_members(pgid)
-    if not members:
-        return False
-    end = time.monotonic() + timeout
-    while members and time.monotonic() < end:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        time.sleep(0.02)
-        members = group_members(pgid)
-    return True
-
-
-def processes_with_env(name: str, value: str) -> list[psutil.Process]:
-    """Live processes (not this one) whose environment has `name=value`: a run's processes
-    have its own MAGNET_OUTPUT_DIR, whatever group or session they moved to."""
-    found = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if (p.pid != os.getpid() and p.environ().get(name) == value
-                    and p.status() != psutil.STATUS_ZOMBIE):
-                found.append(p)
-    return found
-
-
-def kill_by_env(name: str, value: str, timeout: float = 5.0) -> int:
-    """SIGKILL every process whose environment has `name=value`; returns how many there were.
-
-    Finds a run's processes when its pid was never journaled (a crash right after the spawn)
-    and those that left its process group.
-    """
-    victims = processes_with_env(name, value)
-    for p in victims:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(victims, timeout=timeout)
-    return len(victims)
-
-
 def _pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
@@ -374,50 +222,19 @@ def _exited(pid: int) -> bool:
     return info is not None and info.si_pid == pid
 
 
-def _wait_exit(pid: int, timeout: float, fd: int, out: _Output) -> None:
+def _wait_exit(pid: int, timeout: float, fd: int, out: RunOutput) -> None:
     end = time.monotonic() + timeout
     while not _exited(pid) and time.monotonic() < end:
-        _read(fd, out)
+        read_available(fd, out)
         time.sleep(0.01)
 
 
-def _wait_gone(watch: _Watch, timeout: float, fd: int, out: _Output) -> None:
+def _wait_gone(watch: ProcessTree, timeout: float, fd: int, out: RunOutput) -> None:
     """Wait for every process of the run (not only the shell that leads it) to exit."""
     end = time.monotonic() + timeout
     while time.monotonic() < end and (not _exited(watch.pgid) or watch.alive()):
-        _read(fd, out)
+        read_available(fd, out)
         time.sleep(0.02)
-
-
-def _read(fd: int, out: _Output) -> bool:
-    """Read what is available; False at end of file."""
-    try:
-        data = os.read(fd, 65536)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    if not data:
-        return False
-    out.feed(data)
-    return True
-
-
-def _drain(fd: int, out: _Output, timeout: float) -> None:
-    """Read the rest of the output; the writers are dead, so end of file comes at once."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            time.sleep(0.005)
-            continue
-        except OSError:
-            break
-        if not data:
-            break
-        out.feed(data)
-    out.flush()
 
 
 def _oom_kills() -> int:

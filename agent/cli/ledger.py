@@ -78,15 +78,15 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run one `ledger` action; 0 on success, 1 when audit finds a bad entry or a claim is
     judged false. Errors raise LedgerError/RunError (one line) for the caller to print."""
-    from ledger.book import Ledger
     from ledger.keys import generate_key
+    from ledger.open import open_ledger
 
     console = Console(highlight=False)
     if args.action == "keygen":
         public = generate_key(args.keyfile)
         console.print(f"wrote {args.keyfile} (mode 0600); public key {public}", soft_wrap=True)
         return 0
-    with Ledger.open(args.ledger, create=args.action == "claim") as ledger:
+    with open_ledger(args.ledger, create=args.action == "claim") as ledger:
         return ACTION_RUNNERS[args.action](ledger, args, console)
 
 

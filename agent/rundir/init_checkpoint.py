@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.rundir.checkpoint_ref import resolve_checkpoint
 from agent.rundir.names import INIT_DIR
 from agent.rundir.runs import RunError
+from sandbox.layout import METRICS_FILE
 
 ENV_NAME = "MAGNET_INIT_CHECKPOINT"
 
@@ -37,7 +38,7 @@ def copy_init(checkpoint: Path, run_dir: Path) -> Path:
     """Copy the checkpoint's files into the run (atomically: a stop never leaves half a copy)."""
     target, partial = run_dir / INIT_DIR, run_dir / f"{INIT_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns("*.tmp", "metrics.json"))
+    shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns("*.tmp", METRICS_FILE))
     partial.rename(target)
     return target
 

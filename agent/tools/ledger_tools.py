@@ -21,8 +21,8 @@ from agent.tools.base import (
     as_tool_errors,
     best_kept_exp,
 )
-from ledger.book import Ledger
 from ledger.keys import load_key
+from ledger.open import open_ledger
 from ledger.rules import reward_points
 
 
@@ -42,7 +42,7 @@ def record_contribution(ctx: ToolContext, args: RecordArgs) -> dict[str, Any]:
         ctx, "no best experiment to claim (or name a kept `exp`)")
     with as_tool_errors(ledger_errors()):
         key = load_key(settings.key)  # before the ledger: a bad key creates no ledger file
-        with Ledger.open(settings.path) as ledger:
+        with open_ledger(settings.path) as ledger:
             claimed = claim_experiment(ledger, key, ctx.run_dir, exp, stake=settings.stake,
                                        reuse=True)
             entry = claimed.entry
@@ -63,7 +63,7 @@ def verify_contribution(ctx: ToolContext, args: VerifyArgs) -> dict[str, Any]:
     settings = _settings(ctx)
     with as_tool_errors(ledger_errors()):
         key = load_key(settings.key)
-        with Ledger.open(settings.path, create=False) as ledger:
+        with open_ledger(settings.path, create=False) as ledger:
             replayed = replay_entry(ledger, key, args.entry, unconfined=ctx.unconfined,
                                     console=ctx.console)
             location = ledger.location

@@ -134,13 +134,13 @@ print("LISTED", sorted(os.listdir({key_dir!r})))
 
 
 def test_ledger_keys_and_the_ledger_are_out_of_reach(tmp_path, planner_env, monkeypatch):
-    from ledger.book import Ledger
     from ledger.keys import generate_key
+    from ledger.open import open_ledger
 
     home = tmp_path / "home"
     key, ledger = home / ".magnet" / "me.key", tmp_path / "shared" / "ledger.sqlite"
     generate_key(key)
-    Ledger.open(ledger).close()
+    open_ledger(ledger).close()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("MAGNET_LEDGER", str(ledger))
     code = STEAL.format(paths=[str(key), str(ledger)], key_dir=str(key.parent))

@@ -23,8 +23,8 @@ from openai_server import ScriptedServer, proposal
 from agent.claims.claim import build_claim
 from agent.claims.replay import TOLERANCE
 from agent.loop.launch import start_run
-from ledger.book import Ledger
 from ledger.keys import generate_key, load_key
+from ledger.open import open_ledger
 from ledger.rules import DEFAULT_STAKE, VERIFY_POINTS, reward_points
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
@@ -118,7 +118,7 @@ def test_an_honest_claim_verifies_on_replay(kept_run):
     # the recorded steps, threads, seed and schedule make it the same run, bit for bit
     assert facts["checkpoint_identical"] and facts["replayed"] == facts["claimed"]
 
-    with Ledger.open(ledger) as book:
+    with open_ledger(ledger) as book:
         body = book.find(0).fields["body"]
         alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
         bob = load_key(root / "bob.key").public_key().public_bytes_raw().hex()
@@ -139,13 +139,13 @@ def test_a_fabricated_metric_is_replayed_and_slashed(kept_run):
     claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
     forged = {**claim.body, "metric": {**claim.body["metric"],
                                       "after": claim.body["metric"]["after"] * 0.8}}
-    with Ledger.open(ledger) as book:
+    with open_ledger(ledger) as book:
         book.claim(load_key(root / "alice.key"), forged, claim.artifacts)
 
     verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
     assert verified.returncode == 1, verified.stdout + verified.stderr
     assert "false" in verified.stdout and "outside the" in verified.stdout
-    with Ledger.open(ledger) as book:
+    with open_ledger(ledger) as book:
         kinds = [e.fields["kind"] for e in book.entries()]
         assert kinds == ["claim", "verification", "slash"]
         state = book.claim_state(book.find(0))
@@ -162,7 +162,7 @@ def test_a_claim_on_other_corpus_bytes_is_refused_before_it_runs(kept_run):
     replay = claim.body["replay"]
     other = {**claim.body, "replay": {**replay, "corpus": {**replay["corpus"],
                                                            "sha256": "ab" * 32}}}
-    with Ledger.open(ledger) as book:
+    with open_ledger(ledger) as book:
         book.claim(load_key(root / "alice.key"), other, claim.artifacts)
 
     verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
@@ -172,7 +172,7 @@ def test_a_claim_on_other_corpus_bytes_is_refused_before_it_runs(kept_run):
     assert line.startswith(f"magnet-agent: error: corpus {replay['corpus']['name']} on this "
                            "machine has sha256 ")
     assert "the claim was trained on abababababab" in line
-    with Ledger.open(ledger) as book:
+    with open_ledger(ledger) as book:
         assert len(book.entries()) == 1  # no verdict: nobody is slashed for the machine
 
 
@@ -229,7 +229,7 @@ def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
     claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
     wrong_parent = {**claim.body, "parent": "0" * 40}
     path_commit = {**claim.body, "commit": "../../../etc"}
-    with Ledger.open(ledger) as book:
+    with open_ledger(ledger) as book:
         book.claim(load_key(root / "alice.key"), wrong_parent, claim.artifacts)
         book.claim(load_key(root / "alice.key"), path_commit, claim.artifacts)
     first = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
@@ -238,6 +238,6 @@ def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
         in first.stdout.replace("\n", " ")
     second = ledger_cli(env, ledger, "verify", "1", "--key", str(root / "bob.key"))
     assert second.returncode == 1 and "is no git commit id" in second.stdout
-    with Ledger.open(ledger) as book:
+    with open_ledger(ledger) as book:
         assert [e.fields["kind"] for e in book.entries()] == [
             "claim", "claim", "verification", "slash", "verification", "slash"]

@@ -40,8 +40,8 @@ from agent.tools.ledger_tools import (
 )
 from agent.tools.merge_tool import MERGE_SPECIALISTS, MergeArgs
 from bitnet.checkpoint import checkpoint_hash, checkpoint_lineage, descent
-from ledger.book import Ledger
 from ledger.keys import generate_key, load_key, public_hex
+from ledger.open import open_ledger
 from ledger.rules import VERIFY_POINTS, reward_points
 from sandbox.templates import template_dir
 
@@ -109,7 +109,7 @@ def test_record_contribution_claims_the_best_and_audit_accepts_it(kept, ledger_c
     assert claimed["ledger"] == str(ledger_ctx.runs_dir.parent / "tools.sqlite")
     assert claimed["summary"].startswith(f"entry 0 ({claimed['hash'][:12]}): {run_dir.name} "
                                          "experiment 2, val_bpb ")
-    with Ledger.open(claimed["ledger"]) as book:
+    with open_ledger(claimed["ledger"]) as book:
         entry = book.find(0)
         assert entry.hash == claimed["hash"] and entry.body_id == claimed["claim_id"]
         assert entry.fields["author"] == public_hex(load_key(ledger_ctx.goal.spec.ledger.key))
@@ -119,13 +119,13 @@ def test_record_contribution_claims_the_best_and_audit_accepts_it(kept, ledger_c
 
 def test_record_contribution_again_returns_the_same_entry_and_writes_nothing(ledger_ctx,
                                                                             claimed):
-    with Ledger.open(claimed["ledger"]) as book:
+    with open_ledger(claimed["ledger"]) as book:
         before = book.audit()
     again = RECORD_CONTRIBUTION.run(ledger_ctx, RecordArgs(exp=2))  # a call re-run after a kill
     assert again["already_recorded"] and "nothing written" in again["summary"]
     assert {k: again[k] for k in ("entry", "hash", "claim_id", "commit")} == \
         {k: claimed[k] for k in ("entry", "hash", "claim_id", "commit")}
-    with Ledger.open(claimed["ledger"]) as book:
+    with open_ledger(claimed["ledger"]) as book:
         after = book.audit()
     assert (after.entries, after.tree_heads, after.root) == \
         (before.entries, before.tree_heads, before.root)
@@ -175,7 +175,7 @@ def test_verify_contribution_replays_the_claim_with_another_key(kept, ledger_ctx
     assert verdict["checkpoint_identical"] and verdict["entries_written"] == [1]
     assert verdict["metric"] == "val_bpb" and verdict["exp"] == 2
     assert "within the 0.5% tolerance" in verdict["reason"]
-    with Ledger.open(claimed["ledger"]) as book:
+    with open_ledger(claimed["ledger"]) as book:
         kinds = [e.fields["kind"] for e in book.entries()]
         balances = book.balances()
         assert book.audit().ok
@@ -207,7 +207,7 @@ def test_a_repository_run_claims_each_kept_improvement(tmp_path):
     assert [c.by for c in steps] == [STEP] * len(kept_exps)
     assert [(c.status, c.error) for c in steps] == [("ok", None)] * len(kept_exps)
     assert [c.result["exp"] for c in steps] == kept_exps  # type: ignore[index]
-    with Ledger.open(ledger) as book:
+    with open_ledger(ledger) as book:
         bodies = [e.fields["body"] for e in book.entries()]
         assert book.audit().ok
     assert [(b["run"], b["exp"]) for b in bodies] == [(run_dir.name, e) for e in kept_exps]
@@ -362,7 +362,7 @@ def test_a_claim_from_a_run_of_a_base_carries_the_base_and_replays_honest(specia
     alice = context(tuned, load_run_goal(tuned), 7,
                     ledger=LedgerSettings(key=root / "alice.key", path=str(book)))
     claimed = RECORD_CONTRIBUTION.run(alice, RecordArgs())
-    with Ledger.open(book) as ledger:
+    with open_ledger(book) as ledger:
         body = ledger.find(str(claimed["entry"])).fields["body"]
         archive = ledger.artifact(body["init"])
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -425,7 +425,7 @@ def test_the_shipped_specialist_merge_goal_with_the_llm_choosing_the_tools(speci
         ("record_contribution", "ok", 3), ("merge_specialists", "ok", 3)]
     claim, merge = (c.result for c in calls_made)
     assert claim["exp"] == 2 and claim["run"] == run_dir.name
-    with Ledger.open(book) as ledger:
+    with open_ledger(book) as ledger:
         assert ledger.audit().ok and ledger.standing.size == 1
     assert len(merge["merged"]) == 2  # both domains: this run's topic and the other's
     report = (run_dir / "report.md").read_text()

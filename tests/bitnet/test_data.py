@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitnet import data
+from bitnet import data, prose
 from bitnet.data import (
     KNOWN_CORPORA,
     SEPARATOR,
@@ -442,14 +442,14 @@ if os.name:
             """Method docstring."""
             return 1
 '''
-    assert data.extract_prose(source) == (
+    assert prose.extract_prose(source) == (
         "Module docstring, café.\n\n"
         "the operating system\n\n"
         "A section header\nspanning two lines.\n\n"
         "Thing docstring.\n\n"
         "Method docstring."
     )
-    assert data.extract_prose(b"def broken(:\n    '''Never seen.'''\n") is None
+    assert prose.extract_prose(b"def broken(:\n    '''Never seen.'''\n") is None
 
 
 def test_comment_scanner_matches_tokenize_on_stdlib_files():
@@ -468,7 +468,7 @@ def test_comment_scanner_matches_tokenize_on_stdlib_files():
         text = importlib.util.decode_source(raw)
         found = [
             (text.count("\n", 0, m.start()) + 1, m.group())
-            for m in data._STRING_OR_COMMENT.finditer(text)
+            for m in prose._STRING_OR_COMMENT.finditer(text)
             if m.lastgroup == "comment"
         ]
         assert found == expected, path

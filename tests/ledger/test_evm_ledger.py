@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from web3 import Web3
 
 from ledger import chain
-from ledger.book import Ledger
 from ledger.canonical import LedgerError
 from ledger.chain import ChainError, LedgerContract
 from ledger.entries import CLAIM, SLASH, VERIFICATION
 from ledger.evm_ledger import TESTER_PARAMS, EvmLedger, account, fund, open_evm_ledger
+from ledger.open import open_ledger
 from ledger.rules import DEFAULT_STAKE, FALSE, HONEST, VERIFY_POINTS, reward_points
 from ledger.sqlite_store import SqliteStore
 
@@ -220,7 +220,7 @@ def test_an_unfunded_account_is_named(w3: Web3, contract_address: str,
 
 def test_open_evm_tester(tmp_path: Path, keys: dict[str, Ed25519PrivateKey]) -> None:
     data = tmp_path / "tester.sqlite"
-    with Ledger.open(f"evm:tester?data={data}") as lg:
+    with open_ledger(f"evm:tester?data={data}") as lg:
         assert isinstance(lg, EvmLedger)
         assert lg.location == f"evm:tester?data={data}" and data.exists()
         c = lg.contract
@@ -228,7 +228,7 @@ def test_open_evm_tester(tmp_path: Path, keys: dict[str, Ed25519PrivateKey]) -> 
         assert c.param("owner") == lg.contract.w3.eth.accounts[0]
         lg.claim(keys["claimant"], *claim_args())  # the derived account is funded for it
         assert c.latest_size() == 1
-    with Ledger.open("evm:tester") as lg:  # its data in a temporary file
+    with open_ledger("evm:tester") as lg:  # its data in a temporary file
         assert lg.standing.size == 0
 
 
@@ -243,7 +243,7 @@ def test_open_evm_tester(tmp_path: Path, keys: dict[str, Ed25519PrivateKey]) -> 
 ])
 def test_malformed_evm_url_fails_in_one_line(url: str, fix: str) -> None:
     with pytest.raises(LedgerError, match=fix) as e:
-        Ledger.open(url)
+        open_ledger(url)
     assert "\n" not in str(e.value)
 
 
@@ -260,5 +260,5 @@ def test_open_by_rpc_url(w3: Web3, contract_address: str, tmp_path: Path,
     with pytest.raises(LedgerError, match=f"no contract at 0x{'11' * 20} on"):
         open_evm_ledger(f"evm:http://127.0.0.1:8545?contract=0x{'11' * 20}", w3=w3)
     with pytest.raises(LedgerError, match="^no chain answers at http://127.0.0.1:1: check") as e:
-        Ledger.open(f"evm:http://127.0.0.1:1?contract={contract_address}&data={data}")
+        open_ledger(f"evm:http://127.0.0.1:1?contract={contract_address}&data={data}")
     assert isinstance(e.value, ChainError)

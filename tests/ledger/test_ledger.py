@@ -26,6 +26,7 @@ from ledger import keys, merkle
 from ledger.book import Ledger
 from ledger.canonical import LedgerError, canonical, sha256_hex
 from ledger.entries import CLAIM, SLASH, VERIFICATION, Entry, claim_id, from_signed, make_entry
+from ledger.open import open_ledger
 from ledger.rules import SLASHED, VERIFIED, VERIFY_POINTS, reward_points
 
 CLI = Path(sys.executable).with_name("magnet-agent")
@@ -76,7 +77,7 @@ class Book:
 def book(tmp_path: Path) -> Iterator[Book]:
     a, b, c = (Ed25519PrivateKey.generate() for _ in range(3))
     path = tmp_path / "ledger.sqlite"
-    lg = Ledger.open(path)
+    lg = open_ledger(path)
     claims = [lg.claim(a, *claim_body(f"run-{i}")) for i in range(5)]
     lg.verify(b, claims[0], "honest", {"reason": "replayed within tolerance"})
     lg.verify(c, claims[3], "false", {"reason": "val_bpb 2.01 on replay"})
@@ -133,7 +134,7 @@ def test_a_file_that_is_no_key_is_refused_in_one_line(tmp_path: Path) -> None:
 
 def test_honest_verdict_pays_the_claimant_and_the_verifier(tmp_path: Path) -> None:
     a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    with Ledger.open(tmp_path / "l.sqlite") as lg:
+    with open_ledger(tmp_path / "l.sqlite") as lg:
         body, artifacts = claim_body("run-a", before=2.0, after=1.8)
         entry = lg.claim(a, body, artifacts)
         assert lg.balances() == {}  # nothing is owed before a replay verifies it
@@ -149,7 +150,7 @@ def test_honest_verdict_pays_the_claimant_and_the_verifier(tmp_path: Path) -> No
 
 def test_false_verdict_is_followed_by_a_slash(tmp_path: Path) -> None:
     a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    with Ledger.open(tmp_path / "l.sqlite") as lg:
+    with open_ledger(tmp_path / "l.sqlite") as lg:
         body, artifacts = claim_body("run-a", stake=250)
         entry = lg.claim(a, body, artifacts)
         written = lg.verify(b, entry, "false", {"reason": "no gain on replay"})
@@ -330,7 +331,7 @@ def tampered_copy(book: Book, tamper: Callable[[sqlite3.Connection], object]) ->
     with db:
         tamper(db)
     db.close()
-    book.lg = Ledger.open(book.path)
+    book.lg = open_ledger(book.path)
     return copy
 
 
@@ -338,7 +339,7 @@ def tampered_copy(book: Book, tamper: Callable[[sqlite3.Connection], object]) ->
 def test_audit_names_the_first_bad_entry(book: Book, case: str) -> None:
     tamper, expected = TAMPERS[case]
     copy = tampered_copy(book, tamper)
-    with Ledger.open(copy) as lg:
+    with open_ledger(copy) as lg:
         report = lg.audit()
     assert not report.ok
     assert report.problem is not None and report.problem.startswith(expected), report.problem
@@ -367,7 +368,7 @@ def test_audit_cli_exit_codes(book: Book) -> None:
 ])
 def test_audit_of_entries_the_rules_cannot_read(book: Book, tamper: str, expected: str) -> None:
     copy = tampered_copy(book, lambda db: db.execute(tamper))
-    with Ledger.open(copy) as lg:
+    with open_ledger(copy) as lg:
         report = lg.audit()
     assert report.problem is not None and report.problem.startswith(expected), report.problem
     done = cli("ledger", "audit", "--ledger", str(copy), cwd=book.path.parent)
@@ -382,13 +383,13 @@ WORKER = """
 import sys, time
 from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ledger.book import Ledger
+from ledger.open import open_ledger
 from ledger.canonical import sha256_hex
 from ledger.keys import public_hex
 {claim_body}
 path, worker, n, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 key = Ed25519PrivateKey.generate()
-lg = Ledger.open(path)  # imports and open done before the barrier: only appends race
+lg = open_ledger(path)  # imports and open done before the barrier: only appends race
 (barrier / f"ready-{{worker}}").touch()
 deadline = time.monotonic() + 30
 while not (barrier / "go").exists() and time.monotonic() < deadline:
@@ -401,7 +402,7 @@ print(public_hex(key))
 
 def test_two_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
     path, n = tmp_path / "shared.sqlite", 150
-    Ledger.open(path).close()  # created up front, so neither worker races to create the schema
+    open_ledger(path).close()  # created up front, so neither worker races to create the schema
     script = WORKER.format(claim_body=textwrap.dedent(inspect.getsource(claim_body)))
     script = "import hashlib\nfrom typing import Any\n" + script
     workers = {name: subprocess.Popen([sys.executable, "-c", script, str(path), name, str(n),
@@ -420,7 +421,7 @@ def test_two_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
         assert process.returncode == 0, err
         publics[name] = out.strip()
 
-    with Ledger.open(path) as lg:
+    with open_ledger(path) as lg:
         entries = lg.entries()
         assert len(entries) == 2 * n == lg.standing.size
         assert [e.fields["seq"] for e in entries] == list(range(2 * n))
@@ -502,7 +503,7 @@ def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     content = b"these are my notes, not a ledger\n" * 200
     path.write_bytes(content)
     with pytest.raises(LedgerError) as err:
-        Ledger.open(path)
+        open_ledger(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
     done = cli("ledger", "show", "--ledger", str(path), cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""

@@ -48,7 +48,7 @@ ws.commit()
 result = ws.run(command, time_budget=5, grace=5, metric="val_bpb", confinement=confinement)
 record = {"metric": result.metrics.get("val_bpb"), "seconds": result.seconds}
 if decision == "keep":
-    ws.keep(exp, record)
+    ws.keep(exp, record, best=True)  # the run's only experiment
 else:
     ws.discard(exp, record, "discard")
 print("STEPS", steps, flush=True)

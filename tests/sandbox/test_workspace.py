@@ -65,7 +65,7 @@ def test_experiment_lifecycle_notes_and_best_tag(make_ws, git):
     base = ws.run("python train.py", time_budget=5, metric="val_bpb")
     assert base.status == "ok" and base.metrics["val_bpb"] == pytest.approx(1.996)
     assert base.metrics["budget"] == 5 and base.metrics["steps"] == 10
-    assert ws.keep(0, {"metric": base.metrics["val_bpb"], "planner": "search"})
+    assert ws.keep(0, {"metric": base.metrics["val_bpb"], "planner": "search"}, best=True)
     c0 = git(repo(ws), "rev-parse", "HEAD")
     assert git(repo(ws), "rev-parse", BEST_TAG) == c0
 
@@ -75,13 +75,13 @@ def test_experiment_lifecycle_notes_and_best_tag(make_ws, git):
     assert git(repo(ws), "log", "-1", "--format=%s") == "exp 001: raise the learning rate"
     r1 = ws.run("python train.py", time_budget=5, metric="val_bpb")
     assert r1.metrics["val_bpb"] == pytest.approx(1.96)
-    assert ws.keep(1, {"metric": r1.metrics["val_bpb"]})
+    assert ws.keep(1, {"metric": r1.metrics["val_bpb"]}, best=True)
     assert git(repo(ws), "rev-parse", BEST_TAG) == c1 == ws.kept
 
     ws.begin(2, "deeper")
     ws.apply([KnobSet("N_LAYER", 2)])
     r2 = ws.run("python train.py", time_budget=5, metric="val_bpb")  # commits by itself
-    assert not ws.keep(2, {"metric": r2.metrics["val_bpb"]})  # worse: kept but not best
+    assert not ws.keep(2, {"metric": r2.metrics["val_bpb"]}, best=False)  # kept, not best
     assert git(repo(ws), "rev-parse", BEST_TAG) == c1
     assert ws.best == {"exp": 1, "commit": c1, "metric": pytest.approx(1.96)}
 
@@ -139,7 +139,7 @@ def test_run_writing_tracked_files_is_preserved_and_undone(make_ws, git):
     assert "EVIL = 1" in git(repo(ws), "show", f"{exp_ref(1)}:config.py")  # nothing lost
     ws.begin(2, "tamper and keep")
     ws.run("echo 'EVIL = 2' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5)
-    ws.keep(2, {"metric": 1})
+    ws.keep(2, {"metric": 1}, best=True)
     assert_consistent(ws, git)
     assert "EVIL" not in (ws.path / "config.py").read_text()
     assert "EVIL = 2" in git(repo(ws), "show", "refs/magnet/leftover/002:config.py")
@@ -223,7 +223,7 @@ def test_clone_leaves_the_users_repo_untouched(tmp_path, git):
         ws.begin(1, "lr")
         ws.apply([SearchReplace("train.py", "LR = 1", "LR = 3")])
         ws.run("python train.py", time_budget=5)
-        ws.keep(1, {"metric": 1.0})
+        ws.keep(1, {"metric": 1.0}, best=True)
         ws.begin(2, "lr again")
         ws.apply([SearchReplace("train.py", "LR = 3", "LR = 4")])
         ws.discard(2, {})

@@ -1,0 +1,123 @@
+"""Finding and killing a run's processes: the tree of a live run (`ProcessTree`), and what is
+left of one after the controller died (`kill_group`, `kill_by_env`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import psutil
+
+
+class ProcessTree:
+    """Knows every process of the run: its group plus any child seen that left the group."""
+
+    def __init__(self, pid: int) -> None:
+        self.pgid = pid
+        self.seen: dict[int, psutil.Process] = {}
+        self.peak = 0
+        try:
+            self.leader: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self.leader = None
+
+    def check(self) -> int:
+        """Total resident memory of the tree now; remembers its members for the final kill."""
+        if self.leader is None:
+            return 0
+        try:
+            procs = [self.leader, *self.leader.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            self.seen.setdefault(p.pid, p)
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        self.peak = max(self.peak, total)
+        return total
+
+    def kill_all(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+        for p in self.seen.values():  # processes that called setsid() are outside the group
+            with contextlib.suppress(psutil.Error):
+                if p.pid != self.pgid and p.is_running():  # is_running() also checks pid reuse
+                    p.send_signal(sig)
+
+    def alive(self) -> list[int]:
+        pids = {p.pid for p in self.seen.values() if _live(p)}
+        pids.update(group_members(self.pgid))
+        pids.discard(self.pgid)  # the leader is reaped by Popen.wait()
+        return sorted(pids)
+
+    def wait_gone(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < end:
+            self.kill_all(signal.SIGKILL)
+            time.sleep(0.01)
+
+
+def _live(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    found = []
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def kill_group(pgid: int, timeout: float = 5.0) -> bool:
+    """SIGKILL what is left of a run's process group (e.g. after the controller died).
+
+    True when something was killed. Safe against pid reuse: a group id stays reserved while any
+    process of the group lives, so live members of `pgid` belong to the orphaned run.
+    """
+    members = group_members(pgid)
+    if not members:
+        return False
+    end = time.monotonic() + timeout
+    while members and time.monotonic() < end:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        time.sleep(0.02)
+        members = group_members(pgid)
+    return True
+
+
+def processes_with_env(name: str, value: str) -> list[psutil.Process]:
+    """Live processes (not this one) whose environment has `name=value`: a run's processes
+    have its own MAGNET_OUTPUT_DIR, whatever group or session they moved to."""
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (p.pid != os.getpid() and p.environ().get(name) == value
+                    and p.status() != psutil.STATUS_ZOMBIE):
+                found.append(p)
+    return found
+
+
+def kill_by_env(name: str, value: str, timeout: float = 5.0) -> int:
+    """SIGKILL every process whose environment has `name=value`; returns how many there were.
+
+    Finds a run's processes when its pid was never journaled (a crash right after the spawn)
+    and those that left its process group.
+    """
+    victims = processes_with_env(name, value)
+    for p in victims:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(victims, timeout=timeout)
+    return len(victims)
