@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from agent.rundir import ranking
+from agent.rundir.records import tokens_of
 
 
 class RunState(TypedDict, total=False):
@@ -69,8 +70,7 @@ def rebuilt_state(run_id: str, records: Sequence[dict[str, Any]],
     proposals = [r for r in ranking.experiments(records)
                  if r.get("status") != "interrupted" and r.get("planner") != "none"]
     ran = [r["diff_hash"] for r in proposals if r.get("runs") and r.get("diff_hash")]
-    tokens = sum(n for r in records if isinstance(t := r.get("tokens"), dict)
-                 for n in (t.get("prompt"), t.get("completion")) if isinstance(n, int))
+    tokens = sum(tokens_of(r) for r in records)
     return RunState(**{**initial_state(run_id), "baselines": len(ranking.baseline_values(records)),
                        "experiments": len(proposals), "tried": list(dict.fromkeys(ran)),
                        "tokens": tokens, "wall_seconds": wall_seconds})
