@@ -44,6 +44,9 @@ class RunState(TypedDict, total=False):
     paused: bool
     approve: bool  # ask a person before each proposal runs
     stop_requested: bool
+    # what a node waits for from a person (agent.loop.steering: paused | approval), else None;
+    # the node is visited again, and interrupts the graph until control.jsonl grows
+    waiting: str | None
     budget_experiments: int | None  # overrides of the goal's budget
     budget_wall: float | None
 
@@ -55,7 +58,7 @@ def initial_state(run_id: str) -> RunState:
         planner_failures=0, tool_request=None, tool_exchanges=[], planner_down=False, tokens=0,
         wall_seconds=0.0, stop_reason=None,
         control_seen=0, hints=[], paused=False, approve=False, stop_requested=False,
-        budget_experiments=None, budget_wall=None,
+        waiting=None, budget_experiments=None, budget_wall=None,
     )
 
 
