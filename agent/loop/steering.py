@@ -6,9 +6,9 @@ control.jsonl in, approval.json and status.json out), so a REPL in another termi
 and one that dies never harms the run. Waiting for a person therefore cannot be a call into the
 graph from outside; it is LangGraph's `interrupt()` resumed by the run's own driver:
 
-- a node that must wait (`plan` while paused, `approve` until the answer) first applies the new
+- a node that must wait (`plan` while paused, `approve` until the answer) applies the new
   control lines, writes status.json (and approval.json), and returns with `waiting` set, so the
-  router sends it back to itself; on that visit, with nothing new to read, it calls `interrupt()`;
+  router sends it back to itself; a visit with nothing to change in the state calls `interrupt()`;
 - the driver (agent.loop.launch) then blocks in `wait_for_command` until control.jsonl grows
   past the checkpointed `control_seen`, and resumes the graph with `Command(resume=True)`: the
   node runs again and reads what came;
@@ -57,11 +57,13 @@ def answer(rt: Runtime, state: RunState, exp: int) -> tuple[dict[str, Any] | Non
 
 def hold(state: RunState, update: dict[str, Any], what: str) -> dict[str, Any]:
     """The update of a node that waits for `what`: back to the same node, which interrupts the
-    graph there once a visit reads nothing new (the driver resumes it when control.jsonl
-    grows)."""
-    if update["control_seen"] == state["control_seen"]:
+    graph there once a visit has nothing to change in the state (an interrupted visit's update
+    is never checkpointed: new commands, or an experiment renumbered after a crash, are
+    returned first). The driver resumes it when control.jsonl grows."""
+    held = {**update, "waiting": what}
+    if all(state.get(key) == value for key, value in held.items()):
         interrupt({"waiting": what})  # returns only on the visit the driver resumes
-    return {**update, "waiting": what}
+    return held
 
 
 def wait_for_command(run_dir: Path, seen: int, on_poll: Callable[[], None]) -> None:
