@@ -14,7 +14,8 @@ from rich.console import Console
 from agent.goal.spec import Goal, GoalError, load_goal, load_run_goal
 from agent.loop import status, steering
 from agent.loop.graph import build_graph, check_checkpoints, checkpointer, set_aside
-from agent.loop.nodes import Nodes, Runtime
+from agent.loop.nodes import Nodes
+from agent.loop.runtime import Runtime
 from agent.loop.state import RunState, initial_state, rebuilt_state
 from agent.loop.view import RunView
 from agent.planners import make_planner, resolve_planner_name

@@ -30,8 +30,6 @@ from agent.rundir import control, ranking
 from agent.rundir.names import REPORT_FILE
 from sandbox.errors import EditError, SandboxError
 
-__all__ = ["BASELINE_HYPOTHESES", "Nodes", "Runtime"]
-
 BASELINE_HYPOTHESES = ("baseline", "baseline (repeat with another seed, to measure noise)")
 MAX_PLANNER_FAILURES = 3
 FAILURE_LOG_LINES = 15
