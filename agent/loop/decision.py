@@ -9,7 +9,8 @@ depends on how many runs stand behind each side:
   error: kept, simpler code at equal quality (autoresearch's simplicity criterion);
 - gain between FLOOR_Z and CLEAR_Z standard errors: run once more with another seed, and judge
   the mean of the two runs: kept if its gain exceeds KEEP_Z standard errors (and min_delta);
-- otherwise discarded.
+- otherwise discarded: as worse when it is worse than the reference by more than WORSE_Z
+  standard errors (the reason says by how much), else as within noise.
 
 One difference of two baseline runs is a poor estimate of the noise, so a single threshold at
 it throws away real gains and keeps lucky runs; the confirmation costs one run, only in the band
@@ -28,12 +29,14 @@ from agent.rundir import ranking
 FLOOR_Z = 0.5  # below this a single run's gain is noise: discard without confirming
 CLEAR_Z = 2.0  # above this a single run's gain is clear: keep without confirming
 KEEP_Z = 1.0  # the confirmed mean must beat the best by this many standard errors
+WORSE_Z = 1.0  # worse than the best by more than this many standard errors: beyond the noise
 
 
 @dataclass(frozen=True)
 class Judgement:
     action: str  # keep | discard | confirm
     rule: str  # clear gain | confirmed gain | simpler | confirm | within noise | not confirmed
+    #            | worse
     metric: float  # the value judged: the mean of the runs
     reference: float  # the best so far (or the baseline mean) it was compared with
     gain: float  # metric's improvement over the reference (negative: worse)
@@ -66,16 +69,20 @@ def decide(runs: Sequence[float], records: Sequence[ranking.Record], goal: str, 
 
     if len(runs) == 1 and z > CLEAR_Z and gain > min_delta:
         return verdict("keep", "clear gain", f"above {CLEAR_Z:g} standard errors")
-    if simpler and z >= -1.0:
+    if simpler and z >= -WORSE_Z:
         return verdict("keep", "simpler", f"removes {lines_removed} lines, adds {lines_added}, "
                                           "and is not worse beyond the noise")
     if len(runs) == 1 and z > FLOOR_Z and gain > min_delta:
         return verdict("confirm", "confirm", "between the noise floor and a clear margin: "
                                              "run once more with another seed")
+    if len(runs) > 1 and z > KEEP_Z and gain > min_delta:
+        return verdict("keep", "confirmed gain", f"the mean of {len(runs)} runs is above "
+                                                 f"{KEEP_Z:g} standard error")
+    if z < -WORSE_Z:
+        errors = f" ({-z:.1f} standard errors)" if stderr else ""
+        return verdict("discard", "worse", f"worse than the best {reference:.4f} by "
+                                           f"{-gain:.4f}{errors}")
     if len(runs) > 1:
-        if z > KEEP_Z and gain > min_delta:
-            return verdict("keep", "confirmed gain", f"the mean of {len(runs)} runs is above "
-                                                     f"{KEEP_Z:g} standard error")
         return verdict("discard", "not confirmed", f"the mean of {len(runs)} runs is within "
                                                    "the noise")
     floor = f"at most {FLOOR_Z:g} standard errors" + (f" or {min_delta:g}" if min_delta else "")

@@ -1,4 +1,8 @@
-"""The research loop as a LangGraph state machine, checkpointed to SQLite after every node."""
+"""The research loop as a LangGraph state machine, checkpointed to SQLite after every node.
+
+A node that waits for a person (plan while paused, approve) routes back to itself and interrupts
+the graph there; agent.loop.steering says how the run's driver resumes it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
-from agent.loop.nodes import BASELINE, Nodes
+from agent.loop.nodes import BASELINE_HYPOTHESES, Nodes
 from agent.loop.state import RunState
 from agent.rundir.names import CHECKPOINTS
 
@@ -20,7 +24,7 @@ SIDE_FILES = ("", "-wal", "-shm")  # the database and SQLite's write-ahead log b
 def after_baseline(state: RunState) -> str:
     if state.get("stop_reason"):
         return "finish"
-    return "baseline" if state["baselines"] < len(BASELINE) else "plan"
+    return "baseline" if state["baselines"] < len(BASELINE_HYPOTHESES) else "plan"
 
 
 def after_plan(state: RunState) -> str:
@@ -28,6 +32,8 @@ def after_plan(state: RunState) -> str:
         return "tool"
     if state.get("stop_reason"):
         return "finish"
+    if state.get("waiting"):  # paused: plan again once control.jsonl brings news
+        return "plan"
     return "edit" if state.get("proposal") else "reflect"
 
 
@@ -40,6 +46,8 @@ def after_edit(state: RunState) -> str:
 
 
 def after_approve(state: RunState) -> str:
+    if state.get("waiting"):  # no answer yet: ask again once control.jsonl brings news
+        return "approve"
     return "revert" if state.get("decision") else "run"
 
 
@@ -63,10 +71,10 @@ def build_graph(nodes: Nodes) -> StateGraph:
         graph.add_node(name, getattr(nodes, name))
     graph.add_edge(START, "baseline")
     graph.add_conditional_edges("baseline", after_baseline, ["baseline", "plan", "finish"])
-    graph.add_conditional_edges("plan", after_plan, ["tool", "edit", "reflect", "finish"])
+    graph.add_conditional_edges("plan", after_plan, ["tool", "edit", "reflect", "finish", "plan"])
     graph.add_conditional_edges("tool", after_tool, ["plan", "finish"])
     graph.add_conditional_edges("edit", after_edit, ["approve", "revert"])
-    graph.add_conditional_edges("approve", after_approve, ["run", "revert"])
+    graph.add_conditional_edges("approve", after_approve, ["run", "revert", "approve"])
     graph.add_edge("run", "judge")
     graph.add_conditional_edges("judge", after_judge, ["run", "keep", "revert"])
     graph.add_conditional_edges("keep", after_settle, ["run", "record"])

@@ -8,11 +8,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from langgraph.types import Command
 from rich.console import Console
 
 from agent.goal.spec import Goal, GoalError, load_goal
+from agent.loop import status, steering
 from agent.loop.graph import build_graph, check_checkpoints, checkpointer, set_aside
-from agent.loop.nodes import Nodes, Runtime
+from agent.loop.nodes import Nodes
+from agent.loop.runtime import Runtime
 from agent.loop.state import RunState, initial_state, rebuilt_state
 from agent.loop.view import RunView
 from agent.planners import make_planner, resolve_planner_name
@@ -136,13 +139,14 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
             view.preload(records.read())
             if lost:
                 view.message(lost)
-            graph = build_graph(Nodes(Runtime(
+            runtime = Runtime(
                 goal=goal, run_dir=run_dir, workspace=workspace, planner=planner,
                 records=records, view=view, scorer=scorer,
                 memory_limit_bytes=(spec.memory_limit_mb or 0) * 2**20 or None,
                 unconfined=bool(options.get("unconfined")),
                 session_base=_wall_used(latest, start),
-            ))).compile(checkpointer=saver)
+            )
+            graph = build_graph(Nodes(runtime)).compile(checkpointer=saver)
             if not fresh and _finished(run_dir, graph, config, latest):
                 view.message(f"{run_dir.name} already finished; nothing to resume")
                 return
@@ -150,9 +154,19 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
                 view.message(f"no checkpoint in {CHECKPOINTS}: the run goes on from a state "
                              "rebuilt from its journal and records")
             with _sigterm_as_interrupt():
-                graph.invoke(start, config, durability="sync")
+                _drive(graph, start, config, runtime)
     finally:
         workspace.close()
+
+
+def _drive(graph: Any, start: RunState | None, config: dict[str, Any], rt: Runtime) -> None:
+    """Run the graph to its end. Where it waits for a person (an interrupt, agent.loop.steering),
+    block until control.jsonl brings a line, then resume it."""
+    graph.invoke(start, config, durability="sync")
+    while (snapshot := graph.get_state(config)).interrupts:
+        steering.wait_for_command(rt.run_dir, snapshot.values["control_seen"],
+                                  on_poll=lambda: status.refresh_wall(rt))
+        graph.invoke(Command(resume=True), config, durability="sync")
 
 
 def run_failure(run_dir: Path) -> str | None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from agent.rundir import ranking
+from agent.rundir.records import tokens_of
 
 
 class RunState(TypedDict, total=False):
@@ -43,6 +44,9 @@ class RunState(TypedDict, total=False):
     paused: bool
     approve: bool  # ask a person before each proposal runs
     stop_requested: bool
+    # what a node waits for from a person (agent.loop.steering: paused | approval), else None;
+    # the node is visited again, and interrupts the graph until control.jsonl grows
+    waiting: str | None
     budget_experiments: int | None  # overrides of the goal's budget
     budget_wall: float | None
 
@@ -54,7 +58,7 @@ def initial_state(run_id: str) -> RunState:
         planner_failures=0, tool_request=None, tool_exchanges=[], planner_down=False, tokens=0,
         wall_seconds=0.0, stop_reason=None,
         control_seen=0, hints=[], paused=False, approve=False, stop_requested=False,
-        budget_experiments=None, budget_wall=None,
+        waiting=None, budget_experiments=None, budget_wall=None,
     )
 
 
@@ -69,8 +73,7 @@ def rebuilt_state(run_id: str, records: Sequence[dict[str, Any]],
     proposals = [r for r in ranking.experiments(records)
                  if r.get("status") != "interrupted" and r.get("planner") != "none"]
     ran = [r["diff_hash"] for r in proposals if r.get("runs") and r.get("diff_hash")]
-    tokens = sum(n for r in records if isinstance(t := r.get("tokens"), dict)
-                 for n in (t.get("prompt"), t.get("completion")) if isinstance(n, int))
+    tokens = sum(tokens_of(r) for r in records)
     return RunState(**{**initial_state(run_id), "baselines": len(ranking.baseline_values(records)),
                        "experiments": len(proposals), "tried": list(dict.fromkeys(ran)),
                        "tokens": tokens, "wall_seconds": wall_seconds})

@@ -12,9 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.rundir import ranking
+from agent.rundir.records import tokens_of
+from agent.rundir.styles import status_style
 
-STATUS_STYLE = {"baseline": "blue", "keep": "green", "discard": "yellow",
-                "interrupted": "magenta"}
 SHOWN_ROWS = 10
 
 
@@ -78,7 +78,7 @@ class RunView:
     # --- rendering ------------------------------------------------------------------------
 
     def __rich__(self) -> Group:
-        tokens = sum(sum((r.get("tokens") or {}).values()) for r in self.records)
+        tokens = sum(tokens_of(r) for r in self.records)
         header = Text.assemble(
             (f"{self.run_id}", "bold"), f"  planner {self.planner}  {self.metric}: ",
             (ranking.verdict(self.records, self.goal), "bold green"), f"  tokens {tokens:,}",
@@ -89,7 +89,7 @@ class RunView:
             table.add_column(column, justify=justify, no_wrap=column != "hypothesis")
         for r in self.records[-SHOWN_ROWS:]:
             metric = r.get("metric")
-            status = Text(r["status"], STATUS_STYLE.get(r["status"], "red"))
+            status = Text(r["status"], status_style(r["status"]))
             table.add_row(f"{r['exp']:03d}", status, "-" if metric is None else f"{metric:.4f}",
                           r.get("hypothesis", ""))
         parts: list[Any] = [header, table]

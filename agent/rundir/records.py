@@ -61,6 +61,15 @@ class RunRecords:
         return True
 
 
+def tokens_of(record: dict[str, Any]) -> int:
+    """The LLM tokens an experiment's proposal used: prompt plus completion (0 without any)."""
+    tokens = record.get("tokens")
+    if not isinstance(tokens, dict):
+        return 0
+    return sum(n for key in ("prompt", "completion")
+               if isinstance(n := tokens.get(key), int) and not isinstance(n, bool))
+
+
 def strict_json(value: Any) -> Any:
     """`value` as strict JSON: a NaN or infinite float (a diverged run's metrics) is None, so
     every JSON reader (jq, a browser) can read the records."""

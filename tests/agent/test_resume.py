@@ -1,14 +1,18 @@
-"""A run killed by SIGKILL mid-experiment resumes: no gap, no duplicate, the cut-off one re-run."""
+"""A run killed by SIGKILL mid-experiment resumes: no gap, no duplicate, the cut-off one re-run;
+one killed while it waits for a person resumes waiting."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from goal_repo import make_goal, wait_for
+
+from agent.rundir import control
 
 TRAIN = """import time
 X = 3.0
@@ -92,3 +96,63 @@ def test_sigkill_mid_experiment_then_resume(tmp_path, goal):
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already finished" in again.stdout
     assert len((run_dir / "experiments.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_killed_while_waiting_for_a_person_then_resume(tmp_path):
+    """Paused, or with a proposal waiting for approval, a run killed and resumed waits again (the
+    wait is a checkpointed interrupt); what the person sends the new process lets it go on."""
+    goal = make_goal(tmp_path, TRAIN.replace("time.sleep(1.5)\n", ""), GOAL)
+    runs = tmp_path / "runs"
+
+    def launch(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([*CLI, *args, "--runs-dir", str(runs)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def waits(process: subprocess.Popen, state: str) -> bool:
+        status = control.read_status(run_dir) or {}
+        return status.get("pid") == process.pid and status.get("state") == state
+
+    def exps() -> list[int]:
+        path = run_dir / "experiments.jsonl"
+        return [json.loads(line)["exp"] for line in path.read_text().splitlines()]
+
+    first = launch("run", str(goal))
+    run_dir = wait_for(lambda: next(runs.glob("*/run.json"), None), what="run.json").parent
+    control.send(run_dir, {"cmd": "pause"})
+    wait_for(lambda: waits(first, "paused"), timeout=120, what="paused")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+
+    second = launch("resume", run_dir.name)
+    wait_for(lambda: waits(second, "paused"), timeout=60, what="paused again")
+    time.sleep(1)
+    assert waits(second, "paused") and exps() == [0, 1]  # nothing started while paused
+    control.send(run_dir, {"cmd": "approve", "on": True})
+    control.send(run_dir, {"cmd": "resume"})
+    asked = wait_for(lambda: control.read_approval(run_dir), timeout=60, what="approval asked")
+    wait_for(lambda: waits(second, "waiting_approval"), what="waiting for approval")
+    second.send_signal(signal.SIGKILL)
+    second.wait(timeout=10)
+
+    third = launch("resume", run_dir.name)
+    # the cut-off experiment is recorded as interrupted; its proposal asks again, renumbered
+    again = wait_for(lambda: (request := control.read_approval(run_dir))
+                     and request["exp"] != asked["exp"] and request, timeout=60,
+                     what="approval asked again")
+    assert again["exp"] == asked["exp"] + 1 and again["hypothesis"] == asked["hypothesis"]
+    wait_for(lambda: waits(third, "waiting_approval"), what="waiting for approval again")
+    time.sleep(1)
+    assert waits(third, "waiting_approval") and exps() == [0, 1, asked["exp"]]
+    control.send(run_dir, {"cmd": "answer", "exp": again["exp"], "decision": "yes"})
+    control.send(run_dir, {"cmd": "approve", "on": False})
+    assert third.wait(timeout=120) == 0, third.stderr.read().decode()[-2000:]
+
+    records = [json.loads(line) for line in
+               (run_dir / "experiments.jsonl").read_text().splitlines()]
+    assert exps() == list(range(len(records)))  # no gap, no duplicate
+    by_exp = {r["exp"]: r for r in records}
+    assert by_exp[asked["exp"]]["status"] == "interrupted"
+    assert by_exp[again["exp"]]["status"] in ("keep", "discard")
+    assert by_exp[again["exp"]]["hypothesis"] == asked["hypothesis"]
+    assert control.read_approval(run_dir) is None
+    assert control.read_status(run_dir)["state"] == "finished"
