@@ -84,3 +84,8 @@ def append_line(path: Path, line: str) -> None:
         f.write(prefix + line + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def tokens_of(record: dict[str, Any]) -> int:
+    """The LLM tokens an experiment's record says its proposal cost (prompt + completion)."""
+    return sum((record.get("tokens") or {}).values())

@@ -1,5 +1,6 @@
-"""Finding runs on disk. Light on purpose (no LangGraph, no planners): review commands and the
-REPL start fast."""
+"""Finding runs on disk, reading the goal they were started with, and naming their experiments
+and tool calls. Light on purpose (no LangGraph, no planners): review commands and the REPL start
+fast."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.rundir.names import RUN_FILE
+from agent.rundir.names import GOAL_COPY, RUN_FILE
+
+if TYPE_CHECKING:
+    from agent.goal.spec import GoalSpec
 
 RUN_ID = re.compile(r"(.+)-\d{8}-\d{6}")  # NAME-YYYYmmdd-HHMMSS
 
@@ -55,3 +60,36 @@ def find_run(run: str | None, runs_dir: str | Path | None = None) -> Path:
     known = [p.name for p in list_runs(runs_dir)]
     hint = f"; runs here: {', '.join(known[-5:])}" if known else ""
     raise RunError(f"no run {run!r} under {runs_root(runs_dir)}{hint}")
+
+
+def run_goal_spec(run_dir: Path) -> GoalSpec:
+    """The front matter of the goal a run was started with (its copy), validated as every goal
+    is (agent.goal.spec), without what `load_run_goal` also checks on disk (the workspace the run
+    was made from, which may have moved since): enough for its name and metric. RunError (one
+    line) when it cannot be read."""
+    from pydantic import ValidationError
+
+    from agent.goal.spec import GoalError, GoalSpec, describe_validation_error, split_front_matter
+
+    path = run_dir / GOAL_COPY
+    try:
+        return GoalSpec.model_validate(split_front_matter(path, path.read_text("utf-8"))[0])
+    except ValidationError as err:
+        raise RunError(f"cannot read the run's goal: {path}: "
+                       f"{describe_validation_error(err)}") from None
+    except (OSError, UnicodeDecodeError, GoalError) as err:
+        raise RunError(f"cannot read the run's goal: {err}") from None
+
+
+def parse_exp(text: str) -> int:
+    """`7`, `007` or `exp007` -> 7."""
+    match = re.fullmatch(r"(?:exp[-_ ]?)?(\d{1,6})", text.strip().lower())
+    if not match:
+        raise RunError(f"{text!r} is not an experiment number; name one as 7 or 007")
+    return int(match[1])
+
+
+def parse_tool_call(text: str) -> int | None:
+    """`tool:3` or `tool3` -> 3; None when `text` names no tool call."""
+    match = re.fullmatch(r"tool[:#-]?(\d{1,6})", text.strip().lower())
+    return int(match[1]) if match else None
