@@ -241,11 +241,15 @@ class Repl:
         self.say(sent)
 
 
-def _whole_number(text: str) -> int | None:
-    try:
-        return int(text) if text.isdigit() else None
-    except ValueError:  # a digit int() does not read ('²'), or beyond its 4,300 digits
+def _whole_number(text: str) -> float | None:
+    """`20` -> 20; None when `text` is not a whole number. One too long for int() is above
+    every bound, so it reads as infinity (control.validate refuses it by its bound)."""
+    if not (text.isascii() and text.isdigit()):
         return None
+    try:
+        return int(text)
+    except ValueError:  # beyond int()'s 4,300 digits
+        return float("inf")
 
 
 def _no_argument(command: str, arg: str) -> None:
