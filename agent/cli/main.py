@@ -256,9 +256,9 @@ def review(args: argparse.Namespace) -> int:
     print whole values: tables as tab-separated lines, long lines unbroken."""
     from rich.console import Console
 
-    from agent.review import run as rv
+    from agent import review as rv
     from agent.review.listing import print_listing
-    from agent.rundir.runs import find_run
+    from agent.rundir.runs import RunError, find_run
     from sandbox.errors import GitError
     from sandbox.layout import EXP_REFS
 
@@ -314,7 +314,7 @@ def review(args: argparse.Namespace) -> int:
             console.print(f"wrote {path} and {run.path / PROGRESS_PLOT}", markup=False,
                           soft_wrap=True)
         return 0
-    except rv.ReviewError as err:
+    except RunError as err:
         return fail(str(err))
     except GitError as err:
         return fail(f"git could not answer ({err}); is the run's workspace.git/ intact?")

@@ -1,59 +1,24 @@
-"""`report.md` and `progress.png`: the metric per experiment, kept vs discarded, best so far."""
+"""`report.md` (with `progress.png`): the verdict, how runs were scored, every experiment and
+tool call; written by the loop as it goes and by `magnet-agent report`."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.goal.spec import Goal
+from agent.goal.spec import Goal, GoalError
+from agent.review.plot import write_plot
 from agent.rundir import ranking
 from agent.rundir.names import PROGRESS_PLOT, REPORT_FILE
+from agent.rundir.records import tokens_of
+from agent.rundir.runs import RunError, load_run_goal
 from agent.rundir.tool_records import ToolCallRecord, ToolRecords
 from sandbox.confine import UNCONFINED
 from sandbox.layout import EXP_REFS, GIT_DIR
 
-
-def write_plot(path: Path, records: list[dict[str, Any]], metric: str, goal: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    groups = {"baseline": (ranking.BASELINE,), "kept": (ranking.KEEP,), "discarded": ("discard",)}
-    styles = {"baseline": ("s", "tab:gray"), "kept": ("o", "tab:green"),
-              "discarded": ("x", "tab:orange")}
-    for label, statuses in groups.items():
-        points = [(r["exp"], r["metric"]) for r in records
-                  if r.get("status") in statuses and r.get("metric") is not None]
-        if points:
-            marker, color = styles[label]
-            xs, ys = zip(*points, strict=True)
-            ax.scatter(xs, ys, marker=marker, color=color, label=label, zorder=3)
-    failed = [r["exp"] for r in records
-              if r.get("status") not in (ranking.BASELINE, ranking.KEEP, "discard")]
-    for exp in failed:
-        ax.axvline(exp, color="tab:red", alpha=0.15, lw=4)
-    if failed:
-        ax.plot([], [], color="tab:red", alpha=0.3, lw=4, label="failed (no metric)")
-    line = ranking.best_so_far(records, goal)
-    xs = [r["exp"] for r, b in zip(records, line, strict=True) if b is not None]
-    ys = [b for b in line if b is not None]
-    if xs:
-        ax.step(xs, ys, where="post", color="tab:blue", label="best so far")
-    base = ranking.baseline(records)
-    if base is not None:
-        ax.axhline(base, color="tab:gray", ls="--", lw=1, label="baseline (mean)")
-    ax.set_xlabel("experiment")
-    ax.set_ylabel(f"{metric} ({'lower' if goal == 'minimize' else 'higher'} is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+if TYPE_CHECKING:
+    from agent.review.run import Run
 
 
 def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
@@ -67,7 +32,7 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
     for r in experiments:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     confirmed = sum(len(ranking.runs_of(r)) > 1 for r in experiments)
-    tokens = sum(sum((r.get("tokens") or {}).values()) for r in records)
+    tokens = sum(tokens_of(r) for r in records)
     lines = [f"# {run_dir.name}", "", f"Goal: `{spec.name}` — {direction} `{metric}`.", ""]
     if stop_reason:
         lines += [f"Stopped: {stop_reason}.", ""]
@@ -96,6 +61,15 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def regenerate_report(run: Run) -> Path:
+    """Rewrite report.md and progress.png from the records, keeping the recorded stop reason."""
+    try:
+        goal = load_run_goal(run.path)
+    except GoalError as err:
+        raise RunError(f"cannot read the run's goal: {err}") from None
+    return write_report(run.path, goal, run.records(), stop_reason=run.stop_reason())
 
 
 def _tools(calls: list[ToolCallRecord]) -> list[str]:

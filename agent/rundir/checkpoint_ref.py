@@ -1,17 +1,20 @@
-"""Which checkpoint a command means: `RUN` (its best), `RUN:EXP`, or a checkpoint directory.
+"""Which checkpoint a command means: `RUN` (the experiment it stands for), `RUN:EXP`, or a
+checkpoint directory.
 
-`RUN` is the experiment tagged magnet/best; its checkpoint is the one its first run saved in
-`outputs/exp-NNN/` (a repeat run's, `exp-NNN-run2/`, when only that one exists: the second
-baseline is measured as a repeat).
+`RUN` is `ranking.standing_record`: its best kept experiment, else its first baseline run (a run
+with nothing kept exports the code it started from, as trained by its baseline). Its checkpoint
+is the one its first run saved in `outputs/exp-NNN/` (a repeat run's, `exp-NNN-run2/`, when
+only that one exists: the second baseline is measured as a repeat).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agent.review.run import ReviewError, parse_exp
+from agent.rundir import ranking
 from agent.rundir.names import RUN_FILE
-from agent.rundir.runs import RunError, find_run
+from agent.rundir.records import RunRecords
+from agent.rundir.runs import RunError, find_run, parse_exp, run_goal_spec
 from sandbox.reader import RunReader
 from sandbox.workspace import MAX_REPEATS
 
@@ -26,17 +29,23 @@ def resolve_checkpoint(ref: str, runs_dir: str | Path | None = None) -> Path:
     if sep:
         try:
             exp = parse_exp(exp_text)
-        except ReviewError as err:
+        except RunError as err:
             raise RunError(f"{ref}: {err}") from None
     else:
-        best = reader.best()
-        if best is None or best["exp"] is None:
-            raise RunError(f"{run_dir.name} has no best experiment yet; name one as "
-                           f"{run_dir.name}:EXP")
-        exp = best["exp"]
+        exp = standing_exp(run_dir)
     for repeat in range(MAX_REPEATS):
         if (out := reader.output_dir(exp, repeat)).is_dir():
             return out
     raise RunError(f"experiment {exp:03d} of {run_dir.name} left no checkpoint (no "
                    f"{reader.output_dir(exp).relative_to(run_dir)}/); it may have failed "
                    "before saving: pick another with RUN:EXP")
+
+
+def standing_exp(run_dir: Path) -> int:
+    """The experiment `RUN` means (ranking.standing_record); RunError when there is none."""
+    goal = run_goal_spec(run_dir).metric.goal
+    record = ranking.standing_record(RunRecords(run_dir).read(), goal)
+    if record is None:
+        raise RunError(f"{run_dir.name} has no best experiment yet; name one as "
+                       f"{run_dir.name}:EXP")
+    return int(record["exp"])

@@ -1,5 +1,6 @@
-"""Finding runs on disk. Light on purpose (no LangGraph, no planners): review commands and the
-REPL start fast."""
+"""Finding runs on disk, reading the goal they were started with, and naming their experiments
+and tool calls. Light on purpose (no LangGraph, no planners): review commands and the REPL start
+fast."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from agent.goal.spec import Goal, load_goal
+from agent.goal.spec import Goal, GoalSpec, load_goal
 from agent.rundir.names import GOAL_COPY, RUN_FILE
 
 RUN_ID = re.compile(r"(.+)-\d{8}-\d{6}")  # NAME-YYYYmmdd-HHMMSS
@@ -64,3 +65,36 @@ def load_run_goal(run_dir: Path) -> Goal:
     read from the original goal file's folder, as the run itself reads them."""
     options = json.loads((run_dir / RUN_FILE).read_text())
     return load_goal(run_dir / GOAL_COPY, base_dir=Path(options["goal_path"]).parent)
+
+
+def run_goal_spec(run_dir: Path) -> GoalSpec:
+    """The front matter of the goal a run was started with (its copy), validated as every goal
+    is (agent.goal.spec), without what `load_run_goal` also checks on disk (the workspace the run
+    was made from, which may have moved since): enough for its name and metric. RunError (one
+    line) when it cannot be read."""
+    from pydantic import ValidationError
+
+    from agent.goal.spec import GoalError, GoalSpec, describe_validation_error, split_front_matter
+
+    path = run_dir / GOAL_COPY
+    try:
+        return GoalSpec.model_validate(split_front_matter(path, path.read_text("utf-8"))[0])
+    except ValidationError as err:
+        raise RunError(f"cannot read the run's goal: {path}: "
+                       f"{describe_validation_error(err)}") from None
+    except (OSError, UnicodeDecodeError, GoalError) as err:
+        raise RunError(f"cannot read the run's goal: {err}") from None
+
+
+def parse_exp(text: str) -> int:
+    """`7`, `007` or `exp007` -> 7."""
+    match = re.fullmatch(r"(?:exp[-_ ]?)?(\d{1,6})", text.strip().lower())
+    if not match:
+        raise RunError(f"{text!r} is not an experiment number; name one as 7 or 007")
+    return int(match[1])
+
+
+def parse_tool_call(text: str) -> int | None:
+    """`tool:3` or `tool3` -> 3; None when `text` names no tool call."""
+    match = re.fullmatch(r"tool[:#-]?(\d{1,6})", text.strip().lower())
+    return int(match[1]) if match else None

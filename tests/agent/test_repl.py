@@ -5,6 +5,7 @@ holds), a hint (in the very next request), approval (edit, reject, approve), sto
 started by the REPL itself, outlives the REPL's SIGKILL, and is then reviewed from a new REPL.
 """
 
+import io
 import json
 import os
 import re
@@ -19,7 +20,9 @@ import pexpect
 import pytest
 from goal_repo import make_goal, sr, wait_for
 from openai_server import proposal, text
+from rich.console import Console
 
+from agent.repl.session import Repl
 from agent.review.run import Run
 
 # The baselines (X = 3.0) take longer: time for the REPL to attach before the first proposal.
@@ -272,3 +275,32 @@ def test_repl_starts_a_run_that_outlives_it(tmp_path, env, openai_server):
     assert not (run_dir / "control.jsonl").exists()  # nothing was sent to a finished run
     history = (tmp_path / "cache" / "magnet" / "repl_history").read_text()
     assert "+show 003" in history and "+history 2" in history
+
+
+def test_budget_words_are_read_here_and_bounded_by_control(tmp_path):
+    """The REPL reads `budget` words into a command; its bounds are those every sender gets
+    (agent.rundir.control.validate), each refusal in one line, and nothing bad is sent."""
+    run_dir = tmp_path / "runs" / "steered-20260101-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    (run_dir / "goal.md").write_text(GOAL)
+    out = io.StringIO()
+    repl = Repl(Run.load(run_dir), console=Console(file=out, width=200))
+    refusals = {
+        "budget experiments 0": "budget experiments needs a number above 0 and at most 1e+06",
+        "budget experiments 2.5": "the experiment budget is a whole number, not '2.5'",
+        "budget experiments " + "9" * 5000: "budget experiments needs a number above 0",
+        "budget wall soon": "budget wall: 'soon' is not a duration",
+        "budget wall 9999h": "must be above zero and at most 30 days",
+        "budget tokens 5": "budget takes experiments or wall and a number",
+    }
+    for line, message in refusals.items():
+        out.seek(0)
+        out.truncate()
+        assert repl.handle(line)
+        assert message in out.getvalue() and out.getvalue().count("\n") == 1, out.getvalue()
+    assert not (run_dir / "control.jsonl").exists()
+    for line in ("budget experiments 20", "budget wall 1h"):
+        repl.handle(line)
+    sent = [json.loads(line) for line in (run_dir / "control.jsonl").read_text().splitlines()]
+    assert [(c["what"], c["value"]) for c in sent] == [("experiments", 20), ("wall", 3600)]

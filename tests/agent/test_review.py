@@ -16,14 +16,10 @@ from goal_repo import make_goal, sr
 from openai_server import ScriptedServer, proposal, text
 
 from agent.loop.launch import start_run
-from agent.review.run import (
-    ReviewError,
-    Run,
-    diff_between,
-    experiment_diff,
-    parse_exp,
-    text_plot,
-)
+from agent.review.detail import diff_between, experiment_diff
+from agent.review.plot import text_plot
+from agent.review.run import Run
+from agent.rundir.runs import RunError, parse_exp
 
 TRAIN = """X = 3.0
 MODE = "ok"
@@ -218,6 +214,20 @@ def test_runs_json_and_a_run_nothing_beat(run_dir, runs, tmp_path):
     assert json.loads(cli("runs", "--runs-dir", str(tmp_path / "none"), "--json").stdout) == []
 
 
+def test_a_run_whose_goal_is_broken_is_still_listed(run_dir, runs):
+    """goal.md is read by the goal's own parser; a broken one leaves the run listed under the
+    name its id carries, with a metric it cannot know."""
+    broken = runs / "broken-20000101-000000"
+    broken.mkdir()
+    (broken / "run.json").write_bytes((run_dir / "run.json").read_bytes())
+    (broken / "goal.md").write_text("---\nname: [never closed\n---\nA brief.\n")
+    listed = {row["run"]: row for row in tsv(cli("runs", "--runs-dir", str(runs)).stdout)}
+    assert listed[broken.name]["goal"] == "broken"
+    assert listed[broken.name]["metric"] == "metric (min)"
+    assert listed[run_dir.name]["goal"] == "reviewed"
+    assert Run.load(run_dir).metric == "score"
+
+
 def test_on_a_terminal_the_tables_are_drawn(run_dir):
     """Through a pseudo-terminal: rich tables, and the plain-git hint under the history."""
     import pexpect
@@ -268,7 +278,7 @@ def test_diffs_come_from_the_experiment_commits(run_dir):
     assert "-X = 2.0\n+X = 3.5" in experiment_diff(run, 3)  # against its own base, exp 2
     between = diff_between(run, 2, 4)
     assert "-X = 2.0" not in between and '+MODE = "crash"' in between
-    with pytest.raises(ReviewError, match="no experiment 9; this run has 000-004"):
+    with pytest.raises(RunError, match="no experiment 9; this run has 000-004"):
         diff_between(run, 2, 9)
 
 
