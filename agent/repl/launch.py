@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 from agent.review.run import Run
-from agent.rundir.names import GOAL_COPY, RUN_FILE
+from agent.rundir.names import CONTROLLER_LOG, GOAL_COPY, RUN_FILE
 from agent.rundir.runs import RunError, runs_root
 
 START_TIMEOUT = 120.0  # seconds for a background run to create its run directory
-CONTROLLER_LOG = "controller.log"  # in the run directory: the background run's output
 
 
 def start_in_background(goal: Path, runs_dir: str | None,

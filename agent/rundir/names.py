@@ -10,6 +10,7 @@
     status.json         the live state
     checkpoints.sqlite  LangGraph's checkpoints
     report.md           the report, with progress.png
+    controller.log      the output of a run the REPL started in the background
     init/               the run's own copy of the checkpoint it starts from (`init:`)
 
 The sandbox's names (workspace/, workspace.git/, logs/, outputs/, sandbox.json, git refs) are
@@ -25,6 +26,7 @@ CONTROL_FILE = "control.jsonl"
 APPROVAL_FILE = "approval.json"
 STATUS_FILE = "status.json"
 CHECKPOINTS = "checkpoints.sqlite"
+CONTROLLER_LOG = "controller.log"  # a run started by the REPL in the background: its output
 REPORT_FILE = "report.md"
 PROGRESS_PLOT = "progress.png"
 INIT_DIR = "init"
