@@ -247,9 +247,10 @@ class Nodes:
         if (settled := experiment.settled(self.rt, exp)) is not None:
             return settled
         note = experiment.note(state)
-        ref, _ = ranking.reference(self.rt.records.read(), self.spec.metric.goal)
-        is_best = ref is None or ranking.better(note["metric"], ref, self.spec.metric.goal)
-        self.ws.keep(exp, note, best=is_best)
+        # tag magnet/best marks the experiment the run stands for, as ranking defines it
+        records = [*self.rt.records.read(), {**note, "exp": exp, "status": ranking.KEEP}]
+        standing = ranking.standing_record(records, self.spec.metric.goal)
+        self.ws.keep(exp, note, best=standing is not None and standing["exp"] == exp)
         return {}
 
     def revert(self, state: RunState) -> dict[str, Any]:

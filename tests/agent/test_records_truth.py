@@ -20,6 +20,7 @@ import agent.loop.launch
 from agent.loop.launch import resume_run, start_run
 from agent.planners.base import ExperimentSummary, PlanContext
 from agent.rundir import control, ranking
+from sandbox.reader import RunReader
 
 CLI = [sys.executable, "-m", "agent.cli"]
 
@@ -223,6 +224,9 @@ def test_simpler_code_at_equal_quality_is_kept(tmp_path, openai_server, monkeypa
     assert worse["diff"] == {"added": 0, "removed": 1} and worse["status"] == "discard"
     assert "does nothing" not in git(run_dir, "show", "HEAD:train.py")
     assert ranking.best(records, "minimize") == simpler["metric"]
+    # the tag marks the experiment the run stands for: the kept simpler one
+    assert RunReader(run_dir).best()["exp"] == simpler["exp"]
+    assert ranking.standing_record(records, "minimize")["exp"] == simpler["exp"]
 
 
 def test_nothing_beat_the_baseline_and_a_run_without_experiments_fails(tmp_path):
@@ -238,6 +242,9 @@ def test_nothing_beat_the_baseline_and_a_run_without_experiments_fails(tmp_path)
     records = records_of(run_dir)
     assert [r["status"] for r in records] == ["baseline", "baseline", "crashed", "crashed"]
     assert ranking.best(records, "minimize") is None
+    # nothing kept: the run stands for its first baseline run, and the tag is on it
+    assert ranking.standing_record(records, "minimize")["exp"] == 0
+    assert RunReader(run_dir).best()["exp"] == 0
     assert "Nothing beat the baseline 6.2500." in (run_dir / "report.md").read_text()
     status = json.loads((run_dir / "status.json").read_text())
     assert status["failed"] and status["verdict"] == "Nothing beat the baseline 6.2500."
