@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-COMPRESSIONS = ("none", "fp16", "int8")
+from merge.method_names import COMPRESSIONS
+
 CHUNK = 1024  # values sharing one int8 scale: 4 bytes of scale per KiB of codes (0.4%)
 _INT8_MAX = 127  # symmetric range: -127..127, so negating a value never overflows
 

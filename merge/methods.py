@@ -25,8 +25,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from merge.method_names import METHODS
+
 StateDict = dict[str, torch.Tensor]
-METHODS = ("linear", "task_arithmetic", "ties", "dare")
 
 
 class MergeError(ValueError):

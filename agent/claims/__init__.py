@@ -1,2 +1,2 @@
-"""Ledger claims of kept improvements: what a claim carries (claim) and the verifier's replay
-of it (replay)."""
+"""Ledger claims of kept improvements: building one (claim), replaying one (replay), and doing
+either against a ledger (ledger_ops), for the CLI and the ledger tools alike."""

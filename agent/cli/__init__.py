@@ -1,2 +1,1 @@
-"""The `magnet-agent` command line: one module per command, parsing arguments and printing
-only."""
+"""`magnet-agent`'s command line: one module per command (main.py), parsing and printing only."""

@@ -21,12 +21,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from agent.cli import options
+from agent.cli.errors import fail, first_line
+from merge.method_names import COMPRESSIONS
+
 COMMANDS = ("diloco", "lighthouse")
-COMPRESSIONS = ("none", "fp16", "int8")  # merge.compress.COMPRESSIONS (not imported: no torch
-# at CLI start-up; numeric defaults below are None and resolved from merge/ and bitnet/ at run)
+# torch is imported when a command runs: numeric defaults below are None, resolved from merge/
+# and bitnet/ then
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: options.Subparsers) -> None:
     """Register the `diloco` and `lighthouse` subcommands."""
     worker = commands.add_parser(
         "diloco", help="join a DiLoCo run as one worker (replica group): train H inner steps "
@@ -90,11 +94,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     lighthouse.add_argument("--heartbeat-timeout", type=float, default=5.0, metavar="SECONDS",
                             help="silence after which a worker counts as gone")
     lighthouse.add_argument("--quorum-tick-ms", type=int, default=100)
-
-
-def fail(message: str) -> int:
-    print(f"magnet-agent: error: {message}", file=sys.stderr)
-    return 2
 
 
 def main(args: argparse.Namespace) -> int:
@@ -233,7 +232,7 @@ def diloco(args: argparse.Namespace) -> int:
             summary = run_worker(opts, report, lambda text: spinner.update(text),
                                  lambda text: console.print(text, markup=False, soft_wrap=True))
     except (WorkerError, CorpusError, CheckpointError) as err:
-        return fail(str(err).splitlines()[0])
+        return fail(first_line(err))
     except KeyboardInterrupt:
         console.print(f"stopped; run the same command again to resume from {opts.out}",
                       markup=False, soft_wrap=True)
@@ -243,9 +242,8 @@ def diloco(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(130)
     except (RuntimeError, TimeoutError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return fail(f"torchft gave up ({first}); are the lighthouse and the other workers "
-                    f"still up? The last outer step is in {opts.out}: rerun to resume")
+        return fail(f"torchft gave up ({first_line(err)}); are the lighthouse and the other "
+                    f"workers still up? The last outer step is in {opts.out}: rerun to resume")
     bpb = f"val_bpb {summary['val_bpb']:.4f} on {opts.corpus}" if summary["val_bpb"] else ""
     console.print(f"done: {summary['outer_steps']} outer steps, {bpb}, sent "
                   f"{_size(summary['bytes_sent'])} ({_size(summary['bytes_per_outer_step'])} "

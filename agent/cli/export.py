@@ -1,23 +1,51 @@
 """`magnet-agent export RUN|CHECKPOINT --format hf|gguf [--out PATH]`.
 
 Without --out, a run's checkpoint is exported to `runs/<id>/exports/exp-NNN-hf/` (or
-`exp-NNN.gguf`), a plain checkpoint directory beside itself (`DIR-hf`, `DIR.gguf`).
+`exp-NNN.gguf`), a plain checkpoint directory beside itself (`DIR-hf`, `DIR.gguf`). The
+exporters are bitnet.export_hf and bitnet.export_gguf, imported when the command runs.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from rich.console import Console
 
-from agent.rundir.checkpoint_ref import resolve_checkpoint
-from sandbox.layout import OUTPUTS_DIR
+from agent.cli import options
+from agent.cli.errors import fail, first_line
 
+COMMANDS = ("export",)
 EXPORTS_DIR = "exports"
 FORMATS = ("hf", "gguf")
 
 
+def add_commands(commands: options.Subparsers) -> None:
+    export = commands.add_parser(
+        "export", help="export a checkpoint for CPU inference: Hugging Face (packed ternary) "
+                       "or GGUF (TQ2_0)")
+    export.add_argument("checkpoint", metavar="RUN|RUN:EXP|CHECKPOINT",
+                        help="a run (its best experiment), one experiment, or a checkpoint "
+                             "directory")
+    export.add_argument("--format", choices=FORMATS, required=True)
+    export.add_argument("--out", help="where to write (default: runs/<id>/exports/)")
+    options.runs_dir(export)
+
+
+def main(args: argparse.Namespace) -> int:
+    """0 when written; 2 with one line when the reference or the checkpoint is refused."""
+    from agent.rundir.runs import RunError
+    from bitnet.checkpoint import CheckpointError
+
+    try:
+        return export(args.checkpoint, args.format, args.out, args.runs_dir)
+    except (RunError, CheckpointError, ValueError) as err:
+        return fail(first_line(err))
+
+
 def default_out(checkpoint: Path, fmt: str) -> Path:
+    from sandbox.layout import OUTPUTS_DIR
+
     name = f"{checkpoint.name}-hf" if fmt == "hf" else f"{checkpoint.name}.gguf"
     if checkpoint.parent.name == OUTPUTS_DIR:  # runs/<id>/outputs/exp-NNN
         return checkpoint.parent.parent / EXPORTS_DIR / name
@@ -26,6 +54,8 @@ def default_out(checkpoint: Path, fmt: str) -> Path:
 
 def export(ref: str, fmt: str, out: str | None, runs_dir: str | None) -> int:
     """Export and print what was written; raises RunError, CheckpointError or ExportError."""
+    from agent.rundir.checkpoint_ref import resolve_checkpoint
+
     console = Console(highlight=False)
     checkpoint = resolve_checkpoint(ref, runs_dir)
     target = Path(out) if out else default_out(checkpoint, fmt)

@@ -11,12 +11,41 @@ import argparse
 import json
 import sys
 
-from agent.rundir.checkpoint_ref import resolve_checkpoint
+from agent.cli import options
+from agent.cli.errors import fail, first_line
 
+COMMANDS = ("generate",)
 THREADS = 1
 
 
+def add_commands(commands: options.Subparsers) -> None:
+    generate = commands.add_parser("generate", help="generate text with a trained model")
+    generate.add_argument("checkpoint", metavar="RUN|RUN:EXP|CHECKPOINT")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=200)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    generate.add_argument("--top-k", type=int, default=0, help="0: off")
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=0)
+    options.json_flag(generate, "{text, prompt_tokens, new_tokens, tokens_per_s, ...}")
+    options.runs_dir(generate)
+
+
+def main(args: argparse.Namespace) -> int:
+    """0 when generated; 2 with one line when the reference, checkpoint or a value is refused."""
+    from agent.rundir.runs import RunError
+    from bitnet.checkpoint import CheckpointError
+
+    try:
+        return generate(args)
+    except (RunError, CheckpointError, ValueError) as err:
+        return fail(first_line(err))
+
+
 def generate(args: argparse.Namespace) -> int:
+    """Generate and print (streamed, or one JSON document); raises RunError, CheckpointError or
+    ValueError (one line each) for what cannot be loaded or sampled."""
+    from agent.rundir.checkpoint_ref import resolve_checkpoint
     from bitnet.generate import generate as run
     from bitnet.infer import load_for_inference
 

@@ -5,7 +5,7 @@
 
 The same generation as the agent's `generate_data` tool (agent.teacher.corpus) with the same
 bounds (agent.tools.data_tool.GenerateDataArgs). Running the same command again continues the
-corpus in the same folder. `add_command(commands)` registers it on the CLI's subparsers and
+corpus in the same folder. `add_commands(commands)` registers it on the CLI's subparsers and
 `main(args)` runs it; only argparse is imported until it runs.
 """
 
@@ -17,12 +17,15 @@ import re
 import sys
 from pathlib import Path
 
-COMMAND = "generate-data"
+from agent.cli import options
+from agent.cli.errors import USAGE, fail
+
+COMMANDS = ("generate-data",)
 
 
-def add_command(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: options.Subparsers) -> None:
     parser = commands.add_parser(
-        COMMAND, help="a teacher model writes a filtered, deduplicated corpus on a topic "
+        "generate-data", help="a teacher model writes a filtered, deduplicated corpus on a topic "
                       "(text:PATH, with its own validation split)")
     parser.add_argument("topic", help="what the corpus is about, e.g. 'SQL query optimisation'")
     parser.add_argument("--bytes", type=int, default=200_000, metavar="N",
@@ -58,8 +61,8 @@ def main(args: argparse.Namespace) -> int:
     except ValidationError as err:
         first = err.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "input"
-        return _fail(f"{name if name == 'topic' else '--' + name}: {first['msg']} "
-                     f"(got {first.get('input')!r})", 2)
+        return fail(f"{name if name == 'topic' else '--' + name}: {first['msg']} "
+                    f"(got {first.get('input')!r})", USAGE)
     out = Path(args.out) if args.out else default_out_dir(checked.topic)
     console = Console(highlight=False, stderr=args.json)  # --json: stdout is the document
     try:
@@ -67,9 +70,9 @@ def main(args: argparse.Namespace) -> int:
         report = generate_corpus(teacher, checked.topic, out, max_bytes=checked.bytes,
                                  seconds=checked.seconds, seed=args.seed, console=console)
     except ValueError as err:
-        return _fail(str(err), 2)
+        return fail(str(err), USAGE)
     except TeacherError as err:
-        return _fail(str(err), 1)
+        return fail(str(err), 1)
     except KeyboardInterrupt:
         print(f"stopped; the same command continues the corpus in {out}", file=sys.stderr)
         return 130
@@ -84,8 +87,3 @@ def main(args: argparse.Namespace) -> int:
     console.print(f"corpus: {report['corpus']}\n{use_hint(report['corpus'])}", markup=False,
                   soft_wrap=True)
     return 0
-
-
-def _fail(message: str, status: int) -> int:
-    print(f"magnet-agent: error: {message}", file=sys.stderr)
-    return status

@@ -6,34 +6,25 @@
     magnet-agent ledger show | balance | audit | prove ENTRY
 
 Every command takes `--ledger PATH|evm:URL` (default $MAGNET_LEDGER, else
-~/.local/share/magnet/ledger.sqlite). The ledger itself is `ledger/`; replays are
-agent.claims.replay. `claim_experiment` and `replay_entry` are what both these commands and the
-ledger tools (agent.tools.ledger_tools) do.
+~/.local/share/magnet/ledger.sqlite). Parsing and printing only: the ledger itself is `ledger/`,
+claiming and replaying are agent.claims.ledger_ops (which the ledger tools call too).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ledger.entries import CLAIM, VERIFICATION, Entry
-from ledger.rules import HONEST, reward_points
+from agent.cli import options
+from agent.cli.errors import fail
 
-if TYPE_CHECKING:  # imported when used: `ledger keygen` and `--help` start fast
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from agent.claims.replay import Verdict
-    from ledger.book import Ledger
+COMMANDS = ("ledger",)
 
 
-def add_command(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: options.Subparsers) -> None:
     ledger = commands.add_parser(
         "ledger", help="signed claims of verified improvements: keygen, claim, show, balance, "
                        "verify (replay), audit, prove")
@@ -53,7 +44,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     claim.add_argument("exp", type=int, help="the kept experiment's number")
     claim.add_argument("--key", required=True, metavar="KEYFILE")
     claim.add_argument("--stake", type=int, default=None, help="points put up (default 100)")
-    claim.add_argument("--runs-dir", help="where runs are (default ./runs or MAGNET_RUNS_DIR)")
+    options.runs_dir(claim)
     show = sub("show", "the entries as a table, or one entry")
     show.add_argument("entry", nargs="?", help="number, or 6+ characters of a hash or claim id")
     show.add_argument("--last", type=int, default=50, metavar="N",
@@ -77,31 +68,26 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run one `ledger` action; 0 on success, 1 when audit finds a bad entry or a claim is
-    judged false. Errors raise LedgerError/RunError (one line) for the caller to print."""
+    judged false, 2 with one line when the ledger, a run or a replay refuses."""
+    from agent.claims.ledger_ops import ledger_errors
     from ledger.keys import generate_key
     from ledger.open import open_ledger
 
     console = Console(highlight=False)
-    if args.action == "keygen":
-        public = generate_key(args.keyfile)
-        console.print(f"wrote {args.keyfile} (mode 0600); public key {public}", soft_wrap=True)
-        return 0
-    with open_ledger(args.ledger, create=args.action == "claim") as ledger:
-        return ACTION_RUNNERS[args.action](ledger, args, console)
-
-
-def ledger_errors() -> tuple[type[Exception], ...]:
-    """What the ledger, a run's records and a replay refuse with, one line each (a replay this
-    machine cannot make faithfully is a RunError: ReplayRefused)."""
-    from agent.goal.spec import GoalError
-    from agent.rundir.runs import RunError
-    from ledger.canonical import LedgerError
-    from sandbox.errors import SandboxError
-
-    return LedgerError, RunError, GoalError, SandboxError
+    try:
+        if args.action == "keygen":
+            public = generate_key(args.keyfile)
+            console.print(f"wrote {args.keyfile} (mode 0600); public key {public}",
+                          soft_wrap=True)
+            return 0
+        with open_ledger(args.ledger, create=args.action == "claim") as ledger:
+            return ACTION_RUNNERS[args.action](ledger, args, console)
+    except ledger_errors() as err:
+        return fail(str(err))
 
 
 def _claim(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from agent.claims.ledger_ops import claim_experiment, claim_line
     from agent.rundir.runs import find_run
     from ledger.keys import load_key
 
@@ -112,50 +98,9 @@ def _claim(ledger: Any, args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def claim_line(entry: Entry) -> str:
-    """A claim entry in one line: what it claims and what it is worth."""
-    body = entry.fields["body"]
-    metric = body["metric"]
-    return (f"entry {entry.fields['seq']} ({entry.hash[:12]}): {body['run']} experiment "
-            f"{body['exp']}, {metric['name']} {metric['before']:.4f} -> {metric['after']:.4f}, "
-            f"{reward_points(metric)} points once verified, stake {body['stake']}")
-
-
-@dataclass(frozen=True)
-class Claimed:
-    entry: Entry
-    new: bool  # False: the ledger already held this claim by this key (nothing was written)
-
-
-def claim_experiment(ledger: Ledger, key: Ed25519PrivateKey, run_dir: Path, exp: int, *,
-                     stake: int | None = None, reuse: bool = False) -> Claimed:
-    """Claim kept experiment `exp` of the run in `run_dir` with its replay facts and bundle
-    (agent.claims.claim), signed by `key`; `stake` None: the ledger's default. With `reuse`, a claim
-    this key already made for that run, experiment and commit is returned instead of refused
-    (a call re-run after its append). RunError or LedgerError (one line) otherwise."""
-    from agent.claims.claim import build_claim
-    from ledger.keys import public_hex
-    from ledger.rules import DEFAULT_STAKE
-
-    claim = build_claim(run_dir, exp, stake=DEFAULT_STAKE if stake is None else stake)
-    if reuse and (held := held_claim(ledger, claim.body, public_hex(key))) is not None:
-        return Claimed(held, new=False)
-    return Claimed(ledger.claim(key, claim.body, claim.artifacts), new=True)
-
-
-def held_claim(ledger: Ledger, body: dict[str, Any], contributor: str) -> Entry | None:
-    """The live claim entry `contributor` made for `body`'s run, experiment and commit, if the
-    ledger holds one (another's claim on that commit is the ledger's to refuse)."""
-    standing = ledger.standing
-    claim_id = standing.by_commit.get(body["commit"])
-    if claim_id is None or standing.claims[claim_id].claimant != contributor:
-        return None
-    entry = ledger.find(standing.claims[claim_id].seq)
-    held = entry.fields["body"]
-    return entry if (held["run"], held["exp"]) == (body["run"], body["exp"]) else None
-
-
 def _show(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
     entries = [ledger.find(args.entry)] if args.entry else ledger.entries()
     if args.json:
         print(json.dumps([{"entry": e.fields, "signature": e.signature.hex(), "hash": e.hash}
@@ -179,6 +124,8 @@ def _show(ledger: Any, args: argparse.Namespace, console: Console) -> int:
 
 def describe(claims: dict[str, Any], entry: Any) -> str:
     """One line of what an entry says; `claims`: the ledger's claim states by id."""
+    from ledger.entries import CLAIM, VERIFICATION
+
     fields = entry.fields
     body = fields["body"]
     if fields["kind"] == CLAIM:
@@ -194,6 +141,8 @@ def describe(claims: dict[str, Any], entry: Any) -> str:
 
 
 def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
     balances = ledger.balances()
     if args.json:
         print(json.dumps(balances, indent=1))
@@ -209,7 +158,9 @@ def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
 
 
 def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
+    from agent.claims.ledger_ops import replay_entry
     from ledger.keys import load_key
+    from ledger.rules import HONEST
 
     # with --json, stdout is the JSON document alone: the progress goes to stderr
     progress = Console(stderr=True, highlight=False) if args.json else console
@@ -225,53 +176,6 @@ def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
         console.print(f"recorded as entr{'ies' if len(written) > 1 else 'y'} "
                       f"{', '.join(str(e.fields['seq']) for e in written)}")
     return 0 if verdict.verdict == HONEST else 1
-
-
-@dataclass(frozen=True)
-class Replayed:
-    claim: Entry
-    verdict: Verdict
-    written: list[Entry]  # the verification entry, and the slash that follows a false verdict
-
-
-def replay_entry(ledger: Ledger, key: Ed25519PrivateKey, ref: str, *, unconfined: bool,
-                 console: Console | None = None) -> Replayed:
-    """Replay the claim `ref` names (number, hash or claim id) in a fresh sandbox, as its
-    verifier `key`, and record the verdict; progress on `console` (None: quiet). Refused before
-    any training (LedgerError, one line): your own claim, a settled one; ReplayRefused when this
-    machine cannot replay it faithfully (nothing is recorded)."""
-    from agent.claims.claim import ARTIFACTS
-    from agent.claims.replay import replay_claim
-    from agent.loop.train_once import STEP_LINE
-    from ledger.keys import public_hex
-    from sandbox.confine import confinement
-
-    entry = ledger.find(ref)
-    ledger.standing.check_verifiable(ledger.claim_state(entry), public_hex(key))  # before work
-    body = entry.fields["body"]
-    confined = confinement(unconfined=unconfined)
-    steps = body["replay"].get("steps")
-    if console is not None:
-        console.print(f"replaying entry {entry.fields['seq']}: {body['run']} experiment "
-                      f"{body['exp']} ({steps} steps, seed {body['replay']['seed']}, "
-                      f"{body['replay'].get('threads')} threads)", soft_wrap=True)
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                  TimeElapsedColumn(), console=console, transient=True,
-                  disable=console is None) as progress:
-        task = progress.add_task("preparing the sandbox", total=steps or None, status="")
-
-        def on_line(line: str) -> None:
-            if match := STEP_LINE.match(line):
-                progress.update(task, description="training", completed=int(match[1]),
-                                status=f"loss {match[2]}")
-            elif line.startswith("METRIC "):
-                progress.update(task, description="scoring", status="")
-
-        artifacts = {name: ledger.artifact(body[name])
-                     for name in ARTIFACTS if name in body}
-        verdict = replay_claim(body, artifacts, confined, on_line=on_line)
-    return Replayed(entry, verdict, ledger.verify(key, entry, verdict.verdict, verdict.facts()))
 
 
 def _audit(ledger: Any, args: argparse.Namespace, console: Console) -> int:

@@ -13,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.goal.knob_values import top_level_assignments
+from agent.goal.vocab import PLANNER_NAMES
+from merge.method_names import METHODS
 from sandbox.errors import EditError, TemplateError
 from sandbox.knobs import KnobSpec, parse_knobs
 from sandbox.templates import template_dir
@@ -106,8 +108,7 @@ class MergeSettings(Strict):
                               populate_by_name=True)
 
     with_: str = Field(alias="with", min_length=1)  # RUN, RUN:EXP or a checkpoint directory
-    # merge.methods.METHODS, spelt out: importing it would load torch to read a goal
-    method: Literal["linear", "task_arithmetic", "ties", "dare"] = "ties"
+    method: Literal[METHODS] = "ties"  # merge.method_names: torch-free
     # the method's keyword arguments (lam, density, drop_rate, seed, weights, sign_election)
     options: dict[str, float | int | bool | list[float]] = {}
 
@@ -129,7 +130,7 @@ class GoalSpec(Strict):
     command: str = Field(min_length=1)
     metric: Metric
     budget: Budget = Budget()
-    planner: Literal["auto", "openai", "local", "search"] = "auto"
+    planner: Literal[PLANNER_NAMES] = "auto"
     model: str | None = None
     knobs: dict[str, dict[str, Any]] = {}
     min_delta: float | None = Field(default=None, ge=0)  # keep only improvements beyond this

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from agent.rundir.init_checkpoint import copy_init, find_init
 from agent.rundir.names import GOAL_COPY, RUN_FILE
 from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, new_run_id, runs_root
+from agent.scoring.progress import STEP_LINE
 from agent.scoring.scorer import Scorer
 from sandbox.confine import confinement
 from sandbox.metrics import parse_metric_line
@@ -35,7 +35,6 @@ from sandbox.workspace import Workspace
 
 NAME = "train"  # run ids are train-YYYYmmdd-HHMMSS unless --name says otherwise
 METRIC = "val_bpb"
-STEP_LINE = re.compile(r"^step\s+(\d+) \| loss ([\d.]+)")
 
 
 def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None,

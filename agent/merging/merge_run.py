@@ -1,10 +1,10 @@
-"""`magnet-agent merge`: specialists of one base become one model, and a table says what it cost.
+"""Specialists of one base become one model, and a table says what it cost.
 
-Writes to the output directory (default `runs/merge-<method>-YYYYmmdd-HHMMSS/`):
+Writes to the output directory (default `runs/merge-<method>-YYYYmmdd-HHMMSS/`, `output_dir`):
 `checkpoint/` (the merged model, loadable by export, generate and `--init`), `merge.md` (inputs,
 method, options and the table), `merge.png` and `merge.json`. `plan_merge` and
-`merge_and_report` are what both this command and the merge_specialists tool
-(agent.tools.merge_tool) do.
+`merge_and_report` are what both `magnet-agent merge` (agent.cli.merge, which prints) and the
+merge_specialists tool (agent.tools.merge_tool) do.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from agent.rundir.checkpoint_ref import resolve_checkpoint
 from agent.rundir.runs import RunError, runs_root
@@ -28,34 +27,8 @@ if TYPE_CHECKING:  # torch: imported when a merge runs, so `magnet-agent --help`
 
 CHECKPOINT_DIR = "checkpoint"
 SUMMARY_FILE = "merge.json"  # written last: a folder holding it holds the finished merge
-OUTPUTS = (CHECKPOINT_DIR, "merge.md", "merge.png", SUMMARY_FILE)  # what a merge writes
-
-
-def merge_command(base: str, specialists: list[str], method: str, options: dict[str, Any], *,
-                  corpora: list[str] | None = None, out: str | None = None,
-                  runs_dir: str | None = None, as_json: bool = False) -> int:
-    """Merge, evaluate, report. Raises RunError, MergeError, CheckpointError or CorpusError
-    (one line each) for inputs that cannot be merged or evaluated."""
-    console = Console(stderr=as_json)
-    plan = plan_merge(base, specialists, corpora=corpora, runs_dir=runs_dir)
-    out_dir = _out_dir(out, method, runs_dir)
-    report = merge_and_report(plan, method, options, out_dir, console=console)
-    summary, table = report.summary, report.table
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    view = Table(title=f"val_bpb: base, specialists and the {method} merge")
-    view.add_column("model")
-    for corpus in table.corpora:
-        view.add_column(corpus, justify="right")
-    for name, row in zip(table.models, table.values, strict=True):
-        view.add_row(name, *[f"{v:.4f}" for v in row])
-    console.print(view)
-    for i, (ref, corpus) in enumerate(zip(specialists, plan.corpora, strict=True), start=1):
-        console.print(f"specialist {i}: {ref} (trained on {corpus})", soft_wrap=True)
-    console.print(f"merged checkpoint: {out_dir / CHECKPOINT_DIR}\n"
-                  f"table: {out_dir / 'merge.md'}  plot: {out_dir / 'merge.png'}", soft_wrap=True)
-    return 0
+REPORT_FILE, PLOT_FILE = "merge.md", "merge.png"
+OUTPUTS = (CHECKPOINT_DIR, REPORT_FILE, PLOT_FILE, SUMMARY_FILE)  # what a merge writes
 
 
 @dataclass(frozen=True)
@@ -122,8 +95,8 @@ def merge_and_report(plan: MergePlan, method: str, options: dict[str, Any], out_
                                                                strict=True)],
         "checkpoint": str(out_dir / CHECKPOINT_DIR), "table": table.to_dict(),
     }
-    (out_dir / "merge.md").write_text(_markdown(summary, table.markdown()))
-    table.plot(out_dir / "merge.png", f"{method} merge of {len(dirs)} specialists")
+    (out_dir / REPORT_FILE).write_text(_markdown(summary, table.markdown()))
+    table.plot(out_dir / PLOT_FILE, f"{method} merge of {len(dirs)} specialists")
     partial = out_dir / f"{SUMMARY_FILE}.tmp"
     partial.write_text(json.dumps(summary, indent=2))
     partial.replace(out_dir / SUMMARY_FILE)
@@ -159,7 +132,9 @@ def _corpora(dirs: list[Path], given: list[str] | None) -> list[str]:
     return found
 
 
-def _out_dir(out: str | None, method: str, runs_dir: str | None) -> Path:
+def output_dir(out: str | None, method: str, runs_dir: str | Path | None) -> Path:
+    """Where a merge writes: `out`, else a new `runs/merge-METHOD-TIME/`; RunError when it is
+    not empty (nothing is overwritten)."""
     path = Path(out) if out else (
         runs_root(runs_dir) / f"merge-{method}-{datetime.now():%Y%m%d-%H%M%S}")
     if path.exists() and any(path.iterdir()):
@@ -175,14 +150,5 @@ def _markdown(summary: dict[str, Any], table: str) -> str:
             f"- base: `{summary['base']}` (sha256 {summary['base_hash'][:16]}…)\n{inputs}\n"
             f"- merged checkpoint: `{summary['checkpoint']}`\n\n"
             f"val_bpb on each specialist's validation split (lower is better; best in bold):\n\n"
-            f"{table}\n![merge](merge.png)\n")
+            f"{table}\n![merge]({PLOT_FILE})\n")
 
-
-OPTIONS = ("weights", "lam", "density", "drop_rate", "seed", "sign_election")
-
-
-def options_from_args(args: Any) -> dict[str, Any]:
-    """The method's keyword arguments from the command line: only those given, so an option
-    the method does not take is refused by name (merge.methods checks the values)."""
-    return {name: getattr(args, name) for name in OPTIONS
-            if getattr(args, name) not in (None, False)}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 from agent.goal.spec import Goal
+from agent.goal.vocab import PLANNER_NAMES
 from agent.planners.base import ExperimentSummary, Planner, PlannerError
-
-PLANNERS = ("auto", "openai", "local", "search")
 
 
 def resolve_planner_name(name: str) -> str:
@@ -39,4 +38,4 @@ def make_planner(name: str, goal: Goal, *, model: str | None = None,
         from agent.planners.openai_planner import OpenAIPlanner
 
         return OpenAIPlanner(model=model or goal.spec.model)
-    raise PlannerError(f"unknown planner {name!r}; use one of {', '.join(PLANNERS)}")
+    raise PlannerError(f"unknown planner {name!r}; use one of {', '.join(PLANNER_NAMES)}")

@@ -73,6 +73,17 @@ def best_kept_exp(ctx: ToolContext, wanted: str) -> int:
     return int(best["exp"])
 
 
+def standing_exp(ctx: ToolContext, wanted: str) -> int:
+    """The experiment the run stands for, as `RUN` means in export, generate and merge
+    (rundir.ranking.standing_record: its best kept one, else its first baseline run), or a
+    ToolError before a baseline has a metric: `wanted` names what the caller needed it for."""
+    standing = ranking.standing_record(RunRecords(ctx.run_dir).read(), ctx.goal.spec.metric.goal)
+    if standing is None:
+        raise ToolError(f"no baseline was measured yet, so this run has {wanted}; call it after "
+                        "the baseline")
+    return int(standing["exp"])
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str

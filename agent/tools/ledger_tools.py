@@ -2,7 +2,7 @@
 `ledger verify` use it, for the planner (or the loop's explicit steps).
 
 Both sign with the goal's key (`ledger: {key, path, stake}`) and call the very functions the CLI
-calls (agent.cli.ledger), so a claim or verdict made here is the one the CLI would make.
+calls (agent.claims.ledger_ops), so a claim or verdict made here is the one the CLI would make.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from agent.cli.ledger import claim_experiment, claim_line, ledger_errors, replay_entry
+from agent.claims.ledger_ops import claim_experiment, claim_line, ledger_errors, replay_entry
 from agent.goal.spec import LedgerSettings
 from agent.tools.base import (
     Tool,
@@ -83,8 +83,6 @@ def _settings(ctx: ToolContext) -> LedgerSettings:
         raise ToolError("the goal has no `ledger:` settings; add `ledger: {key: KEYFILE}` (make "
                         "a key with `magnet-agent ledger keygen KEYFILE`)")
     return ctx.goal.spec.ledger
-
-
 
 
 RECORD_CONTRIBUTION = Tool(

@@ -1,10 +1,11 @@
 """`merge_specialists`: this run's best checkpoint merged with another specialist of the same
 base, and the table of what it cost, as `magnet-agent merge` makes them (agent.merging.merge_run).
 
-The base is the run's own copy of its `init:` checkpoint (runs/<id>/init/); everything is
-written into the call's folder, and merge.json, written last, marks a finished merge: a call
-re-run after a crash returns it instead of merging again, and clears what a cut-off attempt
-left otherwise.
+"This run's best" is what `RUN` means to export and merge (tools.base.standing_exp): its best
+kept experiment, else its first baseline run. The base is the run's own copy of its `init:`
+checkpoint (runs/<id>/init/); everything is written into the call's folder, and merge.json,
+written last, marks a finished merge: a call re-run after a crash returns it instead of merging
+again, and clears what a cut-off attempt left otherwise.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from agent.tools.base import (
     ToolContext,
     ToolError,
     as_tool_errors,
-    best_kept_exp,
+    standing_exp,
 )
 
 MergeMethod = MergeSettings.model_fields["method"].annotation  # the goal's methods, one list
@@ -66,8 +67,7 @@ def merge_specialists(ctx: ToolContext, args: MergeArgs) -> dict[str, Any]:
                                                               else {})
     out_dir = ctx.out_dir
     if not (out_dir / SUMMARY_FILE).is_file():  # not finished by an earlier try of this call
-        best = best_kept_exp(ctx, "no best checkpoint to merge")
-        own = f"{ctx.run_dir.name}:{best:03d}"
+        own = f"{ctx.run_dir.name}:{standing_exp(ctx, 'no checkpoint to merge'):03d}"
         with as_tool_errors(merge_errors()):
             plan = plan_merge(str(init_dir(ctx.run_dir)), [own, specialist],
                               runs_dir=ctx.runs_dir)
@@ -95,7 +95,6 @@ def _result(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "files": sorted(name for name in OUTPUTS if (out_dir / name).exists())}
 
 
-
 def _clear(out_dir: Path) -> None:
     """Remove what an attempt cut off before merge.json left (a half-written checkpoint)."""
     for name in [*OUTPUTS, f"{SUMMARY_FILE}.tmp"]:
@@ -104,7 +103,6 @@ def _clear(out_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-
 
 
 MERGE_SPECIALISTS = Tool(

@@ -29,6 +29,7 @@ from agent.goal.spec import Goal, LedgerSettings, MergeSettings
 from agent.loop.launch import start_run
 from agent.loop.train_once import train
 from agent.merging.merge_run import OUTPUTS
+from agent.rundir.checkpoint_ref import resolve_checkpoint
 from agent.rundir.runs import load_run_goal
 from agent.rundir.tool_records import STEP, ToolRecords
 from agent.tools.base import ToolContext, ToolError
@@ -340,16 +341,37 @@ def test_a_bad_with_is_one_line_and_writes_nothing(specialists, with_, message):
     assert not ctx.out_dir.exists()
 
 
-def test_merge_specialists_needs_a_base_and_a_kept_experiment(specialists, kept):
+def test_merge_specialists_needs_a_base_and_a_measured_baseline(specialists, kept, tmp_path):
     _, base_run, _ = kept
     no_init = context(base_run, load_run_goal(base_run), 5,
                       merge=MergeSettings(with_=specialists["trained"].name))
     with pytest.raises(ToolError) as err:
         MERGE_SPECIALISTS.run(no_init, MergeArgs())
     assert one_line(err).startswith("the goal has no `init:`")
-    with pytest.raises(ToolError) as err:  # a train run: its baseline only
-        MERGE_SPECIALISTS.run(merge_ctx(specialists, 6, run="trained"), MergeArgs())
-    assert one_line(err).startswith("nothing was kept yet, so this run has no best checkpoint")
+    trained = specialists["trained"]
+    unmeasured = tmp_path / "runs" / "unmeasured"  # a run of a base before its baseline
+    unmeasured.mkdir(parents=True)
+    with pytest.raises(ToolError) as err:
+        MERGE_SPECIALISTS.run(context(unmeasured, load_run_goal(trained), 6,
+                                      merge=MergeSettings(with_=str(trained))), MergeArgs())
+    assert one_line(err).startswith("no baseline was measured yet, so this run has no checkpoint")
+    assert not (unmeasured / "tools").exists()
+
+
+def test_merge_specialists_of_a_run_that_kept_nothing_merges_its_baseline(specialists,
+                                                                          monkeypatch):
+    """A run stands for one experiment everywhere: with nothing kept, the merge tool merges the
+    baseline's checkpoint, the one `export RUN` exports."""
+    monkeypatch.setenv("MAGNET_CACHE_DIR", str(specialists["root"] / "cache"))
+    trained, tuned = specialists["trained"], specialists["tuned"]
+    ctx = context(trained, load_run_goal(trained), 6,
+                  merge=MergeSettings(with_=tuned.name, method="linear"))
+    result = MERGE_SPECIALISTS.run(ctx, MergeArgs())  # a train run: its baseline only
+    assert [s["ref"] for s in result["specialists"]] == [f"{trained.name}:000", tuned.name]
+    summary = json.loads((ctx.out_dir / "merge.json").read_text())
+    assert summary["specialists"][0]["checkpoint"] == str(
+        resolve_checkpoint(trained.name, trained.parent)) == str(trained / "outputs" / "exp-000")
+    assert result["files"] == sorted(OUTPUTS)
 
 
 def test_a_claim_from_a_run_of_a_base_carries_the_base_and_replays_honest(specialists,
