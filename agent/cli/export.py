@@ -14,9 +14,9 @@ from rich.console import Console
 
 from agent.cli import options
 from agent.cli.errors import fail, first_line
+from agent.rundir.names import EXPORTS_DIR
 
 COMMANDS = ("export",)
-EXPORTS_DIR = "exports"
 FORMATS = ("hf", "gguf")
 
 

@@ -55,5 +55,5 @@ def main(argv: list[str] | None = None) -> int:
     return module.main(args)
 
 
-if __name__ == "__main__":  # `python -m agent.cli.main` (the REPL starts runs so)
+if __name__ == "__main__":  # `python -m agent.cli.main`, as `python -m agent.cli`
     sys.exit(main())

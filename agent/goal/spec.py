@@ -88,8 +88,7 @@ class Budget(Strict):
 
 TOOL_NAMES = ("record_contribution", "verify_contribution", "merge_specialists", "generate_data",
               "read_file", "read_log")
-ToolName = Literal["record_contribution", "verify_contribution", "merge_specialists",
-                   "generate_data", "read_file", "read_log"]
+ToolName = Literal[TOOL_NAMES]
 LEDGER_TOOLS = ("record_contribution", "verify_contribution")
 
 

@@ -11,6 +11,8 @@
     checkpoints.sqlite  LangGraph's checkpoints
     report.md           the report, with progress.png
     controller.log      the output of a run the REPL started in the background
+    exports/            what `export RUN` wrote
+    tools/call-007/     what tool call 7 wrote
     init/               the run's own copy of the checkpoint it starts from (`init:`)
 
 The sandbox's names (workspace/, workspace.git/, logs/, outputs/, sandbox.json, git refs) are
@@ -30,3 +32,5 @@ CONTROLLER_LOG = "controller.log"  # a run started by the REPL in the background
 REPORT_FILE = "report.md"
 PROGRESS_PLOT = "progress.png"
 INIT_DIR = "init"
+EXPORTS_DIR = "exports"  # `export RUN` writes exports/exp-NNN-hf/ (or -gguf) here
+TOOL_CALLS_DIR = "tools"  # tools/call-007/: what tool call 7 wrote (a merge, a corpus)

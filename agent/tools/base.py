@@ -18,6 +18,7 @@ from rich.console import Console
 
 from agent.goal.spec import Goal
 from agent.rundir import ranking
+from agent.rundir.names import TOOL_CALLS_DIR
 from agent.rundir.records import RunRecords
 
 
@@ -60,7 +61,7 @@ class ToolContext:
     def out_dir(self) -> Path:
         """This call's own folder, `runs/<run-id>/tools/call-007/`: the same on a resumed call,
         so a call cut off by a crash can pick up what it wrote."""
-        return self.run_dir / "tools" / f"call-{self.call:03d}"
+        return self.run_dir / TOOL_CALLS_DIR / f"call-{self.call:03d}"
 
 
 def best_kept_exp(ctx: ToolContext, wanted: str) -> int:
