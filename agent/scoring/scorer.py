@@ -36,7 +36,7 @@ DESCRIPTIONS = {
 }
 INVALID_METRIC = "invalid_metric"
 TEMPLATE_EVALUATORS = {"bitnet-lm": "val_bpb"}  # templates with a fixed evaluator: its metric
-DEFAULT_CORPUS = "pycode"
+DEFAULT_CORPUS = "pycode"  # the template's train.py spells it too: experiment code imports no agent
 # The printed val_bpb and the evaluator's come from the same model on the same windows; they
 # differ only by float summation order, far below this.
 AGREEMENT = 1e-3  # relative

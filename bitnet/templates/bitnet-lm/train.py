@@ -35,7 +35,6 @@ from bitnet.evaluate import evaluate_bpb
 from bitnet.model import BitNetConfig
 
 # --- tunable constants -------------------------------------------------------------------------
-# the default is agent.scoring.scorer.DEFAULT_CORPUS, spelt out: experiment code imports no agent
 CORPUS = os.environ.get("MAGNET_CORPUS", "pycode")  # see bitnet.data
 N_LAYER = 4
 N_EMBD = 96  # hidden size
