@@ -55,6 +55,7 @@ CAUSAL_ATOL = 1e-4
 SEQ_LEN_RANGE = (8, 8192)  # accepted max_position_embeddings
 _CONFIG_LIMIT = 1 << 20  # bytes read of a config.json at most
 _STDERR_TAIL = 4096  # bytes of a server's stderr kept for error messages
+EXIT_WAIT = 10.0  # seconds to wait for a server that closed its pipes to exit
 
 
 @dataclass(frozen=True)
@@ -309,8 +310,10 @@ class _Server:
 
     def _failed(self, when: str) -> ScoreError:
         """The error for a server that closed its pipes: how it ended and its last stderr line."""
+        # a server that closed its pipes is exiting; tearing down torch takes seconds on a
+        # loaded machine, and its status is the useful part of the message
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=max(0.0, min(1.0, self.deadline - time.monotonic())))
+            self.proc.wait(timeout=max(0.0, min(EXIT_WAIT, self.deadline - time.monotonic())))
         self._drain_stderr()
         status = self.proc.returncode
         if status is None:
