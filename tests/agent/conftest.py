@@ -7,6 +7,7 @@ pytest runs with --import-mode=importlib, so this folder is put on sys.path for 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,11 +60,39 @@ def openai_server() -> Iterator[ScriptedServer]:
         yield server
 
 
+@contextlib.contextmanager
+def one_cpu() -> Iterator[None]:
+    """This process, and the processes it starts, on one CPU: sandbox.env.free_cpus() is then 1,
+    so every run, evaluation and replay is single-threaded whatever else the machine runs. With
+    two threads PyTorch gave other bits on a busy machine than on a quiet one (measured: another
+    checkpoint, and val_bpb off in the 7th digit), and these tests compare replays bit for bit."""
+    before = os.sched_getaffinity(0)
+    torch = sys.modules.get("torch")  # in-process work too: two OpenMP threads on one CPU spin
+    threads = torch.get_num_threads() if torch else 0
+    os.sched_setaffinity(0, {min(before)})
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+        if torch:
+            torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def on_one_cpu() -> Iterator[None]:
+    """one_cpu() for a module's tests (`pytest.mark.usefixtures("on_one_cpu")`)."""
+    with one_cpu():
+        yield
+
+
 @pytest.fixture(scope="session")
 def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
     """(root, run dir, environment): a bitnet-lm research run (scripted planner, real training
     and evaluator) whose experiment 2 (one layer, no warm-up) was kept. Made once per session:
-    the modules that use it are one xdist group, so one worker makes it and runs them all."""
+    the modules that use it are one xdist unit (tests/conftest.py), so one worker makes it and
+    runs them all."""
     root = tmp_path_factory.mktemp("ledger-replay")
     corpus = root / "corpus"
     shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / "email", corpus,
@@ -71,7 +100,7 @@ def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     goal = root / "GOAL.md"
     goal.write_text(KEPT_GOAL.format(corpus=corpus))
     env = {"MAGNET_CACHE_DIR": str(root / "cache"), "OPENAI_API_KEY": "sk-test-not-a-secret"}
-    with ScriptedServer() as server, pytest.MonkeyPatch.context() as mp:
+    with one_cpu(), ScriptedServer() as server, pytest.MonkeyPatch.context() as mp:
         for name, value in {**env, "OPENAI_BASE_URL": server.base_url,
                             "MAGNET_STEPS": KEPT_STEPS}.items():
             mp.setenv(name, value)

@@ -23,8 +23,9 @@ from ledger.keys import generate_key, load_key
 from ledger.open import open_ledger
 from ledger.rules import DEFAULT_STAKE, VERIFY_POINTS, reward_points
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
-                                reason="bubblewrap is not installed (make setup installs it)")
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None,
+                                 reason="bubblewrap is not installed (make setup installs it)"),
+              pytest.mark.usefixtures("on_one_cpu")]  # replays compared bit for bit: conftest
 
 CLI = str(Path(sys.executable).with_name("magnet-agent"))
 

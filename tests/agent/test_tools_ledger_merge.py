@@ -46,8 +46,9 @@ from ledger.open import open_ledger
 from ledger.rules import VERIFY_POINTS, reward_points
 from sandbox.templates import template_dir
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
-                                reason="bubblewrap is not installed (make setup installs it)")
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None,
+                                 reason="bubblewrap is not installed (make setup installs it)"),
+              pytest.mark.usefixtures("on_one_cpu")]  # replays compared bit for bit: conftest
 
 
 @contextlib.contextmanager
