@@ -25,7 +25,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # before any test module imports torc
 
 # Modules whose tests run as one unit: they share a costly module-scoped fixture.
 MODULES = (
-    "tests/agent/test_teacher.py",  # the bundled SmolLM2 as a teacher
     "tests/agent/test_specialist.py",  # a trained base run
     "tests/agent/test_planner_local.py",  # the bundled SmolLM2 as a planner
     "tests/agent/test_train_command.py",  # a `magnet-agent train` run
