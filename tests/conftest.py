@@ -95,6 +95,7 @@ if LoadGroupScheduling is not None:
             scope = super()._split_scope(nodeid)
             return UNITS.get(_module(nodeid), scope) if scope == nodeid else scope
 
+    @pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown under -p no:xdist
     def pytest_xdist_make_scheduler(config: pytest.Config, log):
         if config.getvalue("dist") == "loadgroup":
             return GroupedScheduling(config, log)
