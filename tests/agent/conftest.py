@@ -1,4 +1,5 @@
-"""Shared fixtures for the agent tests: a scripted OpenAI-compatible server.
+"""Shared fixtures for the agent tests: a scripted OpenAI-compatible server, and the one kept
+research run that test_ledger_replay and test_tools_ledger_merge both read.
 
 pytest runs with --import-mode=importlib, so this folder is put on sys.path for test modules to
 `from openai_server import proposal, error, ...`.
@@ -6,7 +7,12 @@ pytest runs with --import-mode=importlib, so this folder is put on sys.path for 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +22,35 @@ HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from openai_server import ScriptedServer  # noqa: E402 - needs the path above
+from openai_server import ScriptedServer, proposal  # noqa: E402 - needs the path above
+
+from agent.loop.launch import start_run  # noqa: E402
+from ledger.keys import generate_key  # noqa: E402
+
+# The kept run trains a fixed number of steps (MAGNET_STEPS, passed by the goal's `env:`), not
+# for a time budget: on a loaded machine (parallel tests) 3 s gave a baseline a handful of steps
+# and the judge could not tell a change from the noise. The kept change is one a fixed step count
+# rewards (no warm-up: 30 warm-up steps are more than the whole run), and one layer keeps the
+# base, its specialists and every replay of its claim cheap.
+KEPT_STEPS = "20"
+KEPT_GOAL = """---
+name: ledger-replay
+template: bitnet-lm
+editable: [train.py, model.py]
+command: python train.py
+corpus: text:{corpus}
+metric: {{name: val_bpb, goal: minimize}}
+budget: {{per_experiment: 3s, grace: 120s, experiments: 1, wall: 10m}}
+planner: openai
+model: scripted-model
+env: [MAGNET_STEPS]
+---
+Lower val_bpb in a fixed number of training steps.
+"""
+ONE_LAYER_NO_WARMUP = {
+    "hypothesis": "one layer, no warm-up", "rationale": "scripted", "edits": [
+        {"path": "train.py", "search": "N_LAYER = 4", "replace": "N_LAYER = 1"},
+        {"path": "train.py", "search": "WARMUP_STEPS = 30", "replace": "WARMUP_STEPS = 1"}]}
 
 
 @pytest.fixture
@@ -24,3 +58,56 @@ def openai_server() -> Iterator[ScriptedServer]:
     """A started ScriptedServer on 127.0.0.1 (empty script; `push` replies), stopped after."""
     with ScriptedServer() as server:
         yield server
+
+
+@contextlib.contextmanager
+def one_cpu() -> Iterator[None]:
+    """This process, and the processes it starts, on one CPU: sandbox.env.free_cpus() is then 1,
+    so every run, evaluation and replay is single-threaded whatever else the machine runs. With
+    two threads PyTorch gave other bits on a busy machine than on a quiet one (measured: another
+    checkpoint, and val_bpb off in the 7th digit), and these tests compare replays bit for bit."""
+    before = os.sched_getaffinity(0)
+    torch = sys.modules.get("torch")  # in-process work too: two OpenMP threads on one CPU spin
+    threads = torch.get_num_threads() if torch else 0
+    os.sched_setaffinity(0, {min(before)})
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+        if torch:
+            torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def on_one_cpu() -> Iterator[None]:
+    """one_cpu() for a module's tests (`pytest.mark.usefixtures("on_one_cpu")`)."""
+    with one_cpu():
+        yield
+
+
+@pytest.fixture(scope="session")
+def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """(root, run dir, environment): a bitnet-lm research run (scripted planner, real training
+    and evaluator) whose experiment 2 (one layer, no warm-up) was kept. Made once per session:
+    the modules that use it are one xdist unit (tests/conftest.py), so one worker makes it and
+    runs them all."""
+    root = tmp_path_factory.mktemp("ledger-replay")
+    corpus = root / "corpus"
+    shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / "email", corpus,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    goal = root / "GOAL.md"
+    goal.write_text(KEPT_GOAL.format(corpus=corpus))
+    env = {"MAGNET_CACHE_DIR": str(root / "cache"), "OPENAI_API_KEY": "sk-test-not-a-secret"}
+    with one_cpu(), ScriptedServer() as server, pytest.MonkeyPatch.context() as mp:
+        for name, value in {**env, "OPENAI_BASE_URL": server.base_url,
+                            "MAGNET_STEPS": KEPT_STEPS}.items():
+            mp.setenv(name, value)
+        server.push(proposal(ONE_LAYER_NO_WARMUP))
+        run_dir = start_run(goal, runs_dir=root / "runs")
+    records = [json.loads(x) for x in (run_dir / "experiments.jsonl").read_text().splitlines()]
+    assert records[2]["status"] == "keep", records[2]
+    for name in ("alice", "bob"):
+        generate_key(root / f"{name}.key")
+    return root, run_dir, {**os.environ, **env}

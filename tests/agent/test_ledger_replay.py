@@ -1,15 +1,14 @@
 """Ledger claims from a real research run, verified by replaying them in a fresh sandbox.
 
-One research run (scripted planner over HTTP, real training, real evaluator) keeps an
-improvement; the installed CLI claims it, another key replays it and finds it honest. A claim
-whose metric was fabricated is replayed, found false and slashed; a claim on other corpus bytes
-is refused before anything runs, and nothing is recorded.
+One research run (conftest's kept_run: scripted planner over HTTP, real training, real
+evaluator) keeps an improvement; the installed CLI claims it, another key replays it and finds
+it honest. A claim whose metric was fabricated is replayed, found false and slashed; a claim on
+other corpus bytes is refused before anything runs, and nothing is recorded.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,60 +16,18 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from goal_repo import sr
-from openai_server import ScriptedServer, proposal
 
 from agent.claims.claim import build_claim
 from agent.claims.replay import TOLERANCE
-from agent.loop.launch import start_run
 from ledger.keys import generate_key, load_key
 from ledger.open import open_ledger
 from ledger.rules import DEFAULT_STAKE, VERIFY_POINTS, reward_points
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
-                                reason="bubblewrap is not installed (make setup installs it)")
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None,
+                                 reason="bubblewrap is not installed (make setup installs it)"),
+              pytest.mark.usefixtures("on_one_cpu")]  # replays compared bit for bit: conftest
 
 CLI = str(Path(sys.executable).with_name("magnet-agent"))
-GOAL = """---
-name: ledger-replay
-template: bitnet-lm
-editable: [train.py, model.py]
-command: python train.py
-corpus: text:{corpus}
-metric: {{name: val_bpb, goal: minimize}}
-budget: {{per_experiment: 3s, grace: 120s, experiments: 1, wall: 10m}}
-planner: openai
-model: scripted-model
----
-Lower val_bpb within 3 seconds of training.
-"""
-
-
-@pytest.fixture(scope="module")
-def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
-    """(root, run dir, environment): a run whose experiment 2 (one layer instead of four, so
-    many more steps in 3 s) was kept."""
-    root = tmp_path_factory.mktemp("ledger-replay")
-    corpus = root / "corpus"
-    shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / "email", corpus,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    goal = root / "GOAL.md"
-    goal.write_text(GOAL.format(corpus=corpus))
-    env = {"MAGNET_CACHE_DIR": str(root / "cache"), "OPENAI_API_KEY": "sk-test-not-a-secret"}
-    saved = {k: os.environ.get(k) for k in [*env, "OPENAI_BASE_URL"]}
-    with ScriptedServer() as server:
-        os.environ.update(env, OPENAI_BASE_URL=server.base_url)
-        server.push(proposal(sr("N_LAYER = 4", "N_LAYER = 1", "one layer: more steps")))
-        try:
-            run_dir = start_run(goal, runs_dir=root / "runs")
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    records = [json.loads(x) for x in (run_dir / "experiments.jsonl").read_text().splitlines()]
-    assert records[2]["status"] == "keep", records[2]
-    for name in ("alice", "bob"):
-        generate_key(root / f"{name}.key")
-    return root, run_dir, {**os.environ, **env}
 
 
 def ledger_cli(env: dict[str, str], ledger: Path, *args: str) -> subprocess.CompletedProcess:
@@ -86,7 +43,7 @@ def test_the_record_carries_the_replay_facts(kept_run):
     metrics = record["metrics"]
     assert facts["steps"] == metrics["steps"] > 0
     schedule = json.loads((run_dir / "outputs" / "exp-002" / "schedule.json").read_text())
-    assert len(schedule) == facts["steps"] and schedule == sorted(schedule)  # by the clock
+    assert len(schedule) == facts["steps"] and schedule == sorted(schedule)  # progress per step
     assert 0 < facts["switch_step"] < facts["steps"]  # stage 2 began mid-run
     assert schedule[facts["switch_step"] - 1] < 0.5 <= schedule[facts["switch_step"]]
     assert facts["threads"] >= 1

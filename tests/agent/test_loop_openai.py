@@ -153,14 +153,15 @@ def test_a_run_completes_through_the_structured_output_fallback(tmp_path, goal, 
 
 
 def test_an_unreachable_endpoint_stops_the_run_and_exits_non_zero(tmp_path, goal):
-    with socket.socket() as probe:  # a port nothing listens on
+    # a port nothing listens on: bound (so no other test's server takes it) but not listening
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
-           "OPENAI_API_KEY": "sk-test-not-a-secret", "MAGNET_OPENAI_RETRY_DELAY": "0.01"}
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "run", str(goal), "--runs-dir",
-                           str(tmp_path / "runs")], capture_output=True, text=True, env=env,
-                          timeout=120)
+        env = {**os.environ, "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+               "OPENAI_API_KEY": "sk-test-not-a-secret", "MAGNET_OPENAI_RETRY_DELAY": "0.01"}
+        done = subprocess.run([sys.executable, "-m", "agent.cli", "run", str(goal),
+                               "--runs-dir", str(tmp_path / "runs")], capture_output=True,
+                              text=True, env=env, timeout=120)
 
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]

@@ -164,16 +164,18 @@ def test_client_errors_are_not_retried_and_name_the_fix(openai_server, status, s
 
 
 def test_connection_refused_is_planner_unavailable():
-    with socket.socket() as probe:  # a port nothing listens on: bound, then released
+    # a port nothing listens on: bound (so no other test's server takes it) but not listening
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    waits: list[float] = []
-    plan = OpenAIPlanner("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
-                         attempts=3, base_delay=0.01, sleep=waits.append)
-    with pytest.raises(PlannerUnavailable, match=(
-            rf"endpoint http://127.0.0.1:{port}/v1 failed 3 times, giving up: APIConnectionError:"
-            r" Connection error\. \(.*Connection refused\); check that the server is running")):
-        plan.propose(context())
+        waits: list[float] = []
+        plan = OpenAIPlanner("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                             attempts=3, base_delay=0.01, sleep=waits.append)
+        with pytest.raises(PlannerUnavailable, match=(
+                rf"endpoint http://127.0.0.1:{port}/v1 failed 3 times, giving up: "
+                r"APIConnectionError: Connection error\. \(.*Connection refused\); check that "
+                r"the server is running")):
+            plan.propose(context())
     assert len(waits) == 2  # retried: a server that is starting up gets its chance
 
 

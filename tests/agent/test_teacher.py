@@ -260,10 +260,10 @@ def test_a_teacher_that_writes_nothing_usable_is_one_error_line(server, tmp_path
 
 
 def test_an_endpoint_that_is_down_is_one_error_line(tmp_path):
-    with socket.socket() as probe:  # a port nothing listens on
+    # a port nothing listens on: bound (so no other test's server takes it) but not listening
+    with socket.socket() as probe, pytest.raises(TeacherError) as caught:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
-    with pytest.raises(TeacherError) as caught:
         generate_corpus(OpenAITeacher("m", base_url=url, max_retries=0), TOPIC, tmp_path,
                         max_bytes=1000, seconds=10)
     message = str(caught.value)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from goal_repo import MODES_TRAIN, goal_text, make_goal
 from openai_server import ScriptedServer, calls, proposal
-from test_ledger_replay import kept_run, ledger_cli  # noqa: F401 - a fixture
+from test_ledger_replay import ledger_cli
 from test_specialist import corpus
 
 from agent.goal.spec import Goal, LedgerSettings, MergeSettings
@@ -46,8 +46,9 @@ from ledger.open import open_ledger
 from ledger.rules import VERIFY_POINTS, reward_points
 from sandbox.templates import template_dir
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
-                                reason="bubblewrap is not installed (make setup installs it)")
+pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None,
+                                 reason="bubblewrap is not installed (make setup installs it)"),
+              pytest.mark.usefixtures("on_one_cpu")]  # replays compared bit for bit: conftest
 
 
 @contextlib.contextmanager
@@ -79,7 +80,7 @@ def one_line(err: pytest.ExceptionInfo[ToolError]) -> str:
 
 
 @pytest.fixture(scope="module")
-def kept(kept_run):  # noqa: F811 - test_ledger_replay's run (experiment 2 kept), made once here
+def kept(kept_run):  # conftest's run (experiment 2 kept), shared with test_ledger_replay
     return kept_run
 
 

@@ -205,12 +205,13 @@ def run_command(world, capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def test_bad_input_is_one_clear_line(world, capsys, tmp_path):
+def test_bad_input_is_one_clear_line(world, capsys, tmp_path, request):
     import socket
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    sock = socket.socket()  # a port nobody listens on: bound, not listening, for the whole test,
+    request.addfinalizer(sock.close)  # so no other test's server can take it meanwhile
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     common = ["--corpus", f"text:{world['corpora'][0]}", "--init", str(world["base"]),
               "--seq-len", "32", "--out", str(tmp_path / "w")]
     cases = [
