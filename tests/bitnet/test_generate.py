@@ -1,5 +1,7 @@
 """Fast batch-1 generation: int8 integer-kernel model, KV cache, sampling, UTF-8 streaming."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -99,13 +101,16 @@ def test_greedy_equal_with_tied_embeddings_and_peaked_random_weights():
 def test_logits_match_training_time_model(trained, fast):
     ids = torch.tensor([list(TEXT.encode()[:100])])
     with torch.no_grad():
-        reference, _ = trained(ids)
+        # the training-time model in float64: its sums are exact, as the integer kernels' are.
+        # In fp32 its partial sums round by the CPU's kernel order (AVX-512 blocks them
+        # otherwise than AVX2), and a last-bit difference that lands on a rounding boundary
+        # of a later quantiser moves one int8 step: 12 positions of 100 with AVX-512, 0 with
+        # AVX2, against the same integer result.
+        reference = copy.deepcopy(trained).double()(ids)[0].float()
         ours = fast(ids)
     assert reference.std() > 1.0
-    # The integer sums are exact where the fp32 reference rounds its partial sums, so most
-    # positions agree to ~1e-6. Now and then such a last-bit difference lands on a rounding
-    # boundary of a later quantiser and moves one int8 step (here 2 positions of 100, by 0.025
-    # against a logit std of 2.2): allowed, as long as it stays that small and rare.
+    # what remains is fp32 rounding of the scales (~1e-6); a boundary hit stays allowed as
+    # long as it is that small and rare
     worst = (ours - reference).abs().amax(dim=-1)[0]
     assert (worst <= 1e-4).float().mean() >= 0.95
     assert worst.max() < 0.1
