@@ -8,6 +8,7 @@ pytest runs with --import-mode=importlib, so this folder is put on sys.path for 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -69,7 +70,9 @@ def one_cpu() -> Iterator[None]:
     before = os.sched_getaffinity(0)
     torch = sys.modules.get("torch")  # in-process work too: two OpenMP threads on one CPU spin
     threads = torch.get_num_threads() if torch else 0
-    os.sched_setaffinity(0, {min(before)})
+    # xdist workers take different CPUs, so two such modules running at once do not share one
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    os.sched_setaffinity(0, {sorted(before)[worker % len(before)]})
     if torch:
         torch.set_num_threads(1)
     try:
@@ -91,15 +94,35 @@ def on_one_cpu() -> Iterator[None]:
 def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
     """(root, run dir, environment): a bitnet-lm research run (scripted planner, real training
     and evaluator) whose experiment 2 (one layer, no warm-up) was kept. Made once per session:
-    the modules that use it are one xdist unit (tests/conftest.py), so one worker makes it and
-    runs them all."""
-    root = tmp_path_factory.mktemp("ledger-replay")
+    under xdist the first worker to ask makes it in the session's shared temporary folder,
+    holding a lock the others wait on (pytest-xdist's documented pattern); its readers only add
+    files of their own beside it (ledgers, keys)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's basetemp is a folder of this session's
+    root = shared / "kept-run"
+    with open(shared / "kept-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "made").is_file():
+            _make_kept_run(root)
+            (root / "made").touch()
+    run_dir = next((root / "runs").iterdir())
+    return root, run_dir, {**os.environ, **_kept_env(root)}
+
+
+def _kept_env(root: Path) -> dict[str, str]:
+    return {"MAGNET_CACHE_DIR": str(root / "cache"), "OPENAI_API_KEY": "sk-test-not-a-secret"}
+
+
+def _make_kept_run(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)  # a worker that died while making it
+    root.mkdir()
     corpus = root / "corpus"
     shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / "email", corpus,
                     ignore=shutil.ignore_patterns("__pycache__"))
     goal = root / "GOAL.md"
     goal.write_text(KEPT_GOAL.format(corpus=corpus))
-    env = {"MAGNET_CACHE_DIR": str(root / "cache"), "OPENAI_API_KEY": "sk-test-not-a-secret"}
+    env = _kept_env(root)
     with one_cpu(), ScriptedServer() as server, pytest.MonkeyPatch.context() as mp:
         for name, value in {**env, "OPENAI_BASE_URL": server.base_url,
                             "MAGNET_STEPS": KEPT_STEPS}.items():
@@ -110,4 +133,3 @@ def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     assert records[2]["status"] == "keep", records[2]
     for name in ("alice", "bob"):
         generate_key(root / f"{name}.key")
-    return root, run_dir, {**os.environ, **env}
