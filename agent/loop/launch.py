@@ -161,8 +161,13 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
 
 def _drive(graph: Any, start: RunState | None, config: dict[str, Any], rt: Runtime) -> None:
     """Run the graph to its end. Where it waits for a person (an interrupt, agent.loop.steering),
-    block until control.jsonl brings a line, then resume it."""
-    graph.invoke(start, config, durability="sync")
+    block until control.jsonl brings a line, then resume it. A run that stopped while waiting
+    resumes its waiting node at once: that node reads the run anew (an experiment the stop cut
+    off is recorded by now, commands may have come) and waits again only if nothing changed."""
+    if start is None and graph.get_state(config).interrupts:
+        graph.invoke(Command(resume=True), config, durability="sync")
+    else:
+        graph.invoke(start, config, durability="sync")
     while (snapshot := graph.get_state(config)).interrupts:
         steering.wait_for_command(rt.run_dir, snapshot.values["control_seen"],
                                   on_poll=lambda: status.refresh_wall(rt))
