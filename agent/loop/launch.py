@@ -235,11 +235,13 @@ def _finite(value: Any) -> float:
 
 
 def _finished(run_dir: Path, graph: Any, config: dict[str, Any], latest: Any) -> bool:
-    """Whether the run ended: its last checkpoint is the end, or without one, its status."""
+    """Whether the run ended: its last checkpoint is the end, or without one, its status. A
+    stop between a node's writes and the next checkpoint leaves no `next` but that node's task
+    with its writes pending: not the end (resuming applies them and goes on)."""
     if latest is None:
         return (read_status(run_dir) or {}).get("state") == "finished"
     snapshot = graph.get_state(config)
-    return bool(snapshot.values) and not snapshot.next
+    return bool(snapshot.values) and not snapshot.next and not snapshot.tasks
 
 
 class _sigterm_as_interrupt:
