@@ -36,9 +36,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: setup
 	$(BIN)/magnet-agent run goals/pycode-bitnet.md
 
-# the tests mostly wait on processes, so 4 workers share the cores (how the suite is split:
+# the tests mostly wait on processes, so 5 workers share the cores (how the suite is split:
 # tests/conftest.py); then the 15 slowest tests
-PYTEST_ARGS ?= -n 4 --dist loadgroup --no-loadscope-reorder --durations=15
+PYTEST_ARGS ?= -n 5 --dist loadgroup --no-loadscope-reorder --durations=15
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -1,7 +1,7 @@
-"""How the suite runs in parallel (`make test`: pytest-xdist, `-n 4 --dist loadgroup`; see the
+"""How the suite runs in parallel (`make test`: pytest-xdist, `-n 5 --dist loadgroup`; see the
 Makefile).
 
-Most tests wait on processes (git, bubblewrap, tiny training runs, servers), so four workers
+Most tests wait on processes (git, bubblewrap, tiny training runs, servers), so five workers
 share the two cores. Three things make that fast and safe:
 - a work unit is one test, except in the modules of UNITS, whose tests share a module- or
   session-scoped fixture that is costly to make (a trained run, a loaded model): each of those
