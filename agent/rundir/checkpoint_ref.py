@@ -15,8 +15,8 @@ from agent.rundir import ranking
 from agent.rundir.names import RUN_FILE
 from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, find_run, parse_exp, run_goal_spec
+from sandbox.layout import MAX_REPEATS
 from sandbox.reader import RunReader
-from sandbox.workspace import MAX_REPEATS
 
 
 def resolve_checkpoint(ref: str, runs_dir: str | Path | None = None) -> Path:

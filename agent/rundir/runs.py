@@ -10,7 +10,16 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from agent.goal.spec import Goal, GoalSpec, load_goal
+from pydantic import ValidationError
+
+from agent.goal.spec import (
+    Goal,
+    GoalError,
+    GoalSpec,
+    describe_validation_error,
+    load_goal,
+    split_front_matter,
+)
 from agent.rundir.names import GOAL_COPY, RUN_FILE
 
 RUN_ID = re.compile(r"(.+)-\d{8}-\d{6}")  # NAME-YYYYmmdd-HHMMSS
@@ -72,10 +81,6 @@ def run_goal_spec(run_dir: Path) -> GoalSpec:
     is (agent.goal.spec), without what `load_run_goal` also checks on disk (the workspace the run
     was made from, which may have moved since): enough for its name and metric. RunError (one
     line) when it cannot be read."""
-    from pydantic import ValidationError
-
-    from agent.goal.spec import GoalError, GoalSpec, describe_validation_error, split_front_matter
-
     path = run_dir / GOAL_COPY
     try:
         return GoalSpec.model_validate(split_front_matter(path, path.read_text("utf-8"))[0])

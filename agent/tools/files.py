@@ -12,9 +12,8 @@ from typing import Any
 from pydantic import Field
 
 from agent.tools.base import Tool, ToolArgs, ToolContext, ToolError
-from sandbox.layout import log_path
+from sandbox.layout import MAX_REPEATS, log_path
 from sandbox.reader import read_tail
-from sandbox.workspace import MAX_REPEATS
 
 MAX_LINES = 200  # a reply must fit the planner's context with room to spare
 MAX_CHARS = 12_000
