@@ -103,10 +103,10 @@ def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     root = shared / "kept-run"
     with open(shared / "kept-run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "made").is_file():
-            _make_kept_run(root)
-            (root / "made").touch()
-    run_dir = next((root / "runs").iterdir())
+        made = root / "made"  # the kept run's id: runs/ also gets the specialists' runs
+        if not made.is_file():
+            made.write_text(_make_kept_run(root).name)
+    run_dir = root / "runs" / made.read_text()
     return root, run_dir, {**os.environ, **_kept_env(root)}
 
 
@@ -114,7 +114,7 @@ def _kept_env(root: Path) -> dict[str, str]:
     return {"MAGNET_CACHE_DIR": str(root / "cache"), "OPENAI_API_KEY": "sk-test-not-a-secret"}
 
 
-def _make_kept_run(root: Path) -> None:
+def _make_kept_run(root: Path) -> Path:
     shutil.rmtree(root, ignore_errors=True)  # a worker that died while making it
     root.mkdir()
     corpus = root / "corpus"
@@ -133,3 +133,4 @@ def _make_kept_run(root: Path) -> None:
     assert records[2]["status"] == "keep", records[2]
     for name in ("alice", "bob"):
         generate_key(root / f"{name}.key")
+    return run_dir
