@@ -206,12 +206,18 @@ def test_a_server_speaking_the_protocol_is_scored(tmp_path, val):
     assert result.test_bpb is None and result.test_bytes_scored == 0  # no test bytes given
     tested = fake_score(tmp_path, "uniform", val, test=val[::-1].copy())
     assert tested.test_bpb == pytest.approx(8.0) and tested.test_bytes_scored == 500
+    asked: list[float] = []  # test_if gets the val_bpb and decides whether test is scored
+    skipped = fake_score(tmp_path, "uniform", val, test=val[::-1].copy(),
+                         test_if=lambda v: asked.append(v) or False)
+    assert asked == [pytest.approx(8.0)] and skipped.test_bpb is None
+    assert skipped.test_bytes_scored == 0 and skipped.val_bpb == pytest.approx(8.0)
 
 
 @pytest.mark.parametrize("mode, message", [
     ("exit", r"logits server exited with status 1 .*: boom: no model here"),
-    ("nan", r"sent NaN or infinite logits for batch 1 of 3"),
-    ("short", r"exited with status 0 after 100 of the 524288 bytes of its reply to batch 1 of 3"),
+    ("nan", r"sent NaN or infinite logits for validation batch 1 of 3"),
+    ("short", r"exited with status 0 after 100 of the 524288 bytes of its reply to validation "
+              r"batch 1 of 3"),
     ("extra", r"sent bytes beyond its replies"),
     ("hang", r"did not answer .* within the 1.5 s scoring limit"),
 ])
