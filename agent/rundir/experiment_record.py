@@ -8,14 +8,20 @@ record less the commit it is attached to.
 from __future__ import annotations
 
 import hashlib
+import statistics
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from agent.goal.knob_values import read_knob_values
 from sandbox.knobs import KnobSpec
+from sandbox.metrics import is_finite
 from sandbox.runner import RunResult
 from sandbox.workspace import Workspace
+
+# The held-out test score (agent.scoring.scorer) of a run summary and of a record: beside
+# `metrics`, never in them, as metrics reach planners and test scores must not.
+TEST_KEY = "test_metric"
 
 
 def draft(ws: Workspace, editable: Sequence[str], knobs: Mapping[str, KnobSpec],
@@ -78,6 +84,16 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         "confinement": first.get("confinement"),
         "scored_by": first.get("scored_by"),
         "reported": [r.get("reported") for r in runs],
+        TEST_KEY: _test_score(runs),
         # what a replay of the first run needs (scoring.replay_facts): a ledger claim carries it
         "replay": first.get("replay"),
     }
+
+
+def _test_score(runs: Sequence[Mapping[str, Any]]) -> float | None:
+    """The mean test score of the runs, as `metric` is the mean of theirs; None unless every
+    run has one (the loop scores the test split only for runs that could be kept)."""
+    values = [r.get(TEST_KEY) for r in runs]
+    if not values or not all(is_finite(v) for v in values):
+        return None
+    return statistics.fmean(values)  # type: ignore[arg-type]
