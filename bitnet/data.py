@@ -513,3 +513,12 @@ def _read_meta(entry: Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return meta if ok else None
+
+
+if __name__ == "__main__":  # python -m bitnet.data SPEC: build SPEC, print its training folder
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: python -m bitnet.data SPEC (one of {', '.join(KNOWN_CORPORA)})")
+    try:
+        print(train_dir(load_corpus(sys.argv[1])))
+    except CorpusError as err:
+        raise SystemExit(str(err)) from None
