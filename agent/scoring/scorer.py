@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal.spec import Goal, GoalError
-from agent.rundir.experiment_record import run_summary
+from agent.rundir.experiment_record import run_summary, seal
 from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
@@ -126,7 +126,7 @@ class Scorer:
             grace=spec.budget.grace, mem_limit=mem_limit, metric=self.metric, on_line=on_line,
             repeat=repeat, confinement=self.confinement, env=env,
             passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
-        scored = self.score(run_summary(result, seed), repeat)
+        scored = self.score(run_summary(result, seed), repeat) | seal(corpus_of(self.goal))
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
                                         out_dir=out_dir,
