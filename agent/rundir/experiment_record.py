@@ -22,6 +22,10 @@ from sandbox.workspace import Workspace
 # The held-out test score (agent.scoring.scorer) of a run summary and of a record: beside
 # `metrics`, never in them, as metrics reach planners and test scores must not.
 TEST_KEY = "test_metric"
+# Whether experiment code could read the corpus's validation and test bytes (bitnet.data.sealed):
+# True, False (then UNSEALED_REASON_KEY says why, in one line) or None (no corpus: a repository)
+SEALED_KEY = "sealed"
+UNSEALED_REASON_KEY = "unsealed_reason"
 
 
 def draft(ws: Workspace, editable: Sequence[str], knobs: Mapping[str, KnobSpec],
@@ -66,6 +70,16 @@ def run_summary(result: RunResult, seed: int) -> dict[str, Any]:
             "confinement": result.confinement}
 
 
+def seal(corpus: str | None) -> dict[str, Any]:
+    """The SEALED_KEY (and UNSEALED_REASON_KEY) fields of a run on `corpus`."""
+    if corpus is None:
+        return {SEALED_KEY: None}
+    from bitnet.data import unsealed_reason
+
+    reason = unsealed_reason(corpus)
+    return {SEALED_KEY: not reason, **({UNSEALED_REASON_KEY: reason} if reason else {})}
+
+
 def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float | None,
             reason: str) -> dict[str, Any]:
     """What the runs gave: the judged metric, every run's value and seed, the first run's
@@ -83,6 +97,8 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         # how the runs were confined and scored (agent.scoring.scorer): the report shows both
         "confinement": first.get("confinement"),
         "scored_by": first.get("scored_by"),
+        SEALED_KEY: first.get(SEALED_KEY),  # absent (None) in records from before the splits
+        UNSEALED_REASON_KEY: first.get(UNSEALED_REASON_KEY),
         "reported": [r.get("reported") for r in runs],
         TEST_KEY: _test_score(runs),
         # what a replay of the first run needs (scoring.replay_facts): a ledger claim carries it

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal.spec import Goal, GoalError
-from agent.rundir.experiment_record import TEST_KEY, run_summary
+from agent.rundir.experiment_record import TEST_KEY, run_summary, seal
 from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
@@ -39,7 +39,8 @@ DESCRIPTIONS = {
 }
 INVALID_METRIC = "invalid_metric"
 TEMPLATE_EVALUATORS = {"bitnet-lm": "val_bpb"}  # templates with a fixed evaluator: its metric
-DEFAULT_CORPUS = "pycode"  # the template's train.py spells it too: experiment code imports no agent
+DEFAULT_CORPUS = "pycode"
+TRAIN_DATA_ENV = "MAGNET_TRAIN_DATA"  # the template's train.py spells it too: it imports no agent
 # windows the evaluator checks for look-ahead: a model peeking at a fraction f of positions
 # escapes with probability (1 - f) ** n; each window costs one forward pass
 CAUSAL_WINDOWS = 32
@@ -60,10 +61,11 @@ def corpus_of(goal: Goal) -> str | None:
 
 
 def run_env(goal: Goal, run_dir: Path) -> dict[str, str]:
-    """Settings the goal gives every run of its command (and its evaluation): its corpus, and
-    the run's copy of the checkpoint it starts from."""
+    """Settings the goal gives every run of its command (and its evaluation): its corpus's name
+    and training split (bitnet.data.train_dir), and the run's copy of the checkpoint it starts
+    from."""
     corpus = corpus_of(goal)
-    env = {"MAGNET_CORPUS": corpus} if corpus else {}
+    env = {"MAGNET_CORPUS": corpus, TRAIN_DATA_ENV: str(_corpus_paths(corpus)[0])} if corpus else {}
     if goal.spec.init is not None:
         env[INIT_ENV] = str(init_dir(run_dir))
     return env
@@ -83,13 +85,21 @@ class Scorer:
             raise GoalError(f"{goal.path}: template {goal.spec.template} is scored by its "
                             f"evaluator as {fixed}; set `metric: {{name: {fixed}}}` or give "
                             "`evaluate:` a command that prints your metric")
-        # runs read the corpus and its cache, never write them; the evaluator's model code gets
+        # runs read the training split alone, never write it; the evaluator's model code gets
         # the validation bytes only through its pipe, so it does not see them at all
-        starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
-        confinement = confinement.with_paths(hidden=private_paths())  # keys, credentials
-        self.confinement = confinement.with_paths(
-            readable=[*_corpus_paths(corpus_of(goal)), *starts_from])
-        self.evaluator_confinement = confinement.with_paths(hidden=_corpus_paths(corpus_of(goal)))
+        self._starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
+        self._confinement = confinement.with_paths(hidden=private_paths())  # keys, credentials
+        self.evaluator_confinement = self._confinement.with_paths(
+            hidden=_held_out_paths(corpus_of(goal)))
+
+    @cached_property
+    def confinement(self) -> Confinement:
+        """What runs see: the training split (built on first use), not the held-out bytes."""
+        corpus = corpus_of(self.goal)
+        entry = self.corpus.entry if corpus else None
+        held_out = [entry / f"{split}.bin" for split in ("val", "test")] if entry else []
+        return self._confinement.with_paths(
+            readable=[*_corpus_paths(corpus), *self._starts_from], hidden=held_out)
 
     def prepare(self) -> None:
         """Build what the runs read but may not write (the corpus cache), before the first."""
@@ -120,7 +130,8 @@ class Scorer:
             metric=None if self.kind == EVALUATOR else self.metric,
             repeat=repeat, confinement=self.confinement, env=env,
             passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
-        scored = self.score(run_summary(result, seed), repeat, test_if=test_if)
+        scored = (self.score(run_summary(result, seed), repeat, test_if=test_if)
+                  | seal(corpus_of(self.goal)))
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
                                         out_dir=out_dir,
@@ -190,7 +201,17 @@ class Scorer:
 
 
 def _corpus_paths(corpus: str | None) -> list[Path]:
-    """What a template's runs read of a corpus: the cache, and a text corpus's own files."""
+    """What a template's runs read of a corpus: the folder of its training split alone."""
+    if corpus is None:
+        return []
+    from bitnet.data import load_corpus, train_dir
+
+    return [train_dir(load_corpus(corpus))]
+
+
+def _held_out_paths(corpus: str | None) -> list[Path]:
+    """What no experiment code may read of a corpus: the cache (validation and test bytes),
+    then a text corpus's own files."""
     if corpus is None:
         return []
     from bitnet.data import default_cache_dir
