@@ -1,16 +1,19 @@
 """The bitnet-lm template's score comes from its fixed evaluator, not from what train.py prints:
-a planted METRIC line and a model that looks ahead are both `invalid_metric` (real runs)."""
+a planted METRIC line is ignored, a model that looks ahead is `invalid_metric`, and the test
+split's score is recorded but never reaches the planner (real runs, a real planner's requests)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 from openai_server import proposal, text
 
 from agent.loop.launch import start_run
+from agent.rundir.experiment_record import TEST_KEY
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")
@@ -33,7 +36,8 @@ EMBED = "x = self.model.embed_tokens(idx)"
 PEEK = "x = self.model.embed_tokens(idx) + self.model.embed_tokens(torch.roll(idx, -1, dims=1))"
 
 
-def test_planted_metric_and_look_ahead_are_invalid(tmp_path: Path, openai_server, monkeypatch):
+def test_planted_metric_is_ignored_look_ahead_is_invalid_test_is_hidden(tmp_path: Path,
+                                                                       openai_server, monkeypatch):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(12):
@@ -58,11 +62,29 @@ def test_planted_metric_and_look_ahead_are_invalid(tmp_path: Path, openai_server
                for line in (run_dir / "experiments.jsonl").read_text().splitlines()]
     base, planted, peeking = records[0], records[2], records[3]
     assert base["status"] == "baseline" and base["scored_by"] == "evaluator"
-    assert abs(base["metric"] - base["reported"][0]) < 1e-4  # honest: they agree
-    assert planted["status"] == "invalid_metric" and planted["metric"] is None
-    assert "printed val_bpb=0.01 but the evaluator measured" in planted["reason"]
+    assert base["reported"] == [None]  # the template prints no val_bpb: the score is scored
+    # the planted line is ignored: the score is the evaluator's, from the checkpoint (a byte
+    # model this briefly trained is nowhere near 0.01 bits per byte), and judged as such
+    assert planted["status"] in ("keep", "discard") and planted["reported"] == [0.01]
+    assert planted["metric"] > 1 and planted["metrics"]["val_bpb"] == planted["metric"]
     assert peeking["status"] == "invalid_metric"
     assert "looks ahead" in peeking["reason"]
     assert openai_server.pending == 0
+    # both baselines are scored on the test split, beside their metrics, never inside them
+    tests = [r[TEST_KEY] for r in records[:2]]
+    assert all(isinstance(t, float) and 0 < t < 20 for t in tests), tests
+    assert all(TEST_KEY not in r["metrics"] for r in records)
+    # the planner's every request (two proposals after the baselines, two reflections) holds
+    # the validation scores it judges by and neither the test scores nor their key
+    prompts = json.dumps(openai_server.requests)
+    assert len(openai_server.requests) == 4 and f"{base['metric']:.6g}" in prompts
+    assert TEST_KEY not in prompts and "test_bpb" not in prompts
+    vals = [r["metric"] for r in records if r.get("metric") is not None]
+    vals.append(statistics.fmean(vals[:2]))  # the baseline mean
+    for test in (r[TEST_KEY] for r in records if r.get(TEST_KEY) is not None):
+        # each rendering a prompt could use, unless a validation score reads the same
+        shown = {repr(test)} | {format(test, f) for f in (".6g", ".5g", ".4f", ".6f")
+                                if all(format(test, f) != format(v, f) for v in vals)}
+        assert not [x for x in shown if x in prompts], (test, prompts)
     report = (run_dir / "report.md").read_text()
     assert "4 scored by the template's fixed evaluator" in report

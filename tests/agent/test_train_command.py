@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent.rundir.experiment_record import TEST_KEY
 from bitnet.checkpoint import load_checkpoint
 
 CLI = str(Path(sys.executable).with_name("magnet-agent"))
@@ -75,10 +76,12 @@ def test_train_writes_a_run_the_review_commands_read(trained):
     (record,) = records
     assert record["status"] == "baseline" and record["exp"] == 0
     assert record["metric"] == record["metrics"]["val_bpb"] and 0 < record["metric"] < 8.5
-    # scored by the template's evaluator from the checkpoint; the printed value agrees
+    # scored by the template's evaluator from the checkpoint, once: the run printed no score
     assert record["scored_by"] == "evaluator" and record["confinement"] == "bubblewrap"
-    (printed,) = record["reported"]
-    assert abs(printed - record["metric"]) < 1e-4
+    assert record["reported"] == [None]
+    # and on the held-out test split, beside the metrics (which planners see), never in them
+    test = record[TEST_KEY]
+    assert 0 < test < 8.5 and test != record["metric"] and TEST_KEY not in record["metrics"]
     assert json.loads(cli("history", str(run_dir), "--json")) == records
 
     (summary,) = json.loads(cli("runs", "--runs-dir", str(run_dir.parent), "--json"))
@@ -93,7 +96,7 @@ def test_train_writes_a_run_the_review_commands_read(trained):
     assert shown["record"] == record
     assert shown["diff"] == ""  # the template as it is
     assert shown["log_path"] == str(run_dir / "logs" / "exp-000.log")
-    assert f"METRIC val_bpb={printed}" in shown["log_tail"]
+    assert "METRIC train_loss=" in shown["log_tail"] and "val_bpb" not in shown["log_tail"]
     assert f"checkpoint: {run_dir / 'outputs' / 'exp-000'}" in done.stdout
 
     # the checkpoint is where every experiment's is, and is the model that was scored
