@@ -8,6 +8,7 @@ from typing import Any
 from agent.loop.runtime import Runtime
 from agent.loop.state import RunState
 from agent.rundir import control, ranking
+from agent.rundir.held_out import held_out
 
 
 def budget(rt: Runtime, state: RunState) -> dict[str, Any]:
@@ -44,6 +45,7 @@ def write(rt: Runtime, state: RunState, name: str, *, failed: bool = False) -> N
         "baseline_metric": ranking.baseline(records),
         "best_metric": ranking.best(records, goal),
         "verdict": ranking.verdict(records, goal), "tokens": state["tokens"],
+        "held_out": held_out(records, goal).as_dict(),  # for people: planners never read it
         "wall_seconds": round(rt.wall_used(), 1),
         "stop_reason": state.get("stop_reason"), "failed": failed,
     })

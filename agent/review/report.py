@@ -11,6 +11,7 @@ from agent.goal.spec import Goal, GoalError
 from agent.review.plot import write_plot
 from agent.rundir import ranking
 from agent.rundir.experiment_record import SEALED_KEY, UNSEALED_REASON_KEY
+from agent.rundir.held_out import held_out, score_on_test
 from agent.rundir.names import PROGRESS_PLOT, REPORT_FILE
 from agent.rundir.records import tokens_of
 from agent.rundir.runs import RunError, load_run_goal
@@ -37,23 +38,24 @@ def write_report(run_dir: Path, goal: Goal, records: list[dict[str, Any]],
     lines = [f"# {run_dir.name}", "", f"Goal: `{spec.name}` — {direction} `{metric}`.", ""]
     if stop_reason:
         lines += [f"Stopped: {stop_reason}.", ""]
-    lines += [ranking.verdict(records, direction), ""]
+    lines += [ranking.verdict(records, direction), "", held_out(records, direction).line(), ""]
     lines += _trust(records)
     lines += [
         f"{len(experiments)} experiments: "
         + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none")
         + f"; {confirmed} re-run with another seed to confirm; {tokens:,} LLM tokens.", "",
         f"![progress]({PROGRESS_PLOT})", "",
-        f"| exp | status | {metric} | best so far | +/- lines | hypothesis | decision |",
-        "|---|---|---|---|---|---|---|",
+        f"| exp | status | {metric} | test | best so far | +/- lines | hypothesis | decision |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r, b in zip(records, line, strict=True):
         m = r.get("metric")
         diff = r.get("diff") or {}
         size = f"+{diff['added']}/-{diff['removed']}" if diff.get("added") is not None else ""
+        t = score_on_test(r)
         lines.append(f"| {r['exp']:03d} | {r['status']} | {'' if m is None else f'{m:.4f}'} | "
-                     f"{'' if b is None else f'{b:.4f}'} | {size} | {_cell(r.get('hypothesis'))} "
-                     f"| {_cell(r.get('reason'))} |")
+                     f"{'' if t is None else f'{t:.4f}'} | {'' if b is None else f'{b:.4f}'} | "
+                     f"{size} | {_cell(r.get('hypothesis'))} | {_cell(r.get('reason'))} |")
     lines += _tools(ToolRecords(run_dir).read())
     lines += ["", "Review with git (every experiment, kept or not): "
               f"`git -C {GIT_DIR} log --notes=magnet --glob={EXP_REFS}`.", ""]

@@ -7,6 +7,7 @@ from rich.text import Text
 
 from agent.review.run import LIVE_STATES, Run
 from agent.rundir import ranking
+from agent.rundir.held_out import held_out
 from agent.rundir.records import tokens_of
 
 
@@ -25,6 +26,7 @@ def status_view(run: Run) -> Group:
         f"approval {'on' if status.get('approve') else 'off'}  "
         f"tokens {status.get('tokens', sum(tokens_of(r) for r in records)):,}"))
     lines.append(Text(f"{run.metric} ({run.goal}): {ranking.verdict(records, run.goal)}"))
+    lines.append(Text(held_out(records, run.goal).line()))
     if state == "interrupted":
         lines.append(Text(f"nothing runs it; continue with `magnet-agent resume {run.id}`",
                           "yellow"))
