@@ -40,9 +40,10 @@ MODULES = (
     "tests/ledger/test_chain.py",  # a deployed contract
     "tests/ledger/test_evm_ledger.py",  # a deployed contract
 )
-# Both read tests/agent/conftest.py's kept_run, made once per session whichever worker asks
-# first (the others wait for it): each module is its own unit, so the two run side by side.
-KEPT_RUN = ("tests/agent/test_ledger_replay.py", "tests/agent/test_tools_ledger_merge.py")
+# These read tests/agent/conftest.py's kept_run, made once per session whichever worker asks
+# first (the others wait for it): each module is its own unit, so they run side by side.
+KEPT_RUN = ("tests/agent/test_ledger_replay.py", "tests/agent/test_tools_ledger_merge.py",
+            "tests/agent/test_held_out.py")
 UNITS = {m: m for m in (*MODULES, *KEPT_RUN)}
 # The modules that take longest (measured with --durations), longest first: their units are
 # handed out first. Every other test follows in file order.

@@ -15,11 +15,11 @@ from agent.goal.spec import Goal, GoalError, load_goal
 from agent.loop import status, steering
 from agent.loop.graph import build_graph, check_checkpoints, checkpointer, set_aside
 from agent.loop.nodes import Nodes
+from agent.loop.planner_context import record_facts
 from agent.loop.runtime import Runtime
 from agent.loop.state import RunState, initial_state, rebuilt_state
 from agent.loop.view import RunView
 from agent.planners import make_planner, resolve_planner_name
-from agent.planners.base import ExperimentSummary
 from agent.rundir.control import read_status
 from agent.rundir.init_checkpoint import copy_init, find_init
 from agent.rundir.names import CHECKPOINTS, GOAL_COPY, RUN_FILE
@@ -125,9 +125,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
                             "reason": f"the run stopped during {rec.step}; it is re-run"})
         start = (initial_state(run_dir.name) if fresh else
                  None if latest is not None else _rebuilt(run_dir, records))
-        history = [ExperimentSummary(exp=r["exp"], hypothesis=r["hypothesis"],
-                                     status=r["status"], metric=r.get("metric"),
-                                     knobs=r.get("knobs") or {}) for r in records.read()]
+        history = record_facts(records.read(), goal.spec.metric.goal)["history"]
         planner = make_planner(options["planner"], goal, model=options.get("model"),
                                history=history)
         spec = goal.spec

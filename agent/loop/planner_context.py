@@ -26,11 +26,7 @@ def plan_context(rt: Runtime, state: RunState) -> PlanContext:
     spec = rt.spec
     files = {p: (rt.workspace.path / p).read_text(encoding="utf-8", errors="replace")
              for p in spec.editable}
-    records = rt.records.read()
-    goal = spec.metric.goal
-    history = [ExperimentSummary(exp=r["exp"], hypothesis=r["hypothesis"],
-                                 status=r["status"], metric=r.get("metric"),
-                                 knobs=r.get("knobs") or {}) for r in records]
+    facts = record_facts(rt.records.read(), spec.metric.goal)
     failure = state.get("last_failure")
     tools, note = [], ""
     if rt.planner.chooses_tools and spec.tools:
@@ -43,13 +39,22 @@ def plan_context(rt: Runtime, state: RunState) -> PlanContext:
                  for x in state.get("tool_exchanges") or []]
     return PlanContext(
         brief=rt.goal.brief, metric_name=spec.metric.name,
-        goal=goal, editable_files=files, knobs=rt.goal.knobs,
-        current_knobs=read_knob_values(files, rt.goal.knobs), history=history,
-        best_metric=ranking.best(records, goal), baseline_metric=ranking.baseline(records),
+        goal=spec.metric.goal, editable_files=files, knobs=rt.goal.knobs,
+        current_knobs=read_knob_values(files, rt.goal.knobs), **facts,
         last_failure=Failure(**failure) if failure else None, hints=list(state["hints"]),
-        seed=spec.seed + len(history), tools=tools, tool_exchanges=exchanges,
+        seed=spec.seed + len(facts["history"]), tools=tools, tool_exchanges=exchanges,
         tool_note=note,
     )
+
+
+def record_facts(records: list[dict[str, Any]], goal: str) -> dict[str, Any]:
+    """All a planner is told of the run's records: each experiment's summary (never its test
+    score: rundir.held_out), the best and the baseline, all on the validation split."""
+    history = [ExperimentSummary(exp=r["exp"], hypothesis=r["hypothesis"],
+                                 status=r["status"], metric=r.get("metric"),
+                                 knobs=r.get("knobs") or {}) for r in records]
+    return {"history": history, "best_metric": ranking.best(records, goal),
+            "baseline_metric": ranking.baseline(records)}
 
 
 def dump(proposal: Proposal) -> dict[str, Any]:
