@@ -181,7 +181,9 @@ def test_runs_piped_prints_whole_values_a_grep_finds(run_dir, runs):
     assert listed[run_dir.name] == {
         "run": run_dir.name, "goal": "reviewed", "status": "finished", "exps": "3",
         "metric": "score (min)", "baseline": "4.5000", "best": "1.5000",
-        "vs baseline": "+66.67% better"}
+        "vs baseline": "+66.67% better",
+        # an `evaluate:` goal has no test split: both columns and the gap say so
+        "test: baseline": "-", "test: best": "-", "gap": "-"}
     stale = listed[f"{LONG_NAME}-19990101-000000"]
     assert (stale["goal"], stale["status"], stale["exps"], stale["best"]) == (
         LONG_NAME, "interrupted", "0", "-")
@@ -207,6 +209,8 @@ def test_runs_json_and_a_run_nothing_beat(run_dir, runs, tmp_path):
         "stop_reason": "experiment budget of 3 reached", "experiments": 3,
         "metric": {"name": "score", "goal": "minimize"}, "baseline": 4.5, "best": 1.5,
         "verdict": "Baseline 4.5000 → best 1.5000 (+66.67% better).",
+        "held_out": {"baseline_val": 4.5, "baseline_test": None, "best_val": 1.5,
+                     "best_test": None, "val_gain": 3.0, "test_gain": None, "gap": None},
         "path": str(run_dir.resolve())}
     assert summary["lost-20000101-000000"]["best"] is None
     assert summary["lost-20000101-000000"]["verdict"] == "Nothing beat the baseline 4.5000."
