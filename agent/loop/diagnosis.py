@@ -21,9 +21,9 @@ ERROR_LINE = re.compile(r"^\s*(\w+(?:Error|Exception|Interrupt)|SystemExit)\b.*$
 ADVICE = {
     "timeout": "it ran past the time budget; make it cheaper or keep the time-budget check",
     "oom": "it ran out of memory; use a smaller model, batch or context",
-    "no_metric": "it printed no METRIC line; keep the evaluation and reporting code intact",
-    INVALID_METRIC: ("its printed metric is not what its checkpoint scores; report the "
-                     "evaluation's value, and keep the model causal and loadable"),
+    "no_metric": "it printed no METRIC line; keep the reporting code intact",
+    INVALID_METRIC: ("the evaluator could not score its checkpoint; save it as the template "
+                     "does, and keep the model causal and loadable"),
     "log_limit": "it printed too much; log less often",
     INVALID_EDIT: ("the edit could not be used; copy the search text exactly from the current "
                    "code, and change something"),
