@@ -65,7 +65,7 @@ def test_planted_metric_is_ignored_look_ahead_is_invalid_test_is_hidden(tmp_path
     assert base["reported"] == [None]  # the template prints no val_bpb: the score is scored
     # the planted line is ignored: the score is the evaluator's, from the checkpoint (a byte
     # model this briefly trained is nowhere near 0.01 bits per byte), and judged as such
-    assert planted["status"] in ("keep", "discard") and planted["reported"] == [0.01]
+    assert planted["status"] in ("keep", "discard") and set(planted["reported"]) == {0.01}
     assert planted["metric"] > 1 and planted["metrics"]["val_bpb"] == planted["metric"]
     assert peeking["status"] == "invalid_metric"
     assert "looks ahead" in peeking["reason"]
