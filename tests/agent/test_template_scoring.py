@@ -25,7 +25,7 @@ editable: [train.py, model.py]
 command: python train.py
 corpus: text:{corpus}
 metric: {{name: val_bpb, goal: minimize}}
-budget: {{per_experiment: 2s, grace: 120s, experiments: 2, wall: 10m}}
+budget: {{per_experiment: 2s, grace: 120s, experiments: 3, wall: 10m}}
 planner: openai
 model: scripted-model
 ---
@@ -51,22 +51,25 @@ def test_planted_metric_is_ignored_look_ahead_is_invalid_test_is_hidden(tmp_path
         proposal({"hypothesis": "report a better number", "rationale": "forgery",
                   "edits": [{"path": "train.py", "search": REPORT,
                              "replace": REPORT + '\nprint("METRIC val_bpb=0.01")'}]}),
-        text("The evaluator re-scored the checkpoint; printing a number does not help."),
         proposal({"hypothesis": "see the next byte", "rationale": "look-ahead",
                   "edits": [{"path": "model.py", "search": EMBED, "replace": PEEK}]}),
         text("The model looked at the byte it predicts."),
+        proposal({"hypothesis": "barely learn", "rationale": "clearly worse",
+                  "edits": [{"path": "train.py", "search": "LEARNING_RATE = 4e-3",
+                             "replace": "LEARNING_RATE = 1e-7"}]}),
     )
     run_dir = start_run(goal, runs_dir=tmp_path / "runs")
 
     records = [json.loads(line)
                for line in (run_dir / "experiments.jsonl").read_text().splitlines()]
-    base, planted, peeking = records[0], records[2], records[3]
+    base, planted, peeking, worse = records[0], records[2], records[3], records[4]
     assert base["status"] == "baseline" and base["scored_by"] == "evaluator"
     assert base["reported"] == [None]  # the template prints no val_bpb: the score is scored
     # the planted line is ignored: the score is the evaluator's, from the checkpoint (a byte
     # model this briefly trained is nowhere near 0.01 bits per byte), and judged as such
     assert planted["status"] in ("keep", "discard") and set(planted["reported"]) == {0.01}
-    assert planted["metric"] > 1 and planted["metrics"]["val_bpb"] == planted["metric"]
+    assert all(v > 1 for v in planted["runs"]) and planted["runs"][0] == planted["metrics"][
+        "val_bpb"]
     assert peeking["status"] == "invalid_metric"
     assert "looks ahead" in peeking["reason"]
     assert openai_server.pending == 0
@@ -74,7 +77,10 @@ def test_planted_metric_is_ignored_look_ahead_is_invalid_test_is_hidden(tmp_path
     tests = [r[TEST_KEY] for r in records[:2]]
     assert all(isinstance(t, float) and 0 < t < 20 for t in tests), tests
     assert all(TEST_KEY not in r["metrics"] for r in records)
-    # the planner's every request (two proposals after the baselines, two reflections) holds
+    # a run the keep rule discards at once is not scored on the test split (it cannot be kept)
+    assert worse["status"] == "discard" and worse["judgement"]["rule"] in ("worse", "within noise")
+    assert worse[TEST_KEY] is None
+    # the planner's every request (three proposals after the baselines, a reflection) holds
     # the validation scores it judges by and neither the test scores nor their key
     prompts = json.dumps(openai_server.requests)
     assert len(openai_server.requests) == 4 and f"{base['metric']:.6g}" in prompts
@@ -87,4 +93,4 @@ def test_planted_metric_is_ignored_look_ahead_is_invalid_test_is_hidden(tmp_path
                                 if all(format(test, f) != format(v, f) for v in vals)}
         assert not [x for x in shown if x in prompts], (test, prompts)
     report = (run_dir / "report.md").read_text()
-    assert "4 scored by the template's fixed evaluator" in report
+    assert "5 scored by the template's fixed evaluator" in report
