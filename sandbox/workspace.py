@@ -245,8 +245,8 @@ class Workspace:
         runs it again (say with another seed) into its own log and output directory.
 
         Under `confinement` (default: bubblewrap, or ConfinementUnavailable) it may write only
-        the workspace's files and its output directory; `passed_env` names variables of this
-        process's environment it may also see (a goal's `env:`)."""
+        its output directory (and a private TMPDIR), the workspace only read; `passed_env` names
+        variables of this process's environment it may also see (a goal's `env:`)."""
         cur = self._cur("run")
         if cur["step"] == "editing":
             self.commit()
@@ -266,8 +266,8 @@ class Workspace:
         run_env = run_environ(time_budget=time_budget, seed=seed, output_dir=out_dir,
                               steps=steps, threads=threads, extra=env, passed=passed_env)
         confinement = (confinement or default_confinement()).with_paths(
-            writable=[self.path, out_dir],
-            readable=[run_env[k] for k in PASSED_THROUGH if k in run_env])
+            writable=[out_dir],  # the workspace is read-only: what a run leaves is its outputs
+            readable=[self.path, *(run_env[k] for k in PASSED_THROUGH if k in run_env)])
         result = run_command(
             command,
             self.path,
