@@ -88,6 +88,14 @@ class Limits:
         return (self.stat("memory", "memory.events", "oom_kill")
                 + self.stat("memory", "memory.oom_control", "oom_kill"))
 
+    def peak_memory(self) -> int:
+        """The cgroup's peak charge (v1 max_usage_in_bytes, v2 memory.peak); 0 if unknown."""
+        base = self.cgroups.get("memory")
+        for name in ("memory.max_usage_in_bytes", "memory.peak"):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                return int((base / name).read_text())  # type: ignore[operator]
+        return 0
+
     def remove(self, timeout: float = 5.0) -> None:
         """Kill whatever is left in the cgroups and remove them (children first)."""
         for base in set(self.cgroups.values()):

@@ -146,13 +146,17 @@ def run_command(
         # Whatever happened above (even KeyboardInterrupt), nothing of the run may survive.
         watch.kill_all(signal.SIGKILL)
         watch.wait_gone(5.0)
+        cgroup_oom, cgroup_peak = limited.oom_kills(), limited.peak_memory()
         limited.remove()  # the cgroup: kills what is left in it (all of it, wherever it went)
         rc = proc.wait()
         drain(fd, out, 2.0)
         proc.stdout.close()
     metrics = {**read_metrics_json(output_dir / METRICS_FILE)} if output_dir else {}
     metrics.update(out.metrics)
-    kernel_oom = _oom_kills() > oom_kills or limited.oom_kills() > 0
+    kernel_oom = _oom_kills() > oom_kills or cgroup_oom > 0
+    if cgroup_oom:  # the kernel killed at the run's own limit: the cgroup's peak is the run's
+        watch.peak = max(watch.peak, cgroup_peak)
+        killed_for = killed_for or "oom"
     status, reason = _status(killed_for, rc, metrics, metric, list(out.tail), limits, watch.peak,
                              kernel_oom=kernel_oom, refused=out.refused)
     if reason:
@@ -228,6 +232,9 @@ def _over(watch: ProcessTree, limits: RunLimits, limited: Limits,
     used = watch.check() + tmpfs_used(sorted(watch.seen))
     watch.peak = max(watch.peak, used)
     if limits.mem_limit is not None and used > limits.mem_limit:
+        return "oom"
+    if limited.oom_kills():  # the kernel killed one at the cgroup's limit, before a poll saw it
+        watch.peak = max(watch.peak, limited.peak_memory())
         return "oom"
     if limits.max_processes is not None and (watch.count > limits.max_processes
                                              or limited.process_limit_hit()):
