@@ -91,9 +91,9 @@ class Limits:
     def peak_memory(self) -> int:
         """The cgroup's peak charge (v1 max_usage_in_bytes, v2 memory.peak); 0 if unknown."""
         base = self.cgroups.get("memory")
-        for name in ("memory.max_usage_in_bytes", "memory.peak"):
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                return int((base / name).read_text())  # type: ignore[operator]
+        for name in ("memory.max_usage_in_bytes", "memory.peak") if base else ():
+            with contextlib.suppress(OSError, ValueError):
+                return int((base / name).read_text())
         return 0
 
     def remove(self, timeout: float = 5.0) -> None:
