@@ -111,8 +111,9 @@ def run_limits(*, memory: int | None, processes: int | None, fsize: int | None,
     """Limits with a fresh cgroup where one can be made (under this process's own, so the
     machine's limits on MAGNET still hold); remove() it after the run."""
     limits = Limits(memory, processes, fsize, nest=nest, watch=watch)
-    name = f"magnet-{os.getpid()}-{next(_names)}-{secrets.token_hex(3)}"
+    name = f"magnet-{os.getpid()}-{_pid_namespace()}-{next(_names)}-{secrets.token_hex(3)}"
     for controller, parent in _parents().items():
+        _remove_stale(parent)
         directory = parent / name
         try:
             directory.mkdir(exist_ok=True)
@@ -185,6 +186,25 @@ def _enable(directory: Path, controller: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove the cgroups of MAGNET controllers that died (kill -9) before removing them."""
+    for directory in parent.glob(f"magnet-*-{_pid_namespace()}-*"):  # pids we can check
+        try:
+            os.kill(int(directory.name.split("-")[1]), 0)
+        except ProcessLookupError:
+            Limits(cgroups={"stale": directory}).remove(timeout=1.0)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+def _pid_namespace() -> str:
+    """This PID namespace's inode: a pid names a process only within its namespace."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
 
 
 def _empty(directory: Path, timeout: float) -> None:
