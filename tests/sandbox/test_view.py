@@ -146,3 +146,13 @@ def test_experiment_code_is_not_root_and_cannot_write_its_workspace(make_ws):
     assert not (ws.path / "__pycache__").exists()
     assert result.confinement == "bubblewrap"
     assert os.stat(ws.output_dir(0)).st_uid == os.getuid()  # its files are still the caller's
+
+
+def test_where_the_kernel_refuses_a_user_namespace_runs_say_so(make_ws, monkeypatch):
+    from sandbox import confine
+
+    monkeypatch.setattr(confine, "user_namespace", lambda bwrap: False)
+    ws = make_ws("no-userns")
+    result = run_script(ws, "import os\nprint('UID', os.getuid())\nprint('METRIC val_bpb=1')\n")
+    assert result.status == "ok" and result.confinement == confine.CONFINED_AS_ROOT
+    assert f"UID {os.getuid()}" in result.log_tail  # the caller's own user, not 1000
