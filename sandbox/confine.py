@@ -44,7 +44,10 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_ALLOWED = (
     "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone",
     "passwd", "group", "nsswitch.conf", "host.conf", "hosts", "gai.conf", "protocols",
-    "services", "ssl", "ca-certificates", "ca-certificates.conf", "pki", "mime.types",
+    # certificates, never ssl/private or pki/tls/private (keys; when MAGNET runs as root the
+    # user namespace maps uid 1000 inside to root outside, the files' owner)
+    "services", "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf",
+    "pki/tls/certs", "pki/ca-trust", "mime.types",
     "locale.alias", "os-release", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}",
 )
 NETWORK_ETC = ("resolv.conf",)  # only with the network on
@@ -99,7 +102,7 @@ class Confinement:
         # parents first, so the more specific bind wins (a readable under a writable, …)
         for path, how in sorted(binds, key=lambda b: b[0].count("/")):
             args += [how, path, path]
-        bound = [p for p, _ in binds]
+        bound = [args[i + 2] for i, a in enumerate(args) if a in ("--ro-bind", "--bind")]
         for path in map(os.path.realpath, self.hidden):
             if not any(_within(path, b) or _within(b, path) for b in bound):
                 continue  # not in view anyway: do not even make its mount point
