@@ -155,3 +155,22 @@ def test_a_wrapped_command_is_held_to_its_memory_limit(enforced):
     assert done.returncode in (137, -9), (done.returncode, done.stderr)
     assert killed_by_cgroup or "exceeded the limit of 100 MiB" in done.stderr
     assert time.monotonic() - start < 20
+
+
+def test_the_evaluate_command_is_held_to_the_limits(make_ws, enforced):
+    """The goal's `evaluate:` command runs code of the workspace too (it may import it)."""
+    ws = make_ws("evaluated")
+    ws.begin(0, "honest")
+    assert ws.run("python train.py", time_budget=10).status == "ok"
+    hog = "python -c 'import time; b = b\"x\" * (400 * 2**20); time.sleep(30)'"
+    result = ws.evaluate(hog, timeout=20, mem_limit=100 * MB)
+    assert result.status == "oom", (result.status, result.reason)
+    forks = ws.evaluate(f"python {tmp_script(ws, FORK_LOOP)}", timeout=20, max_processes=30)
+    assert forks.status == "crashed" and "limit of 30 processes" in forks.reason
+
+
+def tmp_script(ws, script: str) -> str:
+    """`script` saved where the evaluate command may read it (the workspace, read-only there)."""
+    path = ws.path / "evaluate_probe.py"
+    path.write_text(script)
+    return str(path)
