@@ -16,6 +16,7 @@ from sandbox import (
     exp_ref,
     template_dir,
 )
+from sandbox.confine import Confinement
 from sandbox.gitcli import git_env
 from sandbox.templates import known_templates
 
@@ -131,14 +132,18 @@ def test_discarded_experiment_is_kept_at_its_ref(make_ws, git):
 def test_run_writing_tracked_files_is_preserved_and_undone(make_ws, git):
     ws = make_ws()
     ws.begin(1, "tamper")
-    r = ws.run("echo 'EVIL = 1' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5)
+    # unconfined (--unconfined): confined code cannot write its workspace (tests/sandbox/test_view)
+    unconfined = Confinement(enabled=False)
+    r = ws.run("echo 'EVIL = 1' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5,
+               confinement=unconfined)
     assert r.status == "ok"
     ws.discard(1, {"metric": 1}, "discard")
     assert_consistent(ws, git)
     assert "EVIL" not in (ws.path / "config.py").read_text()
     assert "EVIL = 1" in git(repo(ws), "show", f"{exp_ref(1)}:config.py")  # nothing lost
     ws.begin(2, "tamper and keep")
-    ws.run("echo 'EVIL = 2' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5)
+    ws.run("echo 'EVIL = 2' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5,
+           confinement=unconfined)
     ws.keep(2, {"metric": 1}, best=True)
     assert_consistent(ws, git)
     assert "EVIL" not in (ws.path / "config.py").read_text()
