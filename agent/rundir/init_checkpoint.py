@@ -15,8 +15,10 @@ from agent.rundir.checkpoint_ref import resolve_checkpoint
 from agent.rundir.names import INIT_DIR
 from agent.rundir.runs import RunError
 from sandbox.layout import METRICS_FILE
+from sandbox.untrusted import UntrustedFileError, copy_tree, read_bytes
 
 ENV_NAME = "MAGNET_INIT_CHECKPOINT"
+MAX_INIT_BYTES = 2**34  # a base checkpoint's files together: 16 GiB, far above a CPU model
 
 
 def find_init(ref: str, runs_dir: str | Path | None = None) -> Path:
@@ -35,10 +37,19 @@ def find_init(ref: str, runs_dir: str | Path | None = None) -> Path:
 
 
 def copy_init(checkpoint: Path, run_dir: Path) -> Path:
-    """Copy the checkpoint's files into the run (atomically: a stop never leaves half a copy)."""
+    """Copy the checkpoint's files into the run (atomically: a stop never leaves half a copy).
+
+    A run's checkpoint is what its experiment left: regular files only are copied, and a
+    symlink, FIFO or device among them refuses the copy (RunError), so no host file's bytes
+    reach `init/` (and from there a claim)."""
     target, partial = run_dir / INIT_DIR, run_dir / f"{INIT_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns("*.tmp", METRICS_FILE))
+    try:
+        copy_tree(checkpoint, partial, MAX_INIT_BYTES,
+                  skip=lambda name: name.endswith(".tmp") or name == METRICS_FILE)
+    except (UntrustedFileError, OSError) as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RunError(f"init: cannot copy {checkpoint}: {err}") from None
     partial.rename(target)
     return target
 
@@ -53,12 +64,12 @@ def pack_init(run_dir: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(init_dir(run_dir).iterdir()):
-            if not path.is_file():
+            if not path.is_file() or path.is_symlink():
                 continue
+            data = read_bytes(path.parent, path.name, MAX_INIT_BYTES)  # a regular file only
             info = tarfile.TarInfo(path.name)
-            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
-            with path.open("rb") as f:
-                tar.addfile(info, f)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
