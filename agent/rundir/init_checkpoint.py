@@ -64,9 +64,12 @@ def pack_init(run_dir: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(init_dir(run_dir).iterdir()):
-            if not path.is_file() or path.is_symlink():
+            if not path.is_file():
                 continue
-            data = read_bytes(path.parent, path.name, MAX_INIT_BYTES)  # a regular file only
+            try:  # a regular file only: a symlink planted in init/ is refused, not followed
+                data = read_bytes(path.parent, path.name, MAX_INIT_BYTES)
+            except UntrustedFileError as err:
+                raise RunError(f"the run's base checkpoint is refused: {err}") from None
             info = tarfile.TarInfo(path.name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))

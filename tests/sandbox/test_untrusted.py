@@ -147,7 +147,7 @@ def test_a_fifo_named_metrics_json_does_not_hang_the_run(tmp_path: Path) -> None
     start = time.monotonic()
     try:
         done = subprocess.run([sys.executable, "-c", FIFO_RUN, str(tmp_path)],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=40)
     except subprocess.TimeoutExpired:
         pytest.fail("the controller hung on a FIFO named metrics.json")
     assert done.returncode == 0, done.stderr[-2000:]
