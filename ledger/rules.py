@@ -43,6 +43,10 @@ SETTLE_VOTES = 2  # agreeing verdicts from distinct keys that settle a disputed 
 PENDING, DISPUTED, VERIFIED, REFUTED, SLASHED = (
     "pending", "disputed", "verified", "refuted", "slashed")
 OPEN = (PENDING, DISPUTED)  # states a verdict may still be given in
+# what a verifier is told when its false verdict left the claim disputed
+DISPUTED_NOTE = ("disputed: no single verifier slashes; the claim is slashed when another key's "
+                 "replay also finds it false, and a false verdict that honest ones outvote "
+                 f"costs its verifier {VERIFIER_STAKE} points")
 HONEST, FALSE = "honest", "false"
 # what travels with a claim, stored in the ledger by sha256 and named by it under these keys
 BUNDLE, GOAL_FILE, SCHEDULE, INIT = "bundle", "goal_file", "schedule", "init"
