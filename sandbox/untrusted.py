@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,11 @@ CHUNK = 1 << 20
 MAX_SCHEDULE_BYTES = 16 * 2**20  # ~1M steps of progress values; a larger file is no schedule
 MAX_SCHEDULE_STEPS = 2_000_000
 FIX = "MAGNET reads only regular files an experiment writes into its output directory"
+# JSON nested deeper than this is refused before parsing: the C parser recurses once per level,
+# and in a thread with a small stack (a test worker, a graph node) 100,000 `[` crashed the process
+MAX_JSON_DEPTH = 64
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+BRACKETS = bytes(range(256)).translate(None, b"[]{}")  # every byte but the brackets
 
 
 class UntrustedFileError(SandboxError):
@@ -125,12 +131,25 @@ def read_bytes(directory: str | os.PathLike, name: str, max_bytes: int) -> bytes
 def read_json(directory: str | os.PathLike, name: str, max_bytes: int, **loads: Any) -> Any:
     """`read_bytes` parsed as JSON (`loads`: json.loads options); no NaN or Infinity."""
     data = read_bytes(directory, name, max_bytes)
+    return _loads(data, Path(directory) / name, f"{FIX}, in the shape it documents", **loads)
+
+
+def _loads(data: bytes, shown: object, what: str, **loads: Any) -> Any:
+    """JSON from untrusted bytes: nesting bounded first, no NaN or Infinity unless `loads`
+    says how to read them; UntrustedFileError (one line, naming `what` it should be)."""
+    brackets = data.translate(None, BRACKETS)
+    if len(brackets) > MAX_JSON_DEPTH:  # else it cannot nest too deep (metrics, schedules)
+        depth = 0
+        for bracket in JSON_STRING.sub(b"", data).translate(None, BRACKETS):
+            depth += 1 if bracket in b"[{" else -1
+            if depth > MAX_JSON_DEPTH:
+                raise UntrustedFileError(f"{shown} nests deeper than {MAX_JSON_DEPTH} levels; "
+                                         f"{what}")
     loads.setdefault("parse_constant", _no_constant)
     try:
         return json.loads(data.decode("utf-8"), **loads)
     except (ValueError, RecursionError) as err:
-        raise UntrustedFileError(f"{Path(directory) / name} is not JSON ({str(err)[:80]}); "
-                                 f"{FIX}, in the shape it documents") from None
+        raise UntrustedFileError(f"{shown} is not JSON ({str(err)[:80]}); {what}") from None
 
 
 def _no_constant(text: str) -> Any:
@@ -140,11 +159,7 @@ def _no_constant(text: str) -> Any:
 def parse_schedule(data: bytes, shown: str | os.PathLike = "the schedule") -> list[float]:
     """A schedule's bytes as its values: a JSON list (at most MAX_SCHEDULE_STEPS) of finite
     numbers in [0, 1], one per training step; UntrustedFileError otherwise."""
-    try:
-        values = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except (ValueError, RecursionError) as err:
-        raise UntrustedFileError(f"{shown} is not JSON ({str(err)[:80]}); a schedule is a list "
-                                 "of progress values in [0, 1]") from None
+    values = _loads(data, shown, "a schedule is a list of progress values in [0, 1]")
     if not isinstance(values, list) or len(values) > MAX_SCHEDULE_STEPS:
         raise UntrustedFileError(f"{shown} is not a list of at most {MAX_SCHEDULE_STEPS} "
                                  "progress values; a schedule is one value in [0, 1] per step")

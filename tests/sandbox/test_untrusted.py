@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -92,11 +93,36 @@ def test_size_is_bounded_and_shape_is_checked(tmp_path: Path) -> None:
     data, values = read_schedule(out, "schedule.json")
     assert values == good and data == json.dumps(good).encode()
     for bad in ("[0.1, NaN]", "[0.1, 1.5]", '[0.1, "0.2"]', "[[0.1]]", "[true]", '{"a": 1}',
-                "[-0.1]", "[0.1, Infinity]", "[" * 100_000):
+                "[-0.1]", "[0.1, Infinity]", "[" * 100_000, "[" * 65 + "]" * 65):
         (out / "schedule.json").write_text(bad)
         with pytest.raises(UntrustedFileError) as err:
             read_schedule(out, "schedule.json")
         assert "\n" not in str(err.value) and "schedule.json" in str(err.value)
+
+
+def test_deep_json_is_refused_before_parsing_even_on_a_small_stack(tmp_path: Path) -> None:
+    """100,000 nested `[` in metrics.json crashed a process whose thread had a small stack
+    (json's C parser recurses per level): refused before json sees it, in any thread."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+    (out / "strings.json").write_text(json.dumps({"a": "[" * 1000, "b": [[1]]}))
+    outcome: list[object] = []
+
+    def read() -> None:
+        with pytest.raises(UntrustedFileError, match="nests deeper than 64 levels") as err:
+            read_json(out, "metrics.json", 1 << 20)
+        outcome.append(err.value)
+        outcome.append(read_json(out, "strings.json", 1 << 20))  # brackets in strings count not
+
+    threading.stack_size(256 * 1024)
+    try:
+        worker = threading.Thread(target=read)
+        worker.start()
+        worker.join(30)
+    finally:
+        threading.stack_size(0)
+    assert len(outcome) == 2 and outcome[1] == {"a": "[" * 1000, "b": [[1]]}
 
 
 def test_copy_tree_copies_regular_files_only(tmp_path: Path, secret: Path) -> None:
