@@ -42,7 +42,7 @@ def audit(store: SqliteStore) -> AuditReport:
     start = time.perf_counter()
     problems: dict[tuple[int, int], str] = {}  # (position, 0 entry / 1 tree head) -> problem
     standing, frontier, prev = Standing(quorum=store.quorum), merkle.Frontier(), GENESIS
-    altered = _altered_artifacts(store)  # sha256 -> why its stored bytes are not that
+    stored, altered = _stored_artifacts(store)  # altered: sha256 -> why its bytes are not that
     roots: dict[int, bytes] = {0: frontier.root()}
     signed: list[tuple[str, bytes, bytes]] = []  # (public key, signature, data)
     for position, (seq, entry, stored_leaf) in enumerate(store.rows()):
@@ -59,7 +59,7 @@ def audit(store: SqliteStore) -> AuditReport:
             signed.append((fields["author"], entry.signature, entry.data))
             standing.check(entry)
             standing.add(entry)
-            if why := _artifact_problem(entry, store, altered):
+            if why := _artifact_problem(entry, stored, altered):
                 bad(why)
         except (LedgerError, KeyError, TypeError, ValueError) as err:
             bad(f"{err}" if isinstance(err, LedgerError) else f"unreadable ({err!r})")
@@ -93,13 +93,17 @@ def audit(store: SqliteStore) -> AuditReport:
                        time.perf_counter() - start, first)
 
 
-def _altered_artifacts(store: SqliteStore) -> dict[str, str]:
-    """Every stored artifact whose bytes do not hash to the sha256 it is stored by."""
-    return {name: f"its stored bytes hash to {actual[:12]}, not to its name (altered)"
-            for name, data in store.artifacts() if (actual := sha256_hex(data)) != name}
+def _stored_artifacts(store: SqliteStore) -> tuple[set[str], dict[str, str]]:
+    """The names of every stored artifact, and those whose bytes do not hash to their name."""
+    stored, altered = set(), {}
+    for name, data in store.artifacts():
+        stored.add(name)
+        if (actual := sha256_hex(data)) != name:
+            altered[name] = f"its stored bytes hash to {actual[:12]}, not to its name (altered)"
+    return stored, altered
 
 
-def _artifact_problem(entry: Entry, store: SqliteStore, altered: dict[str, str]) -> str | None:
+def _artifact_problem(entry: Entry, stored: set[str], altered: dict[str, str]) -> str | None:
     """What is wrong with the artifacts claim `entry` names (ledger.rules.ARTIFACTS), or None.
     An altered artifact is named here, by the first claim naming it, and not again."""
     fields = entry.fields
@@ -112,7 +116,7 @@ def _artifact_problem(entry: Entry, store: SqliteStore, altered: dict[str, str])
         if sha256 in altered:
             return (f"its {name} artifact ({str(sha256)[:12]}): {altered.pop(sha256)}; restore "
                     "it from the claimant's run")
-        if not isinstance(sha256, str) or store.artifact(sha256) is None:
+        if sha256 not in stored:
             return (f"its {name} artifact ({str(sha256)[:12]}) is not stored; restore it from "
                     "the claimant's run")
     return None
