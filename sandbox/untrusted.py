@@ -202,19 +202,22 @@ def check_regular(directory: str | os.PathLike, names: tuple[str, ...] | list[st
                 pass
 
 
-def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, max_bytes: int, *,
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike | None, max_bytes: int, *,
               skip: Callable[[str], bool] = lambda name: False) -> int:
     """Copy `src` (regular files and subdirectories only) to the new directory `dst`; returns
     the bytes copied. A symlink, FIFO, device or socket anywhere refuses the whole copy, as
     does more than `max_bytes` in all; names `skip` accepts are left out. On refusal `dst`
-    may hold part of the copy: copy into a scratch name and rename it when this returns."""
+    may hold part of the copy: copy into a scratch name and rename it when this returns.
+    `dst` None only checks that the copy would be made (nothing is read or written)."""
     with open_dir(src) as src_fd:
-        return _copy_dir(src_fd, Path(src), Path(dst), max_bytes, skip, 0)
+        return _copy_dir(src_fd, Path(src), None if dst is None else Path(dst), max_bytes,
+                         skip, 0)
 
 
-def _copy_dir(src_fd: int, shown: Path, dst: Path, max_bytes: int,
+def _copy_dir(src_fd: int, shown: Path, dst: Path | None, max_bytes: int,
               skip: Callable[[str], bool], total: int) -> int:
-    os.mkdir(dst)
+    if dst is not None:
+        os.mkdir(dst)
     for name in sorted(os.listdir(src_fd)):
         if skip(name):
             continue
@@ -226,11 +229,18 @@ def _copy_dir(src_fd: int, shown: Path, dst: Path, max_bytes: int,
                 raise UntrustedFileError(f"{shown / name} is unreadable ({err.strerror}); "
                                          f"{FIX}") from None
             try:
-                total = _copy_dir(sub, shown / name, dst / name, max_bytes, skip, total)
+                total = _copy_dir(sub, shown / name, None if dst is None else dst / name,
+                                  max_bytes, skip, total)
             finally:
                 os.close(sub)
             continue
-        with _open_in(src_fd, name, shown / name) as (fd, _):
+        with _open_in(src_fd, name, shown / name) as (fd, size):
+            if dst is None:  # a check: the size fstat gave is enough
+                if total + size > max_bytes:
+                    raise UntrustedFileError(f"{shown / name} takes the copy past {max_bytes} "
+                                             f"bytes; {FIX}, of bounded size")
+                total += size
+                continue
             data = _read_fd(fd, max_bytes - total, shown / name)
         total += len(data)
         with open(dst / name, "xb") as out:

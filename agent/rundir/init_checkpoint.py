@@ -33,6 +33,7 @@ def find_init(ref: str, runs_dir: str | Path | None = None) -> Path:
         load_checkpoint(path)
     except CheckpointError as err:
         raise RunError(f"init: {ref}: {err}") from None
+    _copy(path, None)  # refused now, before a run directory is made for it
     return path
 
 
@@ -45,13 +46,21 @@ def copy_init(checkpoint: Path, run_dir: Path) -> Path:
     target, partial = run_dir / INIT_DIR, run_dir / f"{INIT_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        copy_tree(checkpoint, partial, MAX_INIT_BYTES,
-                  skip=lambda name: name.endswith(".tmp") or name == METRICS_FILE)
-    except (UntrustedFileError, OSError) as err:
+        _copy(checkpoint, partial)
+    except RunError:
         shutil.rmtree(partial, ignore_errors=True)
-        raise RunError(f"init: cannot copy {checkpoint}: {err}") from None
+        raise
     partial.rename(target)
     return target
+
+
+def _copy(checkpoint: Path, target: Path | None) -> None:
+    """copy_tree of a checkpoint's files (None: only check it can be copied); RunError."""
+    try:
+        copy_tree(checkpoint, target, MAX_INIT_BYTES,
+                  skip=lambda name: name.endswith(".tmp") or name == METRICS_FILE)
+    except (UntrustedFileError, OSError) as err:
+        raise RunError(f"init: cannot copy {checkpoint}: {err}") from None
 
 
 def init_dir(run_dir: Path) -> Path:

@@ -12,7 +12,7 @@ import pytest
 
 from agent.claims.claim import _schedule
 from agent.rundir.checkpoint_ref import resolve_checkpoint
-from agent.rundir.init_checkpoint import copy_init, init_dir, pack_init
+from agent.rundir.init_checkpoint import copy_init, find_init, init_dir, pack_init
 from agent.rundir.runs import RunError
 from agent.scoring.replay_facts import SCHEDULE_FILE, replay_facts
 from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -73,6 +73,26 @@ def test_init_copy_export_and_merge_refuse_a_linked_checkpoint(left: tuple[Path,
     with pytest.raises(RunError, match=f"checkpoint refused: .*{WEIGHTS_FILE} is a symlink"):
         resolve_checkpoint(str(out))  # what export and merge resolve their references with
     assert_secret_nowhere(tmp_path / "new-run")
+
+
+def test_train_init_refuses_a_checkpoint_with_a_linked_file_before_making_a_run(
+        tmp_path: Path) -> None:
+    """A loadable checkpoint whose run also linked schedule.json to a host file: `--init` on it
+    is refused when the reference is resolved, before any run directory exists."""
+    from bitnet.checkpoint import save_checkpoint
+    from bitnet.model import BitNetConfig, BitNetLM
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    out = tmp_path / "ckpt"
+    save_checkpoint(BitNetLM(BitNetConfig(hidden_size=16, intermediate_size=32,
+                                          num_hidden_layers=1)), out)
+    (out / SCHEDULE_FILE).symlink_to(secret)
+    with pytest.raises(RunError, match=f"init: cannot copy .*{SCHEDULE_FILE} is a symlink"):
+        find_init(str(out))
+    (out / SCHEDULE_FILE).unlink()
+    assert find_init(str(out)) == out.resolve()
+    assert copy_init(out, tmp_path).name == "init"  # what a clean checkpoint gives
 
 
 def test_a_claim_carries_no_linked_schedule_or_init_file(left: tuple[Path, Path]) -> None:
