@@ -12,6 +12,7 @@ An experiment's own METRIC lines are claims. What counts:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -116,7 +117,9 @@ class Scorer:
             grace=spec.budget.grace, mem_limit=mem_limit, metric=self.metric, on_line=on_line,
             repeat=repeat, confinement=self.confinement, env=env,
             passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
+        scoring = time.monotonic()
         scored = self.score(run_summary(result, seed), repeat)
+        scored["score_seconds"] = round(time.monotonic() - scoring, 3)  # bench/utilisation.py
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
                                         out_dir=out_dir,
