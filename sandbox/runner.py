@@ -97,18 +97,20 @@ def run_command(
     on_line: LineCallback | None = None,
     on_start: Callable[[int], None] | None = None,
     confinement: Confinement | None = None,
+    spawn: Callable[[], subprocess.Popen] | None = None,
 ) -> RunResult:
     """Run `command` through the shell in `cwd` and return what happened.
 
     `metric` names the metric an `ok` run must report (else `no_metric`); without it any metric
     will do. `on_start(pid)` is called once the process exists (its pid is also its group id).
-    `confinement` wraps the shell (bubblewrap); None runs it as it is.
+    `confinement` wraps the shell (bubblewrap); None runs it as it is. `spawn` (sandbox.warm)
+    stands for the Popen below: a process already started under that confinement, told to go.
     """
     out = RunOutput(log_path, on_line, limits.log_limit)
     confinement = confinement or Confinement(enabled=False)
     oom_kills = _oom_kills()
     start = time.monotonic()
-    proc = subprocess.Popen(
+    proc = spawn() if spawn is not None else subprocess.Popen(
         confinement.wrap(["/bin/sh", "-c", command]),
         cwd=cwd,
         env=dict(env),

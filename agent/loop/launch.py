@@ -27,7 +27,9 @@ from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, find_run, load_run_goal, new_run_id, runs_root
 from agent.scoring.scorer import Scorer
 from sandbox.confine import confinement
+from sandbox.layout import OUTPUTS_DIR
 from sandbox.metrics import is_finite
+from sandbox.warm import warm_starter
 from sandbox.workspace import Workspace
 
 RECURSION_LIMIT = 1_000_000  # budgets end the loop, not LangGraph's step cap
@@ -134,6 +136,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
         scorer = Scorer(goal, workspace, confinement(unconfined=bool(options.get("unconfined")),
                                                      network=spec.network))
         scorer.prepare()
+        workspace.warm = warm_starter(run_dir / OUTPUTS_DIR)  # None when MAGNET_WARM_START=0
         with RunView(run_dir.name, spec.metric.name, spec.metric.goal, planner.name,
                      console=console) as view:
             view.preload(records.read())
