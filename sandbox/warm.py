@@ -69,6 +69,7 @@ class WarmStarter:
     def __init__(self, outputs: Path) -> None:
         self.outputs = outputs
         self.warm: _Warm | None = None
+        self.ran_in: Path | None = None  # the staging directory the last run wrote into, if warm
         self._count = 0
         outputs.mkdir(parents=True, exist_ok=True)
         for stale in outputs.glob(f"{STAGING_PREFIX}*"):  # a crashed controller's
@@ -97,7 +98,7 @@ class WarmStarter:
         """(spawn, staging directory) for this run if the warm process fits it, else None (and
         the unfitting one is stopped). `spawn()` tells it to go and returns it as the runner's
         process; the run writes into the staging directory (`settle` moves it into place)."""
-        warm, self.warm = self.warm, None
+        warm, self.warm, self.ran_in = self.warm, None, None
         if warm is None:
             return None
         if warm.key != _key(command, cwd, env, confine) or warm.proc.poll() is not None:
@@ -116,6 +117,7 @@ class WarmStarter:
                 warm.proc.stdin.close()
             return warm.proc
 
+        self.ran_in = warm.staging
         return spawn, warm.staging
 
     @staticmethod

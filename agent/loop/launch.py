@@ -115,6 +115,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
     records = RunRecords(run_dir)
     config = {"configurable": {"thread_id": run_dir.name}, "recursion_limit": RECURSION_LIMIT}
     workspace = Workspace.open(run_dir)  # recovers an experiment a crash left unfinished
+    scorer: Scorer | None = None
     try:
         saver, latest, lost = _open_checkpoints(run_dir, config)  # once the run is ours
         if not fresh and latest is None:
@@ -159,6 +160,8 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
             with _sigterm_as_interrupt():
                 _drive(graph, start, config, runtime)
     finally:
+        if scorer is not None:
+            scorer.close()
         workspace.close()
 
 

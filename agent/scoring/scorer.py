@@ -13,7 +13,7 @@ An experiment's own METRIC lines are claims. What counts:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
 from agent.scoring.replay_facts import replay_facts
+from agent.scoring.warm_servers import WarmServers
 from sandbox.confine import Confinement
 from sandbox.env import free_cpus, run_environ
 from sandbox.metrics import is_finite
@@ -91,6 +92,7 @@ class Scorer:
         self.confinement = confinement.with_paths(
             readable=[*_corpus_paths(corpus_of(goal)), *starts_from])
         self.evaluator_confinement = confinement.with_paths(hidden=_corpus_paths(corpus_of(goal)))
+        self.servers = WarmServers()  # used only when the workspace warm-starts its runs
 
     def prepare(self) -> None:
         """Build what the runs read but may not write (the corpus cache), before the first."""
@@ -120,6 +122,7 @@ class Scorer:
         scoring = time.monotonic()
         scored = self.score(run_summary(result, seed), repeat)
         scored["score_seconds"] = round(time.monotonic() - scoring, 3)  # bench/utilisation.py
+        self._warm_servers()
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
                                         out_dir=out_dir,
@@ -170,17 +173,35 @@ class Scorer:
             return None, f"the evaluate command failed: {why}; see {result.log_path}"
         return float(value), ""  # type: ignore[arg-type]
 
+    def _server_wrap(self, out_dir: Path) -> Callable[[Sequence[str]], list[str]]:
+        """How the evaluator's servers for the checkpoint in `out_dir` are started: confined,
+        seeing the model code and that checkpoint, never the corpus."""
+        confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
+        env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
+                          passed=self.goal.spec.env)
+        return lambda argv: confined.wrap(argv, env)
+
+    def _warm_servers(self) -> None:
+        """Start the next run's servers now, if that run will be warm-started (sandbox.warm)."""
+        warm = self.ws.warm
+        if self.kind == EVALUATOR and warm is not None and warm.warm is not None:
+            self.servers.prepare(warm.warm.staging, self._server_wrap(warm.warm.staging))
+
+    def close(self) -> None:
+        """Stop the servers started for a run that will not come."""
+        self.servers.close()
+
     def _evaluator(self, repeat: int) -> tuple[float | None, str]:
         from bitnet import logits_server
         from bitnet.score import ScoreError, score_checkpoint
 
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
-        server = logits_server.command(out_dir, self.ws.path)
-        confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
-        env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
-                          passed=self.goal.spec.env)
+        staging = self.ws.warm.ran_in if self.ws.warm is not None else None
+        start = (self.servers.take(staging, self.ws.path, free_cpus())
+                 if staging is not None else None)
+        server = start or self._server_wrap(out_dir)(logits_server.command(out_dir, self.ws.path))
         try:
-            score = score_checkpoint(self.validation, out_dir, confined.wrap(server, env),
+            score = score_checkpoint(self.validation, out_dir, server,
                                      timeout=self.goal.spec.budget.grace,
                                      causal_windows=CAUSAL_WINDOWS)
         except ScoreError as err:
