@@ -91,7 +91,7 @@ class WarmStarter:
         proc = subprocess.Popen(
             argv, cwd=cwd, env=launch_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True)
-        self.warm = _Warm(proc, _key(command, cwd, env, confine), staging, launch_env)
+        self.warm = _Warm(proc, _key(command, cwd, env, confine(staging)), staging, launch_env)
 
     def take(self, command: str, cwd: Path, env: Mapping[str, str],
              confine: Confine) -> tuple[Callable[[], subprocess.Popen], Path] | None:
@@ -101,7 +101,8 @@ class WarmStarter:
         warm, self.warm, self.ran_in = self.warm, None, None
         if warm is None:
             return None
-        if warm.key != _key(command, cwd, env, confine) or warm.proc.poll() is not None:
+        key = _key(command, cwd, env, confine(warm.staging))
+        if warm.key != key or warm.proc.poll() is not None:
             _stop(warm)
             return None
         script = script_of(command)
@@ -138,12 +139,11 @@ def warm_starter(outputs: Path) -> WarmStarter | None:
     return None if os.environ.get(SWITCH) == "0" else WarmStarter(outputs)
 
 
-def _key(command: str, cwd: Path, env: Mapping[str, str], confine: Confine) -> tuple:
+def _key(command: str, cwd: Path, env: Mapping[str, str], confined: Confinement) -> tuple:
     """What must be equal for a warm process to stand for a cold run: the command, directory,
-    confinement, and every variable but the per-run ones."""
-    probe = Path("/nonexistent-output")  # the output directory differs by design
+    confinement (given the same output directory), and every variable but the per-run ones."""
     fixed = tuple(sorted((k, v) for k, v in env.items() if k not in PER_RUN))
-    return command, str(cwd), tuple(confine(probe).wrap(["x"])), fixed
+    return command, str(cwd), tuple(confined.wrap(["x"])), fixed
 
 
 def _stop(warm: _Warm) -> None:
