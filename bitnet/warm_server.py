@@ -30,6 +30,8 @@ def main() -> None:
 
     import bitnet.checkpoint  # noqa: F401
 
+    sys.stderr.write("READY\n")  # agent.scoring.warm_servers waits for it
+    sys.stderr.flush()
     line = sys.stdin.buffer.readline()
     if not line:
         sys.exit(0)

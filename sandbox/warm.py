@@ -31,6 +31,7 @@ from pathlib import Path
 
 from sandbox.confine import Confinement
 from sandbox.env import OUTPUT_DIR_VAR
+from sandbox.limits import Limits, run_limits
 from sandbox.proctree import ProcessTree
 
 CHILD = Path(__file__).with_name("warm_child.py")
@@ -42,6 +43,8 @@ SWITCH = "MAGNET_WARM_START"  # "0": every run starts cold (to measure what warm
 PYTHONS = ("python", "python3", os.path.basename(sys.executable))
 
 Confine = Callable[[Path], Confinement]  # the run's confinement given its output directory
+Caps = tuple[int | None, int | None, int | None]
+Spawn = Callable[[], "tuple[subprocess.Popen, Limits]"]  # memory, processes, output bytes (limits)
 
 
 def script_of(command: str) -> str | None:
@@ -61,6 +64,7 @@ class _Warm:
     key: tuple
     staging: Path
     launch_env: dict[str, str]
+    limits: Limits  # the run's cgroup and rlimits: the process is started inside them
 
 
 class WarmStarter:
@@ -75,8 +79,10 @@ class WarmStarter:
         for stale in outputs.glob(f"{STAGING_PREFIX}*"):  # a crashed controller's
             shutil.rmtree(stale, ignore_errors=True)
 
-    def prepare(self, command: str, cwd: Path, env: Mapping[str, str], confine: Confine) -> None:
-        """Start a warm process for a run of `command` like this one (replacing any other)."""
+    def prepare(self, command: str, cwd: Path, env: Mapping[str, str], confine: Confine,
+                caps: Caps = (None, None, None)) -> None:
+        """Start a warm process for a run of `command` like this one (replacing any other),
+        under the limits `caps` names, as sandbox.runner starts a cold one."""
         self.close()
         script = script_of(command)
         if script is None:
@@ -86,22 +92,25 @@ class WarmStarter:
         staging.mkdir()
         launch_env = {**env, OUTPUT_DIR_VAR: str(staging)}
         python = shlex.split(command)[0]  # as the shell finds it on the run's PATH
-        argv = confine(staging).wrap([shutil.which(python, path=env.get("PATH")) or python,
-                                      str(CHILD)])
+        memory, processes, fsize = caps
+        limits = run_limits(memory=memory, processes=processes, fsize=fsize)
+        argv = limits.wrap(confine(staging).wrap(
+            [shutil.which(python, path=env.get("PATH")) or python, str(CHILD)]))
         proc = subprocess.Popen(
             argv, cwd=cwd, env=launch_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True)
-        self.warm = _Warm(proc, _key(command, cwd, env, confine(staging)), staging, launch_env)
+        key = _key(command, cwd, env, confine(staging), caps)
+        self.warm = _Warm(proc, key, staging, launch_env, limits)
 
-    def take(self, command: str, cwd: Path, env: Mapping[str, str],
-             confine: Confine) -> tuple[Callable[[], subprocess.Popen], Path] | None:
+    def take(self, command: str, cwd: Path, env: Mapping[str, str], confine: Confine,
+             caps: Caps = (None, None, None)) -> tuple[Spawn, Path] | None:
         """(spawn, staging directory) for this run if the warm process fits it, else None (and
-        the unfitting one is stopped). `spawn()` tells it to go and returns it as the runner's
-        process; the run writes into the staging directory (`settle` moves it into place)."""
+        the unfitting one is stopped). `spawn()` tells it to go and returns it and its limits as
+        the runner's process; the run writes into the staging directory (`settle` moves it)."""
         warm, self.warm, self.ran_in = self.warm, None, None
         if warm is None:
             return None
-        key = _key(command, cwd, env, confine(warm.staging))
+        key = _key(command, cwd, env, confine(warm.staging), caps)
         if warm.key != key or warm.proc.poll() is not None:
             _stop(warm)
             return None
@@ -111,12 +120,12 @@ class WarmStarter:
                  "unset": [k for k in warm.launch_env if k not in run_env and k != "TMPDIR"],
                  "threads": env.get("OMP_NUM_THREADS")}
 
-        def spawn() -> subprocess.Popen:
+        def spawn() -> tuple[subprocess.Popen, Limits]:
             assert warm.proc.stdin is not None
             with contextlib.suppress(BrokenPipeError):  # died meanwhile: the runner sees it exit
                 warm.proc.stdin.write(json.dumps(order).encode() + b"\n")
                 warm.proc.stdin.close()
-            return warm.proc
+            return warm.proc, warm.limits
 
         self.ran_in = warm.staging
         return spawn, warm.staging
@@ -139,11 +148,13 @@ def warm_starter(outputs: Path) -> WarmStarter | None:
     return None if os.environ.get(SWITCH) == "0" else WarmStarter(outputs)
 
 
-def _key(command: str, cwd: Path, env: Mapping[str, str], confined: Confinement) -> tuple:
+def _key(command: str, cwd: Path, env: Mapping[str, str], confined: Confinement,
+         caps: Caps) -> tuple:
     """What must be equal for a warm process to stand for a cold run: the command, directory,
-    confinement (given the same output directory), and every variable but the per-run ones."""
+    confinement (given the same output directory), limits, and every variable but the per-run
+    ones."""
     fixed = tuple(sorted((k, v) for k, v in env.items() if k not in PER_RUN))
-    return command, str(cwd), tuple(confined.wrap(["x"])), fixed
+    return command, str(cwd), tuple(confined.wrap(["x"])), caps, fixed
 
 
 def _stop(warm: _Warm) -> None:
@@ -154,6 +165,7 @@ def _stop(warm: _Warm) -> None:
     tree.kill_all(signal.SIGKILL)
     warm.proc.wait()
     tree.wait_gone(5.0)
+    warm.limits.remove()
     for stream in (warm.proc.stdin, warm.proc.stdout):
         with contextlib.suppress(OSError):
             if stream is not None:

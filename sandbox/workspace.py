@@ -38,6 +38,7 @@ from sandbox.layout import (
     output_dir,
     workspace_dir,
 )
+from sandbox.limits import DEFAULT_MAX_PROCESSES, DEFAULT_OUTPUT_LIMIT_MB
 from sandbox.reader import read_diff, read_note
 from sandbox.recovery import Recovery, recover
 from sandbox.runner import DEFAULT_LOG_LIMIT, LineCallback, RunLimits, RunResult, run_command
@@ -244,13 +245,15 @@ class Workspace:
         confinement: Confinement | None = None,
         log_limit: int = DEFAULT_LOG_LIMIT,
         passed_env: Sequence[str] = (),
+        output_limit: int | None = DEFAULT_OUTPUT_LIMIT_MB * 2**20,
+        max_processes: int | None = DEFAULT_MAX_PROCESSES,
     ) -> RunResult:
         """Run `command` on the committed experiment (committing first if needed); `repeat` > 0
         runs it again (say with another seed) into its own log and output directory.
 
         Under `confinement` (default: bubblewrap, or ConfinementUnavailable) it may write only
-        the workspace's files and its output directory; `passed_env` names variables of this
-        process's environment it may also see (a goal's `env:`)."""
+        its output directory (and a private TMPDIR), the workspace only read; `passed_env` names
+        variables of this process's environment it may also see (a goal's `env:`)."""
         cur = self._cur("run")
         if cur["step"] == "editing":
             self.commit()
@@ -271,16 +274,18 @@ class Workspace:
                               steps=steps, threads=threads, extra=env, passed=passed_env)
         base = confinement or default_confinement()
 
-        def confine(out: Path) -> Confinement:
-            return base.with_paths(writable=[self.path, out],
-                                   readable=[run_env[k] for k in PASSED_THROUGH if k in run_env])
+        def confine(out: Path) -> Confinement:  # the workspace is read-only: a run leaves outputs
+            return base.with_paths(writable=[out], readable=[
+                self.path, *(run_env[k] for k in PASSED_THROUGH if k in run_env)])
 
-        warm = self.warm.take(command, self.path, run_env, confine) if self.warm else None
+        caps = (mem_limit, max_processes, output_limit)  # what sandbox.limits enforces
+        warm = self.warm.take(command, self.path, run_env, confine, caps) if self.warm else None
         result = run_command(
             command,
             self.path,
             env=run_env,
-            limits=RunLimits(time_budget, grace, term_grace, mem_limit, log_limit=log_limit),
+            limits=RunLimits(time_budget, grace, term_grace, mem_limit, log_limit=log_limit,
+                             output_limit=output_limit, max_processes=max_processes),
             confinement=confine(warm[1] if warm else out_dir),
             log_path=self.log_path(exp, repeat),
             output_dir=warm[1] if warm else out_dir,
@@ -292,7 +297,7 @@ class Workspace:
         if warm:
             WarmStarter.settle(warm[1], out_dir)
         if self.warm:  # the next run's interpreter imports while this one is scored
-            self.warm.prepare(command, self.path, run_env, confine)
+            self.warm.prepare(command, self.path, run_env, confine, caps)
         cur.update(
             step="ran", pid=None, result={"status": result.status, "metrics": result.metrics}
         )
@@ -309,6 +314,8 @@ class Workspace:
         env: Mapping[str, str] | None = None,
         passed_env: Sequence[str] = (),
         log_limit: int = DEFAULT_LOG_LIMIT,
+        mem_limit: int | None = None,
+        max_processes: int | None = DEFAULT_MAX_PROCESSES,
     ) -> RunResult:
         """Run the goal's evaluation of the experiment's run `repeat`: after training, with
         nothing writable (the workspace and the run's outputs read-only), into its own log.
@@ -324,7 +331,8 @@ class Workspace:
             command,
             self.path,
             env=run_env,
-            limits=RunLimits(timeout, grace=0.0, log_limit=log_limit),
+            limits=RunLimits(timeout, grace=0.0, mem_limit=mem_limit, log_limit=log_limit,
+                             max_processes=max_processes),
             confinement=confinement,
             log_path=eval_log_path(self.run_dir, exp, repeat),
         )

@@ -22,15 +22,18 @@ from agent.rundir.init_checkpoint import pack_init
 from agent.rundir.names import GOAL_COPY
 from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, load_run_goal
-from agent.scoring.replay_facts import SCHEDULE_FILE
+from agent.scoring.replay_facts import MAX_SCHEDULE, SCHEDULE_FILE
 from ledger.canonical import sha256_hex
+from ledger.rules import ARTIFACTS, BUNDLE, GOAL_FILE, INIT, SCHEDULE
 from sandbox.gitcli import Git, GitError
 from sandbox.layout import exp_ref, git_dir, output_dir
+from sandbox.untrusted import MissingFileError, UntrustedFileError, read_schedule
 
 CLAIMED = (ranking.KEEP,)  # statuses a claim may be made for: improvements that were kept
-# what travels with a claim, stored in the ledger by sha256 and named by it under these keys
-BUNDLE, GOAL_FILE, SCHEDULE, INIT = "bundle", "goal_file", "schedule", "init"
-ARTIFACTS = (BUNDLE, GOAL_FILE, SCHEDULE, INIT)
+# what travels with a claim (ARTIFACTS: BUNDLE, GOAL_FILE, SCHEDULE, INIT) is the ledger's to
+# name (ledger.rules), since `ledger audit` checks each one a claim names is stored intact
+__all__ = ["ARTIFACTS", "BUNDLE", "CLAIMED", "GOAL_FILE", "INIT", "SCHEDULE", "Claim",
+           "build_claim", "make_bundle"]
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,16 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
 
 
 def _schedule(run_dir: Path, exp: int, sha256: str) -> bytes:
-    """The schedule the experiment's first run followed, as its record fixed it."""
-    path = output_dir(run_dir, exp) / SCHEDULE_FILE
-    data = path.read_bytes() if path.is_file() else b""
+    """The schedule the experiment's first run followed, as its record fixed it: a regular
+    file of the right shape (sandbox.untrusted), never what a symlink there points at."""
+    out = output_dir(run_dir, exp)
+    path = out / SCHEDULE_FILE
+    try:
+        data, _ = read_schedule(out, SCHEDULE_FILE, MAX_SCHEDULE)
+    except MissingFileError:
+        data = b""
+    except UntrustedFileError as err:
+        raise RunError(f"the schedule is refused: {err}; claim from an untouched run") from None
     if sha256_hex(data) != sha256:
         raise RunError(f"{path} is missing or changed since the run (its record says sha256 "
                        f"{sha256[:12]}); claim from an untouched run")

@@ -17,6 +17,11 @@ from sandbox.knobs import KnobSpec
 from sandbox.runner import RunResult
 from sandbox.workspace import Workspace
 
+# Whether experiment code could read the corpus's validation and test bytes (bitnet.data.sealed):
+# True, False (then UNSEALED_REASON_KEY says why, in one line) or None (no corpus: a repository)
+SEALED_KEY = "sealed"
+UNSEALED_REASON_KEY = "unsealed_reason"
+
 
 def draft(ws: Workspace, editable: Sequence[str], knobs: Mapping[str, KnobSpec],
           proposal: Mapping[str, Any], *, planner: str, metric_name: str,
@@ -60,6 +65,16 @@ def run_summary(result: RunResult, seed: int) -> dict[str, Any]:
             "confinement": result.confinement}
 
 
+def seal(corpus: str | None) -> dict[str, Any]:
+    """The SEALED_KEY (and UNSEALED_REASON_KEY) fields of a run on `corpus`."""
+    if corpus is None:
+        return {SEALED_KEY: None}
+    from bitnet.data import unsealed_reason
+
+    reason = unsealed_reason(corpus)
+    return {SEALED_KEY: not reason, **({UNSEALED_REASON_KEY: reason} if reason else {})}
+
+
 def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float | None,
             reason: str) -> dict[str, Any]:
     """What the runs gave: the judged metric, every run's value and seed, the first run's
@@ -80,6 +95,8 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         # how the runs were confined and scored (agent.scoring.scorer): the report shows both
         "confinement": first.get("confinement"),
         "scored_by": first.get("scored_by"),
+        SEALED_KEY: first.get(SEALED_KEY),  # absent (None) in records from before the splits
+        UNSEALED_REASON_KEY: first.get(UNSEALED_REASON_KEY),
         "reported": [r.get("reported") for r in runs],
         # what a replay of the first run needs (scoring.replay_facts): a ledger claim carries it
         "replay": first.get("replay"),

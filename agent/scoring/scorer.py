@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal.spec import Goal, GoalError
-from agent.rundir.experiment_record import run_summary
+from agent.rundir.experiment_record import run_summary, seal
 from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
@@ -27,6 +27,7 @@ from agent.scoring.replay_facts import replay_facts
 from agent.scoring.warm_servers import WarmServers
 from sandbox.confine import Confinement
 from sandbox.env import free_cpus, run_environ
+from sandbox.limits import Limits, run_limits
 from sandbox.metrics import is_finite
 from sandbox.workspace import Workspace
 
@@ -38,7 +39,8 @@ DESCRIPTIONS = {
 }
 INVALID_METRIC = "invalid_metric"
 TEMPLATE_EVALUATORS = {"bitnet-lm": "val_bpb"}  # templates with a fixed evaluator: its metric
-DEFAULT_CORPUS = "pycode"  # the template's train.py spells it too: experiment code imports no agent
+DEFAULT_CORPUS = "pycode"
+TRAIN_DATA_ENV = "MAGNET_TRAIN_DATA"  # the template's train.py spells it too: it imports no agent
 # The printed val_bpb and the evaluator's come from the same model on the same windows; they
 # differ only by float summation order, far below this.
 AGREEMENT = 1e-3  # relative
@@ -62,10 +64,11 @@ def corpus_of(goal: Goal) -> str | None:
 
 
 def run_env(goal: Goal, run_dir: Path) -> dict[str, str]:
-    """Settings the goal gives every run of its command (and its evaluation): its corpus, and
-    the run's copy of the checkpoint it starts from."""
+    """Settings the goal gives every run of its command (and its evaluation): its corpus's name
+    and training split (bitnet.data.train_dir), and the run's copy of the checkpoint it starts
+    from."""
     corpus = corpus_of(goal)
-    env = {"MAGNET_CORPUS": corpus} if corpus else {}
+    env = {"MAGNET_CORPUS": corpus, TRAIN_DATA_ENV: str(_corpus_paths(corpus)[0])} if corpus else {}
     if goal.spec.init is not None:
         env[INIT_ENV] = str(init_dir(run_dir))
     return env
@@ -85,14 +88,30 @@ class Scorer:
             raise GoalError(f"{goal.path}: template {goal.spec.template} is scored by its "
                             f"evaluator as {fixed}; set `metric: {{name: {fixed}}}` or give "
                             "`evaluate:` a command that prints your metric")
-        # runs read the corpus and its cache, never write them; the evaluator's model code gets
+        # runs read the training split alone, never write it; the evaluator's model code gets
         # the validation bytes only through its pipe, so it does not see them at all
-        starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
-        confinement = confinement.with_paths(hidden=private_paths())  # keys, credentials
-        self.confinement = confinement.with_paths(
-            readable=[*_corpus_paths(corpus_of(goal)), *starts_from])
-        self.evaluator_confinement = confinement.with_paths(hidden=_corpus_paths(corpus_of(goal)))
+        spec = goal.spec
+        self._starts_from = [init_dir(ws.run_dir)] if spec.init is not None else []
+        ledger = spec.ledger
+        self._confinement = confinement.with_paths(hidden=private_paths(  # keys, credentials
+            ledgers=[ledger.path if ledger else None], keys=[ledger.key if ledger else None]))
+        self.evaluator_confinement = self._confinement.with_paths(
+            hidden=_held_out_paths(corpus_of(goal)))
+        # the goal's limits hold for all code from the workspace: its runs, the `evaluate:`
+        # command and the evaluator's model servers
+        self.mem_limit = (spec.memory_limit_mb or 0) * 2**20 or None
+        self.output_limit = int(spec.output_limit_mb * 2**20)
         self.servers = WarmServers()  # used only when the workspace warm-starts its runs
+
+    @cached_property
+    def confinement(self) -> Confinement:
+        """What runs see: the training split (built on first use), not the held-out bytes."""
+        corpus = corpus_of(self.goal)
+        entry = self.corpus.entry if corpus else None
+        held_out = [entry / f"{split}.bin" for split in ("val", "test")] if entry else []
+        return self._confinement.with_paths(
+            readable=[*_corpus_paths(corpus), *self._starts_from, *self.goal.spec.readable],
+            hidden=held_out)
 
     def prepare(self) -> None:
         """Build what the runs read but may not write (the corpus cache), before the first."""
@@ -118,9 +137,10 @@ class Scorer:
             spec.command, time_budget=budget, seed=seed, steps=steps, threads=threads,
             grace=spec.budget.grace, mem_limit=mem_limit, metric=self.metric, on_line=on_line,
             repeat=repeat, confinement=self.confinement, env=env,
-            passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
+            passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20),
+            output_limit=self.output_limit, max_processes=spec.max_processes)
         scoring = time.monotonic()
-        scored = self.score(run_summary(result, seed), repeat)
+        scored = self.score(run_summary(result, seed), repeat) | seal(corpus_of(self.goal))
         scored["score_seconds"] = round(time.monotonic() - scoring, 3)  # bench/utilisation.py
         self._warm_servers()
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
@@ -166,26 +186,35 @@ class Scorer:
         assert spec.evaluate is not None
         result = self.ws.evaluate(spec.evaluate, repeat=repeat, timeout=spec.budget.grace,
                                   confinement=self.confinement,
-                                  env=run_env(self.goal, self.ws.run_dir), passed_env=spec.env)
+                                  env=run_env(self.goal, self.ws.run_dir), passed_env=spec.env,
+                                  mem_limit=self.mem_limit, max_processes=spec.max_processes)
         value = result.metrics.get(self.metric)
         if result.status not in ("ok", "no_metric") or not is_finite(value):
             why = result.reason or f"printed no finite METRIC {self.metric}"
             return None, f"the evaluate command failed: {why}; see {result.log_path}"
         return float(value), ""  # type: ignore[arg-type]
 
-    def _server_wrap(self, out_dir: Path) -> Callable[[Sequence[str]], list[str]]:
-        """How the evaluator's servers for the checkpoint in `out_dir` are started: confined,
-        seeing the model code and that checkpoint, never the corpus."""
+    def _server_limits(self) -> Limits:
+        """Each server in its own cgroup, with the run's memory and process limits (or
+        watched); remove() after the scoring."""
+        return run_limits(memory=self.mem_limit, processes=self.goal.spec.max_processes,
+                          fsize=self.output_limit, nest=True, watch=True)
+
+    def _server_wrap(self, out_dir: Path, limits: Limits) -> Callable[[Sequence[str]], list[str]]:
+        """How the evaluator's servers for the checkpoint in `out_dir` are started: limited,
+        confined, seeing the model code and that checkpoint, never the corpus."""
         confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
         env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
                           passed=self.goal.spec.env)
-        return lambda argv: confined.wrap(argv, env)
+        return lambda argv: limits.wrap(confined.wrap(argv, env))
 
     def _warm_servers(self) -> None:
         """Start the next run's servers now, if that run will be warm-started (sandbox.warm)."""
         warm = self.ws.warm
         if self.kind == EVALUATOR and warm is not None and warm.warm is not None:
-            self.servers.prepare(warm.warm.staging, self._server_wrap(warm.warm.staging))
+            limits = self._server_limits()
+            self.servers.prepare(warm.warm.staging, self._server_wrap(warm.warm.staging, limits),
+                                 limits)
 
     def close(self) -> None:
         """Stop the servers started for a run that will not come."""
@@ -197,20 +226,39 @@ class Scorer:
 
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         staging = self.ws.warm.ran_in if self.ws.warm is not None else None
-        start = (self.servers.take(staging, self.ws.path, free_cpus())
+        taken = (self.servers.take(staging, self.ws.path, free_cpus())
                  if staging is not None else None)
-        server = start or self._server_wrap(out_dir)(logits_server.command(out_dir, self.ws.path))
+        if taken is not None:  # started for this run's checkpoint, under these limits
+            server, limits = taken
+        else:
+            limits = self._server_limits()
+            server = self._server_wrap(out_dir, limits)(
+                logits_server.command(out_dir, self.ws.path))
         try:
             score = score_checkpoint(self.validation, out_dir, server,
                                      timeout=self.goal.spec.budget.grace,
                                      causal_windows=CAUSAL_WINDOWS)
         except ScoreError as err:
-            return None, f"the evaluator could not score the checkpoint: {err}"
+            over = (f" (its model code ran past the memory limit of "
+                    f"{(self.mem_limit or 0) / 2**20:.0f} MiB)" if limits.oom_kills() else "")
+            return None, f"the evaluator could not score the checkpoint{over}: {err}"
+        finally:
+            limits.remove()
         return score.val_bpb, ""
 
 
 def _corpus_paths(corpus: str | None) -> list[Path]:
-    """What a template's runs read of a corpus: the cache, and a text corpus's own files."""
+    """What a template's runs read of a corpus: the folder of its training split alone."""
+    if corpus is None:
+        return []
+    from bitnet.data import load_corpus, train_dir
+
+    return [train_dir(load_corpus(corpus))]
+
+
+def _held_out_paths(corpus: str | None) -> list[Path]:
+    """What no experiment code may read of a corpus: the cache (validation and test bytes),
+    then a text corpus's own files."""
     if corpus is None:
         return []
     from bitnet.data import default_cache_dir

@@ -2,7 +2,8 @@
 
 One research run (conftest's kept_run: scripted planner over HTTP, real training, real
 evaluator) keeps an improvement; the installed CLI claims it, another key replays it and finds
-it honest. A claim whose metric was fabricated is replayed, found false and slashed; a claim on
+it honest. A claim whose metric was fabricated is replayed and found false by two keys, and
+only the second verdict slashes it (no single verifier slashes); a claim on
 other corpus bytes is refused before anything runs, and nothing is recorded.
 """
 
@@ -102,12 +103,21 @@ def test_a_fabricated_metric_is_replayed_and_slashed(kept_run):
     verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
     assert verified.returncode == 1, verified.stdout + verified.stderr
     assert "false" in verified.stdout and "outside the" in verified.stdout
+    assert "the claim is disputed: no single verifier slashes" in verified.stdout
+    alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
+    with open_ledger(ledger) as book:
+        assert [e.fields["kind"] for e in book.entries()] == ["claim", "verification"]
+        assert book.claim_state(book.find(0)).status == "disputed"
+        assert alice not in book.balances()  # one verdict took nothing from the claimant
+
+    generate_key(root / "dave.key")
+    second = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "dave.key"), "--json")
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert json.loads(second.stdout)["claim_status"] == "slashed"
     with open_ledger(ledger) as book:
         kinds = [e.fields["kind"] for e in book.entries()]
-        assert kinds == ["claim", "verification", "slash"]
-        state = book.claim_state(book.find(0))
-        assert state.status == "slashed"
-        alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
+        assert kinds == ["claim", "verification", "verification", "slash"]
+        assert book.claim_state(book.find(0)).status == "slashed"
         assert book.balances()[alice] == -DEFAULT_STAKE
         assert book.audit().ok
 
@@ -195,6 +205,11 @@ def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
         in first.stdout.replace("\n", " ")
     second = ledger_cli(env, ledger, "verify", "1", "--key", str(root / "bob.key"))
     assert second.returncode == 1 and "is no git commit id" in second.stdout
+    generate_key(root / "erin.key")  # no single verifier slashes: a second key agrees
+    for entry in ("0", "1"):
+        assert ledger_cli(env, ledger, "verify", entry, "--key",
+                          str(root / "erin.key")).returncode == 1
     with open_ledger(ledger) as book:
         assert [e.fields["kind"] for e in book.entries()] == [
-            "claim", "claim", "verification", "slash", "verification", "slash"]
+            "claim", "claim", "verification", "verification", "verification", "slash",
+            "verification", "slash"]

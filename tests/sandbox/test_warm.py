@@ -95,11 +95,13 @@ def test_a_warm_run_gives_what_a_cold_one_gives(ws: Workspace) -> None:
                 and (ws.warm.warm is None or p != ws.warm.warm.staging)]
 
 
-def test_a_warm_process_never_told_to_go_leaves_nothing(ws: Workspace) -> None:
+@pytest.mark.parametrize("confined", [True, False], ids=["bubblewrap", "unconfined"])
+def test_a_warm_process_never_told_to_go_leaves_nothing(ws: Workspace, confined: bool) -> None:
     marker = ws.path / "train.py"
-    marker.write_text("open('ran', 'w').write('x')\n")  # any sign the script ran
+    marker.write_text("open('ran', 'w').write('x')\n")  # any sign the script ran (unconfined)
+    base = confinement(unconfined=not confined)
     ws.warm.prepare("python train.py", ws.path, {"PATH": os.environ["PATH"]},
-                    lambda out: confinement().with_paths(writable=[ws.path, out]))
+                    lambda out: base.with_paths(writable=[out]), (2**30, 64, 2**20))
     warm = ws.warm.warm
     assert warm is not None and warm.staging.is_dir()
     procs = [psutil.Process(warm.proc.pid), *psutil.Process(warm.proc.pid).children(True)]
