@@ -130,6 +130,14 @@ class WarmStarter:
         self.ran_in = warm.staging
         return spawn, warm.staging
 
+    def after(self, took: tuple[Spawn, Path] | None, out_dir: Path, command: str, cwd: Path,
+              env: Mapping[str, str], confine: Confine, caps: Caps) -> None:
+        """After a run: what `take` gave it settles into `out_dir`, and the next run's warm
+        process starts (its imports overlap this run's scoring)."""
+        if took is not None:
+            self.settle(took[1], out_dir)
+        self.prepare(command, cwd, env, confine, caps)
+
     @staticmethod
     def settle(staging: Path, out_dir: Path) -> None:
         """After the run (every process gone): its staging directory becomes `out_dir`."""

@@ -273,11 +273,9 @@ class Workspace:
         run_env = run_environ(time_budget=time_budget, seed=seed, output_dir=out_dir,
                               steps=steps, threads=threads, extra=env, passed=passed_env)
         base = confinement or default_confinement()
-
         def confine(out: Path) -> Confinement:  # the workspace is read-only: a run leaves outputs
             return base.with_paths(writable=[out], readable=[
                 self.path, *(run_env[k] for k in PASSED_THROUGH if k in run_env)])
-
         caps = (mem_limit, max_processes, output_limit)  # what sandbox.limits enforces
         warm = self.warm.take(command, self.path, run_env, confine, caps) if self.warm else None
         result = run_command(
@@ -294,10 +292,8 @@ class Workspace:
             on_start=started,
             spawn=warm[0] if warm else None,
         )
-        if warm:
-            WarmStarter.settle(warm[1], out_dir)
-        if self.warm:  # the next run's interpreter imports while this one is scored
-            self.warm.prepare(command, self.path, run_env, confine, caps)
+        if self.warm:  # its staging directory moves into place; the next run's process starts
+            self.warm.after(warm, out_dir, command, self.path, run_env, confine, caps)
         cur.update(
             step="ran", pid=None, result={"status": result.status, "metrics": result.metrics}
         )
