@@ -58,6 +58,8 @@ CAUSAL_ATOL = 1e-4
 SEQ_LEN_RANGE = (8, 8192)  # accepted max_position_embeddings
 _CONFIG_LIMIT = 1 << 20  # bytes read of a config.json at most
 _STDERR_TAIL = 4096  # bytes of a server's stderr kept for error messages
+# the argv that starts a server, or a callable that gives one already started (warm)
+ServerStart = Sequence[str] | Callable[[str], subprocess.Popen]
 EXIT_WAIT = 10.0  # seconds to wait for a server that closed its pipes to exit
 
 
@@ -82,7 +84,7 @@ class CausalityError(ScoreError):
 def score_checkpoint(
     val: np.ndarray,
     checkpoint_dir: str | os.PathLike,
-    server_argv: Sequence[str],
+    server_argv: ServerStart,
     *,
     timeout: float,
     test: np.ndarray | None = None,
@@ -92,7 +94,8 @@ def score_checkpoint(
     causal_windows: int = CAUSAL_WINDOWS,
     seed: int | None = None,
 ) -> Score:
-    """Score the checkpoint through two logits servers started with `server_argv`.
+    """Score the checkpoint through two logits servers started with `server_argv` (or given,
+    started, by it when it is a callable: `server_argv(role)`).
 
     `test`: the held-out test bytes, scored after `val` by the same servers (`Score.test_bpb`,
     tiled, scored and checked exactly as `val` alone would be); `test_if`, given the val_bpb,
@@ -249,16 +252,20 @@ def _variants(request: list[_Check]) -> np.ndarray:
 class _Server:
     """One logits server process: requests with deadlines, replies checked, always reaped."""
 
-    def __init__(self, argv: Sequence[str], role: str, deadline: float, timeout: float) -> None:
+    def __init__(self, argv: ServerStart, role: str, deadline: float, timeout: float) -> None:
         self.role, self.deadline, self.timeout = role, deadline, timeout
         self.stderr_tail = bytearray()
-        try:
-            self.proc = subprocess.Popen(
-                list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True,  # one group to kill
-            )
-        except OSError as err:
-            raise ScoreError(f"cannot start the {role} logits server {argv[0]!r}: {err}") from err
+        if callable(argv):  # already started (agent.scoring.warm_servers): told to go
+            self.proc = argv(role)
+        else:
+            try:
+                self.proc = subprocess.Popen(
+                    list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, start_new_session=True,  # one group to kill
+                )
+            except OSError as err:
+                raise ScoreError(f"cannot start the {role} logits server {argv[0]!r}: "
+                                 f"{err}") from err
         self.stdin, self.stdout = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self.stderr: int | None = self.proc.stderr.fileno()
         for fd in (self.stdin, self.stdout, self.stderr):

@@ -109,20 +109,26 @@ def run_command(
     on_line: LineCallback | None = None,
     on_start: Callable[[int], None] | None = None,
     confinement: Confinement | None = None,
+    spawn: Callable[[], tuple[subprocess.Popen, Limits]] | None = None,
 ) -> RunResult:
     """Run `command` through the shell in `cwd` and return what happened.
 
     `metric` names the metric an `ok` run must report (else `no_metric`); without it any metric
     will do. `on_start(pid)` is called once the process exists (its pid is also its group id).
-    `confinement` wraps the shell (bubblewrap); None runs it as it is.
+    `confinement` wraps the shell (bubblewrap); None runs it as it is. `spawn` (sandbox.warm)
+    stands for the Popen below: a process already started under that confinement and the
+    run's limits (the cgroup it gives back is removed after the run), told to go.
     """
     out = RunOutput(log_path, on_line, limits.log_limit)
     confinement = confinement or Confinement(enabled=False)
     oom_kills = _oom_kills()
-    limited = run_limits(memory=limits.mem_limit, processes=limits.max_processes,
-                         fsize=limits.output_limit)
     start = time.monotonic()
-    proc = subprocess.Popen(
+    if spawn is not None:  # started before under these limits and confinement: told to go now
+        proc, limited = spawn()
+    else:
+        limited = run_limits(memory=limits.mem_limit, processes=limits.max_processes,
+                             fsize=limits.output_limit)
+    proc = proc if spawn is not None else subprocess.Popen(
         limited.wrap(confinement.wrap(["/bin/sh", "-c", command])),
         cwd=cwd,
         env=dict(env),

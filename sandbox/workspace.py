@@ -43,6 +43,7 @@ from sandbox.reader import read_diff, read_note
 from sandbox.recovery import Recovery, recover
 from sandbox.runner import DEFAULT_LOG_LIMIT, LineCallback, RunLimits, RunResult, run_command
 from sandbox.settle import commit_message, finish_discard, finish_keep, make_note
+from sandbox.warm import WarmStarter
 
 __all__ = ["KEPT_STATUSES", "MAX_REPEATS", "Recovery", "Workspace", "exp_ref"]
 
@@ -59,6 +60,7 @@ class Workspace:
         self.journal = journal
         self._lock_fd: int | None = lock_fd
         self.recovered: Recovery | None = None
+        self.warm: WarmStarter | None = None  # sandbox.warm: set to warm-start runs
 
     # --- creating and opening -------------------------------------------------------------
 
@@ -99,7 +101,9 @@ class Workspace:
         return ws
 
     def close(self) -> None:
-        """Release the lock so another process may open the workspace."""
+        """Release the lock so another process may open the workspace (and stop a warm start)."""
+        if self.warm is not None:
+            self.warm.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -268,22 +272,28 @@ class Workspace:
 
         run_env = run_environ(time_budget=time_budget, seed=seed, output_dir=out_dir,
                               steps=steps, threads=threads, extra=env, passed=passed_env)
-        confinement = (confinement or default_confinement()).with_paths(
-            writable=[out_dir],  # the workspace is read-only: what a run leaves is its outputs
-            readable=[self.path, *(run_env[k] for k in PASSED_THROUGH if k in run_env)])
+        base = confinement or default_confinement()
+        def confine(out: Path) -> Confinement:  # the workspace is read-only: a run leaves outputs
+            return base.with_paths(writable=[out], readable=[
+                self.path, *(run_env[k] for k in PASSED_THROUGH if k in run_env)])
+        caps = (mem_limit, max_processes, output_limit)  # what sandbox.limits enforces
+        warm = self.warm.take(command, self.path, run_env, confine, caps) if self.warm else None
         result = run_command(
             command,
             self.path,
             env=run_env,
             limits=RunLimits(time_budget, grace, term_grace, mem_limit, log_limit=log_limit,
                              output_limit=output_limit, max_processes=max_processes),
-            confinement=confinement,
+            confinement=confine(warm[1] if warm else out_dir),
             log_path=self.log_path(exp, repeat),
-            output_dir=out_dir,
+            output_dir=warm[1] if warm else out_dir,
             metric=metric,
             on_line=on_line,
             on_start=started,
+            spawn=warm[0] if warm else None,
         )
+        if self.warm:  # its staging directory moves into place; the next run's process starts
+            self.warm.after(warm, out_dir, command, self.path, run_env, confine, caps)
         cur.update(
             step="ran", pid=None, result={"status": result.status, "metrics": result.metrics}
         )

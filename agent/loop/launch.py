@@ -27,7 +27,9 @@ from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, find_run, load_run_goal, new_run_id, runs_root
 from agent.scoring.scorer import Scorer
 from sandbox.confine import confinement
+from sandbox.layout import OUTPUTS_DIR
 from sandbox.metrics import is_finite
+from sandbox.warm import warm_starter
 from sandbox.workspace import Workspace
 
 RECURSION_LIMIT = 1_000_000  # budgets end the loop, not LangGraph's step cap
@@ -113,6 +115,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
     records = RunRecords(run_dir)
     config = {"configurable": {"thread_id": run_dir.name}, "recursion_limit": RECURSION_LIMIT}
     workspace = Workspace.open(run_dir)  # recovers an experiment a crash left unfinished
+    scorer: Scorer | None = None
     try:
         saver, latest, lost = _open_checkpoints(run_dir, config)  # once the run is ours
         if not fresh and latest is None:
@@ -132,6 +135,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
         scorer = Scorer(goal, workspace, confinement(unconfined=bool(options.get("unconfined")),
                                                      network=spec.network))
         scorer.prepare()
+        workspace.warm = warm_starter(run_dir / OUTPUTS_DIR)  # None when MAGNET_WARM_START=0
         with RunView(run_dir.name, spec.metric.name, spec.metric.goal, planner.name,
                      console=console) as view:
             view.preload(records.read())
@@ -154,6 +158,8 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
             with _sigterm_as_interrupt():
                 _drive(graph, start, config, runtime)
     finally:
+        if scorer is not None:
+            scorer.close()
         workspace.close()
 
 

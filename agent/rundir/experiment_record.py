@@ -93,6 +93,9 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         "run_status": runs[-1]["status"] if runs else None,
         "seconds": round(sum(r["seconds"] for r in runs), 3) if runs else None,
         "run_seconds": [r["seconds"] for r in runs],
+        # where each run's time went (bench/utilisation.py): its training loop, its scoring
+        "train_seconds": [r["metrics"].get("train_seconds") for r in runs],
+        "score_seconds": [r.get("score_seconds") for r in runs],
         "reason": reason,
         # how the runs were confined and scored (agent.scoring.scorer): the report shows both
         "confinement": first.get("confinement"),

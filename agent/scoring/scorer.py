@@ -15,7 +15,8 @@ An experiment's own METRIC lines are claims. What counts:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
 from agent.scoring.replay_facts import replay_facts
+from agent.scoring.warm_servers import WarmServers
 from sandbox.confine import Confinement
 from sandbox.env import free_cpus, run_environ
-from sandbox.limits import limited
+from sandbox.limits import Limits, run_limits
 from sandbox.metrics import is_finite
 from sandbox.workspace import Workspace
 
@@ -99,6 +101,7 @@ class Scorer:
         # command and the evaluator's model servers
         self.mem_limit = (spec.memory_limit_mb or 0) * 2**20 or None
         self.output_limit = int(spec.output_limit_mb * 2**20)
+        self.servers = WarmServers()  # used only when the workspace warm-starts its runs
 
     @cached_property
     def confinement(self) -> Confinement:
@@ -140,8 +143,11 @@ class Scorer:
             repeat=repeat, confinement=self.confinement, env=env,
             passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20),
             output_limit=self.output_limit, max_processes=spec.max_processes)
+        scoring = time.monotonic()
         scored = (self.score(run_summary(result, seed), repeat, test_if=test_if)
                   | seal(corpus_of(self.goal)))
+        scored["score_seconds"] = round(time.monotonic() - scoring, 3)  # bench/utilisation.py
+        self._warm_servers()
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
                                         out_dir=out_dir,
@@ -191,6 +197,32 @@ class Scorer:
             return None, f"the evaluate command failed: {why}; see {result.log_path}"
         return float(value), ""  # type: ignore[arg-type]
 
+    def _server_limits(self) -> Limits:
+        """Each server in its own cgroup, with the run's memory and process limits (or
+        watched); remove() after the scoring."""
+        return run_limits(memory=self.mem_limit, processes=self.goal.spec.max_processes,
+                          fsize=self.output_limit, nest=True, watch=True)
+
+    def _server_wrap(self, out_dir: Path, limits: Limits) -> Callable[[Sequence[str]], list[str]]:
+        """How the evaluator's servers for the checkpoint in `out_dir` are started: limited,
+        confined, seeing the model code and that checkpoint, never the corpus."""
+        confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
+        env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
+                          passed=self.goal.spec.env)
+        return lambda argv: limits.wrap(confined.wrap(argv, env))
+
+    def _warm_servers(self) -> None:
+        """Start the next run's servers now, if that run will be warm-started (sandbox.warm)."""
+        warm = self.ws.warm
+        if self.kind == EVALUATOR and warm is not None and warm.warm is not None:
+            limits = self._server_limits()
+            self.servers.prepare(warm.warm.staging, self._server_wrap(warm.warm.staging, limits),
+                                 limits)
+
+    def close(self) -> None:
+        """Stop the servers started for a run that will not come."""
+        self.servers.close()
+
     def _evaluator(self, repeat: int, test_if: Callable[[float], bool] | None
                    ) -> tuple[float | None, float | None, str]:
         """(val_bpb, test_bpb or None, why it failed), in one session of the logits servers."""
@@ -198,23 +230,26 @@ class Scorer:
         from bitnet.score import ScoreError, score_checkpoint
 
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
-        server = logits_server.command(out_dir, self.ws.path)
-        confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
-        env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
-                          passed=self.goal.spec.env)
-        # each server in its own cgroup, with the run's memory and process limits (or watched)
-        with limited(memory=self.mem_limit, processes=self.goal.spec.max_processes,
-                     fsize=self.output_limit, nest=True, watch=True) as limits:
-            try:
-                score = score_checkpoint(self.validation, out_dir,
-                                         limits.wrap(confined.wrap(server, env)),
-                                         timeout=self.goal.spec.budget.grace,
-                                         test=self.corpus.test, test_if=test_if,
-                                         causal_windows=CAUSAL_WINDOWS)
-            except ScoreError as err:
-                over = (f" (its model code ran past the memory limit of "
-                        f"{(self.mem_limit or 0) / 2**20:.0f} MiB)" if limits.oom_kills() else "")
-                return None, None, f"the evaluator could not score the checkpoint{over}: {err}"
+        staging = self.ws.warm.ran_in if self.ws.warm is not None else None
+        taken = (self.servers.take(staging, self.ws.path, free_cpus())
+                 if staging is not None else None)
+        if taken is not None:  # started for this run's checkpoint, under these limits
+            server, limits = taken
+        else:
+            limits = self._server_limits()
+            server = self._server_wrap(out_dir, limits)(
+                logits_server.command(out_dir, self.ws.path))
+        try:
+            score = score_checkpoint(self.validation, out_dir, server,
+                                     timeout=self.goal.spec.budget.grace,
+                                     test=self.corpus.test, test_if=test_if,
+                                     causal_windows=CAUSAL_WINDOWS)
+        except ScoreError as err:
+            over = (f" (its model code ran past the memory limit of "
+                    f"{(self.mem_limit or 0) / 2**20:.0f} MiB)" if limits.oom_kills() else "")
+            return None, None, f"the evaluator could not score the checkpoint{over}: {err}"
+        finally:
+            limits.remove()
         return score.val_bpb, score.test_bpb, ""
 
 

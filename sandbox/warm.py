@@ -1,0 +1,182 @@
+"""Warm starts: the next run's interpreter, confined, has imported torch before its clock starts.
+
+A cold run spawns `python train.py` and pays for the interpreter and its imports (torch: seconds)
+inside the run. With a `WarmStarter` on the workspace, the run after this one is started as soon
+as this one ends (while the evaluator scores and the planner plans): sandbox/warm_child.py under
+the same confinement, the same environment and in the same directory as the cold command would
+be, imports what the template imports and waits on its stdin. When the run comes, it is told
+to go (its environment, its thread count) and runs the script as __main__; the run's clock
+starts then. Only MAGNET's code runs before the go, inside the confinement the experiment gets.
+
+Only for a command of the form `python SCRIPT.py`; anything else (and a run whose environment
+differs in what an interpreter reads at start-up) runs cold. What a warm run sees differently:
+its MAGNET_OUTPUT_DIR is a fresh staging directory (the confinement is fixed when the process
+starts, before the run's number is known), renamed to the run's output directory once every
+process of the run has exited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.confine import Confinement
+from sandbox.env import OUTPUT_DIR_VAR
+from sandbox.limits import Limits, run_limits
+from sandbox.proctree import ProcessTree
+
+CHILD = Path(__file__).with_name("warm_child.py")
+STAGING_PREFIX = ".warm-"  # staging output directories, next to the runs' own
+# what a run sets differently from the one before: applied at the go, not at start-up
+PER_RUN = frozenset({"MAGNET_SEED", "MAGNET_STEPS", "MAGNET_TIME_BUDGET", "MAGNET_SCHEDULE",
+                     OUTPUT_DIR_VAR, "OMP_NUM_THREADS", "MKL_NUM_THREADS"})
+SWITCH = "MAGNET_WARM_START"  # "0": every run starts cold (to measure what warm starts save)
+PYTHONS = ("python", "python3", os.path.basename(sys.executable))
+
+Confine = Callable[[Path], Confinement]  # the run's confinement given its output directory
+Caps = tuple[int | None, int | None, int | None]
+Spawn = Callable[[], "tuple[subprocess.Popen, Limits]"]  # memory, processes, output bytes (limits)
+
+
+def script_of(command: str) -> str | None:
+    """SCRIPT.py when `command` is exactly `python SCRIPT.py`, else None (it runs cold)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if len(words) == 2 and words[0] in PYTHONS and words[1].endswith(".py"):
+        return words[1]
+    return None
+
+
+@dataclass
+class _Warm:
+    proc: subprocess.Popen
+    key: tuple
+    staging: Path
+    launch_env: dict[str, str]
+    limits: Limits  # the run's cgroup and rlimits: the process is started inside them
+
+
+class WarmStarter:
+    """Keeps at most one warm process: for the run that comes after the last one."""
+
+    def __init__(self, outputs: Path) -> None:
+        self.outputs = outputs
+        self.warm: _Warm | None = None
+        self.ran_in: Path | None = None  # the staging directory the last run wrote into, if warm
+        self._count = 0
+        outputs.mkdir(parents=True, exist_ok=True)
+        for stale in outputs.glob(f"{STAGING_PREFIX}*"):  # a crashed controller's
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def prepare(self, command: str, cwd: Path, env: Mapping[str, str], confine: Confine,
+                caps: Caps = (None, None, None)) -> None:
+        """Start a warm process for a run of `command` like this one (replacing any other),
+        under the limits `caps` names, as sandbox.runner starts a cold one."""
+        self.close()
+        script = script_of(command)
+        if script is None:
+            return
+        self._count += 1
+        staging = self.outputs / f"{STAGING_PREFIX}{os.getpid()}-{self._count}"
+        staging.mkdir()
+        launch_env = {**env, OUTPUT_DIR_VAR: str(staging)}
+        python = shlex.split(command)[0]  # as the shell finds it on the run's PATH
+        memory, processes, fsize = caps
+        limits = run_limits(memory=memory, processes=processes, fsize=fsize)
+        argv = limits.wrap(confine(staging).wrap(
+            [shutil.which(python, path=env.get("PATH")) or python, str(CHILD)]))
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=launch_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        key = _key(command, cwd, env, confine(staging), caps)
+        self.warm = _Warm(proc, key, staging, launch_env, limits)
+
+    def take(self, command: str, cwd: Path, env: Mapping[str, str], confine: Confine,
+             caps: Caps = (None, None, None)) -> tuple[Spawn, Path] | None:
+        """(spawn, staging directory) for this run if the warm process fits it, else None (and
+        the unfitting one is stopped). `spawn()` tells it to go and returns it and its limits as
+        the runner's process; the run writes into the staging directory (`settle` moves it)."""
+        warm, self.warm, self.ran_in = self.warm, None, None
+        if warm is None:
+            return None
+        key = _key(command, cwd, env, confine(warm.staging), caps)
+        if warm.key != key or warm.proc.poll() is not None:
+            _stop(warm)
+            return None
+        script = script_of(command)
+        run_env = {**env, OUTPUT_DIR_VAR: str(warm.staging)}
+        order = {"script": script, "env": {k: v for k, v in run_env.items() if k != "TMPDIR"},
+                 "unset": [k for k in warm.launch_env if k not in run_env and k != "TMPDIR"],
+                 "threads": env.get("OMP_NUM_THREADS")}
+
+        def spawn() -> tuple[subprocess.Popen, Limits]:
+            assert warm.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # died meanwhile: the runner sees it exit
+                warm.proc.stdin.write(json.dumps(order).encode() + b"\n")
+                warm.proc.stdin.close()
+            return warm.proc, warm.limits
+
+        self.ran_in = warm.staging
+        return spawn, warm.staging
+
+    def after(self, took: tuple[Spawn, Path] | None, out_dir: Path, command: str, cwd: Path,
+              env: Mapping[str, str], confine: Confine, caps: Caps) -> None:
+        """After a run: what `take` gave it settles into `out_dir`, and the next run's warm
+        process starts (its imports overlap this run's scoring)."""
+        if took is not None:
+            self.settle(took[1], out_dir)
+        self.prepare(command, cwd, env, confine, caps)
+
+    @staticmethod
+    def settle(staging: Path, out_dir: Path) -> None:
+        """After the run (every process gone): its staging directory becomes `out_dir`."""
+        shutil.rmtree(out_dir, ignore_errors=True)  # the empty one the run was given
+        staging.rename(out_dir)
+
+    def close(self) -> None:
+        """Stop the warm process that was never told to go, and remove its staging directory."""
+        warm, self.warm = self.warm, None
+        if warm is not None:
+            _stop(warm)
+
+
+def warm_starter(outputs: Path) -> WarmStarter | None:
+    """The research loop's warm starter, unless SWITCH turns warm starts off."""
+    return None if os.environ.get(SWITCH) == "0" else WarmStarter(outputs)
+
+
+def _key(command: str, cwd: Path, env: Mapping[str, str], confined: Confinement,
+         caps: Caps) -> tuple:
+    """What must be equal for a warm process to stand for a cold run: the command, directory,
+    confinement (given the same output directory), limits, and every variable but the per-run
+    ones."""
+    fixed = tuple(sorted((k, v) for k, v in env.items() if k not in PER_RUN))
+    return command, str(cwd), tuple(confined.wrap(["x"])), caps, fixed
+
+
+def _stop(warm: _Warm) -> None:
+    """Kill the process and every descendant (bubblewrap's inner processes have a session of
+    their own, so the group alone does not reach them), reap it, drop its staging directory."""
+    tree = ProcessTree(warm.proc.pid)
+    tree.check()  # learns the members
+    tree.kill_all(signal.SIGKILL)
+    warm.proc.wait()
+    tree.wait_gone(5.0)
+    warm.limits.remove()
+    for stream in (warm.proc.stdin, warm.proc.stdout):
+        with contextlib.suppress(OSError):
+            if stream is not None:
+                stream.close()
+    shutil.rmtree(warm.staging, ignore_errors=True)
+
