@@ -4,9 +4,10 @@ refused. Pure: it reads entries in order and never touches storage.
 - A claim, signed by the contributor it names, improves a metric over its parent commit and
   puts up a stake (> 0). Its reward is
   `POINTS_PER_GAIN` x the relative gain, paid once a replay verifies it.
-- A verification (by anyone but the claimant) replays the claim: `honest` credits the claim's
-  points to the claimant; `false` refutes it, and the slash entry that must follow takes the
-  stake and revokes the reward. The verifier earns `VERIFY_POINTS` either way, for the work.
+- A verification (by anyone but the claimant) replays the claim: `honest` credits the points
+  of the gain the replay measured (never more than claimed: `verified_points`) to the
+  claimant; `false` refutes it, and the slash entry that must follow takes the stake and
+  revokes the reward. The verifier earns `VERIFY_POINTS` either way, for the work.
 - Refused: the same claim twice (a replay of it), a claim for a commit already credited or
   pending, a verification of an unknown or already settled claim, a slash without a false
   verdict.
@@ -47,6 +48,16 @@ def relative_gain(metric: dict[str, Any]) -> float:
 
 def reward_points(metric: dict[str, Any]) -> int:
     return round(POINTS_PER_GAIN * relative_gain(metric))
+
+
+def verified_points(claimed: int, verification: dict[str, Any]) -> int:
+    """What an honest verdict pays: the points of the gain its replay measured (`points`, from
+    the replayed before and after), never more than the claim asked; a verdict that gives none
+    (made before verdicts did) pays the claimed points."""
+    points = verification.get("points")
+    if not isinstance(points, int) or isinstance(points, bool):
+        return claimed
+    return max(0, min(claimed, points))
 
 
 @dataclass
@@ -118,6 +129,7 @@ class Standing:
             self.balances[author] += VERIFY_POINTS
             if body["verdict"] == HONEST:
                 state.status = VERIFIED
+                state.points = verified_points(state.points, body)
                 self.balances[state.claimant] += state.points
             else:
                 state.status = REFUTED

@@ -80,4 +80,6 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         "reported": [r.get("reported") for r in runs],
         # what a replay of the first run needs (scoring.replay_facts): a ledger claim carries it
         "replay": first.get("replay"),
+        # and of every run: a claim replays each run behind its "before" (a confirmed best's too)
+        "replays": [r.get("replay") for r in runs],
     }
