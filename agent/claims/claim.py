@@ -43,7 +43,6 @@ CLAIMED = (ranking.KEEP,)  # statuses a claim may be made for: improvements that
 BUNDLE, GOAL_FILE, SCHEDULE, INIT = "bundle", "goal_file", "schedule", "init"
 BEFORE_SCHEDULES = "before_schedules"  # JSON: schedule sha256 -> the schedule file's text
 ARTIFACTS = (BUNDLE, GOAL_FILE, SCHEDULE, BEFORE_SCHEDULES, INIT)
-SEALED_EXAMPLE = "portable-code"  # a sealed corpus to name when refusing an unsealed one
 
 
 @dataclass(frozen=True)
@@ -105,17 +104,27 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
     return Claim(body, artifacts)
 
 
-def _check_sealed(goal: Any, run_dir: Path) -> None:
-    """Refuse a run on a corpus whose held-out bytes its runs could read: no replay of it would
-    show the score was earned."""
-    from bitnet.data import sealed, unsealed_reason
+def unsealed(goal: Any) -> str | None:
+    """Why a goal's corpus cannot be claimed (its runs could read the bytes they are scored on),
+    naming a sealed corpus to use instead, in one line; None when it can (or has no corpus)."""
+    try:
+        from bitnet.data import unsealed_reason
+    except ImportError:  # DATA: helper data's bitnet.data.unsealed_reason (issue 21, h-data);
+        # this stand-in (its contract: pycode/pyprose unsealed) goes when h-data is merged
+        def unsealed_reason(spec: str) -> str:
+            return (f"{spec} is this Python's standard library, which the interpreter reads; "
+                    "train on a sealed corpus instead: portable-code, portable-prose or "
+                    "text:PATH" if spec in ("pycode", "pyprose") else "")
 
     spec = corpus_of(goal)
-    if spec is not None and not sealed(spec):
-        raise RunError(f"{run_dir.name} ran on the unsealed corpus {spec} "
-                       f"({unsealed_reason(spec)}), so its scores cannot be claimed; run the "
-                       f"goal on a sealed corpus such as `corpus: {SEALED_EXAMPLE}` and claim "
-                       "from that run")
+    reason = unsealed_reason(spec) if spec is not None else ""
+    return f"its runs could read the bytes they were scored on: {reason}" if reason else None
+
+
+def _check_sealed(goal: Any, run_dir: Path) -> None:
+    """Refused at claim time, as a verifier would refuse to replay it (agent.claims.replay)."""
+    if why := unsealed(goal):
+        raise RunError(f"{run_dir.name} cannot be claimed: {why}")
 
 
 def _test_value(record: ranking.Record, run: int) -> float | None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.claims.claim import BEFORE_SCHEDULES, BUNDLE, GOAL_FILE, INIT, SCHEDULE
+from agent.claims.claim import BEFORE_SCHEDULES, BUNDLE, GOAL_FILE, INIT, SCHEDULE, unsealed
 from agent.claims.verdict import TOLERANCE, Verdict, failed, judge
 from agent.goal.spec import Goal, GoalError, load_goal
 from agent.rundir.init_checkpoint import unpack_init
@@ -81,15 +81,15 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
             return failed(body, str(err))
         for run in body["before_runs"]:
             _check_machine(run["replay"])
-        _check_sealed(goal)
+        if why := unsealed(goal):  # no verdict: the replay would show nothing
+            raise ReplayRefused(f"the claim is not replayed: {why}")
         after = _replay(goal, source, body["commit"], [(body["replay"], artifacts.get(SCHEDULE))],
                         root / "after", artifacts, confinement, on_line)
         if after is None:
             return failed(body, "its init checkpoint does not unpack")
-        before: list[dict[str, Any]] = []
-        verdict = judge(body, after[0], before, test_key=TEST_KEY,
+        verdict = judge(body, after[0], None, test_key=TEST_KEY,
                         seconds=time.monotonic() - started)
-        if verdict.verdict != "false":  # the claimed run holds: now its before
+        if verdict is None:  # the claimed run holds: now the runs behind its before
             runs = [(run["replay"], schedules.get(run["replay"].get("schedule_sha256") or ""))
                     for run in body["before_runs"]]
             replayed = _replay(goal, source, body["parent"], runs, root / "before", artifacts,
@@ -97,6 +97,7 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
             assert replayed is not None  # the init checkpoint unpacked for the claimed run
             verdict = judge(body, after[0], replayed, test_key=TEST_KEY,
                             seconds=time.monotonic() - started)
+            assert verdict is not None
     return verdict
 
 
@@ -248,17 +249,6 @@ def _before_schedules(body: Mapping[str, Any], artifacts: Mapping[str, bytes]
         if sha not in found or sha256_hex(found[sha]) != sha:
             raise MalformedClaim(f"its before schedules lack schedule {str(sha)[:12]}")
     return found
-
-
-def _check_sealed(goal: Goal) -> None:
-    """No verdict on a corpus whose held-out bytes the runs could read: the replay shows
-    nothing (a claim refuses these too, agent.claims.claim)."""
-    from bitnet.data import sealed, unsealed_reason
-
-    spec = corpus_of(goal)
-    if spec is not None and not sealed(spec):
-        raise ReplayRefused(f"the claim's corpus {spec} is unsealed ({unsealed_reason(spec)}); "
-                            "only claims on a sealed corpus such as portable-code are replayed")
 
 
 def _unbundle(bundle: bytes, dest: Path, commit: str, parent: str) -> Path:

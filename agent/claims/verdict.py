@@ -68,9 +68,11 @@ def check_run(what: str, name: str, run: Mapping[str, Any], claimed: float,
 
 
 def judge(body: Mapping[str, Any], after: Mapping[str, Any],
-          before: Sequence[Mapping[str, Any]], *, test_key: str, seconds: float) -> Verdict:
+          before: Sequence[Mapping[str, Any]] | None, *, test_key: str,
+          seconds: float) -> Verdict | None:
     """The verdict on `body` from the replay of its claimed run (`after`) and of the runs behind
-    its before (`before`, in the claim's order; empty: not replayed because `after` failed)."""
+    its before (`before`, in the claim's order). `before` None: the before runs are not replayed
+    yet, and the verdict is FALSE if `after` is already off, else None (replay them)."""
     metric, name = body["metric"], body["metric"]["name"]
     claimed = float(metric["after"])
     replayed_checkpoint = (after.get("replay") or {}).get("checkpoint_sha256")
@@ -87,15 +89,17 @@ def judge(body: Mapping[str, Any], after: Mapping[str, Any],
     problems = [check_run("the claimed run", name, after, claimed)]
     if test:
         problems.append(check_run("the claimed run", name, after, test["after"], test_key))
-    for stated, run in zip(body["before_runs"], before, strict=False):  # before: maybe none yet
+    for stated, run in zip(body["before_runs"], before or [], strict=False):
         what = f"the before run of experiment {stated['exp']} (seed {stated['seed']})"
         problems.append(check_run(what, name, run, stated["value"]))
         if test:
             problems.append(check_run(what, name, run, stated["test"], test_key))
     if problem := next((p for p in problems if p), None):
         return verdict(FALSE, problem)
-    if len(before) != len(body["before_runs"]):
-        raise ValueError("judge() needs a replay of every before run once `after` holds")
+    if before is None:
+        return None
+    assert len(before) == len(body["before_runs"]), "every before run is replayed"
+    assert replayed is not None  # no problem with `after`: it gave its value
     before_mean = statistics.fmean(float(run["metrics"][name]) for run in before)
     replayed_test: dict[str, float | None] = {}
     if test:
