@@ -33,8 +33,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  opentelemetry-exporter-otlp-proto-http==1.45.2
 	touch $@
 
+# the main goal trains on portable-code (sealed: experiments cannot read its validation and
+# test files); its first run fetches the pinned wheels with pip (5.3 MB) and builds the corpus
 run: setup
-	$(BIN)/magnet-agent run goals/pycode-bitnet.md
+	$(BIN)/magnet-agent run goals/portable-code-bitnet.md
 
 # the tests mostly wait on processes, so 5 workers share the cores (how the suite is split:
 # tests/conftest.py); then the 15 slowest tests

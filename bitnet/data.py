@@ -17,21 +17,31 @@ Corpora
 Layout: every document (one source file) is followed by one NUL byte (``SEPARATOR``), a
 document-end marker that text never contains (files with a NUL byte are treated as binary).
 
-Split, by file: a file is validation when ``sha256(relative path)`` falls in 5 of 100 buckets,
-so the validation set does not depend on the run, the seed or the other files. When that
-leaves one side empty (e.g. a single file), validation is the last 10% of the byte stream.
+Splits, by file (``split_of``): ``sha256(relative path)`` picks one of 100 buckets; 5 are
+validation (what the researcher's decisions are taken on), 5 others test (held out: scored
+only for the report, never shown to a planner), the rest training. So the splits do not depend
+on the run, the seed or the other files. When that leaves a split empty (e.g. a single file),
+the byte stream is cut instead: validation and test are its last two tenths.
 
-Fingerprints: a corpus is identified by the sha256 of its bytes, ``train_sha256`` of train.bin
-and ``val_sha256`` of val.bin (hex), and ``sha256`` of both, which is
-``sha256(b"train:" + train_sha256 + b"\nval:" + val_sha256)`` over the ASCII hex digests
-(``corpus_sha256``). Two machines hold the same corpus exactly when these agree.
+Fingerprints: a corpus is identified by the sha256 of its bytes: ``train_sha256``,
+``val_sha256`` and ``test_sha256`` of each split (hex), and ``sha256`` of all three, which is
+``sha256(b"train:" + train_sha256 + b"\nval:" + val_sha256 + b"\ntest:" + test_sha256)``
+over the ASCII hex digests (``corpus_sha256``). Two machines hold the same corpus exactly when
+these agree.
 
-Cache: ``train.bin``/``val.bin`` (raw uint8, opened as read-only memmaps) and ``meta.json``
-(with the fingerprints, computed once at build) live in ``<cache_dir>/<source>-<key>/``. The
-key covers ``_FORMAT`` and, for the stdlib and text corpora, the file list (paths, sizes,
-mtimes) and the Python version, so a changed file means a rebuild (the stale entry is deleted);
-for the portable corpora it covers the wheel pins only, never the Python version. Builds happen
-in a temporary folder renamed into place.
+Sealed: experiments see the training split only (``train_dir``: a folder holding nothing else,
+the one path of the cache bound into the sandbox, read by ``load_train``). That seals the
+validation and test bytes unless the experiment can read the same files another way:
+``pycode``/``pyprose`` are the standard library, which the interpreter itself reads, and so is a
+``text:PATH`` inside the interpreter's or MAGNET's own folders (``sealed``, ``unsealed_reason``).
+
+Cache: in ``<cache_dir>/<source>-<key>/``, ``train/train.bin`` with ``train/meta.json`` (the
+spec, the training fingerprint and size: all an experiment may see), ``val.bin``, ``test.bin``
+and ``meta.json`` (all fingerprints, computed once at build); the ``.bin`` files are raw uint8,
+opened as read-only memmaps. The key covers ``_FORMAT`` and, for the stdlib and text corpora,
+the file list (paths, sizes, mtimes) and the Python version, so a changed file means a rebuild
+(the stale entry is deleted); for the portable corpora it covers the wheel pins only, never the
+Python version. Builds happen in a temporary folder renamed into place.
 
 The prose corpora's extraction is bitnet.prose; the portable corpora's wheels bitnet.portable.
 """
@@ -40,6 +50,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -64,10 +75,15 @@ KNOWN_CORPORA: tuple[str, ...] = (
     "pycode", "pyprose", "portable-code", "portable-prose", "text:PATH"
 )
 SEPARATOR = b"\x00"  # appended to every document
-VAL_PERCENT = 5  # share of files (by path hash) that go to validation
-TAIL_FRACTION = 0.1  # fallback validation share of the byte stream
+SPLITS = ("train", "val", "test")  # in stream order for the tail fallback
+VAL_PERCENT = 5  # share of files (by path hash buckets 0-4) that go to validation
+TEST_PERCENT = 5  # and to test (the next buckets, 5-9)
+TAIL_FRACTION = 0.1  # fallback validation share of the byte stream, and test's
+TRAIN_DIR = "train"  # the entry's subfolder an experiment sees
+TRAIN_FILE = "train.bin"
 
-_FORMAT = 2  # bump whenever extraction or layout changes, so old caches are ignored
+MAGNET_PACKAGES = ("agent", "bitnet", "ledger", "merge", "sandbox")  # pyproject.toml's
+_FORMAT = 3  # bump whenever extraction or layout changes, so old caches are ignored
 _SNIFF_BYTES = 8192  # a NUL byte in this prefix marks a file as binary
 _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages"})
 _STDLIB = ("pycode", "pyprose")
@@ -80,11 +96,15 @@ class Corpus:
     name: str  # the spec as given, e.g. "pycode"
     train: np.ndarray  # uint8 read-only memmap of all training bytes
     val: np.ndarray  # uint8 read-only memmap of all validation bytes
+    test: np.ndarray  # uint8 read-only memmap of all (held-out) test bytes
     n_train_files: int
-    n_val_files: int  # 0 when validation is the tail of the stream (too few files to split)
+    n_val_files: int  # 0 when validation is a cut of the stream (too few files to split)
+    n_test_files: int  # likewise
     train_sha256: str  # hex sha256 of the training bytes
     val_sha256: str  # hex sha256 of the validation bytes
-    sha256: str  # corpus_sha256 of the two: the corpus's identity across machines
+    test_sha256: str  # hex sha256 of the test bytes
+    sha256: str  # corpus_sha256 of the three: the corpus's identity across machines
+    entry: Path  # its cache entry; train_dir(corpus) is the part an experiment sees
 
 
 def encode(text: str) -> list[int]:
@@ -99,9 +119,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MAGNET_CACHE_DIR") or Path.home() / ".cache/magnet/corpora")
 
 
-def corpus_sha256(train_sha256: str, val_sha256: str) -> str:
-    """The fingerprint of a whole corpus from those of its two splits (hex digests)."""
-    return hashlib.sha256(f"train:{train_sha256}\nval:{val_sha256}".encode("ascii")).hexdigest()
+def corpus_sha256(train_sha256: str, val_sha256: str, test_sha256: str) -> str:
+    """The fingerprint of a whole corpus from those of its three splits (hex digests)."""
+    both = f"train:{train_sha256}\nval:{val_sha256}\ntest:{test_sha256}"
+    return hashlib.sha256(both.encode("ascii")).hexdigest()
 
 
 def corpus_origin(spec: str) -> str:
@@ -136,14 +157,90 @@ def load_corpus(spec: str, cache_dir: str | Path | None = None) -> Corpus:
         meta = _build_entry(entry, source, files, spec)
     return Corpus(
         name=spec,
-        train=np.memmap(entry / "train.bin", dtype=np.uint8, mode="r"),
-        val=np.memmap(entry / "val.bin", dtype=np.uint8, mode="r"),
+        train=_memmap(_split_path(entry, "train")),
+        val=_memmap(_split_path(entry, "val")),
+        test=_memmap(_split_path(entry, "test")),
         n_train_files=meta["n_train_files"],
         n_val_files=meta["n_val_files"],
+        n_test_files=meta["n_test_files"],
         train_sha256=meta["train_sha256"],
         val_sha256=meta["val_sha256"],
+        test_sha256=meta["test_sha256"],
         sha256=meta["sha256"],
+        entry=entry,
     )
+
+
+def train_dir(corpus: Corpus) -> Path:
+    """The folder holding the training split alone (train.bin, meta.json): what experiments
+    get in MAGNET_TRAIN_DATA, and the only part of the cache their confinement binds."""
+    return corpus.entry / TRAIN_DIR
+
+
+def load_train(path: str | Path) -> np.ndarray:
+    """The training bytes (uint8 read-only memmap) from a train_dir folder (or its train.bin)."""
+    folder = Path(path)
+    folder = folder.parent if folder.name == TRAIN_FILE else folder
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        data = _memmap(folder / TRAIN_FILE)
+        ok = meta["format"] == _FORMAT and len(data) == meta["train_bytes"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorpusError(f"{folder} is not a training split ({err}); pass the folder "
+                          "bitnet.data.train_dir made (MAGNET sets MAGNET_TRAIN_DATA to it)"
+                          ) from err
+    if not ok:
+        raise CorpusError(f"{folder}/{TRAIN_FILE} does not match its meta.json; load the "
+                          "corpus again (load_corpus rebuilds it)")
+    return data
+
+
+def _split_path(entry: Path, split: str) -> Path:
+    return entry / TRAIN_DIR / TRAIN_FILE if split == "train" else entry / f"{split}.bin"
+
+
+def _memmap(path: Path) -> np.ndarray:
+    if path.stat().st_size == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def sealed(spec: str) -> bool:
+    """Whether a corpus's validation and test files are out of an experiment's reach."""
+    return not unsealed_reason(spec)
+
+
+def unsealed_reason(spec: str) -> str:
+    """Why experiments on `spec` can read its held-out files, naming a sealed corpus to use
+    instead, in one line; "" when it is sealed."""
+    instead = ("train on a sealed corpus instead: portable-code, portable-prose or text:PATH "
+               "with PATH outside the Python installation and MAGNET's code")
+    if spec in _STDLIB:
+        return (f"{spec} is this Python's standard library, which the interpreter running the "
+                f"experiment reads itself, validation and test files included; {instead}")
+    if spec in _PORTABLE:
+        return ""
+    if isinstance(spec, str) and spec.startswith("text:") and spec != "text:":
+        path = Path(spec[len("text:") :]).expanduser().resolve()
+        for where in _readable_by_experiments():
+            if path.is_relative_to(where) or where.is_relative_to(path):
+                return (f"{spec} overlaps {where}, which experiments read as part of the "
+                        f"interpreter or of MAGNET, validation and test files included; {instead}")
+        return ""
+    _resolve(spec, Path())  # unknown, or "text:" without a path: raises the error for it
+    raise AssertionError(f"no seal for {spec!r}")
+
+
+def _readable_by_experiments() -> list[Path]:
+    """Folders every confined experiment can read: the interpreter's and MAGNET's packages."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib",
+                                                     "platlib"))}
+    packages = set()
+    for name in MAGNET_PACKAGES:  # located, not imported: bitnet imports no other package
+        spec = importlib.util.find_spec(name)
+        packages.update((spec and spec.submodule_search_locations) or [])
+    return sorted({Path(p).resolve() for p in prefixes | packages})
 
 
 def get_batch(
@@ -161,10 +258,18 @@ def get_batch(
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
 
-def is_val_path(relpath: str) -> bool:
-    """The fixed split rule: hash of the path relative to the corpus root (posix style)."""
+def split_of(relpath: str) -> str:
+    """The fixed split rule ("train", "val" or "test"): a bucket of the sha256 of the path
+    relative to the corpus root (posix style)."""
     digest = hashlib.sha256(relpath.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < VAL_PERCENT
+    bucket = int.from_bytes(digest[:8], "big") % 100
+    if bucket < VAL_PERCENT:
+        return "val"
+    return "test" if bucket < VAL_PERCENT + TEST_PERCENT else "train"
+
+
+def is_val_path(relpath: str) -> bool:
+    return split_of(relpath) == "val"
 
 
 # --- sources --------------------------------------------------------------------------------
@@ -295,18 +400,19 @@ def _documents(source: _Source, files: list[tuple[str, int, int]], skipped: dict
 def _build_entry(
     entry: Path, source: _Source, files: list[tuple[str, int, int]], spec: str
 ) -> dict:
-    train: list[bytes] = []
-    val: list[bytes] = []
+    splits: dict[str, list[bytes]] = {name: [] for name in SPLITS}
+    stream: list[bytes] = []  # every document in order, for the fallback
     skipped = {"binary": 0, "empty": 0, "unparsable": 0}
     gc_was_enabled = gc.isenabled()
     gc.disable()  # ast.parse allocates millions of objects; collections only slow it down
     try:
         for rel, doc in _documents(source, files, skipped):
-            (val if is_val_path(rel) else train).append(doc + SEPARATOR)
+            stream.append(doc + SEPARATOR)
+            splits[split_of(rel)].append(stream[-1])
     finally:
         if gc_was_enabled:
             gc.enable()
-    if not train and not val:
+    if not stream:
         reasons = ", ".join(f"{n} {why}" for why, n in skipped.items() if n)
         raise CorpusError(
             f"corpus {spec!r} has no usable text: searched {source.path} "
@@ -314,19 +420,18 @@ def _build_entry(
             "point it at non-empty text files (hidden and binary files are ignored)"
         )
     meta = {"format": _FORMAT, "spec": spec, "source": str(source.path), "skipped": skipped}
-    if train and val:
-        meta |= {"split": "by-file", "n_train_files": len(train), "n_val_files": len(val)}
-    else:  # too few files for a by-file split: the tail of the stream is validation
-        stream = b"".join(train or val)
-        cut = len(stream) - max(1, int(len(stream) * TAIL_FRACTION))
-        meta |= {"split": "tail", "n_train_files": len(train or val), "n_val_files": 0}
-        train, val = [stream[:cut]], [stream[cut:]]
-    meta |= _fingerprints(train, val)
+    if all(splits.values()):
+        meta |= {"split": "by-file"} | {f"n_{k}_files": len(v) for k, v in splits.items()}
+    else:  # too few files for a by-file split: cut the stream, validation and test at its end
+        splits = _tail_split(b"".join(stream), spec)
+        meta |= {"split": "tail", "n_train_files": len(stream), "n_val_files": 0,
+                 "n_test_files": 0}
+    meta |= _fingerprints(splits)
     if source.portable:
         _check_pin(spec, meta["sha256"])
 
     try:
-        return _write_entry(entry, meta, train, val, source.prefix)
+        return _write_entry(entry, meta, splits, source.prefix)
     except OSError as err:
         raise CorpusError(
             f"cannot write the corpus cache in {entry.parent}: {err.strerror or err}; "
@@ -334,14 +439,25 @@ def _build_entry(
         ) from err
 
 
-def _fingerprints(train: list[bytes], val: list[bytes]) -> dict[str, str]:
+def _tail_split(stream: bytes, spec: str) -> dict[str, list[bytes]]:
+    """Train, then validation and test each TAIL_FRACTION of the stream (at least one byte)."""
+    if len(stream) < len(SPLITS):
+        raise CorpusError(f"corpus {spec!r} has {len(stream)} bytes, too few for a training, "
+                          "validation and test split; give it more text")
+    held = max(1, int(len(stream) * TAIL_FRACTION))
+    val_at, test_at = len(stream) - 2 * held, len(stream) - held
+    return {"train": [stream[:val_at]], "val": [stream[val_at:test_at]],
+            "test": [stream[test_at:]]}
+
+
+def _fingerprints(splits: dict[str, list[bytes]]) -> dict[str, str]:
     digests = {}
-    for name, parts in (("train", train), ("val", val)):
+    for name, parts in splits.items():
         digest = hashlib.sha256()
         for part in parts:
             digest.update(part)
         digests[f"{name}_sha256"] = digest.hexdigest()
-    return digests | {"sha256": corpus_sha256(digests["train_sha256"], digests["val_sha256"])}
+    return digests | {"sha256": corpus_sha256(*(digests[f"{n}_sha256"] for n in SPLITS))}
 
 
 def _check_pin(spec: str, sha256: str) -> None:
@@ -355,15 +471,19 @@ def _check_pin(spec: str, sha256: str) -> None:
         )
 
 
-def _write_entry(entry: Path, meta: dict, train: list[bytes], val: list[bytes], prefix: str):
+def _write_entry(entry: Path, meta: dict, splits: dict[str, list[bytes]], prefix: str):
     """Write into a temporary folder, then rename it into place: readers never see half."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
     try:
-        for name, parts in (("train", train), ("val", val)):
-            with open(tmp / f"{name}.bin", "wb") as f:
+        (tmp / TRAIN_DIR).mkdir()
+        for name, parts in splits.items():
+            with open(_split_path(tmp, name), "wb") as f:
                 f.writelines(parts)
             meta[f"{name}_bytes"] = sum(map(len, parts))
+        # what an experiment may know of its data: nothing of the held-out splits
+        train_meta = {k: meta[k] for k in ("format", "spec", "train_sha256", "train_bytes")}
+        (tmp / TRAIN_DIR / "meta.json").write_text(json.dumps(train_meta, indent=1))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if entry.exists() and _read_meta(entry) is None:
             shutil.rmtree(entry, ignore_errors=True)  # a corrupt entry: replace it
@@ -387,8 +507,18 @@ def _read_meta(entry: Path) -> dict | None:
     """The entry's metadata, or None when it is missing, from another format or corrupt."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
-        sizes = [(entry / f"{name}.bin").stat().st_size for name in ("train", "val")]
-        ok = meta["format"] == _FORMAT and sizes == [meta["train_bytes"], meta["val_bytes"]]
+        sizes = [_split_path(entry, name).stat().st_size for name in SPLITS]
+        ok = (meta["format"] == _FORMAT and sizes == [meta[f"{n}_bytes"] for n in SPLITS]
+              and (entry / TRAIN_DIR / "meta.json").is_file())
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return meta if ok else None
+
+
+if __name__ == "__main__":  # python -m bitnet.data SPEC: build SPEC, print its training folder
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: python -m bitnet.data SPEC (one of {', '.join(KNOWN_CORPORA)})")
+    try:
+        print(train_dir(load_corpus(sys.argv[1])))
+    except CorpusError as err:
+        raise SystemExit(str(err)) from None

@@ -1,20 +1,23 @@
-"""The trusted scorer: a checkpoint's val_bpb, computed here so the experiment cannot forge it.
+"""The trusted scorer: a checkpoint's val_bpb (and test_bpb), computed here so the experiment
+cannot forge it.
 
 The experiment's code (train.py and model.py) is untrusted, so it never runs in this process.
 Two logits servers (bitnet.logits_server, started from the argv the caller gives, which may
 confine them) load the checkpoint with the experiment's model.py; this side holds the
-validation bytes, sends windows, checks every reply (exact size, finite) and computes the loss
-itself, with the tiling and batches of bitnet.evaluate (so it matches what train.py printed).
+validation bytes (and the held-out test bytes, when given), sends windows, checks every reply
+(exact size, finite) and computes the loss itself, with the tiling and batches of
+bitnet.evaluate. The scoring server scores the validation windows, then the test windows, so the
+model is loaded once for both; the two scores never mix (each split is tiled on its own).
 
 Causality check: the model sees a whole window at once, so it could read the bytes it is
 scored on. A second, fresh server, which never sees the originals, gets `causal_windows`
-windows chosen with a secret seed, each with its bytes from a random cut c on replaced by
-bytes from elsewhere in the validation set (real text, like any window; byte c always
-differs), and the shorter tail window likewise. The logits before c must equal the first
-server's for the original window: a model that reads ahead even one byte at position c-1 changes
-them, whatever the second server does, as it never sees byte c of the original. c ranges over
-[1, L-1], so every scored position can be the checked one; a model that reads ahead at only a
-fraction f of positions still escapes with probability about (1-f)**causal_windows.
+windows of each split chosen with a secret seed, each with its bytes from a random cut c on
+replaced by bytes from elsewhere in the same split (real text, like any window; byte c always
+differs), and each split's shorter tail window likewise. The logits before c must equal the
+first server's for the original window: a model that reads ahead even one byte at position c-1
+changes them, whatever the second server does, as it never sees byte c of the original. c
+ranges over [1, L-1], so every scored position can be the checked one; a model that reads ahead
+at only a fraction f of positions still escapes with probability about (1-f)**causal_windows.
 
 Both servers start at once, so their loading overlaps; the checker gets its windows only after
 the last batch, as two forward passes at once on shared CPUs slow each other far more than
@@ -34,7 +37,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -64,6 +67,8 @@ class Score:
     bytes_scored: int
     causal_max_diff: float  # largest logit change before a cut in the causality check
     seconds: float  # wall time of the whole scoring
+    test_bpb: float | None = None  # the held-out test split's score (None: no test bytes given)
+    test_bytes_scored: int = 0
 
 
 class ScoreError(RuntimeError):
@@ -80,6 +85,8 @@ def score_checkpoint(
     server_argv: Sequence[str],
     *,
     timeout: float,
+    test: np.ndarray | None = None,
+    test_if: Callable[[float], bool] | None = None,
     seq_len: int | None = None,
     eval_bytes: int = EVAL_BYTES,
     causal_windows: int = CAUSAL_WINDOWS,
@@ -87,9 +94,13 @@ def score_checkpoint(
 ) -> Score:
     """Score the checkpoint through two logits servers started with `server_argv`.
 
-    `timeout` bounds the whole scoring (both servers' start-up included); `seq_len` defaults to
-    the checkpoint's max_position_embeddings; `seed` fixes the causality check (tests only: by
-    default it is secret). Raises ScoreError (CausalityError for a look-ahead).
+    `test`: the held-out test bytes, scored after `val` by the same servers (`Score.test_bpb`,
+    tiled, scored and checked exactly as `val` alone would be); `test_if`, given the val_bpb,
+    says whether to score them (the test split costs as much as the validation split: a caller
+    skips it for a run whose score cannot matter). `timeout` bounds the whole scoring (both
+    servers' start-up included); `seq_len` defaults to the checkpoint's max_position_embeddings;
+    `seed` fixes the causality check (tests only: by default it is secret). Raises ScoreError
+    (CausalityError for a look-ahead).
     """
     start = time.monotonic()
     if isinstance(server_argv, str) or not server_argv:
@@ -100,41 +111,75 @@ def score_checkpoint(
         raise ValueError(f"causal_windows must be 1 or more, got {causal_windows}")
     if seq_len is None:
         seq_len = checkpoint_seq_len(checkpoint_dir)
-    batches = eval_batches(val, seq_len, eval_bytes)
     rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
-    checks = _pick_checks(val, batches, causal_windows, rng)
+    splits = [_Split(val, seq_len, eval_bytes, causal_windows, rng)]
+    if test is not None:
+        splits.append(_Split(test, seq_len, eval_bytes, causal_windows, rng))
     deadline = start + timeout
     with _Server(server_argv, "scoring", deadline, timeout) as scorer, \
             _Server(server_argv, "causality-check", deadline, timeout) as checker:
-        originals: dict[tuple[int, int], np.ndarray] = {}
-        total_nats = 0.0
-        for i, batch in enumerate(batches):
-            logits = scorer.ask(batch, f"batch {i + 1} of {len(batches)}")
-            windows = torch.from_numpy(batch.astype(np.int64))
-            total_nats += batch_nats(torch.from_numpy(logits), windows)
-            for check in itertools.chain(*checks):
-                if check.batch == i:
-                    originals[i, check.row] = logits[check.row, : check.cut].copy()
-        checked = [checker.ask(_variants(r), "the causality-check windows") for r in checks]
+        splits[0].score(scorer, "validation")
+        if test is not None and (test_if is None or test_if(splits[0].bpb())):
+            splits[1].score(scorer, "test")
+        scored = [split for split in splits if split.nats is not None]
+        checked = [[checker.ask(_variants(r), f"the {split.name} causality-check windows")
+                    for r in split.checks] for split in scored]
         scorer.finish()
         checker.finish()
-    causal_max_diff = 0.0
-    for check, logits in zip(itertools.chain(*checks), itertools.chain(*checked), strict=True):
-        diff = np.abs(logits[: check.cut] - originals[check.batch, check.row]).max(axis=-1)
-        worst = float(diff.max())
-        causal_max_diff = max(causal_max_diff, worst)
-        if worst > CAUSAL_ATOL:
-            position = int(np.argmax(diff > CAUSAL_ATOL))
-            raise CausalityError(
-                f"the model's predictions at position {position} of a {len(logits)}-byte window"
-                f" changed (by {worst:.3g}) when only the bytes from position {check.cut} on"
-                " changed: it looks ahead (or its logits are not deterministic)"
-            )
-    n_bytes = scored_bytes(batches)
-    val_bpb = total_nats / n_bytes / math.log(2)
-    if not math.isfinite(val_bpb):
-        raise ScoreError(f"the loss is {val_bpb}: the logits are too extreme to score")
-    return Score(val_bpb, n_bytes, causal_max_diff, time.monotonic() - start)
+    causal_max_diff = max(split.check(replies) for split, replies in zip(scored, checked,
+                                                                          strict=True))
+    bpb = [split.bpb() for split in scored]
+    if not all(math.isfinite(value) for value in bpb):
+        raise ScoreError(f"the loss is {bpb[0]}: the logits are too extreme to score")
+    tested = ({"test_bpb": bpb[1], "test_bytes_scored": scored[1].n_bytes}
+              if len(scored) > 1 else {})
+    return Score(bpb[0], splits[0].n_bytes, causal_max_diff, time.monotonic() - start, **tested)
+
+
+class _Split:
+    """One split's windows, its causality checks (picked up front, so the secret seed decides
+    them before any reply) and, once scored, its summed loss and the originals to check."""
+
+    def __init__(self, data: np.ndarray, seq_len: int, eval_bytes: int, k: int,
+                 rng: np.random.Generator) -> None:
+        self.batches = eval_batches(data, seq_len, eval_bytes)
+        self.checks = _pick_checks(data, self.batches, seq_len, k, rng)
+        self.n_bytes = scored_bytes(self.batches)
+        self.nats: float | None = None
+        self.name = ""
+        self.originals: dict[tuple[int, int], np.ndarray] = {}
+
+    def score(self, server: _Server, name: str) -> None:
+        self.name, self.nats = name, 0.0
+        for i, batch in enumerate(self.batches):
+            logits = server.ask(batch, f"{name} batch {i + 1} of {len(self.batches)}")
+            windows = torch.from_numpy(batch.astype(np.int64))
+            self.nats += batch_nats(torch.from_numpy(logits), windows)
+            for check in itertools.chain(*self.checks):
+                if check.batch == i:
+                    self.originals[i, check.row] = logits[check.row, : check.cut].copy()
+
+    def bpb(self) -> float:
+        assert self.nats is not None
+        return self.nats / self.n_bytes / math.log(2)
+
+    def check(self, replies: list[np.ndarray]) -> float:
+        """The largest logit change before a cut; CausalityError past CAUSAL_ATOL."""
+        worst_all = 0.0
+        for check, logits in zip(itertools.chain(*self.checks), itertools.chain(*replies),
+                                 strict=True):
+            diff = np.abs(logits[: check.cut] - self.originals[check.batch, check.row]).max(-1)
+            worst = float(diff.max())
+            worst_all = max(worst_all, worst)
+            if worst > CAUSAL_ATOL:
+                position = int(np.argmax(diff > CAUSAL_ATOL))
+                raise CausalityError(
+                    f"the model's predictions at position {position} of a {len(logits)}-byte"
+                    f" window changed (by {worst:.3g}) when only the bytes from position"
+                    f" {check.cut} on changed ({self.name} bytes): it looks ahead (or its"
+                    " logits are not deterministic)"
+                )
+        return worst_all
 
 
 def checkpoint_seq_len(checkpoint_dir: str | os.PathLike) -> int:
@@ -169,31 +214,29 @@ class _Check(NamedTuple):
 
 
 def _pick_checks(
-    val: np.ndarray, batches: list[np.ndarray], k: int, rng: np.random.Generator
+    data: np.ndarray, batches: list[np.ndarray], seq_len: int, k: int, rng: np.random.Generator
 ) -> list[list[_Check]]:
-    """One request per window length: k random full windows, then the shorter tail window.
-
-    The tail is always checked: its length sets it apart, so a model could look ahead there alone.
-    """
-    length = batches[0].shape[1]
-    full = [(b, row) for b, batch in enumerate(batches) if batch.shape[1] == length
+    """One request of k random full windows, then the shorter tail window alone: its length
+    sets it apart, so a model could look ahead there alone."""
+    full = [(b, row) for b, batch in enumerate(batches) if batch.shape[1] == seq_len
             for row in range(len(batch))]
     picked = [full[i] for i in rng.choice(len(full), size=min(k, len(full)), replace=False)]
-    requests = [[_check(val, batches, b, row, rng) for b, row in picked]]
-    if batches[-1].shape[1] != length:
-        requests.append([_check(val, batches, len(batches) - 1, 0, rng)])
-    return requests
+    requests = [[_check(data, batches, b, row, rng) for b, row in picked]]
+    requests += [[_check(data, batches, b, 0, rng)]
+                 for b, batch in enumerate(batches) if batch.shape[1] != seq_len]
+    return [request for request in requests if request]
 
 
 def _check(
-    val: np.ndarray, batches: list[np.ndarray], b: int, row: int, rng: np.random.Generator
+    data: np.ndarray, batches: list[np.ndarray], b: int, row: int, rng: np.random.Generator
 ) -> _Check:
-    """A random cut in [1, T-1] and the window's bytes from there on taken from elsewhere."""
+    """A random cut in [1, T-1] and the window's bytes from there on taken from elsewhere in
+    `data` (the window's own split)."""
     original = batches[b][row]
     length = len(original)
     cut = int(rng.integers(1, length))
-    donor = int(rng.integers(0, len(val) - length + 1))
-    variant = np.concatenate([original[:cut], val[donor + cut : donor + length]]).astype(np.uint8)
+    donor = int(rng.integers(0, len(data) - length + 1))
+    variant = np.concatenate([original[:cut], data[donor + cut : donor + length]]).astype(np.uint8)
     if variant[cut] == original[cut]:  # the first replaced byte must really change
         variant[cut] = (int(original[cut]) + int(rng.integers(1, 256))) % 256
     return _Check(b, row, cut, variant)

@@ -81,8 +81,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     rejected = ", ".join(f"{n} {reason}" for reason, n in report["rejected"].items()) or "none"
     console.print(f"{report['documents']} documents, {report['bytes']:,} bytes "
-                  f"({report['val_documents']} for validation), stopped by "
-                  f"{report['stopped_by']} after {report['seconds']:g} s; rejected: {rejected}",
+                  f"({report['val_documents']} for validation, {report['test_documents']} "
+                  f"for test), stopped by {report['stopped_by']} after {report['seconds']:g} s; "
+                  f"rejected: {rejected}",
                   soft_wrap=True)
     console.print(f"corpus: {report['corpus']}\n{use_hint(report['corpus'])}", markup=False,
                   soft_wrap=True)

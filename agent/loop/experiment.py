@@ -8,6 +8,7 @@ two together: the git note, the experiments.jsonl line and what the planner lear
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent.loop.runtime import Runtime
@@ -23,10 +24,12 @@ def begin(rt: Runtime, hypothesis: str) -> int:
     return exp
 
 
-def run_once(rt: Runtime, *, repeat: int = 0) -> dict[str, Any]:
-    """One run of the experiment in flight; a repeat uses another seed and its own log."""
+def run_once(rt: Runtime, *, repeat: int = 0,
+             test_if: Callable[[float], bool] | None = None) -> dict[str, Any]:
+    """One run of the experiment in flight; a repeat uses another seed and its own log.
+    `test_if(val)` False: the scorer skips the held-out test split (default: scored)."""
     return rt.scorer.run(seed=rt.spec.seed + repeat, repeat=repeat, on_line=rt.view.line,
-                         mem_limit=rt.memory_limit_bytes)
+                         mem_limit=rt.memory_limit_bytes, test_if=test_if)
 
 
 def prepared(rt: Runtime, state: RunState) -> int:

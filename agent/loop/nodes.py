@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.loop import diagnosis, experiment, status, steering, tool_step
-from agent.loop.decision import decide
+from agent.loop.decision import Judgement, decide
 from agent.loop.planner_context import dump, plan_context
 from agent.loop.runtime import Runtime
 from agent.loop.state import RunState
@@ -211,7 +211,12 @@ class Nodes:
         status.write(self.rt, {**state, "exp": exp}, "running")
         if results:
             self.rt.view.message(f"exp {exp:03d}: confirming with another seed")
-        result = experiment.run_once(self.rt, repeat=len(results))
+        prior = [r["metrics"][self.spec.metric.name] for r in results]
+
+        def could_be_kept(value: float) -> bool:  # the test split is scored only then
+            return self._judge([*prior, value], state).action != "discard"
+
+        result = experiment.run_once(self.rt, repeat=len(results), test_if=could_be_kept)
         tried = state["tried"]
         if state["draft"]["diff_hash"] not in tried:
             tried = [*tried, state["draft"]["diff_hash"]]
@@ -230,15 +235,18 @@ class Nodes:
         if not ranking.is_finite(last["metrics"].get(name)):
             what = f"exp {exp:03d} printed no finite METRIC {name}=…"
             return experiment.failed(self.rt, results, "no_metric", what)
-        runs = [r["metrics"][name] for r in results]
-        diff = state["draft"]["diff"]
-        judgement = decide(runs, self.rt.records.read(), self.spec.metric.goal,
-                           min_delta=self.spec.min_delta or 0.0, lines_added=diff["added"],
-                           lines_removed=diff["removed"])
+        judgement = self._judge([r["metrics"][name] for r in results], state)
         outcome = {**experiment.outcome(self.rt, results, judgement.metric, judgement.reason),
                    "judgement": judgement.as_dict()}
         self.rt.view.message(f"exp {exp:03d}: {judgement.reason}")
         return {"decision": judgement.action, "outcome": outcome, "failure": None}
+
+    def _judge(self, runs: list[float], state: RunState) -> Judgement:
+        """The keep rule on the experiment in flight measured `runs`."""
+        diff = state["draft"]["diff"]
+        return decide(runs, self.rt.records.read(), self.spec.metric.goal,
+                      min_delta=self.spec.min_delta or 0.0, lines_added=diff["added"],
+                      lines_removed=diff["removed"])
 
     # --- keep / revert ------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from agent.goal.spec import Goal, GoalError
 from agent.review.plot import write_plot
 from agent.rundir import ranking
+from agent.rundir.experiment_record import SEALED_KEY, UNSEALED_REASON_KEY
 from agent.rundir.names import PROGRESS_PLOT, REPORT_FILE
 from agent.rundir.records import tokens_of
 from agent.rundir.runs import RunError, load_run_goal
@@ -103,6 +104,10 @@ def _trust(records: list[dict[str, Any]]) -> list[str]:
                  f"{', '.join(unconfined)}" if unconfined else
                  "- every run confined by bubblewrap (no network, read-only outside its "
                  "workspace and outputs)")
+    unsealed = [r for r in ran if r.get(SEALED_KEY) is False]
+    if unsealed:
+        lines.append(f"- **{len(unsealed)} ran on an unsealed corpus**, so their scores cannot "
+                     f"be claimed: {unsealed[0].get(UNSEALED_REASON_KEY) or 'see the records'}")
     return ["Scoring and confinement:", "", *lines, ""]
 
 

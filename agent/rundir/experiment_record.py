@@ -8,14 +8,24 @@ record less the commit it is attached to.
 from __future__ import annotations
 
 import hashlib
+import statistics
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from agent.goal.knob_values import read_knob_values
 from sandbox.knobs import KnobSpec
+from sandbox.metrics import is_finite
 from sandbox.runner import RunResult
 from sandbox.workspace import Workspace
+
+# The held-out test score (agent.scoring.scorer) of a run summary and of a record: beside
+# `metrics`, never in them, as metrics reach planners and test scores must not.
+TEST_KEY = "test_metric"
+# Whether experiment code could read the corpus's validation and test bytes (bitnet.data.sealed):
+# True, False (then UNSEALED_REASON_KEY says why, in one line) or None (no corpus: a repository)
+SEALED_KEY = "sealed"
+UNSEALED_REASON_KEY = "unsealed_reason"
 
 
 def draft(ws: Workspace, editable: Sequence[str], knobs: Mapping[str, KnobSpec],
@@ -60,6 +70,16 @@ def run_summary(result: RunResult, seed: int) -> dict[str, Any]:
             "confinement": result.confinement}
 
 
+def seal(corpus: str | None) -> dict[str, Any]:
+    """The SEALED_KEY (and UNSEALED_REASON_KEY) fields of a run on `corpus`."""
+    if corpus is None:
+        return {SEALED_KEY: None}
+    from bitnet.data import unsealed_reason
+
+    reason = unsealed_reason(corpus)
+    return {SEALED_KEY: not reason, **({UNSEALED_REASON_KEY: reason} if reason else {})}
+
+
 def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float | None,
             reason: str) -> dict[str, Any]:
     """What the runs gave: the judged metric, every run's value and seed, the first run's
@@ -77,9 +97,21 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         # how the runs were confined and scored (agent.scoring.scorer): the report shows both
         "confinement": first.get("confinement"),
         "scored_by": first.get("scored_by"),
+        SEALED_KEY: first.get(SEALED_KEY),  # absent (None) in records from before the splits
+        UNSEALED_REASON_KEY: first.get(UNSEALED_REASON_KEY),
         "reported": [r.get("reported") for r in runs],
+        TEST_KEY: _test_score(runs),
         # what a replay of the first run needs (scoring.replay_facts): a ledger claim carries it
         "replay": first.get("replay"),
         # and of every run: a claim replays each run behind its "before" (a confirmed best's too)
         "replays": [r.get("replay") for r in runs],
     }
+
+
+def _test_score(runs: Sequence[Mapping[str, Any]]) -> float | None:
+    """The mean test score of the runs, as `metric` is the mean of theirs; None unless every
+    run has one (the loop scores the test split only for runs that could be kept)."""
+    values = [r.get(TEST_KEY) for r in runs]
+    if not values or not all(is_finite(v) for v in values):
+        return None
+    return statistics.fmean(values)  # type: ignore[arg-type]

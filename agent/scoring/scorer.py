@@ -1,9 +1,12 @@
 """The score of a run, from where the experiment cannot forge it.
 
 An experiment's own METRIC lines are claims. What counts:
-  - `evaluator`: a template's fixed evaluator (bitnet-lm: bitnet.score re-computes val_bpb from
-    the saved checkpoint on the fixed validation bytes, the model code confined, with a check
-    that it does not look ahead). A METRIC line that disagrees makes the run `invalid_metric`.
+  - `evaluator`: a template's fixed evaluator (bitnet-lm: bitnet.score computes val_bpb from the
+    saved checkpoint on the fixed validation bytes, the model code confined, with a check that
+    it does not look ahead). It is the only score: the run is scored once, here, and whatever
+    val_bpb the experiment printed is ignored (it need print only its training loss). The same
+    session scores the held-out test split too (TEST_KEY of the run summary, never in its
+    metrics: planners must not see it), for every run a caller's `test_if` does not skip.
   - `evaluate_command`: the goal's `evaluate:` command, run after training with nothing
     writable; its METRIC lines are the score.
   - `self_reported`: neither exists (a repository without `evaluate:`): the METRIC lines count,
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.goal.spec import Goal, GoalError
-from agent.rundir.experiment_record import run_summary
+from agent.rundir.experiment_record import TEST_KEY, run_summary, seal
 from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
@@ -36,10 +39,8 @@ DESCRIPTIONS = {
 }
 INVALID_METRIC = "invalid_metric"
 TEMPLATE_EVALUATORS = {"bitnet-lm": "val_bpb"}  # templates with a fixed evaluator: its metric
-DEFAULT_CORPUS = "pycode"  # the template's train.py spells it too: experiment code imports no agent
-# The printed val_bpb and the evaluator's come from the same model on the same windows; they
-# differ only by float summation order, far below this.
-AGREEMENT = 1e-3  # relative
+DEFAULT_CORPUS = "pycode"
+TRAIN_DATA_ENV = "MAGNET_TRAIN_DATA"  # the template's train.py spells it too: it imports no agent
 # windows the evaluator checks for look-ahead: a model peeking at a fraction f of positions
 # escapes with probability (1 - f) ** n; each window costs one forward pass
 CAUSAL_WINDOWS = 32
@@ -60,10 +61,11 @@ def corpus_of(goal: Goal) -> str | None:
 
 
 def run_env(goal: Goal, run_dir: Path) -> dict[str, str]:
-    """Settings the goal gives every run of its command (and its evaluation): its corpus, and
-    the run's copy of the checkpoint it starts from."""
+    """Settings the goal gives every run of its command (and its evaluation): its corpus's name
+    and training split (bitnet.data.train_dir), and the run's copy of the checkpoint it starts
+    from."""
     corpus = corpus_of(goal)
-    env = {"MAGNET_CORPUS": corpus} if corpus else {}
+    env = {"MAGNET_CORPUS": corpus, TRAIN_DATA_ENV: str(_corpus_paths(corpus)[0])} if corpus else {}
     if goal.spec.init is not None:
         env[INIT_ENV] = str(init_dir(run_dir))
     return env
@@ -83,13 +85,21 @@ class Scorer:
             raise GoalError(f"{goal.path}: template {goal.spec.template} is scored by its "
                             f"evaluator as {fixed}; set `metric: {{name: {fixed}}}` or give "
                             "`evaluate:` a command that prints your metric")
-        # runs read the corpus and its cache, never write them; the evaluator's model code gets
+        # runs read the training split alone, never write it; the evaluator's model code gets
         # the validation bytes only through its pipe, so it does not see them at all
-        starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
-        confinement = confinement.with_paths(hidden=private_paths())  # keys, credentials
-        self.confinement = confinement.with_paths(
-            readable=[*_corpus_paths(corpus_of(goal)), *starts_from])
-        self.evaluator_confinement = confinement.with_paths(hidden=_corpus_paths(corpus_of(goal)))
+        self._starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
+        self._confinement = confinement.with_paths(hidden=private_paths())  # keys, credentials
+        self.evaluator_confinement = self._confinement.with_paths(
+            hidden=_held_out_paths(corpus_of(goal)))
+
+    @cached_property
+    def confinement(self) -> Confinement:
+        """What runs see: the training split (built on first use), not the held-out bytes."""
+        corpus = corpus_of(self.goal)
+        entry = self.corpus.entry if corpus else None
+        held_out = [entry / f"{split}.bin" for split in ("val", "test")] if entry else []
+        return self._confinement.with_paths(
+            readable=[*_corpus_paths(corpus), *self._starts_from], hidden=held_out)
 
     def prepare(self) -> None:
         """Build what the runs read but may not write (the corpus cache), before the first."""
@@ -98,11 +108,13 @@ class Scorer:
 
     def run(self, *, seed: int, repeat: int, on_line: Callable[[str], None] | None = None,
             mem_limit: int | None = None, replay: Mapping[str, Any] | None = None,
-            schedule: Path | None = None, time_budget: float | None = None) -> dict[str, Any]:
+            schedule: Path | None = None, time_budget: float | None = None,
+            test_if: Callable[[float], bool] | None = None) -> dict[str, Any]:
         """One confined run of the goal's command on the experiment in flight, scored: the
         run summary (agent.rundir.experiment_record.run_summary) the loop and `train` record, with
         the facts a replay needs (`replay`). Given `replay` (those facts of an earlier run), it
-        re-runs that run: its steps, threads and schedule (`schedule`: the file it recorded)."""
+        re-runs that run: its steps, threads and schedule (`schedule`: the file it recorded).
+        `test_if(val_bpb)` False skips the test split (default: always scored)."""
         spec = self.goal.spec
         budget = time_budget or spec.budget.per_experiment
         env = run_env(self.goal, self.ws.run_dir)
@@ -113,10 +125,13 @@ class Scorer:
                 env["MAGNET_SCHEDULE"] = str(schedule)
         result = self.ws.run(
             spec.command, time_budget=budget, seed=seed, steps=steps, threads=threads,
-            grace=spec.budget.grace, mem_limit=mem_limit, metric=self.metric, on_line=on_line,
+            grace=spec.budget.grace, mem_limit=mem_limit, on_line=on_line,
+            # the evaluator's metric is its own: the run need print only its training loss
+            metric=None if self.kind == EVALUATOR else self.metric,
             repeat=repeat, confinement=self.confinement, env=env,
             passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
-        scored = self.score(run_summary(result, seed), repeat)
+        scored = (self.score(run_summary(result, seed), repeat, test_if=test_if)
+                  | seal(corpus_of(self.goal)))
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
                                         out_dir=out_dir,
@@ -134,26 +149,24 @@ class Scorer:
     def validation(self) -> Any:
         return self.corpus.val
 
-    def score(self, run: Mapping[str, Any], repeat: int) -> dict[str, Any]:
-        """`run` with `scored_by`, the metric the scorer measured, and the status
-        `invalid_metric` when the printed metric disagrees or cannot be checked."""
-        scored = {**run, "scored_by": self.kind}
+    def score(self, run: Mapping[str, Any], repeat: int, *,
+              test_if: Callable[[float], bool] | None = None) -> dict[str, Any]:
+        """`run` with `scored_by`, the metric the scorer measured (what the run printed stays
+        in `reported`), the test score under TEST_KEY (None when not measured), and the status
+        `invalid_metric` when it cannot be measured."""
+        scored = {**run, "scored_by": self.kind, TEST_KEY: None}
         if run["status"] != "ok" or self.kind == SELF_REPORTED:
             return scored
         reported = run["metrics"].get(self.metric)
+        test = None
         if self.kind == EVALUATE_COMMAND:
             measured, why = self._evaluate_command(repeat)
         else:
-            measured, why = self._evaluator(repeat)
+            measured, test, why = self._evaluator(repeat, test_if)
         if measured is None:
             return {**scored, "status": INVALID_METRIC, "reason": why}
-        scored["metrics"] = {**run["metrics"], self.metric: measured}
-        scored["reported"] = reported
-        if self.kind == EVALUATOR and not _agrees(reported, measured):
-            return {**scored, "status": INVALID_METRIC, "reason": (
-                f"it printed {self.metric}={reported} but the evaluator measured {measured:.6f} "
-                "on its saved checkpoint; report what the checkpoint scores")}
-        return scored
+        return {**scored, "metrics": {**run["metrics"], self.metric: measured},
+                "reported": reported, TEST_KEY: test}
 
     def _evaluate_command(self, repeat: int) -> tuple[float | None, str]:
         spec = self.goal.spec
@@ -167,7 +180,9 @@ class Scorer:
             return None, f"the evaluate command failed: {why}; see {result.log_path}"
         return float(value), ""  # type: ignore[arg-type]
 
-    def _evaluator(self, repeat: int) -> tuple[float | None, str]:
+    def _evaluator(self, repeat: int, test_if: Callable[[float], bool] | None
+                   ) -> tuple[float | None, float | None, str]:
+        """(val_bpb, test_bpb or None, why it failed), in one session of the logits servers."""
         from bitnet import logits_server
         from bitnet.score import ScoreError, score_checkpoint
 
@@ -178,15 +193,25 @@ class Scorer:
                           passed=self.goal.spec.env)
         try:
             score = score_checkpoint(self.validation, out_dir, confined.wrap(server, env),
-                                     timeout=self.goal.spec.budget.grace,
-                                     causal_windows=CAUSAL_WINDOWS)
+                                     timeout=self.goal.spec.budget.grace, test=self.corpus.test,
+                                     test_if=test_if, causal_windows=CAUSAL_WINDOWS)
         except ScoreError as err:
-            return None, f"the evaluator could not score the checkpoint: {err}"
-        return score.val_bpb, ""
+            return None, None, f"the evaluator could not score the checkpoint: {err}"
+        return score.val_bpb, score.test_bpb, ""
 
 
 def _corpus_paths(corpus: str | None) -> list[Path]:
-    """What a template's runs read of a corpus: the cache, and a text corpus's own files."""
+    """What a template's runs read of a corpus: the folder of its training split alone."""
+    if corpus is None:
+        return []
+    from bitnet.data import load_corpus, train_dir
+
+    return [train_dir(load_corpus(corpus))]
+
+
+def _held_out_paths(corpus: str | None) -> list[Path]:
+    """What no experiment code may read of a corpus: the cache (validation and test bytes),
+    then a text corpus's own files."""
     if corpus is None:
         return []
     from bitnet.data import default_cache_dir
@@ -194,8 +219,3 @@ def _corpus_paths(corpus: str | None) -> list[Path]:
     text = [Path(corpus.removeprefix("text:")).expanduser()] if corpus.startswith("text:") else []
     return [default_cache_dir(), *text]
 
-
-def _agrees(reported: object, measured: float) -> bool:
-    if not is_finite(reported):
-        return False
-    return abs(float(reported) - measured) <= AGREEMENT * max(1.0, abs(measured))  # type: ignore[arg-type]

@@ -8,9 +8,9 @@ byte and a time budget.
       report.json                what the last call returned
 
 The corpus is `text:<out_dir>/corpus`. bitnet.data splits a folder by file, putting a file in
-validation when the sha256 of its relative path falls in 5 of 100 buckets (`is_val_path`), so a
-document's side is fixed by its own name: adding documents never moves one from train to
-validation or back.
+validation or test when the sha256 of its relative path falls in 5 (and 5 other) of 100 buckets
+(`split_of`), so a document's split is fixed by its own name: adding documents never moves one
+between training, validation and test.
 
 Prompts vary so a small model does not repeat itself: each asks for one of STYLES (tutorial,
 reference, common mistakes...) about one focus (the topic, or one of the sub-topics the teacher
@@ -44,7 +44,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from agent.teacher.models import BatchTeacher, Teacher, TeacherError
 from agent.teacher.quality import REASONS, Deduplicator, Rejection, quality_rejection
-from bitnet.data import is_val_path
+from bitnet.data import split_of
 
 CORPUS_DIR = "corpus"
 SUFFIX = ".txt"
@@ -128,7 +128,8 @@ def generate_corpus(teacher: Teacher, topic: str, out_dir: Path, *, max_bytes: i
     report = {
         "corpus": corpus_spec(out_dir), "topic": topic, "teacher": teacher.name,
         "bytes": kept.bytes, "documents": len(kept.sizes),
-        "val_documents": sum(is_val_path(name) for name in kept.sizes),
+        "val_documents": sum(split_of(name) == "val" for name in kept.sizes),
+        "test_documents": sum(split_of(name) == "test" for name in kept.sizes),
         # requests and rejections count every call on this folder; seconds are this call's
         "resumed_documents": resumed, "requests": requests,
         "rejected": {reason: rejected[reason] for reason in REASONS if rejected[reason]},

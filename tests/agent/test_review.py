@@ -18,8 +18,10 @@ from openai_server import ScriptedServer, proposal, text
 from agent.loop.launch import start_run
 from agent.review.detail import diff_between, experiment_diff
 from agent.review.plot import text_plot
+from agent.review.report import write_report
 from agent.review.run import Run
-from agent.rundir.runs import RunError, parse_exp
+from agent.rundir.experiment_record import SEALED_KEY, UNSEALED_REASON_KEY, seal
+from agent.rundir.runs import RunError, load_run_goal, parse_exp
 
 TRAIN = """X = 3.0
 MODE = "ok"
@@ -249,6 +251,24 @@ def test_report_regenerates_report_and_plot(run_dir):
     assert "Stopped: experiment budget of 3 reached." in report  # the reason survives
     assert (run_dir / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Run.load(run_dir).state() == "finished"
+
+
+def test_runs_on_an_unsealed_corpus_say_so_in_records_and_report(run_dir, tmp_path):
+    records = jsonl(run_dir)
+    # a repository's goal has no corpus: nothing held out, so neither sealed nor unsealed
+    assert {r[SEALED_KEY] for r in records if r.get("scored_by")} == {None}
+    assert "unsealed" not in (run_dir / "report.md").read_text()
+    assert seal(f"text:{tmp_path}") == {SEALED_KEY: True}
+    unsealed = seal("pycode")
+    assert unsealed[SEALED_KEY] is False and "portable-code" in unsealed[UNSEALED_REASON_KEY]
+
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    marked = [r | unsealed if r.get("scored_by") else r for r in records]
+    report = write_report(copy, load_run_goal(copy), marked).read_text()
+    ran = sum(1 for r in records if r.get("scored_by"))
+    assert f"**{ran} ran on an unsealed corpus**, so their scores cannot be claimed" in report
+    assert unsealed[UNSEALED_REASON_KEY] in report
 
 
 def test_git_alone_tells_the_whole_story(run_dir):

@@ -37,7 +37,7 @@ from agent.teacher.models import LocalTeacher, OpenAITeacher, TeacherError
 from agent.teacher.quality import Deduplicator, quality_rejection
 from agent.tools.base import ToolContext, ToolError
 from agent.tools.data_tool import GENERATE_DATA, GenerateDataArgs
-from bitnet.data import is_val_path, load_corpus
+from bitnet.data import is_val_path, load_corpus, split_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("magnet-agent"))
@@ -190,8 +190,10 @@ def test_corpus_loads_with_bitnet_data_and_a_fixed_validation_split(server, docs
                              max_bytes=sum(map(size, first)), seconds=60)
     corpus = load_corpus(report["corpus"], cache_dir=tmp_path / "cache")
     val = sorted(n for n in corpus_files(tmp_path) if is_val_path(n))
+    test = sorted(n for n in corpus_files(tmp_path) if split_of(n) == "test")
     assert corpus.n_val_files == report["val_documents"] == len(val) > 0
-    assert corpus.n_train_files == 120 - len(val) > 0
+    assert corpus.n_test_files == report["test_documents"] == len(test) > 0
+    assert corpus.n_train_files == 120 - len(val) - len(test) > 0
     # validation holds exactly those documents, each followed by bitnet.data's separator
     assert len(corpus.val) == sum(size(corpus_files(tmp_path)[n]) + 1 for n in val)
 
@@ -201,7 +203,7 @@ def test_corpus_loads_with_bitnet_data_and_a_fixed_validation_split(server, docs
     grown = load_corpus(report["corpus"], cache_dir=tmp_path / "cache")
     later_val = sorted(n for n in corpus_files(tmp_path) if is_val_path(n))
     assert set(val) <= set(later_val)  # adding documents moved none out of validation
-    assert grown.n_train_files + grown.n_val_files == len(docs)
+    assert grown.n_train_files + grown.n_val_files + grown.n_test_files == len(docs)
 
 
 def test_the_byte_budget_stops_generation(server, docs, tmp_path):

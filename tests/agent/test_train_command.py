@@ -114,6 +114,11 @@ def test_the_training_process_sees_the_sandbox_environment(trained):
     assert not any(v in value for v in SECRETS.values() for value in seen.values())
     assert seen["MAGNET_SEED"] == "7" and seen["MAGNET_TIME_BUDGET"] == "3"
     assert seen["MAGNET_CORPUS"].startswith("text:")  # from the goal's `corpus:`
+    # its training split alone (bitnet.data.train_dir), from a corpus that is sealed
+    train_data = Path(seen["MAGNET_TRAIN_DATA"])
+    assert sorted(p.name for p in train_data.iterdir()) == ["meta.json", "train.bin"]
+    assert {(r["sealed"], r.get("unsealed_reason")) for r in map(json.loads, (
+        run_dir / "experiments.jsonl").read_text().splitlines())} == {(True, None)}
     assert seen["MAGNET_OUTPUT_DIR"] == str(run_dir / "outputs" / "exp-000")
     assert seen["MAGNET_CACHE_DIR"].endswith("cache")  # this machine's cache is passed on
     assert int(seen["OMP_NUM_THREADS"]) >= 1 and seen["MKL_NUM_THREADS"] == seen["OMP_NUM_THREADS"]

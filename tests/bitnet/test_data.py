@@ -27,13 +27,18 @@ from bitnet.data import (
     get_batch,
     is_val_path,
     load_corpus,
+    load_train,
+    sealed,
+    split_of,
+    train_dir,
+    unsealed_reason,
 )
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def both(corpus) -> bytes:
-    return bytes(corpus.train) + bytes(corpus.val)
+    return bytes(corpus.train) + bytes(corpus.val) + bytes(corpus.test)
 
 
 def docs(array) -> list[bytes]:
@@ -41,10 +46,15 @@ def docs(array) -> list[bytes]:
     return bytes(array).split(SEPARATOR)[:-1]
 
 
-def names(val: bool, count: int, stem: str = "doc") -> list[str]:
-    """The first `count` file names whose hash puts them in validation (or in training)."""
+def names(split: str, count: int, stem: str = "doc") -> list[str]:
+    """The first `count` file names whose hash puts them in `split` (train, val or test)."""
     found = (f"{stem}{i:03d}.txt" for i in range(10_000))
-    return [n for n in found if is_val_path(n) == val][:count]
+    return [n for n in found if split_of(n) == split][:count]
+
+
+def three(val: int = 1, test: int = 1, train: int = 5) -> list[str]:
+    """File names for a by-file split with these counts."""
+    return names("val", val) + names("test", test) + names("train", train)
 
 
 def write_folder(root: Path, files: list[str]) -> None:
@@ -107,43 +117,46 @@ def test_get_batch_reaches_the_last_byte_and_rejects_short_data():
 
 def test_split_rule_is_a_fixed_sha256_bucket():
     paths = [f"pkg/module_{i}.py" for i in range(4000)]
-    expected = [
-        int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "big") % 100 < 5 for p in paths
-    ]
-    assert [is_val_path(p) for p in paths] == expected
-    assert 0.03 < sum(expected) / len(paths) < 0.07
+    buckets = [int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "big") % 100
+               for p in paths]
+    expected = ["val" if b < 5 else "test" if b < 10 else "train" for b in buckets]
+    assert [split_of(p) for p in paths] == expected
+    assert [is_val_path(p) for p in paths] == [e == "val" for e in expected]
+    for split in ("val", "test"):
+        assert 0.03 < expected.count(split) / len(paths) < 0.07
 
 
 def test_split_is_by_file_deterministic_and_disjoint(tmp_path):
-    files = names(True, 3) + names(False, 40)
+    files = three(3, 2, 40)
     write_folder(tmp_path / "corpus", files[::7] + files)  # created out of order
     first = load_corpus(f"text:{tmp_path / 'corpus'}", tmp_path / "cache1")
     second = load_corpus(f"text:{tmp_path / 'corpus'}", tmp_path / "cache2")
-    assert bytes(first.train) == bytes(second.train) and bytes(first.val) == bytes(second.val)
+    assert both(first) == both(second) and first.sha256 == second.sha256
 
-    # each file is whole on exactly one side, in sorted path order
+    # each file is whole in exactly one split, in sorted path order: disjoint, covering all
     assert docs(first.val) == [f"contents of {n}\n".encode() for n in files[:3]]
-    assert docs(first.train) == [f"contents of {n}\n".encode() for n in files[3:]]
-    assert (first.n_val_files, first.n_train_files) == (3, 40)
+    assert docs(first.test) == [f"contents of {n}\n".encode() for n in files[3:5]]
+    assert docs(first.train) == [f"contents of {n}\n".encode() for n in files[5:]]
+    assert (first.n_val_files, first.n_test_files, first.n_train_files) == (3, 2, 40)
     assert first.name == f"text:{tmp_path / 'corpus'}"
     assert first.train.dtype == np.uint8 and not first.train.flags.writeable
 
 
 def test_val_unchanged_when_a_train_file_is_added(tmp_path):
     root = tmp_path / "corpus"
-    write_folder(root, names(True, 2) + names(False, 20))
+    write_folder(root, three(2, 1, 20))
     before = load_corpus(f"text:{root}", tmp_path / "cache")
-    new_train, new_val = names(False, 1, "extra")[0], names(True, 1, "extra")[0]
+    new_train, new_val = names("train", 1, "extra")[0], names("val", 1, "extra")[0]
 
     write_folder(root, [new_train])
     after = load_corpus(f"text:{root}", tmp_path / "cache")
-    assert bytes(after.val) == bytes(before.val)
+    assert bytes(after.val) == bytes(before.val) and bytes(after.test) == bytes(before.test)
     assert len(after.train) > len(before.train) and after.n_train_files == 21
 
     write_folder(root, [new_val])  # the only kind of addition that may change validation
     last = load_corpus(f"text:{root}", tmp_path / "cache")
     assert f"contents of {new_val}".encode() in bytes(last.val) and last.n_val_files == 3
-    assert bytes(last.train) == bytes(after.train)
+    assert bytes(last.train) == bytes(after.train) and bytes(last.test) == bytes(after.test)
 
 
 def test_folder_walk_is_recursive_sorted_and_skips_hidden_and_binary(tmp_path):
@@ -158,20 +171,27 @@ def test_folder_walk_is_recursive_sorted_and_skips_hidden_and_binary(tmp_path):
     (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(100))
     (root / "blank.txt").write_text("  \n\n")
     corpus = load_corpus(f"text:{root}", tmp_path / "cache")
-    # too few files to split by file: validation is the tail of the stream in sorted order
+    # too few files to split by file: validation and test are the tail of the stream in
+    # sorted order
     assert both(corpus) == "ay\n\0bee\n\0sea ✓\n\0".encode()
-    assert (corpus.n_train_files, corpus.n_val_files) == (3, 0)
+    assert (corpus.n_train_files, corpus.n_val_files, corpus.n_test_files) == (3, 0, 0)
+    assert len(corpus.val) == len(corpus.test) == 1
 
 
 def test_single_file_is_split_by_its_tail(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("x" * 999)
     corpus = load_corpus(f"text:{path}", tmp_path / "cache")
-    assert (len(corpus.train), len(corpus.val)) == (900, 100)  # 1000 bytes with the separator
+    # 1000 bytes with the separator
+    assert (len(corpus.train), len(corpus.val), len(corpus.test)) == (800, 100, 100)
     assert both(corpus) == b"x" * 999 + SEPARATOR
-    path.write_text("y")
+    path.write_text("yz")
     tiny = load_corpus(f"text:{path}", tmp_path / "cache")
-    assert (bytes(tiny.train), bytes(tiny.val)) == (b"y", SEPARATOR)  # at least one val byte
+    # at least one byte in each split
+    assert (bytes(tiny.train), bytes(tiny.val), bytes(tiny.test)) == (b"y", b"z", SEPARATOR)
+    path.write_text("y")
+    message = one_line_error(f"text:{path}", tmp_path / "cache")
+    assert "2 bytes" in message and "more text" in message
 
 
 # --- cache ----------------------------------------------------------------------------------
@@ -179,11 +199,14 @@ def test_single_file_is_split_by_its_tail(tmp_path):
 
 def test_second_load_reuses_the_cache_without_reading_sources(tmp_path, monkeypatch):
     root = tmp_path / "corpus"
-    write_folder(root, names(True, 1) + names(False, 5))
+    write_folder(root, three())
     first = load_corpus(f"text:{root}", tmp_path / "cache")
     bin_path = Path(first.train.filename)
     stamp = (bin_path.stat().st_ino, bin_path.stat().st_mtime_ns)
-    assert {p.name for p in bin_path.parent.iterdir()} == {"train.bin", "val.bin", "meta.json"}
+    assert bin_path.parent == train_dir(first) and bin_path.parent.parent == first.entry
+    assert {p.name for p in bin_path.parent.iterdir()} == {"train.bin", "meta.json"}
+    assert {p.name for p in first.entry.iterdir()} == {"train", "val.bin", "test.bin",
+                                                       "meta.json"}
 
     def no_reading(*args):
         raise AssertionError("source file read on a cached load")
@@ -197,24 +220,24 @@ def test_second_load_reuses_the_cache_without_reading_sources(tmp_path, monkeypa
 
 def test_changed_file_invalidates_the_cache_and_drops_the_stale_entry(tmp_path):
     root = tmp_path / "corpus"
-    write_folder(root, names(True, 1) + names(False, 5))
+    write_folder(root, three())
     old = load_corpus(f"text:{root}", tmp_path / "cache")
-    old_entry = Path(old.train.filename).parent
-    changed = root / names(False, 1)[0]
+    old_entry = old.entry
+    changed = root / names("train", 1)[0]
     changed.write_text("edited by the user\n")
     new = load_corpus(f"text:{root}", tmp_path / "cache")
     assert b"edited by the user" in bytes(new.train)
     assert b"edited by the user" not in bytes(old.train)
-    assert Path(new.train.filename).parent != old_entry and not old_entry.exists()
+    assert new.entry != old_entry and not old_entry.exists()
 
     os.utime(changed, ns=(1, 1))  # same size, only the mtime differs: still a new entry
     touched = load_corpus(f"text:{root}", tmp_path / "cache")
-    assert Path(touched.train.filename).parent != Path(new.train.filename).parent
+    assert touched.entry != new.entry
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path):
     root = tmp_path / "corpus"
-    write_folder(root, names(True, 1) + names(False, 5))
+    write_folder(root, three())
     good = load_corpus(f"text:{root}", tmp_path / "cache")
     expected = bytes(good.train)
     with open(good.train.filename, "r+b") as f:
@@ -225,7 +248,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
 
 def test_interrupted_build_leaves_no_cache_behind(tmp_path, monkeypatch):
     root = tmp_path / "corpus"
-    write_folder(root, names(True, 1) + names(False, 5))
+    write_folder(root, three())
 
     def interrupted(src, dst):
         raise KeyboardInterrupt
@@ -243,7 +266,61 @@ def test_default_cache_dir_comes_from_the_environment(tmp_path, monkeypatch):
     path.write_text("hello world\n")
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(tmp_path / "env-cache"))
     corpus = load_corpus(f"text:{path}")
-    assert Path(corpus.train.filename).parent.parent == tmp_path / "env-cache"
+    assert corpus.entry.parent == tmp_path / "env-cache"
+
+
+# --- what experiments see -------------------------------------------------------------------
+
+
+def test_the_train_dir_holds_the_training_split_and_nothing_of_the_others(tmp_path):
+    root = tmp_path / "corpus"
+    write_folder(root, three(2, 2, 8))
+    (root / names("val", 1)[0]).write_text("VALIDATION SECRET\n")
+    (root / names("test", 1)[0]).write_text("TEST SECRET\n")
+    corpus = load_corpus(f"text:{root}", tmp_path / "cache")
+    folder = train_dir(corpus)
+    held_out = [bytes(corpus.val), bytes(corpus.test), corpus.val_sha256.encode(),
+                corpus.test_sha256.encode(), corpus.sha256.encode(), b"SECRET"]
+    for path in folder.rglob("*"):  # every byte in the folder an experiment is given
+        content = path.read_bytes()
+        assert not any(secret in content for secret in held_out), path
+    assert json.loads((folder / "meta.json").read_text())["train_sha256"] == corpus.train_sha256
+
+    loaded = load_train(folder)
+    assert bytes(loaded) == bytes(corpus.train) and not loaded.flags.writeable
+    assert bytes(load_train(folder / "train.bin")) == bytes(corpus.train)
+    with pytest.raises(ValueError):
+        loaded[0] = 1  # a read-only map: an experiment cannot change the shared cache
+
+
+def test_load_train_refuses_what_is_not_a_train_dir_in_one_line(tmp_path):
+    for bad in (tmp_path, tmp_path / "missing"):
+        with pytest.raises(CorpusError) as info:
+            load_train(bad)
+        assert "\n" not in str(info.value) and "train_dir" in str(info.value)
+    root = tmp_path / "corpus"
+    write_folder(root, three())
+    folder = train_dir(load_corpus(f"text:{root}", tmp_path / "cache"))
+    with open(folder / "train.bin", "ab") as f:
+        f.write(b"appended")
+    with pytest.raises(CorpusError, match="does not match"):
+        load_train(folder)
+
+
+def test_sealed_corpora_are_those_whose_held_out_files_experiments_cannot_read(tmp_path):
+    outside = tmp_path / "notes"
+    outside.mkdir()
+    assert sealed("portable-code") and sealed("portable-prose") and sealed(f"text:{outside}")
+    assert unsealed_reason("portable-code") == unsealed_reason(f"text:{outside}") == ""
+    interpreter = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
+    magnet_code = Path(data.__file__).parent / "templates"
+    for spec in ("pycode", "pyprose", f"text:{interpreter}", f"text:{magnet_code}",
+                 f"text:{Path(data.__file__).parents[1]}", "text:/"):  # ... or a folder above
+        reason = unsealed_reason(spec)
+        assert not sealed(spec) and "\n" not in reason, spec
+        assert "portable-code" in reason and "text:PATH" in reason  # what to use instead
+    with pytest.raises(CorpusError, match="known corpora"):
+        sealed("wikipedia")
 
 
 # --- fingerprints ---------------------------------------------------------------------------
@@ -255,38 +332,43 @@ def file_sha256(array) -> str:
 
 def test_fingerprints_are_the_sha256_of_the_cached_bytes(tmp_path):
     root = tmp_path / "corpus"
-    write_folder(root, names(True, 2) + names(False, 8))
+    write_folder(root, three(2, 2, 8))
     corpus = load_corpus(f"text:{root}", tmp_path / "cache")
     assert corpus.train_sha256 == file_sha256(corpus.train) == hashlib.sha256(
         bytes(corpus.train)).hexdigest()
     assert corpus.val_sha256 == file_sha256(corpus.val)
-    both_splits = f"train:{corpus.train_sha256}\nval:{corpus.val_sha256}".encode()
-    assert corpus.sha256 == hashlib.sha256(both_splits).hexdigest()  # the documented rule
-    assert corpus.sha256 == data.corpus_sha256(corpus.train_sha256, corpus.val_sha256)
+    assert corpus.test_sha256 == file_sha256(corpus.test)
+    splits = (corpus.train_sha256, corpus.val_sha256, corpus.test_sha256)
+    all_splits = "train:{}\nval:{}\ntest:{}".format(*splits).encode()
+    assert corpus.sha256 == hashlib.sha256(all_splits).hexdigest()  # the documented rule
+    assert corpus.sha256 == data.corpus_sha256(*splits)
     assert load_corpus(f"text:{root}", tmp_path / "elsewhere").sha256 == corpus.sha256
 
 
-def test_one_changed_byte_changes_the_fingerprint_of_its_split_only(tmp_path):
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_one_changed_byte_changes_the_fingerprint_of_its_split_only(tmp_path, split):
     root = tmp_path / "corpus"
-    write_folder(root, names(True, 2) + names(False, 8))
+    write_folder(root, three(2, 2, 8))
     before = load_corpus(f"text:{root}", tmp_path / "cache")
-    train_file = root / names(False, 1)[0]
-    text = train_file.read_bytes()
-    train_file.write_bytes(text[:-2] + b"X" + text[-1:])  # same size, one byte differs
+    changed = root / names(split, 1)[0]
+    text = changed.read_bytes()
+    changed.write_bytes(text[:-2] + b"X" + text[-1:])  # same size, one byte differs
     after = load_corpus(f"text:{root}", tmp_path / "cache")
-    assert len(after.train) == len(before.train)
-    assert after.train_sha256 != before.train_sha256 and after.sha256 != before.sha256
-    assert after.val_sha256 == before.val_sha256
-    assert after.train_sha256 == file_sha256(after.train)
+    assert after.sha256 != before.sha256
+    for name in ("train", "val", "test"):
+        now, then = getattr(after, f"{name}_sha256"), getattr(before, f"{name}_sha256")
+        assert len(getattr(after, name)) == len(getattr(before, name))
+        assert (now != then) == (name == split)
+        assert now == file_sha256(getattr(after, name))
 
 
 def test_an_entry_of_the_previous_format_is_rebuilt_with_fingerprints(tmp_path):
     root = tmp_path / "corpus"
-    write_folder(root, names(True, 1) + names(False, 5))
+    write_folder(root, three())
     corpus = load_corpus(f"text:{root}", tmp_path / "cache")
-    meta_path = Path(corpus.train.filename).parent / "meta.json"
+    meta_path = corpus.entry / "meta.json"
     old = json.loads(meta_path.read_text())
-    for key in ("train_sha256", "val_sha256", "sha256"):
+    for key in ("train_sha256", "val_sha256", "test_sha256", "sha256"):
         del old[key]
     meta_path.write_text(json.dumps(old | {"format": old["format"] - 1}))
     rebuilt = load_corpus(f"text:{root}", tmp_path / "cache")
@@ -396,11 +478,12 @@ def test_pycode_is_the_stdlib_source(pycode):
         assert license.read_bytes()[:500] not in text
     if installed:  # third-party code next to the stdlib is not part of it
         assert installed[0].read_bytes() not in text
-    n_docs = pycode.n_train_files + pycode.n_val_files
+    n_docs = pycode.n_train_files + pycode.n_val_files + pycode.n_test_files
     assert n_docs > 500 and text.count(SEPARATOR) == n_docs
     assert 0.02 < pycode.n_val_files / n_docs < 0.08
+    assert 0.02 < pycode.n_test_files / n_docs < 0.08
     textwrap = (STDLIB / "textwrap.py").read_bytes()
-    split = pycode.val if is_val_path("textwrap.py") else pycode.train
+    split = getattr(pycode, split_of("textwrap.py"))
     assert textwrap + SEPARATOR in bytes(split)  # raw bytes, whole file, on its hashed side
 
 
@@ -420,6 +503,7 @@ def test_pyprose_holds_docstrings_and_comments_but_not_code(pycode, pyprose):
     assert source_code > 50_000 and prose_code < source_code / 100
     # the same files land on the same side as in pycode: no leakage between the two corpora
     assert pyprose.n_val_files <= pycode.n_val_files
+    assert pyprose.n_test_files <= pycode.n_test_files
 
 
 def test_extract_prose_keeps_docstrings_and_comments_in_order():

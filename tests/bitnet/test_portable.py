@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bitnet import portable
-from bitnet.data import SEPARATOR, CorpusError, is_val_path, load_corpus
+from bitnet.data import SEPARATOR, CorpusError, load_corpus, split_of
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def portable_prose(portable_cache):
 
 
 def both(corpus) -> bytes:
-    return bytes(corpus.train) + bytes(corpus.val)
+    return bytes(corpus.train) + bytes(corpus.val) + bytes(corpus.test)
 
 
 def one_line_error(call, *args) -> str:
@@ -54,22 +54,22 @@ def test_the_pins_are_pure_python_wheels_sorted_by_name():
 
 def test_portable_code_is_the_py_members_of_the_pinned_wheels(portable_code, portable_cache):
     assert portable_code.sha256 == portable.PINNED_SHA256["portable-code"]
-    for name in ("train", "val"):  # the fingerprints are those of the cache files themselves
+    for name in ("train", "val", "test"):  # the fingerprints: those of the cache files
         path = Path(getattr(portable_code, name).filename)
         assert getattr(portable_code, f"{name}_sha256") == hashlib.sha256(
             path.read_bytes()).hexdigest()
     text = both(portable_code)
     assert 8_000_000 < len(text) < 20_000_000
-    n_docs = portable_code.n_train_files + portable_code.n_val_files
+    n_docs = portable_code.n_train_files + portable_code.n_val_files + portable_code.n_test_files
     assert n_docs > 1000 and text.count(SEPARATOR) == n_docs
     assert 0.02 < portable_code.n_val_files / n_docs < 0.08
+    assert 0.02 < portable_code.n_test_files / n_docs < 0.08
 
     # a wheel member, byte for byte, whole, on the side its <dist>/<member> path hashes to
     wheel = next(w for w in portable.WHEELS if w.dist == "requests")
     with zipfile.ZipFile(portable.wheel_dir(portable_cache) / wheel.filename) as archive:
         member = archive.read("requests/sessions.py")
-    val = is_val_path("requests/requests/sessions.py")
-    split = portable_code.val if val else portable_code.train
+    split = getattr(portable_code, split_of("requests/requests/sessions.py"))
     assert SEPARATOR + member + SEPARATOR in bytes(split)
 
 
@@ -93,10 +93,9 @@ def test_a_second_cache_gets_the_same_bytes_also_when_two_builds_race(portable_c
     for corpus in results:
         assert both(corpus) == both(portable_code)
         assert corpus.sha256 == portable_code.sha256
-    assert Path(results[0].train.filename).parent.name == Path(
-        portable_code.train.filename).parent.name  # the key depends on the pins only
+    assert results[0].entry.name == portable_code.entry.name  # the key depends on the pins only
     assert sorted(p.name for p in cache.iterdir()) == [  # no temporary folder left behind
-        Path(portable_code.train.filename).parent.name, portable.wheel_dir(cache).name]
+        portable_code.entry.name, portable.wheel_dir(cache).name]
 
 
 def test_a_cached_load_needs_neither_the_wheels_nor_the_same_python(
@@ -170,19 +169,21 @@ def test_portable_prose_is_the_english_of_the_same_files(portable_code, portable
     letters = sum(c.isalpha() or c.isspace() for c in text) / len(text)
     assert letters > 0.85  # words, not punctuation-heavy code
     assert portable_prose.n_val_files <= portable_code.n_val_files
+    assert portable_prose.n_test_files <= portable_code.n_test_files
 
 
 def test_every_member_parses_on_this_python(portable_code, portable_prose):
     """No file drops out of portable-prose for want of a parser (see bitnet.portable)."""
-    metas = [json.loads((Path(c.train.filename).parent / "meta.json").read_text())
+    metas = [json.loads((c.entry / "meta.json").read_text())
              for c in (portable_code, portable_prose)]
     assert metas[1]["skipped"]["unparsable"] == 0 and metas[1]["skipped"]["binary"] == 0
-    n_docs = portable_code.n_train_files + portable_code.n_val_files
+    n_docs = portable_code.n_train_files + portable_code.n_val_files + portable_code.n_test_files
     assert metas[0]["skipped"]["empty"] > 0  # empty __init__.py files
     n_files = n_docs + metas[0]["skipped"]["empty"]
     assert n_files == sum(1 for _ in portable.documents(Path(metas[0]["source"])))
-    assert n_files == portable_prose.n_train_files + portable_prose.n_val_files + metas[1][
-        "skipped"]["empty"]  # every other file holds some prose
+    # every other file holds some prose
+    assert n_files == (portable_prose.n_train_files + portable_prose.n_val_files
+                       + portable_prose.n_test_files + metas[1]["skipped"]["empty"])
 
 
 def test_a_build_that_misses_the_pin_is_refused(portable_cache, tmp_path, monkeypatch):

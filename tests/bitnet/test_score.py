@@ -117,6 +117,39 @@ def test_a_model_that_looks_ahead_is_refused(tmp_path, checkpoint, val, edit):
         score(checkpoint, code, val)
 
 
+@pytest.fixture(scope="module")
+def test_split() -> np.ndarray:
+    """Other real text than `val` (this folder's tests), with a DEL byte (never in `val`) every
+    20 bytes: a model can tell these windows from validation ones."""
+    text = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("test_*.py")))
+    data = np.frombuffer(text, dtype=np.uint8).copy()
+    data[::20] = 127
+    return data
+
+
+def test_test_bytes_are_scored_as_if_alone_and_val_is_unchanged(tmp_path, checkpoint, val,
+                                                                  test_split):
+    code = model_code(tmp_path / "code")
+    both = score(checkpoint, code, val, test=test_split)
+    assert both.val_bpb == pytest.approx(score(checkpoint, code, val).val_bpb, abs=1e-6)
+    assert both.bytes_scored == both.test_bytes_scored == EVAL
+    assert both.test_bpb == pytest.approx(score(checkpoint, code, test_split).val_bpb, abs=1e-6)
+    assert abs(both.test_bpb - both.val_bpb) > 1e-3  # really the other bytes
+
+
+def test_a_model_that_looks_ahead_on_test_windows_only_is_refused(tmp_path, checkpoint, val,
+                                                                   test_split):
+    """The causality check covers the test split too: here the model peeks only at windows
+    holding a DEL byte, which only the test bytes have."""
+    peek_on_test = (f"idx = torch.where((idx == 127).any(dim=1, keepdim=True), "
+                    f"torch.cat([idx[:, 1:], idx[:, -1:]], dim=1), idx)\n        {EMBED}")
+    code = model_code(tmp_path / "code", peek_on_test)
+    assert score(checkpoint, code, val).causal_max_diff == 0.0  # validation alone: it passes
+    for seed in range(3):
+        with pytest.raises(CausalityError, match="it looks ahead"):
+            score(checkpoint, code, val, test=test_split, seed=seed)
+
+
 def test_a_checkpoint_that_does_not_fit_model_py_names_the_file(tmp_path, checkpoint, val):
     broken = tmp_path / "ckpt"
     shutil.copytree(checkpoint, broken)
@@ -157,11 +190,12 @@ FAKE_SERVER = textwrap.dedent("""
 """)
 
 
-def fake_score(tmp_path: Path, mode: str, val: np.ndarray, timeout: float = 30.0):
+def fake_score(tmp_path: Path, mode: str, val: np.ndarray, timeout: float = 30.0, **kwargs):
     script = tmp_path / "fake_server.py"
     script.write_text(FAKE_SERVER)
     argv = [sys.executable, str(script), mode, str(tmp_path / "pids")]
-    return score_checkpoint(val, tmp_path, argv, timeout=timeout, seq_len=16, eval_bytes=500)
+    return score_checkpoint(val, tmp_path, argv, timeout=timeout, seq_len=16, eval_bytes=500,
+                            **kwargs)
 
 
 def test_a_server_speaking_the_protocol_is_scored(tmp_path, val):
@@ -169,12 +203,21 @@ def test_a_server_speaking_the_protocol_is_scored(tmp_path, val):
     assert result.val_bpb == pytest.approx(8.0)
     assert result.bytes_scored == scored_bytes(eval_batches(val, 16, 500)) == 500
     assert result.causal_max_diff == 0.0
+    assert result.test_bpb is None and result.test_bytes_scored == 0  # no test bytes given
+    tested = fake_score(tmp_path, "uniform", val, test=val[::-1].copy())
+    assert tested.test_bpb == pytest.approx(8.0) and tested.test_bytes_scored == 500
+    asked: list[float] = []  # test_if gets the val_bpb and decides whether test is scored
+    skipped = fake_score(tmp_path, "uniform", val, test=val[::-1].copy(),
+                         test_if=lambda v: asked.append(v) or False)
+    assert asked == [pytest.approx(8.0)] and skipped.test_bpb is None
+    assert skipped.test_bytes_scored == 0 and skipped.val_bpb == pytest.approx(8.0)
 
 
 @pytest.mark.parametrize("mode, message", [
     ("exit", r"logits server exited with status 1 .*: boom: no model here"),
-    ("nan", r"sent NaN or infinite logits for batch 1 of 3"),
-    ("short", r"exited with status 0 after 100 of the 524288 bytes of its reply to batch 1 of 3"),
+    ("nan", r"sent NaN or infinite logits for validation batch 1 of 3"),
+    ("short", r"exited with status 0 after 100 of the 524288 bytes of its reply to validation "
+              r"batch 1 of 3"),
     ("extra", r"sent bytes beyond its replies"),
     ("hang", r"did not answer .* within the 1.5 s scoring limit"),
 ])

@@ -1,8 +1,11 @@
 """Train a small BitNet b1.58 byte-level language model within a fixed CPU time budget.
 
 Read it top to bottom: constants, data, model (its code is in model.py), optimiser, schedule,
-loop, evaluation, report.
+loop, report.
 It follows MAGNET's training-code contract:
+  MAGNET_TRAIN_DATA   the folder holding the corpus's training split (bitnet.data.train_dir),
+                      read with bitnet.data.load_train: the only corpus bytes this code can see
+  MAGNET_CORPUS       the corpus's name, recorded in the checkpoint
   MAGNET_TIME_BUDGET  seconds of training (the loop stops itself when they are spent)
   MAGNET_STEPS        if set, train exactly this many steps instead, at the progress per step
                       in MAGNET_SCHEDULE if set (a schedule.json written here): a replay
@@ -10,13 +13,14 @@ It follows MAGNET's training-code contract:
   MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
   MAGNET_INIT_CHECKPOINT  if set, start from that checkpoint instead of random weights (a
                       specialist trained from a common base): its shapes win over the constants
-  prints one `METRIC name=value` line per result; val_bpb (validation bits per byte) is the score.
-The validation bytes are fixed outside this file (bitnet.evaluate), so experiments that edit
-this file or model.py compare fairly. The printed val_bpb is only a claim: the controller
-re-scores the saved checkpoint with the fixed evaluator (bitnet.score, in a separate process,
-checking that no prediction depends on later bytes) and marks a run whose printed value
-disagrees as invalid. So the checkpoint must load as `model.BitNetLM(config)`, config from its
-config.json (save_checkpoint writes both files).
+  prints one `METRIC name=value` line per result (train_loss, steps, ...): progress, not the
+  score.
+The score (val_bpb, validation bits per byte) is the evaluator's alone: after the run the
+controller scores the saved checkpoint on the validation bytes, which this code never sees
+(bitnet.score, in a separate process, checking that no prediction depends on later bytes), and
+on held-out test bytes for the report. Experiments that edit this file or model.py so compare
+fairly, and all of the budget goes to training. The checkpoint must load as
+`model.BitNetLM(config)`, config from its config.json (save_checkpoint writes both files).
 """
 
 import json
@@ -30,12 +34,10 @@ import torch
 from model import BitNetLM  # model.py, next to this file: the architecture
 
 from bitnet.checkpoint import CheckpointError, descent, load_checkpoint, save_checkpoint
-from bitnet.data import VOCAB_SIZE, get_batch, load_corpus
-from bitnet.evaluate import evaluate_bpb
+from bitnet.data import VOCAB_SIZE, CorpusError, get_batch, load_train
 from bitnet.model import BitNetConfig
 
 # --- tunable constants -------------------------------------------------------------------------
-CORPUS = os.environ.get("MAGNET_CORPUS", "pycode")  # see bitnet.data
 N_LAYER = 4
 N_EMBD = 96  # hidden size
 N_HEAD = 4
@@ -61,13 +63,22 @@ RECORDED = json.loads(Path(SCHEDULE).read_text()) if SCHEDULE else []
 SEED = int(os.environ.get("MAGNET_SEED", "1337"))
 OUTPUT_DIR = Path(os.environ.get("MAGNET_OUTPUT_DIR", "out"))
 INIT_CHECKPOINT = os.environ.get("MAGNET_INIT_CHECKPOINT")
+CORPUS = os.environ.get("MAGNET_CORPUS", "unnamed")  # see bitnet.data
+TRAIN_DATA = os.environ.get("MAGNET_TRAIN_DATA")
 
 torch.manual_seed(SEED)
 generator = torch.Generator().manual_seed(SEED)
 
 # --- data --------------------------------------------------------------------------------------
-corpus = load_corpus(CORPUS)
-print(f"corpus {CORPUS}: {len(corpus.train):,} train bytes, {len(corpus.val):,} val bytes")
+if not TRAIN_DATA:
+    raise SystemExit("MAGNET_TRAIN_DATA is not set: run this through magnet-agent, or set it to "
+                     "a corpus's training split: MAGNET_TRAIN_DATA=$(python -m bitnet.data "
+                     "portable-code) python train.py")
+try:
+    train_data = load_train(TRAIN_DATA)
+except CorpusError as err:
+    raise SystemExit(f"MAGNET_TRAIN_DATA: {err}") from None
+print(f"corpus {CORPUS}: {len(train_data):,} training bytes")
 
 # --- model -------------------------------------------------------------------------------------
 if INIT_CHECKPOINT:  # a specialist: the base's weights, and so its shapes and context length
@@ -138,7 +149,7 @@ while True:
         group["lr"] = lr
         group["weight_decay"] = weight_decay if group["decay"] else 0.0
 
-    inputs, targets = get_batch(corpus.train, BATCH_SIZE, SEQ_LEN, generator)
+    inputs, targets = get_batch(train_data, BATCH_SIZE, SEQ_LEN, generator)
     _, loss = model(inputs, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -154,18 +165,15 @@ while True:
         print(f"step {step:5d} | loss {smoothed_loss:.4f} | lr {lr:.2e} | {elapsed:5.1f}s")
 train_seconds = time.perf_counter() - train_start
 
-# --- evaluation and report ---------------------------------------------------------------------
-val_bpb, val_bytes = evaluate_bpb(model, corpus.val, SEQ_LEN)
+# --- report: the checkpoint is what the evaluator scores --------------------------------------
 save_checkpoint(model, OUTPUT_DIR, lineage=lineage, corpus=CORPUS)
 metrics = {
-    "val_bpb": round(val_bpb, 6),
     "train_loss": round(smoothed_loss or float("nan"), 6),
     "steps": step,
     "train_seconds": round(train_seconds, 3),
     "tokens_per_s": round(step * BATCH_SIZE * SEQ_LEN / max(train_seconds, 1e-9), 1),
     "params": n_params,
     "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    "val_bytes": val_bytes,
 }
 (OUTPUT_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2))
 (OUTPUT_DIR / "schedule.json").write_text(json.dumps(schedule_trace))
