@@ -94,7 +94,7 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
         # before: the keep rule's reference, the mean of the runs behind it
         "metric": {"name": record["metric_name"], "goal": goal.spec.metric.goal,
                    "before": statistics.fmean(values), "after": record["runs"][0]},
-        # TEST (issue 21, helper score): the held-out test split's before and after, same runs
+        # the held-out test split's before and after, of the same runs (None: not recorded)
         "test": ({"before": statistics.fmean(tests), "after": after_test}  # type: ignore[arg-type]
                  if after_test is not None and None not in tests else None),
         "before_runs": before_runs,
@@ -107,14 +107,7 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
 def unsealed(goal: Any) -> str | None:
     """Why a goal's corpus cannot be claimed (its runs could read the bytes they are scored on),
     naming a sealed corpus to use instead, in one line; None when it can (or has no corpus)."""
-    try:
-        from bitnet.data import unsealed_reason
-    except ImportError:  # DATA: helper data's bitnet.data.unsealed_reason (issue 21, h-data);
-        # this stand-in (its contract: pycode/pyprose unsealed) goes when h-data is merged
-        def unsealed_reason(spec: str) -> str:
-            return (f"{spec} is this Python's standard library, which the interpreter reads; "
-                    "train on a sealed corpus instead: portable-code, portable-prose or "
-                    "text:PATH" if spec in ("pycode", "pyprose") else "")
+    from bitnet.data import unsealed_reason
 
     spec = corpus_of(goal)
     reason = unsealed_reason(spec) if spec is not None else ""
@@ -128,18 +121,14 @@ def _check_sealed(goal: Any, run_dir: Path) -> None:
 
 
 def _test_value(record: ranking.Record, run: int) -> float | None:
-    """The record's held-out test score of its run `run` (None: the record has none)."""
-    try:  # TEST: helper score's TEST_KEY (issue 21); this fallback goes when h-score lands
-        from agent.rundir.experiment_record import TEST_KEY
-    except ImportError:
-        TEST_KEY = "test_metric"
+    """The held-out test score of the record's run `run`, None when the record does not say:
+    it holds the mean over its runs (agent.rundir.experiment_record), one run's only when it
+    has one run (a claim on a confirmed experiment, or against one, carries no test scores)."""
+    from agent.rundir.experiment_record import TEST_KEY
 
     value = record.get(TEST_KEY)
-    if isinstance(value, list):  # one per run
-        value = value[run] if run < len(value) else None
-    elif run:  # a single score is its first run's
-        value = None
-    return float(value) if ranking.is_finite(value) else None
+    one = run == 0 and len(record.get("runs") or []) == 1
+    return float(value) if one and ranking.is_finite(value) else None
 
 
 def _before_runs(run_dir: Path, behind: list[ranking.Record]

@@ -30,6 +30,7 @@ from typing import Any
 from agent.claims.claim import BEFORE_SCHEDULES, BUNDLE, GOAL_FILE, INIT, SCHEDULE, unsealed
 from agent.claims.verdict import TOLERANCE, Verdict, failed, judge
 from agent.goal.spec import Goal, GoalError, load_goal
+from agent.rundir.experiment_record import TEST_KEY
 from agent.rundir.init_checkpoint import unpack_init
 from agent.rundir.names import GOAL_COPY
 from agent.rundir.runs import RunError
@@ -39,11 +40,6 @@ from ledger.canonical import sha256_hex
 from sandbox.confine import Confinement
 from sandbox.gitcli import Git, GitError, run_git
 from sandbox.workspace import Workspace
-
-try:  # TEST: helper score's TEST_KEY (issue 21); this fallback goes when h-score lands
-    from agent.rundir.experiment_record import TEST_KEY
-except ImportError:
-    TEST_KEY = "test_metric"
 
 __all__ = ["TOLERANCE", "MalformedClaim", "ReplayRefused", "Verdict", "replay_claim"]
 
