@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +24,7 @@ import pytest
 from agent.claims.claim import GOAL_FILE, build_claim
 from agent.claims.verdict import TOLERANCE
 from agent.rundir import ranking
+from agent.rundir.experiment_record import TEST_KEY
 from ledger.canonical import sha256_hex
 from ledger.keys import generate_key, load_key
 from ledger.open import open_ledger
@@ -86,6 +88,10 @@ def test_a_claims_before_is_the_baseline_mean_the_keep_rule_used(kept_run):
     assert [(r["exp"], r["commit"], r["seed"], r["value"]) for r in body["before_runs"]] == [
         (r["exp"], r["commit"], r["seeds"][0], r["metric"]) for r in records[:2]]
     assert [r["replay"] for r in body["before_runs"]] == [r["replay"] for r in records[:2]]
+    # the held-out test split's before and after, from the same runs
+    assert body["test"] == {"before": statistics.fmean(r[TEST_KEY] for r in records[:2]),
+                            "after": records[2][TEST_KEY]}
+    assert [r["test"] for r in body["before_runs"]] == [r[TEST_KEY] for r in records[:2]]
 
 
 def test_an_honest_claim_verifies_on_replay(kept_run):
@@ -112,6 +118,9 @@ def test_an_honest_claim_verifies_on_replay(kept_run):
     replayed_gain = {"goal": "minimize", "before": facts["before_replayed"],
                      "after": facts["replayed"]}
     assert facts["points"] == reward_points(replayed_gain) > 0
+    test = facts["test"]  # the test split replays too, to the same numbers
+    assert test["replayed_after"] == test["claimed_after"]
+    assert test["replayed_before"] == test["claimed_before"]
 
     with open_ledger(ledger) as book:
         body = book.find(0).fields["body"]
@@ -216,6 +225,23 @@ def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_
         assert book.chain_state(honest)["state"] == "REWARDED"
         assert book.chain_points(alice) == reward_points(claim.body["metric"]) > 0
         assert book.audit().ok
+
+
+def test_a_fabricated_test_score_is_judged_false(kept_run):
+    """Replays check the held-out test score as well as the validation score: a claim whose
+    test score after was lowered is false on the replay of its claimed run alone."""
+    from agent.claims.replay import replay_claim
+    from ledger.rules import FALSE
+    from sandbox.confine import confinement
+
+    _, run_dir, _ = kept_run
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    test = claim.body["test"]
+    forged = {**claim.body, "test": {**test, "after": test["after"] * 0.9}}
+    verdict = replay_claim(forged, claim.artifacts, confinement())
+    assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
+    assert f"replayed the claimed run {TEST_KEY} {test['after']:.6f}" in verdict.reason
+    assert verdict.before_replayed is None  # its before runs were never replayed
 
 
 def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
