@@ -240,7 +240,9 @@ def test_a_fabricated_test_score_is_judged_false(kept_run):
     forged = {**claim.body, "test": {**test, "after": test["after"] * 0.9}}
     verdict = replay_claim(forged, claim.artifacts, confinement())
     assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
-    assert f"replayed the claimed run {TEST_KEY} {test['after']:.6f}" in verdict.reason
+    # no test number in it: a reason reaches planners through the ledger tools
+    assert verdict.reason == (f"replayed the claimed run: its {TEST_KEY} is not the claimed "
+                              f"one, outside the {TOLERANCE:.1%} tolerance")
     assert verdict.before_replayed is None  # its before runs were never replayed
 
 
