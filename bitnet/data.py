@@ -44,6 +44,9 @@ the file list (paths, sizes, mtimes) and the Python version, so a changed file m
 Python version. Builds happen in a temporary folder renamed into place.
 
 The prose corpora's extraction is bitnet.prose; the portable corpora's wheels bitnet.portable.
+Over 400 lines: the corpus format is one contract (split rule, cache layout, fingerprints and
+what experiments may read of them) that the template, the scorer and the ledger rely on
+together; split across modules, its parts could drift apart.
 """
 
 from __future__ import annotations

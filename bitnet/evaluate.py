@@ -2,9 +2,10 @@
 
 This module is outside the editable training script on purpose: an experiment may change the
 model or the optimiser, never how it is graded. `eval_batches` is the one tiling of the
-validation bytes and `batch_nats` the one loss; `evaluate_bpb` (in-process, what train.py
-prints) and `bitnet.score` (the controller's scorer, from the checkpoint) both use them, with
-the same batches, so the two agree.
+validation bytes and `batch_nats` the one loss; `evaluate_bpb` (in-process: the merge table,
+DiLoCo workers) and `bitnet.score` (the controller's scorer, from the checkpoint) both use them,
+with the same batches, so the two agree. The template's train.py evaluates nothing: it never
+sees the validation bytes.
 
 Tiling, with L = seq_len: window i is bytes [iL, (i+1)L) of the validation set. It is the
 model's whole input, and its own bytes 1..L-1 are the targets (position t predicts byte t+1 of

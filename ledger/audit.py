@@ -1,5 +1,7 @@
 """Re-check a whole ledger from its stored bytes: every signature, hash link, Merkle root and
-rule. The first bad entry is named; nothing stored is trusted, not even the leaf column.
+rule, and every stored artifact (each one's bytes against the sha256 it is stored by, and each
+one a claim names present). The first bad entry is named; nothing stored is trusted, not even
+the leaf column or an artifact's name.
 
 Signatures dominate the cost (~0.1 ms each to verify, two per append: the entry and its tree
 head), so they are checked on every core.
@@ -15,9 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from ledger import keys, merkle
-from ledger.canonical import LedgerError
-from ledger.entries import GENESIS
-from ledger.rules import Standing
+from ledger.canonical import LedgerError, sha256_hex
+from ledger.entries import CLAIM, GENESIS, Entry
+from ledger.rules import ARTIFACTS, Standing
 from ledger.sqlite_store import SqliteStore
 
 PARALLEL_FROM = 2_000  # signatures; below this a process pool costs more than it saves
@@ -39,7 +41,8 @@ class AuditReport:
 def audit(store: SqliteStore) -> AuditReport:
     start = time.perf_counter()
     problems: dict[tuple[int, int], str] = {}  # (position, 0 entry / 1 tree head) -> problem
-    standing, frontier, prev = Standing(), merkle.Frontier(), GENESIS
+    standing, frontier, prev = Standing(quorum=store.quorum), merkle.Frontier(), GENESIS
+    stored, altered = _stored_artifacts(store)  # altered: sha256 -> why its bytes are not that
     roots: dict[int, bytes] = {0: frontier.root()}
     signed: list[tuple[str, bytes, bytes]] = []  # (public key, signature, data)
     for position, (seq, entry, stored_leaf) in enumerate(store.rows()):
@@ -56,6 +59,8 @@ def audit(store: SqliteStore) -> AuditReport:
             signed.append((fields["author"], entry.signature, entry.data))
             standing.check(entry)
             standing.add(entry)
+            if why := _artifact_problem(entry, stored, altered):
+                bad(why)
         except (LedgerError, KeyError, TypeError, ValueError) as err:
             bad(f"{err}" if isinstance(err, LedgerError) else f"unreadable ({err!r})")
             signed.append(("", entry.signature, entry.data))
@@ -81,9 +86,40 @@ def audit(store: SqliteStore) -> AuditReport:
         if not ok:
             problems.setdefault((head.tree_size, 1),
                                 f"tree head at size {head.tree_size}: bad signature")
+    for sha256, why in altered.items():  # stored, named by no claim, and still not intact
+        problems.setdefault((len(signed), 2), f"artifact {sha256[:12]}: {why}")
     first = problems[min(problems)] if problems else None
     return AuditReport(len(signed), len(heads), frontier.root().hex(),
                        time.perf_counter() - start, first)
+
+
+def _stored_artifacts(store: SqliteStore) -> tuple[set[str], dict[str, str]]:
+    """The names of every stored artifact, and those whose bytes do not hash to their name."""
+    stored, altered = set(), {}
+    for name, data in store.artifacts():
+        stored.add(name)
+        if (actual := sha256_hex(data)) != name:
+            altered[name] = f"its stored bytes hash to {actual[:12]}, not to its name (altered)"
+    return stored, altered
+
+
+def _artifact_problem(entry: Entry, stored: set[str], altered: dict[str, str]) -> str | None:
+    """What is wrong with the artifacts claim `entry` names (ledger.rules.ARTIFACTS), or None.
+    An altered artifact is named here, by the first claim naming it, and not again."""
+    fields = entry.fields
+    if fields["kind"] != CLAIM:
+        return None
+    for name in ARTIFACTS:
+        sha256 = fields["body"].get(name)
+        if sha256 is None:
+            continue
+        if sha256 in altered:
+            return (f"its {name} artifact ({str(sha256)[:12]}): {altered.pop(sha256)}; restore "
+                    "it from the claimant's run")
+        if sha256 not in stored:
+            return (f"its {name} artifact ({str(sha256)[:12]}) is not stored; restore it from "
+                    "the claimant's run")
+    return None
 
 
 def _verify_all(items: Sequence[tuple[str, bytes, bytes]]) -> list[bool]:

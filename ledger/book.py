@@ -17,7 +17,7 @@ from ledger import keys, merkle
 from ledger.audit import AuditReport, audit
 from ledger.canonical import LedgerError, sha256_hex
 from ledger.entries import CLAIM, SLASH, VERIFICATION, Entry, TreeHead, make_entry
-from ledger.rules import FALSE, ClaimState, Standing
+from ledger.rules import FALSE, REFUTED, ClaimState, Standing
 from ledger.sqlite_store import SqliteStore
 
 ENV_NAME = "MAGNET_LEDGER"
@@ -126,11 +126,13 @@ class Ledger:
 
     def verify(self, key: Ed25519PrivateKey, claim: Entry, verdict: str,
                facts: Mapping[str, Any]) -> list[Entry]:
-        """Record a replay's verdict on `claim`; a false one is followed by its slash entry."""
+        """Record a replay's verdict on `claim`; a false one that brings the false verdicts to
+        the quorum (ledger.rules: no single verifier slashes) is followed by its slash entry."""
         state = self.claim_state(claim)
         body = {"claim": state.id, "verdict": verdict, **facts}
         written = [self.append(key, VERIFICATION, body)]
-        if verdict == FALSE:
+        state = self.claim_state(claim)
+        if verdict == FALSE and state.status == REFUTED:
             written.append(self.append(key, SLASH, {
                 "claim": state.id, "claimant": state.claimant, "stake": state.stake,
                 "revoked": state.points, "reason": str(facts.get("reason", "false claim"))}))

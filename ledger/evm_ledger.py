@@ -34,7 +34,8 @@ from ledger.entries import CLAIM, VERIFICATION, Entry, make_entry
 from ledger.rules import DEFAULT_STAKE, FALSE, VERIFY_POINTS, reward_points
 from ledger.sqlite_store import SqliteStore
 
-# `evm:tester`'s contract: the rules' stake in wei, one verifier's vote settles a challenge.
+# `evm:tester`'s contract: the rules' stake in wei, one verifier's vote settles a challenge
+# (the local log follows the contract's quorum: ledger.rules)
 TESTER_PARAMS = {"challenge_window": 3600, "min_stake": DEFAULT_STAKE, "quorum": 1,
                  "verifier_reward": VERIFY_POINTS}
 DATA_DIR = DEFAULT_PATH.parent  # beside the default SQLite ledger
@@ -76,6 +77,8 @@ class EvmLedger(Ledger):
         self.location = location
         self.receipts: list[TxReceipt] = []  # the chain transactions of the last write
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        with self._chain():  # the local log settles disputes as the contract does
+            store.set_quorum(int(contract.param("quorum")))
 
     def close(self) -> None:
         super().close()

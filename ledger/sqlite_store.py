@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger import merkle
 from ledger.canonical import LedgerError, sha256_hex
 from ledger.entries import GENESIS, Entry, TreeHead, sign_tree_head
-from ledger.rules import Standing
+from ledger.rules import SETTLE_VOTES, Standing
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -37,8 +37,11 @@ BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another's transaction
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, quorum: int = SETTLE_VOTES) -> None:
+        """`quorum`: agreeing verdicts that settle a disputed claim (ledger.rules); an EVM
+        ledger passes its contract's, so the local log settles as the chain does."""
         self.path = Path(path).expanduser()
+        self.quorum = quorum
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
@@ -58,6 +61,12 @@ class SqliteStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def set_quorum(self, quorum: int) -> None:
+        """Settle disputes at `quorum` agreeing verdicts; the entries are read again under it."""
+        if quorum != self.quorum:
+            self.quorum = quorum
+            self._reset()
 
     @property
     def head_hash(self) -> str:
@@ -96,6 +105,11 @@ class SqliteStore:
         row = self.db.execute(f"SELECT {HEAD_COLUMNS} FROM tree_heads "
                               "ORDER BY tree_size DESC LIMIT 1").fetchone()
         return _tree_head(row) if row else None
+
+    def artifacts(self) -> Iterator[tuple[str, bytes]]:
+        """(name, bytes) of every stored artifact, as stored."""
+        for name, data in self.db.execute("SELECT sha256, data FROM artifacts ORDER BY sha256"):
+            yield str(name), bytes(data)
 
     def artifact(self, sha256: str) -> bytes | None:
         row = self.db.execute("SELECT data FROM artifacts WHERE sha256 = ?", (sha256,)).fetchone()
@@ -151,7 +165,7 @@ class SqliteStore:
     # --- the derived state -------------------------------------------------------------------
 
     def _reset(self) -> None:
-        self.standing = Standing()
+        self.standing = Standing(quorum=self.quorum)
         self.frontier = merkle.Frontier()  # the root, incrementally
         self.leaves: list[bytes] = []  # every leaf hash, for proofs
 

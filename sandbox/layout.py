@@ -9,10 +9,11 @@
       outputs/exp-007/metrics.json   the metrics a run may write beside its checkpoint
 
 In git: every experiment's commit at refs/magnet/exp/007, its record as a note under
-refs/notes/magnet, tags magnet/baseline and magnet/best; what a kept run left in tracked files
-at refs/magnet/leftover/007, and what recovery found off the kept commit at
-refs/magnet/recovered/<time>. The workspace writes these names and
-the reader (and through it the review commands) reads them; nobody else spells them out.
+refs/notes/magnet, tags magnet/baseline and magnet/best, and what recovery found off the kept
+commit at refs/magnet/recovered/<time>. What a run wrote to tracked files is never committed
+(runs made before kept it at refs/magnet/leftover/007; such refs are left alone, unread).
+The workspace writes these names and the reader (and through it the review commands) reads
+them; nobody else spells them out.
 Review with plain git: `git -C runs/<run-id>/workspace.git log --notes=magnet` (its config names
 the work tree). Runs made before the git directory moved out kept it in workspace/.git;
 `Workspace.open` moves it.
@@ -35,18 +36,12 @@ NOTES_REF = "refs/notes/magnet"
 BEST_TAG = "magnet/best"
 BASELINE_TAG = "magnet/baseline"
 EXP_REFS = "refs/magnet/exp"  # for `git log --glob=refs/magnet/exp`
-LEFTOVER_REFS = "refs/magnet/leftover"
 RECOVERED_REFS = "refs/magnet/recovered"
 
 
 def exp_ref(exp: int) -> str:
     """Where experiment `exp`'s commit is kept, whatever became of it."""
     return f"{EXP_REFS}/{exp:03d}"
-
-
-def leftover_ref(exp: int) -> str:
-    """Where what a kept experiment's run wrote to tracked files is kept (off the branch)."""
-    return f"{LEFTOVER_REFS}/{exp:03d}"
 
 
 def recovered_ref(stamp: str) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
+
+from sandbox.untrusted import UntrustedFileError, read_json
 
 METRIC_LINE = re.compile(r"^\s*METRIC\s+([A-Za-z_][\w.\-/]*)\s*=\s*(\S+)\s*$")
 INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -58,14 +59,12 @@ def parse_metric_lines(lines: Iterable[str]) -> dict[str, Number]:
 
 def read_metrics_json(path: Path) -> dict[str, Number]:
     """Numeric top-level entries of a metrics.json; a missing, oversized or malformed file
-    gives {}."""
+    gives {}, and so does anything but a regular file (sandbox.untrusted: a symlink to a host
+    file or a FIFO left by the experiment is never followed nor waited on)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_METRICS_JSON + 1)
-        if len(raw) > MAX_METRICS_JSON:
-            return {}
-        data = json.loads(raw.decode("utf-8"), parse_int=parse_number)
-    except (OSError, ValueError):
+        data = read_json(path.parent, path.name, MAX_METRICS_JSON, parse_int=parse_number,
+                         parse_constant=float)  # nan: the runner names a diverged run
+    except UntrustedFileError:
         return {}
     if not isinstance(data, dict):
         return {}

@@ -18,6 +18,7 @@ class ProcessTree:
         self.pgid = pid
         self.seen: dict[int, psutil.Process] = {}
         self.peak = 0
+        self.count = 0  # processes of the tree at the last check
         try:
             self.leader: psutil.Process | None = psutil.Process(pid)
         except psutil.Error:
@@ -32,6 +33,7 @@ class ProcessTree:
         except psutil.Error:
             return 0
         total = 0
+        self.count = len(procs)
         for p in procs:
             self.seen.setdefault(p.pid, p)
             with contextlib.suppress(psutil.Error):

@@ -20,6 +20,14 @@ from pathlib import Path
 
 from sandbox.confine import Confinement
 from sandbox.layout import METRICS_FILE
+from sandbox.limit_exec import tmpfs_used
+from sandbox.limits import (
+    DEFAULT_MAX_PROCESSES,
+    DEFAULT_OUTPUT_LIMIT_MB,
+    Limits,
+    output_usage,
+    run_limits,
+)
 from sandbox.metrics import Number, is_finite, read_metrics_json
 from sandbox.proctree import (
     ProcessTree,
@@ -51,8 +59,9 @@ __all__ = [  # callers import a run's names from here, those of proctree and run
     "run_command",
 ]
 
-STATUSES = ("ok", "crashed", "timeout", "oom", "no_metric", "log_limit")
+STATUSES = ("ok", "crashed", "timeout", "oom", "no_metric", "log_limit", "output_limit")
 _OOM_TEXT = re.compile(r"\bMemoryError\b|std::bad_alloc|Cannot allocate memory|out of memory", re.I)
+_FSIZE_TEXT = re.compile(r"File too large|\[Errno 27\]")  # EFBIG: RLIMIT_FSIZE refused a write
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,9 @@ class RunLimits:
     mem_limit: int | None = None  # bytes of resident memory, summed over the process tree
     poll: float = 0.1  # seconds between memory checks
     log_limit: int = DEFAULT_LOG_LIMIT  # bytes of output; beyond it the run is stopped
+    # bytes in the output directory (and in any one file it writes); beyond it, stopped
+    output_limit: int | None = DEFAULT_OUTPUT_LIMIT_MB * 2**20
+    max_processes: int | None = DEFAULT_MAX_PROCESSES  # at once, every process of the run
 
     @property
     def wall(self) -> float:
@@ -107,9 +119,11 @@ def run_command(
     out = RunOutput(log_path, on_line, limits.log_limit)
     confinement = confinement or Confinement(enabled=False)
     oom_kills = _oom_kills()
+    limited = run_limits(memory=limits.mem_limit, processes=limits.max_processes,
+                         fsize=limits.output_limit)
     start = time.monotonic()
     proc = subprocess.Popen(
-        confinement.wrap(["/bin/sh", "-c", command]),
+        limited.wrap(confinement.wrap(["/bin/sh", "-c", command])),
         cwd=cwd,
         env=dict(env),
         stdin=subprocess.DEVNULL,
@@ -126,17 +140,23 @@ def run_command(
     try:
         if on_start is not None:
             on_start(proc.pid)
-        killed_for, seconds = _supervise(proc.pid, fd, out, watch, limits, start)
+        killed_for, seconds = _supervise(proc.pid, fd, out, watch, limits, start,
+                                         limited, output_dir)
     finally:
         # Whatever happened above (even KeyboardInterrupt), nothing of the run may survive.
         watch.kill_all(signal.SIGKILL)
         watch.wait_gone(5.0)
+        cgroup_oom, cgroup_peak = limited.oom_kills(), limited.peak_memory()
+        limited.remove()  # the cgroup: kills what is left in it (all of it, wherever it went)
         rc = proc.wait()
         drain(fd, out, 2.0)
         proc.stdout.close()
     metrics = {**read_metrics_json(output_dir / METRICS_FILE)} if output_dir else {}
     metrics.update(out.metrics)
-    kernel_oom = _oom_kills() > oom_kills
+    kernel_oom = _oom_kills() > oom_kills or cgroup_oom > 0
+    if cgroup_oom:  # the kernel killed at the run's own limit: the cgroup's peak is the run's
+        watch.peak = max(watch.peak, cgroup_peak)
+        killed_for = killed_for or "oom"
     status, reason = _status(killed_for, rc, metrics, metric, list(out.tail), limits, watch.peak,
                              kernel_oom=kernel_oom, refused=out.refused)
     if reason:
@@ -157,7 +177,8 @@ def run_command(
 
 
 def _supervise(
-    pid: int, fd: int, out: RunOutput, watch: ProcessTree, limits: RunLimits, start: float
+    pid: int, fd: int, out: RunOutput, watch: ProcessTree, limits: RunLimits, start: float,
+    limited: Limits, output_dir: Path | None,
 ) -> tuple[str | None, float]:
     """Loop until the leader exits or a limit is hit; returns (killed_for, seconds)."""
     sel = selectors.DefaultSelector()
@@ -186,9 +207,8 @@ def _supervise(
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + limits.poll
-                rss = watch.check()
-                if limits.mem_limit is not None and rss > limits.mem_limit:
-                    killed_for = "oom"
+                killed_for = _over(watch, limits, limited, output_dir)
+                if killed_for is not None:
                     watch.kill_all(signal.SIGKILL)  # memory runs away fast: no grace
                     break
             if now >= deadline:
@@ -203,6 +223,26 @@ def _supervise(
             os.close(pidfd)
     _wait_exit(pid, 5.0, fd, out)
     return killed_for, time.monotonic() - start
+
+
+def _over(watch: ProcessTree, limits: RunLimits, limited: Limits,
+          output_dir: Path | None) -> str | None:
+    """The limit the run is past now, if any: memory (RSS of every process plus what its view's
+    tmpfs hold), processes, the output directory."""
+    used = watch.check() + tmpfs_used(sorted(watch.seen))
+    watch.peak = max(watch.peak, used)
+    if limits.mem_limit is not None and used > limits.mem_limit:
+        return "oom"
+    if limited.oom_kills():  # the kernel killed one at the cgroup's limit, before a poll saw it
+        watch.peak = max(watch.peak, limited.peak_memory())
+        return "oom"
+    if limits.max_processes is not None and (watch.count > limits.max_processes
+                                             or limited.process_limit_hit()):
+        return "processes"
+    if (output_dir is not None and limits.output_limit is not None
+            and output_usage(output_dir, limits.output_limit) > limits.output_limit):
+        return "output_limit"
+    return None
 
 
 def _pidfd(pid: int) -> int | None:
@@ -283,6 +323,16 @@ def _status(
             f"killed: wall limit of {limits.wall:g} s exceeded (budget {limits.time_budget:g} s "
             f"+ grace {limits.grace:g} s); stop training within MAGNET_TIME_BUDGET"
         )
+    if killed_for == "output_limit" or (rc != 0 and any(
+            _FSIZE_TEXT.search(line) for line in tail[-10:])) or _signal_name(rc) == "SIGXFSZ":
+        return "output_limit", (
+            f"killed: it wrote more than the output limit of {(limits.output_limit or 0) / 2**20:g}"
+            " MB (into its output directory, or one file); save less (or raise output_limit_mb "
+            "in the goal)")
+    if killed_for == "processes":
+        return "crashed", (
+            f"killed: it started more than the limit of {limits.max_processes} processes; "
+            "start fewer (or raise max_processes in the goal)")
     if killed_for == "oom":
         return "oom", (
             f"killed: memory {peak / 2**20:.0f} MiB exceeded the limit of "

@@ -1,6 +1,11 @@
 """Settling an experiment in git and the journal once it is decided: the note it carries, and
 the second halves of keep and discard. Both are idempotent, so recovery can finish one a crash
-interrupted after the decision was journaled."""
+interrupted after the decision was journaled.
+
+Nothing the experiment did not ask for is committed: once its edits are committed, whatever
+its run then wrote to tracked files (an --unconfined run can write the workspace) is discarded
+with the checkout, never kept in a ref (runs made before this kept it at
+refs/magnet/leftover/NNN; those refs stay, and nothing reads them)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any
 from sandbox.gitcli import Git
 from sandbox.gitsetup import drop_planted_git
 from sandbox.journal import Journal
-from sandbox.layout import BEST_TAG, NOTES_REF, exp_ref, leftover_ref
+from sandbox.layout import BEST_TAG, NOTES_REF, exp_ref
 
 
 def make_note(cur: Mapping[str, Any], record: Mapping[str, Any], status: str) -> dict[str, Any]:
@@ -34,11 +39,7 @@ def commit_message(exp: int, hypothesis: str) -> str:
 def finish_keep(git: Git, journal: Journal, cur: dict[str, Any]) -> None:
     """Idempotent second half of keep(): note, tag, clean tree, journal."""
     sha, exp = cur["commit"], cur["exp"]
-    dirty = git.dirty()
-    if dirty:  # the run wrote to tracked files: keep that too, off the branch
-        stash = git.run("stash", "create", f"exp {exp:03d}: left by the run")
-        if stash:
-            git.run("update-ref", leftover_ref(exp), stash)
+    dirty = git.dirty()  # what the run wrote to tracked files: discarded by the checkout
     _write_note(git, sha, cur["note"])
     if cur["is_best"]:
         git.run("tag", "-f", BEST_TAG, sha)
@@ -61,15 +62,12 @@ def finish_discard(git: Git, journal: Journal, cur: dict[str, Any]) -> str:
         top = preserved
     else:
         top = head if head != kept else None
-        if top is None or git.dirty():
+        if top is None:
+            # Not committed yet: the tree holds the experiment's own edits (if any), which
+            # are what it asked for. Once committed, a dirty tree is what its run wrote, and
+            # the checkout below discards it.
             git.run("add", "-u")
-            why = "interrupted" if cur["note"]["status"] == "interrupted" else "left uncommitted"
-            msg = (
-                commit_message(exp, cur["hypothesis"])
-                if top is None
-                else f"exp {exp:03d}: changes {why}"
-            )
-            top = git.commit(msg)
+            top = git.commit(commit_message(exp, cur["hypothesis"]))
         git.run("update-ref", ref, top)
     assert top is not None
     _write_note(git, top, cur["note"])

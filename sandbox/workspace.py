@@ -38,6 +38,7 @@ from sandbox.layout import (
     output_dir,
     workspace_dir,
 )
+from sandbox.limits import DEFAULT_MAX_PROCESSES, DEFAULT_OUTPUT_LIMIT_MB
 from sandbox.reader import read_diff, read_note
 from sandbox.recovery import Recovery, recover
 from sandbox.runner import DEFAULT_LOG_LIMIT, LineCallback, RunLimits, RunResult, run_command
@@ -240,13 +241,15 @@ class Workspace:
         confinement: Confinement | None = None,
         log_limit: int = DEFAULT_LOG_LIMIT,
         passed_env: Sequence[str] = (),
+        output_limit: int | None = DEFAULT_OUTPUT_LIMIT_MB * 2**20,
+        max_processes: int | None = DEFAULT_MAX_PROCESSES,
     ) -> RunResult:
         """Run `command` on the committed experiment (committing first if needed); `repeat` > 0
         runs it again (say with another seed) into its own log and output directory.
 
         Under `confinement` (default: bubblewrap, or ConfinementUnavailable) it may write only
-        the workspace's files and its output directory; `passed_env` names variables of this
-        process's environment it may also see (a goal's `env:`)."""
+        its output directory (and a private TMPDIR), the workspace only read; `passed_env` names
+        variables of this process's environment it may also see (a goal's `env:`)."""
         cur = self._cur("run")
         if cur["step"] == "editing":
             self.commit()
@@ -266,13 +269,14 @@ class Workspace:
         run_env = run_environ(time_budget=time_budget, seed=seed, output_dir=out_dir,
                               steps=steps, threads=threads, extra=env, passed=passed_env)
         confinement = (confinement or default_confinement()).with_paths(
-            writable=[self.path, out_dir],
-            readable=[run_env[k] for k in PASSED_THROUGH if k in run_env])
+            writable=[out_dir],  # the workspace is read-only: what a run leaves is its outputs
+            readable=[self.path, *(run_env[k] for k in PASSED_THROUGH if k in run_env)])
         result = run_command(
             command,
             self.path,
             env=run_env,
-            limits=RunLimits(time_budget, grace, term_grace, mem_limit, log_limit=log_limit),
+            limits=RunLimits(time_budget, grace, term_grace, mem_limit, log_limit=log_limit,
+                             output_limit=output_limit, max_processes=max_processes),
             confinement=confinement,
             log_path=self.log_path(exp, repeat),
             output_dir=out_dir,
@@ -296,6 +300,8 @@ class Workspace:
         env: Mapping[str, str] | None = None,
         passed_env: Sequence[str] = (),
         log_limit: int = DEFAULT_LOG_LIMIT,
+        mem_limit: int | None = None,
+        max_processes: int | None = DEFAULT_MAX_PROCESSES,
     ) -> RunResult:
         """Run the goal's evaluation of the experiment's run `repeat`: after training, with
         nothing writable (the workspace and the run's outputs read-only), into its own log.
@@ -311,7 +317,8 @@ class Workspace:
             command,
             self.path,
             env=run_env,
-            limits=RunLimits(timeout, grace=0.0, log_limit=log_limit),
+            limits=RunLimits(timeout, grace=0.0, mem_limit=mem_limit, log_limit=log_limit,
+                             max_processes=max_processes),
             confinement=confinement,
             log_path=eval_log_path(self.run_dir, exp, repeat),
         )

@@ -55,6 +55,7 @@ LONG_FIRST = (
     "tests/bitnet/test_template.py",
     "tests/bitnet/test_generate.py",
     "tests/agent/test_template_scoring.py",
+    "tests/agent/test_server_limits.py",
     "tests/agent/test_bad_inputs.py",
     "tests/agent/test_repl.py",
     "tests/agent/test_export_command.py",

@@ -32,17 +32,20 @@ from agent.rundir.init_checkpoint import pack_init
 from agent.rundir.names import GOAL_COPY
 from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, load_run_goal
-from agent.scoring.replay_facts import SCHEDULE_FILE
+from agent.scoring.replay_facts import MAX_SCHEDULE, SCHEDULE_FILE
 from agent.scoring.scorer import corpus_of
 from ledger.canonical import sha256_hex
+from ledger.rules import ARTIFACTS, BEFORE_SCHEDULES, BUNDLE, GOAL_FILE, INIT, SCHEDULE
 from sandbox.gitcli import Git, GitError
 from sandbox.layout import MAX_REPEATS, exp_ref, git_dir, output_dir
+from sandbox.untrusted import MissingFileError, UntrustedFileError, read_schedule
 
 CLAIMED = (ranking.KEEP,)  # statuses a claim may be made for: improvements that were kept
-# what travels with a claim, stored in the ledger by sha256 and named by it under these keys
-BUNDLE, GOAL_FILE, SCHEDULE, INIT = "bundle", "goal_file", "schedule", "init"
-BEFORE_SCHEDULES = "before_schedules"  # JSON: schedule sha256 -> the schedule file's text
-ARTIFACTS = (BUNDLE, GOAL_FILE, SCHEDULE, BEFORE_SCHEDULES, INIT)
+# what travels with a claim (ARTIFACTS: BUNDLE, GOAL_FILE, SCHEDULE, BEFORE_SCHEDULES, INIT) is
+# the ledger's to name (ledger.rules), since `ledger audit` checks each one a claim names is
+# stored intact
+__all__ = ["ARTIFACTS", "BEFORE_SCHEDULES", "BUNDLE", "CLAIMED", "GOAL_FILE", "INIT", "SCHEDULE",
+           "Claim", "build_claim", "make_bundle", "unsealed"]
 
 
 @dataclass(frozen=True)
@@ -156,17 +159,30 @@ def _before_runs(run_dir: Path, behind: list[ranking.Record]
 def _find_schedule(run_dir: Path, exp: int, sha256: str) -> bytes:
     """The schedule with this sha256 among experiment `exp`'s runs (a second baseline run is the
     first run of its record but wrote into the repeat's directory)."""
-    for repeat in range(MAX_REPEATS):
-        path = output_dir(run_dir, exp, repeat) / SCHEDULE_FILE
-        if path.is_file() and sha256_hex(path.read_bytes()) == sha256:
-            return path.read_bytes()
+    for repeat in range(1, MAX_REPEATS):
+        data = _read_schedule(run_dir, exp, repeat)
+        if sha256_hex(data) == sha256:
+            return data
     return _schedule(run_dir, exp, 0, sha256)  # raises, naming what is missing
+
+
+def _read_schedule(run_dir: Path, exp: int, repeat: int) -> bytes:
+    """A run's schedule as a regular file of the right shape (sandbox.untrusted), never what a
+    symlink there points at; b"" when there is none."""
+    out = output_dir(run_dir, exp, repeat)
+    try:
+        data, _ = read_schedule(out, SCHEDULE_FILE, MAX_SCHEDULE)
+    except MissingFileError:
+        return b""
+    except UntrustedFileError as err:
+        raise RunError(f"the schedule is refused: {err}; claim from an untouched run") from None
+    return data
 
 
 def _schedule(run_dir: Path, exp: int, repeat: int, sha256: str) -> bytes:
     """The schedule the experiment's run `repeat` followed, as its record fixed it."""
     path = output_dir(run_dir, exp, repeat) / SCHEDULE_FILE
-    data = path.read_bytes() if path.is_file() else b""
+    data = _read_schedule(run_dir, exp, repeat)
     if sha256_hex(data) != sha256:
         raise RunError(f"{path} is missing or changed since the run (its record says sha256 "
                        f"{sha256[:12]}); claim from an untouched run")

@@ -2,7 +2,7 @@
 
     magnet-agent ledger keygen ~/.magnet/me.key
     magnet-agent ledger claim RUN EXP --key ~/.magnet/me.key      # a kept improvement
-    magnet-agent ledger verify ENTRY --key ~/.magnet/verifier.key # replay it; slash if false
+    magnet-agent ledger verify ENTRY --key ~/.magnet/verifier.key # replay it; 2 false: slash
     magnet-agent ledger show | balance | audit | prove ENTRY
 
 Every command takes `--ledger PATH|evm:URL` (default $MAGNET_LEDGER, else
@@ -52,7 +52,8 @@ def add_commands(commands: options.Subparsers) -> None:
     show.add_argument("--json", action="store_true", help="the signed entries as JSON (all)")
     balance = sub("balance", "points per key")
     balance.add_argument("--json", action="store_true")
-    verify = sub("verify", "replay a claim in a fresh sandbox; a false claim is slashed")
+    verify = sub("verify", "replay a claim in a fresh sandbox; a false claim is slashed "
+                 "once a second key's replay agrees")
     verify.add_argument("entry")
     verify.add_argument("--key", required=True, metavar="KEYFILE", help="the verifier's key")
     verify.add_argument("--unconfined", action="store_true",
@@ -160,21 +161,23 @@ def _balance(ledger: Any, args: argparse.Namespace, console: Console) -> int:
 def _verify(ledger: Any, args: argparse.Namespace, console: Console) -> int:
     from agent.claims.ledger_ops import replay_entry
     from ledger.keys import load_key
-    from ledger.rules import HONEST
+    from ledger.rules import DISPUTED, DISPUTED_NOTE, HONEST
 
     # with --json, stdout is the JSON document alone: the progress goes to stderr
     progress = Console(stderr=True, highlight=False) if args.json else console
     replayed = replay_entry(ledger, load_key(args.key), args.entry, unconfined=args.unconfined,
                             console=progress)
     verdict, written = replayed.verdict, replayed.written
+    status = ledger.claim_state(replayed.claim).status  # what the verdict settled, if anything
     if args.json:
-        print(json.dumps({**verdict.facts(), "verdict": verdict.verdict,
+        print(json.dumps({**verdict.facts(), "verdict": verdict.verdict, "claim_status": status,
                           "entries": [e.fields["seq"] for e in written]}, indent=1))
     else:
         colour = "green" if verdict.verdict == HONEST else "red"
         console.print(f"[{colour}]{verdict.verdict}[/]: {verdict.reason}", soft_wrap=True)
         console.print(f"recorded as entr{'ies' if len(written) > 1 else 'y'} "
-                      f"{', '.join(str(e.fields['seq']) for e in written)}")
+                      f"{', '.join(str(e.fields['seq']) for e in written)}; the claim is "
+                      f"{DISPUTED_NOTE if status == DISPUTED else status}", soft_wrap=True)
     return 0 if verdict.verdict == HONEST else 1
 
 

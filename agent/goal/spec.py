@@ -17,6 +17,7 @@ from agent.goal.vocab import PLANNER_NAMES
 from merge.method_names import METHODS
 from sandbox.errors import EditError, TemplateError
 from sandbox.knobs import KnobSpec, parse_knobs
+from sandbox.limits import DEFAULT_MAX_PROCESSES, DEFAULT_OUTPUT_LIMIT_MB
 from sandbox.templates import template_dir
 
 RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a goal's name: run ids are NAME-YYYYmmdd-HHMMSS
@@ -29,6 +30,7 @@ MAX_SECONDS = 30 * 86400  # any duration: 30 days
 MAX_EXPERIMENTS = 1_000_000
 MAX_TOKENS = 10**12
 MAX_MEMORY_MB = 2**20  # 1 TiB
+MAX_PROCESSES = 100_000
 MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; runs add a few to it
 # knobs that set a template model's shapes: with `init:` the base checkpoint sets them instead
 SHAPE_KNOBS = {"bitnet-lm": ("N_LAYER", "N_EMBD", "N_HEAD", "N_KV_HEAD", "MLP_RATIO", "SEQ_LEN",
@@ -139,6 +141,11 @@ class GoalSpec(Strict):
     network: bool = False
     env: list[str] = []  # names of this machine's environment variables it may see
     log_limit_mb: float = Field(default=50, gt=0, le=100_000)  # output beyond it stops the run
+    # bytes in the output directory (and any one file); beyond it the run stops as output_limit
+    output_limit_mb: float = Field(default=DEFAULT_OUTPUT_LIMIT_MB, gt=0, le=MAX_MEMORY_MB)
+    max_processes: int = Field(default=DEFAULT_MAX_PROCESSES, ge=8, le=MAX_PROCESSES)  # at once
+    # files and directories the experiment may read (read-only, same path): its own data
+    readable: list[Path] = []
     # the score: a command the researcher cannot edit, run after training with the outputs
     # read-only (its METRIC lines count); a template's own evaluator when it has one
     evaluate: str | None = Field(default=None, min_length=1)
@@ -247,6 +254,7 @@ def load_goal(path: str | Path, base_dir: Path | None = None, *,
         raise GoalError(f"{path}: knobs: {err}") from None
     _check_knobs_exist(path, source_dir, spec.editable, knobs)
     spec = _with_key_path(spec, base_dir or path.parent)
+    spec = _with_readable(path, spec, base_dir or path.parent)
     return Goal(spec=spec, brief=brief.strip(), path=path, source_dir=source_dir, knobs=knobs)
 
 
@@ -327,6 +335,24 @@ def _with_key_path(spec: GoalSpec, base_dir: Path) -> GoalSpec:
     key = spec.ledger.key.expanduser()
     key = key if key.is_absolute() else (base_dir / key).resolve()
     return spec.model_copy(update={"ledger": spec.ledger.model_copy(update={"key": key})})
+
+
+def _with_readable(path: Path, spec: GoalSpec, base_dir: Path) -> GoalSpec:
+    """The spec with `readable:` made absolute (read from `base_dir`), each path checked: it
+    exists, and it is not a home directory or what holds one (the view would show it all)."""
+    found = []
+    homes = {Path.home().resolve(), Path("/root"), Path("/home")}
+    for given in spec.readable:
+        full = given.expanduser()
+        full = (full if full.is_absolute() else base_dir / full).resolve()
+        if not full.exists():
+            raise GoalError(f"{path}: readable: {given} does not exist; list files or "
+                            "directories that exist (the experiment reads them, read-only)")
+        if any(home == full or full in home.parents for home in homes):
+            raise GoalError(f"{path}: readable: {given} would show a whole home directory to "
+                            "experiment code; list only the data it needs")
+        found.append(full)
+    return spec.model_copy(update={"readable": found})
 
 
 def _check_editable(path: Path, source_dir: Path, editable: list[str]) -> None:

@@ -25,6 +25,7 @@ ADVICE = {
     INVALID_METRIC: ("its printed metric is not what its checkpoint scores; report the "
                      "evaluation's value, and keep the model causal and loadable"),
     "log_limit": "it printed too much; log less often",
+    "output_limit": "it wrote too much into its output directory; save only the checkpoint",
     INVALID_EDIT: ("the edit could not be used; copy the search text exactly from the current "
                    "code, and change something"),
     DUPLICATE: "that change was already tried; propose a different change",

@@ -42,7 +42,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # The run failed in a way the configuration plausibly caused (too big, too slow): told as a bad
 # result so TPE steers away. Other failures (an edit that did not apply, a rejected proposal) say
 # nothing about the configuration and are told as FAIL, which TPE ignores.
-PENALISED = frozenset({"crashed", "timeout", "oom", "no_metric", "log_limit"})
+PENALISED = frozenset({"crashed", "timeout", "oom", "no_metric", "log_limit", "output_limit"})
 FLOAT_DIGITS = 3  # proposals print as 0.00612, not 0.006128372...
 
 

@@ -15,7 +15,7 @@ from agent.rundir.names import PROGRESS_PLOT, REPORT_FILE
 from agent.rundir.records import tokens_of
 from agent.rundir.runs import RunError, load_run_goal
 from agent.rundir.tool_records import ToolCallRecord, ToolRecords
-from sandbox.confine import UNCONFINED
+from sandbox.confine import CONFINED_AS_ROOT, UNCONFINED
 from sandbox.layout import EXP_REFS, GIT_DIR
 
 if TYPE_CHECKING:
@@ -102,8 +102,11 @@ def _trust(records: list[dict[str, Any]]) -> list[str]:
     unconfined = [f"{r['exp']:03d}" for r in ran if r.get("confinement") == UNCONFINED]
     lines.append(f"- **{len(unconfined)} ran unconfined** (--unconfined): exp "
                  f"{', '.join(unconfined)}" if unconfined else
-                 "- every run confined by bubblewrap (no network, read-only outside its "
-                 "workspace and outputs)")
+                 "- every run confined by bubblewrap (an allow-listed view: no home, no other "
+                 "runs, no ledger keys; writable only its outputs; no network)")
+    if as_root := [f"{r['exp']:03d}" for r in ran if r.get("confinement") == CONFINED_AS_ROOT]:
+        lines.append(f"- {len(as_root)} ran as the caller's own user (the kernel refused a user "
+                     f"namespace): exp {', '.join(as_root)}")
     unsealed = [r for r in ran if r.get(SEALED_KEY) is False]
     if unsealed:
         lines.append(f"- **{len(unsealed)} ran on an unsealed corpus**, so their scores cannot "

@@ -17,11 +17,15 @@ from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, find_run, parse_exp, run_goal_spec
 from sandbox.layout import MAX_REPEATS
 from sandbox.reader import RunReader
+from sandbox.untrusted import MissingFileError, UntrustedFileError, check_regular
 
 
 def resolve_checkpoint(ref: str, runs_dir: str | Path | None = None) -> Path:
-    """The checkpoint directory `ref` names; RunError (one line) when there is none."""
+    """The checkpoint directory `ref` names; RunError (one line) when there is none, or when
+    its files are not regular files (what an experiment left is untrusted: a symlink to a host
+    file must not be exported, merged or copied as a checkpoint)."""
     if Path(ref).is_dir() and not (Path(ref) / RUN_FILE).is_file():
+        checked(Path(ref).resolve())  # a path the user gave may be a link to a directory
         return Path(ref)
     run, sep, exp_text = ref.rpartition(":") if ":" in ref else (ref, "", "")
     run_dir = find_run(run, runs_dir)
@@ -35,10 +39,25 @@ def resolve_checkpoint(ref: str, runs_dir: str | Path | None = None) -> Path:
         exp = standing_exp(run_dir)
     for repeat in range(MAX_REPEATS):
         if (out := reader.output_dir(exp, repeat)).is_dir():
-            return out
+            return checked(out)
     raise RunError(f"experiment {exp:03d} of {run_dir.name} left no checkpoint (no "
                    f"{reader.output_dir(exp).relative_to(run_dir)}/); it may have failed "
                    "before saving: pick another with RUN:EXP")
+
+
+def checked(checkpoint: Path) -> Path:
+    """`checkpoint`, once its config and weights are regular files (not links, FIFOs or
+    devices); a missing one is left for the loader to name."""
+    from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            check_regular(checkpoint, [name])
+        except MissingFileError:
+            continue
+        except UntrustedFileError as err:
+            raise RunError(f"checkpoint refused: {err}") from None
+    return checkpoint
 
 
 def standing_exp(run_dir: Path) -> int:

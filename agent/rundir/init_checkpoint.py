@@ -15,8 +15,10 @@ from agent.rundir.checkpoint_ref import resolve_checkpoint
 from agent.rundir.names import INIT_DIR
 from agent.rundir.runs import RunError
 from sandbox.layout import METRICS_FILE
+from sandbox.untrusted import UntrustedFileError, copy_tree, read_bytes
 
 ENV_NAME = "MAGNET_INIT_CHECKPOINT"
+MAX_INIT_BYTES = 2**34  # a base checkpoint's files together: 16 GiB, far above a CPU model
 
 
 def find_init(ref: str, runs_dir: str | Path | None = None) -> Path:
@@ -31,16 +33,34 @@ def find_init(ref: str, runs_dir: str | Path | None = None) -> Path:
         load_checkpoint(path)
     except CheckpointError as err:
         raise RunError(f"init: {ref}: {err}") from None
+    _copy(path, None)  # refused now, before a run directory is made for it
     return path
 
 
 def copy_init(checkpoint: Path, run_dir: Path) -> Path:
-    """Copy the checkpoint's files into the run (atomically: a stop never leaves half a copy)."""
+    """Copy the checkpoint's files into the run (atomically: a stop never leaves half a copy).
+
+    A run's checkpoint is what its experiment left: regular files only are copied, and a
+    symlink, FIFO or device among them refuses the copy (RunError), so no host file's bytes
+    reach `init/` (and from there a claim)."""
     target, partial = run_dir / INIT_DIR, run_dir / f"{INIT_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns("*.tmp", METRICS_FILE))
+    try:
+        _copy(checkpoint, partial)
+    except RunError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     partial.rename(target)
     return target
+
+
+def _copy(checkpoint: Path, target: Path | None) -> None:
+    """copy_tree of a checkpoint's files (None: only check it can be copied); RunError."""
+    try:
+        copy_tree(checkpoint, target, MAX_INIT_BYTES,
+                  skip=lambda name: name.endswith(".tmp") or name == METRICS_FILE)
+    except (UntrustedFileError, OSError) as err:
+        raise RunError(f"init: cannot copy {checkpoint}: {err}") from None
 
 
 def init_dir(run_dir: Path) -> Path:
@@ -55,10 +75,13 @@ def pack_init(run_dir: Path) -> bytes:
         for path in sorted(init_dir(run_dir).iterdir()):
             if not path.is_file():
                 continue
+            try:  # a regular file only: a symlink planted in init/ is refused, not followed
+                data = read_bytes(path.parent, path.name, MAX_INIT_BYTES)
+            except UntrustedFileError as err:
+                raise RunError(f"the run's base checkpoint is refused: {err}") from None
             info = tarfile.TarInfo(path.name)
-            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
-            with path.open("rb") as f:
-                tar.addfile(info, f)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 

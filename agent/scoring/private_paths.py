@@ -1,6 +1,7 @@
 """What experiment code must not read on this machine: ledger keys and data, and the usual
-homes of credentials. The confinement shows these directories empty and these files unreadable
-(everything else stays readable, read-only, so interpreters and libraries work).
+homes of credentials. The confinement (an allow-list: sandbox.confine) shows none of them anyway
+unless they lie under a path it binds; these it covers even then: directories shown empty,
+files unreadable.
 
 A hostile experiment that read a ledger key could sign claims as its owner, or print the key
 into its log, which the run's records keep.
@@ -9,6 +10,7 @@ into its log, which the run's records keep.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ledger.book import DEFAULT_PATH, ENV_NAME
@@ -22,12 +24,16 @@ PRIVATE_IN_HOME = (
 )
 
 
-def private_paths() -> list[Path]:
-    """The existing private paths: PRIVATE_IN_HOME and the ledger $MAGNET_LEDGER names."""
+def private_paths(*, ledgers: Iterable[str | None] = (),
+                  keys: Iterable[Path | None] = ()) -> list[Path]:
+    """The existing private paths: PRIVATE_IN_HOME, the ledger $MAGNET_LEDGER names, and the
+    `ledgers` and `keys` named (a goal's `ledger:`), wherever they are."""
     home = Path.home()
     found = [home / p for p in PRIVATE_IN_HOME]
-    ledger = os.environ.get(ENV_NAME, "")
-    if ledger and not ledger.startswith("evm:"):
-        base = Path(ledger).expanduser()
-        found += [base, base.with_name(base.name + "-wal"), base.with_name(base.name + "-shm")]
+    found += [Path(key).expanduser() for key in keys if key is not None]
+    for ledger in (os.environ.get(ENV_NAME, ""), *ledgers):
+        if ledger and not ledger.startswith("evm:"):
+            base = Path(ledger).expanduser()
+            found += [base, base.with_name(base.name + "-wal"),
+                      base.with_name(base.name + "-shm")]
     return [p for p in found if p.exists()]

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sandbox.untrusted import (
+    MAX_SCHEDULE_BYTES,
+    UntrustedFileError,
+    check_regular,
+    read_schedule,
+    sha256_file,
+)
+
 SCHEDULE_FILE = "schedule.json"  # the template's record of its progress at every step
 STAGE2 = 0.5  # the progress where the template's schedule switches to stage 2
-MAX_SCHEDULE = 16 * 2**20  # bytes: ~1M steps; a larger file is not a schedule
+MAX_SCHEDULE = MAX_SCHEDULE_BYTES  # bytes: ~1M steps; a larger file is not a schedule
+MAX_CHECKPOINT = 2**34  # bytes of model.safetensors: 16 GiB, far above any CPU-trained model
 
 
 def torch_version() -> str:
@@ -31,7 +39,7 @@ def replay_facts(run: Mapping[str, Any], *, time_budget: float, threads: int,
     """The facts of one scored run: seed, steps, threads, where the schedule switched to stage
     2, corpus fingerprint, Python and torch versions, and the sha256 of the checkpoint it saved
     and of the schedule it followed (its progress at every step, which a replay follows)."""
-    from bitnet.checkpoint import CheckpointError, checkpoint_hash
+    from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
     steps = (run.get("metrics") or {}).get("steps")  # the template's METRIC steps
     facts: dict[str, Any] = {"seed": run["seed"], "time_budget": time_budget,
@@ -41,16 +49,17 @@ def replay_facts(run: Mapping[str, Any], *, time_budget: float, threads: int,
     facts["corpus"] = ({"name": corpus.name, "sha256": corpus.sha256} if corpus is not None
                        else None)
     facts["schedule_sha256"] = facts["switch_step"] = None
-    schedule = out_dir / SCHEDULE_FILE if out_dir is not None else None
-    if schedule is not None and schedule.is_file() and schedule.stat().st_size <= MAX_SCHEDULE:
-        data = schedule.read_bytes()
-        facts["schedule_sha256"] = hashlib.sha256(data).hexdigest()
-        # edited code may write anything there
-        with contextlib.suppress(ValueError, TypeError, RecursionError):
-            facts["switch_step"] = sum(p < STAGE2 for p in json.loads(data))
     facts["checkpoint_sha256"] = None
-    if out_dir is not None and (out_dir / "config.json").is_file():
-        # unreadable: the evaluator's status says so (a repository's own files: no checkpoint)
-        with contextlib.suppress(CheckpointError, OSError):
-            facts["checkpoint_sha256"] = checkpoint_hash(out_dir)
+    if out_dir is None:
+        return facts
+    # What the run left is untrusted input (sandbox.untrusted): a symlink, FIFO, oversized or
+    # misshapen file is not a schedule or checkpoint, and nothing of it reaches the record.
+    with contextlib.suppress(UntrustedFileError):
+        data, schedule = read_schedule(out_dir, SCHEDULE_FILE, MAX_SCHEDULE)
+        facts["schedule_sha256"] = hashlib.sha256(data).hexdigest()
+        facts["switch_step"] = sum(p < STAGE2 for p in schedule)
+    # unreadable: the evaluator's status says so (a repository's own files: no checkpoint)
+    with contextlib.suppress(UntrustedFileError):
+        check_regular(out_dir, [CONFIG_FILE])
+        facts["checkpoint_sha256"] = sha256_file(out_dir, WEIGHTS_FILE, MAX_CHECKPOINT)
     return facts

@@ -28,6 +28,7 @@ from agent.scoring.private_paths import private_paths
 from agent.scoring.replay_facts import replay_facts
 from sandbox.confine import Confinement
 from sandbox.env import free_cpus, run_environ
+from sandbox.limits import limited
 from sandbox.metrics import is_finite
 from sandbox.workspace import Workspace
 
@@ -87,10 +88,17 @@ class Scorer:
                             "`evaluate:` a command that prints your metric")
         # runs read the training split alone, never write it; the evaluator's model code gets
         # the validation bytes only through its pipe, so it does not see them at all
-        self._starts_from = [init_dir(ws.run_dir)] if goal.spec.init is not None else []
-        self._confinement = confinement.with_paths(hidden=private_paths())  # keys, credentials
+        spec = goal.spec
+        self._starts_from = [init_dir(ws.run_dir)] if spec.init is not None else []
+        ledger = spec.ledger
+        self._confinement = confinement.with_paths(hidden=private_paths(  # keys, credentials
+            ledgers=[ledger.path if ledger else None], keys=[ledger.key if ledger else None]))
         self.evaluator_confinement = self._confinement.with_paths(
             hidden=_held_out_paths(corpus_of(goal)))
+        # the goal's limits hold for all code from the workspace: its runs, the `evaluate:`
+        # command and the evaluator's model servers
+        self.mem_limit = (spec.memory_limit_mb or 0) * 2**20 or None
+        self.output_limit = int(spec.output_limit_mb * 2**20)
 
     @cached_property
     def confinement(self) -> Confinement:
@@ -99,7 +107,8 @@ class Scorer:
         entry = self.corpus.entry if corpus else None
         held_out = [entry / f"{split}.bin" for split in ("val", "test")] if entry else []
         return self._confinement.with_paths(
-            readable=[*_corpus_paths(corpus), *self._starts_from], hidden=held_out)
+            readable=[*_corpus_paths(corpus), *self._starts_from, *self.goal.spec.readable],
+            hidden=held_out)
 
     def prepare(self) -> None:
         """Build what the runs read but may not write (the corpus cache), before the first."""
@@ -129,7 +138,8 @@ class Scorer:
             # the evaluator's metric is its own: the run need print only its training loss
             metric=None if self.kind == EVALUATOR else self.metric,
             repeat=repeat, confinement=self.confinement, env=env,
-            passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20))
+            passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20),
+            output_limit=self.output_limit, max_processes=spec.max_processes)
         scored = (self.score(run_summary(result, seed), repeat, test_if=test_if)
                   | seal(corpus_of(self.goal)))
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
@@ -173,7 +183,8 @@ class Scorer:
         assert spec.evaluate is not None
         result = self.ws.evaluate(spec.evaluate, repeat=repeat, timeout=spec.budget.grace,
                                   confinement=self.confinement,
-                                  env=run_env(self.goal, self.ws.run_dir), passed_env=spec.env)
+                                  env=run_env(self.goal, self.ws.run_dir), passed_env=spec.env,
+                                  mem_limit=self.mem_limit, max_processes=spec.max_processes)
         value = result.metrics.get(self.metric)
         if result.status not in ("ok", "no_metric") or not is_finite(value):
             why = result.reason or f"printed no finite METRIC {self.metric}"
@@ -191,12 +202,19 @@ class Scorer:
         confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
         env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
                           passed=self.goal.spec.env)
-        try:
-            score = score_checkpoint(self.validation, out_dir, confined.wrap(server, env),
-                                     timeout=self.goal.spec.budget.grace, test=self.corpus.test,
-                                     test_if=test_if, causal_windows=CAUSAL_WINDOWS)
-        except ScoreError as err:
-            return None, None, f"the evaluator could not score the checkpoint: {err}"
+        # each server in its own cgroup, with the run's memory and process limits (or watched)
+        with limited(memory=self.mem_limit, processes=self.goal.spec.max_processes,
+                     fsize=self.output_limit, nest=True, watch=True) as limits:
+            try:
+                score = score_checkpoint(self.validation, out_dir,
+                                         limits.wrap(confined.wrap(server, env)),
+                                         timeout=self.goal.spec.budget.grace,
+                                         test=self.corpus.test, test_if=test_if,
+                                         causal_windows=CAUSAL_WINDOWS)
+            except ScoreError as err:
+                over = (f" (its model code ran past the memory limit of "
+                        f"{(self.mem_limit or 0) / 2**20:.0f} MiB)" if limits.oom_kills() else "")
+                return None, None, f"the evaluator could not score the checkpoint{over}: {err}"
         return score.val_bpb, score.test_bpb, ""
 
 

@@ -67,15 +67,16 @@ def verify_contribution(ctx: ToolContext, args: VerifyArgs) -> dict[str, Any]:
             replayed = replay_entry(ledger, key, args.entry, unconfined=ctx.unconfined,
                                     console=ctx.console)
             location = ledger.location
+            status = ledger.claim_state(replayed.claim).status
     verdict, claim = replayed.verdict, replayed.claim.fields
     written = [e.fields["seq"] for e in replayed.written]
     return {"summary": f"{verdict.verdict}: {verdict.reason}; recorded as entries "
-                       f"{', '.join(map(str, written))}",
+                       f"{', '.join(map(str, written))}; the claim is {status}",
             "entry": claim["seq"], "run": claim["body"]["run"], "exp": claim["body"]["exp"],
             "verdict": verdict.verdict, "reason": verdict.reason,
             "metric": claim["body"]["metric"]["name"], "claimed": verdict.claimed,
             "replayed": verdict.replayed, "checkpoint_identical": verdict.checkpoint_identical,
-            "entries_written": written, "ledger": location}
+            "claim_status": status, "entries_written": written, "ledger": location}
 
 
 def _settings(ctx: ToolContext) -> LedgerSettings:
@@ -102,8 +103,10 @@ VERIFY_CONTRIBUTION = Tool(
     description=(
         "Replay someone else's ledger claim in a fresh sandbox (the recorded steps, seed and "
         "schedule) and record the verdict: honest if the replayed metric is within the "
-        "tolerance of the claim, otherwise false and the claim is slashed. Earns verification "
-        "points either way. Takes minutes of training; your own or settled claims are refused."),
+        "tolerance of the claim, otherwise false (no single verifier slashes: the claim is "
+        "slashed when a second key's replay agrees, and a false verdict outvoted by honest "
+        "ones costs your stake). Earns verification points either way. Takes minutes of "
+        "training; your own or settled claims are refused."),
     args=VerifyArgs,
     run=verify_contribution,
 )

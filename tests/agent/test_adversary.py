@@ -129,7 +129,7 @@ for path in {paths!r}:
         print("STOLEN", path, len(data))
     except OSError as err:
         print("OUT OF REACH", type(err).__name__)
-print("LISTED", sorted(os.listdir({key_dir!r})))
+print("LISTED", sorted(os.listdir({key_dir!r})) if os.path.isdir({key_dir!r}) else "absent")
 """
 
 
@@ -149,7 +149,7 @@ def test_ledger_keys_and_the_ledger_are_out_of_reach(tmp_path, planner_env, monk
 
     log = (run_dir / "logs" / "exp-002.log").read_text()
     assert "STOLEN" not in log and log.count("OUT OF REACH") == 2, log
-    assert "LISTED []" in log
+    assert "LISTED []" in log or "LISTED absent" in log  # out of the view, or shown empty
     assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")  # only hidden, not touched
 
 

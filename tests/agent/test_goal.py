@@ -81,6 +81,12 @@ def test_good_goal_parses_durations_and_knobs(tmp_path):
         (("knobs:\n", "init: base-run\nknobs:\n  N_LAYER: {choices: [2, 4]}\n"),
          "knob N_LAYER changes the model's shape, which `init:` takes from the base"),
         (("name: tiny", "name: tiny\ninit: ''"), "`init`"),
+        # what the confined experiment may read, write and start
+        (("name: tiny", "name: tiny\nreadable: [no-such-data]"),
+         "readable: no-such-data does not exist; list files or directories that exist"),
+        (("name: tiny", "name: tiny\nreadable: [/]"), "would show a whole home directory"),
+        (("name: tiny", "name: tiny\noutput_limit_mb: 0"), "`output_limit_mb`"),
+        (("name: tiny", "name: tiny\nmax_processes: 2"), "`max_processes`"),
     ],
 )
 def test_mistakes_are_one_clear_line(tmp_path, change, expected):
@@ -116,3 +122,15 @@ def test_the_goal_knows_every_merge_method_and_no_other():
     from merge.methods import METHODS
 
     assert get_args(MergeSettings.model_fields["method"].annotation) == METHODS
+
+
+def test_limits_and_readable_paths(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    goal = load_goal(write(tmp_path, GOOD))
+    assert goal.spec.output_limit_mb == 1024 and goal.spec.max_processes == 256
+    assert goal.spec.readable == []
+    goal = load_goal(write(tmp_path, GOOD.replace(
+        "name: tiny", "name: tiny\nreadable: [data]\noutput_limit_mb: 20\nmax_processes: 16")))
+    assert goal.spec.readable == [data]  # read from the goal's folder, made absolute
+    assert goal.spec.output_limit_mb == 20 and goal.spec.max_processes == 16

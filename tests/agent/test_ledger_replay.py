@@ -4,9 +4,10 @@ One research run (conftest's kept_run: scripted planner over HTTP, real training
 evaluator) keeps an improvement; the installed CLI claims it, another key replays it (the
 claimed run and the baseline runs behind its "before") and finds it honest, paying the points of
 the replayed gain over the baseline mean the keep rule used. A claim whose metric was
-fabricated, or whose "before" was raised in the run's records, is replayed, found false and
-slashed; a claim on other corpus bytes, or on an unsealed corpus, is refused before anything
-runs, and nothing is recorded.
+fabricated is replayed and found false by two keys, and only the second verdict slashes it (no
+single verifier slashes); one whose "before" was raised in the run's records is replayed and
+found false; a claim on other corpus bytes, or on an unsealed corpus, is refused before
+anything runs, and nothing is recorded.
 """
 
 from __future__ import annotations
@@ -151,12 +152,21 @@ def test_a_fabricated_metric_is_replayed_and_slashed(kept_run):
     verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
     assert verified.returncode == 1, verified.stdout + verified.stderr
     assert "false" in verified.stdout and "outside the" in verified.stdout
+    assert "the claim is disputed: no single verifier slashes" in verified.stdout
+    alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
+    with open_ledger(ledger) as book:
+        assert [e.fields["kind"] for e in book.entries()] == ["claim", "verification"]
+        assert book.claim_state(book.find(0)).status == "disputed"
+        assert alice not in book.balances()  # one verdict took nothing from the claimant
+
+    generate_key(root / "dave.key")
+    second = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "dave.key"), "--json")
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert json.loads(second.stdout)["claim_status"] == "slashed"
     with open_ledger(ledger) as book:
         kinds = [e.fields["kind"] for e in book.entries()]
-        assert kinds == ["claim", "verification", "slash"]
-        state = book.claim_state(book.find(0))
-        assert state.status == "slashed"
-        alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
+        assert kinds == ["claim", "verification", "verification", "slash"]
+        assert book.claim_state(book.find(0)).status == "slashed"
         assert book.balances()[alice] == -DEFAULT_STAKE
         assert book.audit().ok
 
@@ -263,9 +273,14 @@ def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
         in first.stdout.replace("\n", " ")
     second = ledger_cli(env, ledger, "verify", "1", "--key", str(root / "bob.key"))
     assert second.returncode == 1 and "is no git commit id" in second.stdout
+    generate_key(root / "erin.key")  # no single verifier slashes: a second key agrees
+    for entry in ("0", "1"):
+        assert ledger_cli(env, ledger, "verify", entry, "--key",
+                          str(root / "erin.key")).returncode == 1
     with open_ledger(ledger) as book:
         assert [e.fields["kind"] for e in book.entries()] == [
-            "claim", "claim", "verification", "slash", "verification", "slash"]
+            "claim", "claim", "verification", "verification", "verification", "slash",
+            "verification", "slash"]
 
 
 def test_a_before_raised_in_the_records_is_replayed_and_judged_false(kept_run):
@@ -292,10 +307,11 @@ def test_a_before_raised_in_the_records_is_replayed_and_judged_false(kept_run):
     assert facts["verdict"] == "false" and facts["points"] is None
     assert "the before run of experiment 1 (seed" in facts["reason"]
     assert "outside the" in facts["reason"]
-    with open_ledger(ledger) as book:
-        assert [e.fields["kind"] for e in book.entries()] == ["claim", "verification", "slash"]
+    with open_ledger(ledger) as book:  # disputed: a second key's agreeing verdict slashes it
+        assert [e.fields["kind"] for e in book.entries()] == ["claim", "verification"]
+        assert book.claim_state(book.find(0)).status == "disputed"
         alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
-        assert book.balances()[alice] == -DEFAULT_STAKE
+        assert alice not in book.balances()  # the raised gain paid nothing
 
 
 def test_a_claim_on_an_unsealed_corpus_is_refused_in_one_line(kept_run):

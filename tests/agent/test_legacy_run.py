@@ -36,9 +36,19 @@ def cli(runs: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPro
                           text=True, timeout=timeout, env=env)
 
 
+def git(runs: Path, *args: str) -> str:
+    return subprocess.run(["git", "--git-dir", str(runs / RUN_ID / "workspace.git"), *args],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_an_old_run_resumes_reviews_and_exports(runs):
     before = [json.loads(line) for line in
               (runs / RUN_ID / "experiments.jsonl").read_text().splitlines()]
+    # Runs made before kept what a run wrote to tracked files at refs/magnet/leftover/NNN;
+    # nothing writes or reads those now, and a run holding one still works.
+    leftover = git(runs, "commit-tree", "-p", "refs/magnet/exp/002", "-m", "left by the run",
+                   git(runs, "rev-parse", "refs/magnet/exp/002^{tree}"))
+    git(runs, "update-ref", "refs/magnet/leftover/002", leftover)
     assert [r["exp"] for r in before] == [0, 1, 2]
 
     resumed = cli(runs, "resume", RUN_ID, timeout=300)
@@ -57,6 +67,7 @@ def test_an_old_run_resumes_reviews_and_exports(runs):
     shown = json.loads(cli(runs, "show", RUN_ID, "2", "--json").stdout)
     assert shown["record"] == by_exp[2] and "LEARNING_RATE" in shown["diff"]
     assert cli(runs, "report", RUN_ID).returncode == 0
+    assert git(runs, "rev-parse", "refs/magnet/leftover/002") == leftover  # left alone
     assert (runs / RUN_ID / "progress.png").stat().st_size > 0
 
     exported = cli(runs, "export", RUN_ID, "--format", "hf", "--out", str(runs / "hf"))

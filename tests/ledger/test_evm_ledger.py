@@ -262,3 +262,32 @@ def test_open_by_rpc_url(w3: Web3, contract_address: str, tmp_path: Path,
     with pytest.raises(LedgerError, match="^no chain answers at http://127.0.0.1:1: check") as e:
         open_ledger(f"evm:http://127.0.0.1:1?contract={contract_address}&data={data}")
     assert isinstance(e.value, ChainError)
+
+
+def test_with_a_quorum_of_two_no_single_vote_slashes_here_either(
+        w3: Web3, keys: dict[str, Ed25519PrivateKey], tmp_path: Path) -> None:
+    """A contract deployed with quorum 2 settles a challenge at two agreeing votes; the local
+    log follows the contract's quorum, so one false verdict leaves both disputed, and the
+    false verifier outvoted by two honest ones loses its bond on chain and its stake here."""
+    from ledger.rules import VERIFIER_STAKE
+
+    address = chain.deploy(w3, w3.eth.accounts[0], **{**TESTER_PARAMS, "quorum": 2})
+    lg = open_evm_ledger("evm:tester", w3=w3, contract_address=address,
+                         data=tmp_path / "q2.sqlite")
+    liar, b, c = keys["verifier"], keys["outsider"], Ed25519PrivateKey.generate()
+    for verifier in (liar, b, c):
+        lg.register_verifier(w3.eth.accounts[0], verifier)
+    entry = lg.claim(keys["claimant"], *claim_args())
+    assert [e.fields["kind"] for e in lg.verify(liar, entry, FALSE, {})] == [VERIFICATION]
+    assert lg.claim_state(entry).status == "disputed"
+    assert lg.chain_state(entry)["state"] == "CHALLENGED"
+    lg.verify(b, entry, HONEST, {})
+    assert lg.claim_state(entry).status == "disputed"  # one against one
+    lg.verify(c, entry, HONEST, {})
+    assert lg.claim_state(entry).status == "verified"
+    assert lg.chain_state(entry)["state"] == "VERIFIED"
+    assert lg.balances()[liar.public_key().public_bytes_raw().hex()] == \
+        VERIFY_POINTS - VERIFIER_STAKE
+    assert lg.contract.withdrawable(account(keys["claimant"]).address) == 2 * DEFAULT_STAKE
+    assert lg.audit().ok, lg.audit().problem
+    lg.close()

@@ -27,7 +27,14 @@ from ledger.book import Ledger
 from ledger.canonical import LedgerError, canonical, sha256_hex
 from ledger.entries import CLAIM, SLASH, VERIFICATION, Entry, claim_id, from_signed, make_entry
 from ledger.open import open_ledger
-from ledger.rules import SLASHED, VERIFIED, VERIFY_POINTS, reward_points
+from ledger.rules import (
+    DISPUTED,
+    SLASHED,
+    VERIFIED,
+    VERIFIER_STAKE,
+    VERIFY_POINTS,
+    reward_points,
+)
 
 CLI = Path(sys.executable).with_name("magnet-agent")
 
@@ -58,8 +65,9 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @dataclass
 class Book:
-    """An open ledger: claims 0-4 by `a`; 5 verifies claim 0 honest (by `b`); 6 calls claim 3
-    false (by `c`) and 7 slashes it. Claims 1, 2 and 4 are pending."""
+    """An open ledger: claims 0-3 by `a`; 4 verifies claim 0 honest (by `b`); 5 calls claim 3
+    false (by `c`), 6 agrees (by `b`: no single verifier slashes) and 7 slashes it. Claims 1
+    and 2 are pending."""
 
     lg: Ledger
     path: Path
@@ -78,9 +86,10 @@ def book(tmp_path: Path) -> Iterator[Book]:
     a, b, c = (Ed25519PrivateKey.generate() for _ in range(3))
     path = tmp_path / "ledger.sqlite"
     lg = open_ledger(path)
-    claims = [lg.claim(a, *claim_body(f"run-{i}")) for i in range(5)]
+    claims = [lg.claim(a, *claim_body(f"run-{i}")) for i in range(4)]
     lg.verify(b, claims[0], "honest", {"reason": "replayed within tolerance"})
-    lg.verify(c, claims[3], "false", {"reason": "val_bpb 2.01 on replay"})
+    assert len(lg.verify(c, claims[3], "false", {"reason": "val_bpb 2.01 on replay"})) == 1
+    lg.verify(b, claims[3], "false", {"reason": "val_bpb 2.02 on replay"})
     opened = Book(lg, path, a, b, c, claims)
     yield opened
     opened.lg.close()  # tampered_copy reopens it
@@ -148,20 +157,54 @@ def test_honest_verdict_pays_the_claimant_and_the_verifier(tmp_path: Path) -> No
         assert lg.artifact(body["bundle"]) == artifacts["bundle"]
 
 
-def test_false_verdict_is_followed_by_a_slash(tmp_path: Path) -> None:
-    a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+def test_a_lone_false_verdict_does_not_slash_a_second_agreeing_one_does(tmp_path: Path) -> None:
+    """No single verifier slashes: one dishonest key cannot take an honest claimant's stake."""
+    a, b, c = (Ed25519PrivateKey.generate() for _ in range(3))
     with open_ledger(tmp_path / "l.sqlite") as lg:
         body, artifacts = claim_body("run-a", stake=250)
         entry = lg.claim(a, body, artifacts)
         written = lg.verify(b, entry, "false", {"reason": "no gain on replay"})
+        assert [e.fields["kind"] for e in written] == [VERIFICATION]
+        assert lg.claim_state(entry).status == DISPUTED
+        assert lg.balances() == {keys.public_hex(b): VERIFY_POINTS}  # the claimant keeps it
+        with pytest.raises(LedgerError, match="is disputed, not refuted by 2 false verdicts"):
+            lg.append(b, SLASH, {"claim": entry.body_id})  # nor by writing the slash itself
+        with pytest.raises(LedgerError, match="you already judged claim .* false"):
+            lg.verify(b, entry, "false", {})  # the same key twice is still one verifier
+
+        written = lg.verify(c, entry, "false", {"reason": "no gain on my replay either"})
         assert [e.fields["kind"] for e in written] == [VERIFICATION, SLASH]
-        assert [e.fields["seq"] for e in written] == [1, 2]
+        assert [e.fields["seq"] for e in written] == [2, 3]
         assert written[1].fields["body"]["stake"] == 250
-        assert lg.balances() == {keys.public_hex(a): -250, keys.public_hex(b): VERIFY_POINTS}
+        assert lg.balances() == {keys.public_hex(a): -250, keys.public_hex(b): VERIFY_POINTS,
+                                 keys.public_hex(c): VERIFY_POINTS}
         assert lg.claim_state(entry).status == SLASHED
         # the slashed commit is free again for an honest claim of it
         honest = lg.claim(a, *claim_body("run-a again", commit=body["commit"]))
-        assert honest.fields["seq"] == 3
+        assert honest.fields["seq"] == 4
+        assert lg.audit().ok
+
+
+def test_a_contradicted_false_verifier_loses_its_own_stake(tmp_path: Path) -> None:
+    a, liar, b, c = (Ed25519PrivateKey.generate() for _ in range(4))
+    with open_ledger(tmp_path / "l.sqlite") as lg:
+        body, artifacts = claim_body("run-a", before=2.0, after=1.8)
+        entry = lg.claim(a, body, artifacts)
+        lg.verify(liar, entry, "false", {"reason": "made up"})
+        assert lg.verify(b, entry, "honest", {"reason": "ok"})[0].fields["kind"] == VERIFICATION
+        assert lg.claim_state(entry).status == DISPUTED  # one against one: not settled yet
+        assert keys.public_hex(a) not in lg.balances()
+        written = lg.verify(c, entry, "honest", {"reason": "ok"})
+        assert [e.fields["kind"] for e in written] == [VERIFICATION]
+        assert lg.claim_state(entry).status == VERIFIED
+        points = reward_points(body["metric"])
+        assert lg.balances() == {keys.public_hex(a): points,
+                                 keys.public_hex(liar): VERIFY_POINTS - VERIFIER_STAKE,
+                                 keys.public_hex(b): VERIFY_POINTS,
+                                 keys.public_hex(c): VERIFY_POINTS}
+        assert lg.audit().ok
+    with open_ledger(tmp_path / "l.sqlite") as again:  # re-derived from the entries alone
+        assert again.balances()[keys.public_hex(liar)] == VERIFY_POINTS - VERIFIER_STAKE
 
 
 def test_an_entry_signed_elsewhere_is_accepted(book: Book) -> None:
@@ -217,12 +260,12 @@ REFUSALS: dict[str, tuple[Callable[[Book], object], str]] = {
     "own claim": (lambda bk: bk.lg.verify(bk.a, bk.claims[1], "honest", {}),
                   "is your own; another key must verify it"),
     "verified claim": (lambda bk: bk.lg.verify(bk.c, bk.claims[0], "false", {}),
-                       "is already verified (entry 5)"),
+                       "is already verified (entry 4)"),
     "slashed claim": (lambda bk: bk.lg.verify(bk.b, bk.claims[3], "honest", {}),
                       "is already slashed (entry 6)"),
     "slash without a false verdict": (
-        lambda bk: bk.lg.append(bk.c, SLASH, {"claim": bk.claims[4].body_id}),
-        "has no false verdict to slash it for"),
+        lambda bk: bk.lg.append(bk.c, SLASH, {"claim": bk.claims[2].body_id}),
+        "is pending, not refuted by 2 false verdicts of distinct keys"),
     "forged signature": (lambda bk: bk.lg.submit(_forged(bk), bk.a),
                          "its signature is not " + "{b}"),
     "stale head": (lambda bk: bk.lg.submit(_stale(bk), bk.b),
@@ -251,11 +294,13 @@ def test_refused_in_one_line_and_nothing_written(book: Book, case: str) -> None:
 
 def test_nothing_comes_between_a_false_verdict_and_its_slash(book: Book) -> None:
     """Another process's honest verdict may not land between a false verdict and its slash."""
-    claim = book.claims[4]
+    claim = book.claims[2]
     state = book.lg.claim_state(claim)
     book.lg.append(book.b, VERIFICATION, {"claim": state.id, "verdict": "false"})
-    with pytest.raises(LedgerError, match=r"is already refuted \(entry 8\)"):
-        book.lg.append(book.c, VERIFICATION, {"claim": state.id, "verdict": "honest"})
+    book.lg.append(book.c, VERIFICATION, {"claim": state.id, "verdict": "false"})
+    with pytest.raises(LedgerError, match=r"is already refuted \(entry 9\)"):
+        book.lg.append(Ed25519PrivateKey.generate(), VERIFICATION,
+                       {"claim": state.id, "verdict": "honest"})
     book.lg.append(book.b, SLASH, {"claim": state.id, "claimant": state.claimant,
                                    "stake": state.stake, "revoked": state.points,
                                    "reason": "false"})
@@ -359,10 +404,50 @@ def test_audit_cli_exit_codes(book: Book) -> None:
     assert not as_json["ok"] and as_json["problem"].startswith("entry 4: ")
 
 
+def _change_artifact_byte(db: sqlite3.Connection) -> None:
+    name, data = db.execute("SELECT sha256, data FROM artifacts ORDER BY sha256").fetchone()
+    db.execute("UPDATE artifacts SET data = ? WHERE sha256 = ?", (_flip(bytes(data), 3), name))
+
+
+ARTIFACT_TAMPERS: dict[str, tuple[Callable[[sqlite3.Connection], object], str]] = {
+    "one changed byte": (_change_artifact_byte, "its bundle artifact ({sha}): its stored "
+                         "bytes hash to"),
+    "deleted": (lambda db: db.execute("DELETE FROM artifacts WHERE sha256 = (SELECT min(sha256) "
+                                      "FROM artifacts)"), "its bundle artifact ({sha}) is not "
+                "stored"),
+}
+
+
+@pytest.mark.parametrize("case", ARTIFACT_TAMPERS)
+def test_audit_reads_every_stored_artifact(book: Book, case: str) -> None:
+    """One changed byte in a claim's stored artifact (or the artifact gone) fails audit, naming
+    the claim entry and the artifact; the entries themselves are untouched."""
+    tamper, expected = ARTIFACT_TAMPERS[case]
+    sha = min(c.fields["body"]["bundle"] for c in book.claims)
+    seq = next(c.fields["seq"] for c in book.claims if c.fields["body"]["bundle"] == sha)
+    copy = tampered_copy(book, tamper)
+    with open_ledger(copy) as lg:
+        report = lg.audit()
+    assert report.problem is not None, "audit passed a ledger whose artifact was changed"
+    assert report.problem.startswith(f"entry {seq}: " + expected.format(sha=sha[:12])), \
+        report.problem
+    assert "\n" not in report.problem
+    done = cli("ledger", "audit", "--ledger", str(copy), cwd=book.path.parent)
+    assert done.returncode == 1 and done.stdout.startswith(f"bad: entry {seq}: its bundle")
+    assert book.lg.audit().ok
+
+
+def test_audit_names_an_altered_artifact_no_claim_names(book: Book) -> None:
+    book.lg.store.db.execute("INSERT INTO artifacts VALUES (?, ?)", ("ab" * 32, b"stray"))
+    report = book.lg.audit()
+    assert report.problem is not None and report.problem.startswith(
+        f"artifact {'ab' * 6}: its stored bytes hash to {sha256_hex(b'stray')[:12]}")
+
+
 # The rules cannot replay these (a verdict on a claim that is gone; bytes that are not JSON),
 # so the ledger must open without replaying its entries for audit to name the bad one.
 @pytest.mark.parametrize("tamper, expected", [
-    ("DELETE FROM entries WHERE seq = 3", "entry 3: it is numbered 4"),  # 6 and 7 name claim 3
+    ("DELETE FROM entries WHERE seq = 3", "entry 3: it is numbered 4"),  # 5-7 name claim 3
     ("UPDATE entries SET data = CAST(substr(data, 2) AS BLOB) WHERE seq = 1",
      "entry 1: unreadable"),
 ])
@@ -540,7 +625,7 @@ def test_show_and_balance_cli(book: Book) -> None:
     where = ("--ledger", str(book.path))
     table = cli("ledger", "show", *where, cwd=book.path.parent)
     assert table.returncode == 0, table.stderr
-    for i in range(5):
+    for i in range(4):
         assert f"run-{i} exp 3" in table.stdout
     assert "slash of claim" in table.stdout and "honest verdict" in table.stdout
 

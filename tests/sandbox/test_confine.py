@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,9 @@ from sandbox import Workspace
 from sandbox.confine import Confinement, confinement
 from sandbox.runner import RunLimits, processes_with_env, run_command
 
+# the interpreter's own bin first, as sandbox.env.run_environ puts it (a pyenv shim on PATH
+# lives in the home directory, which is not in the view)
+PATH_ENV = {"PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")
 
@@ -46,7 +50,7 @@ print("METRIC val_bpb=1.0")
 """
 
 
-def test_writes_outside_workspace_and_outputs_fail(make_ws):
+def test_writes_outside_outputs_fail(make_ws):
     ws = make_ws("confined")
     run_dir = ws.run_dir
     for name in ("experiments.jsonl", "control.jsonl"):
@@ -72,7 +76,7 @@ def test_writes_outside_workspace_and_outputs_fail(make_ws):
     result = run_in(ws, WRITES, env={"TARGETS": json.dumps(targets)})
     line = next(x for x in result.log_tail.splitlines() if x.startswith("RESULT "))
     outcome = json.loads(line[len("RESULT "):])
-    allowed = {"workspace", "outputs", "TMPDIR"}  # TMPDIR: private, gone after the run
+    allowed = {"outputs", "TMPDIR"}  # TMPDIR: private, gone after the run; the workspace: read
     assert {k for k, v in outcome.items() if v == "written"} == allowed, outcome
     assert result.status == "ok" and result.confinement == "bubblewrap"
     after = {p: p.read_bytes() for p in before}
@@ -119,7 +123,7 @@ def test_daemonised_grandchild_counts_in_memory_and_dies_with_the_run(make_ws):
     result = run_in(ws, DAEMON, env={"HOLD_MB": "600", "PARENT_SECONDS": "30"},
                     mem_limit=200 * 2**20)
     assert result.status == "oom", result.reason
-    assert result.peak_rss > 200 * 2**20
+    assert result.peak_rss >= 200 * 2**20  # a memory cgroup holds it at the limit
     assert processes_with_env("MAGNET_OUTPUT_DIR", str(ws.output_dir(0))) == []
     ws.discard(0, {})
     # the parent exits at once, leaving the daemon behind: it must not outlive the run
@@ -144,7 +148,7 @@ def test_a_writer_of_gigabytes_ends_as_log_limit(make_ws):
 
 def test_exit_statuses_are_named_by_what_happened(tmp_path):
     def run(command: str, **limits):
-        return run_command(command, tmp_path, env={"PATH": os.environ["PATH"]},
+        return run_command(command, tmp_path, env=PATH_ENV,
                            limits=RunLimits(time_budget=10, grace=5, **limits),
                            confinement=confinement())
 
@@ -183,10 +187,10 @@ def test_hidden_paths_are_empty_inside(tmp_path):
         "except OSError as err:\n    print('READ', type(err).__name__)\n")
     probe = "python probe.py"
     confined = confinement().with_paths(readable=[tmp_path], hidden=[data, single])
-    result = run_command(probe, tmp_path, env={"PATH": os.environ["PATH"]},
+    result = run_command(probe, tmp_path, env=PATH_ENV,
                          limits=RunLimits(time_budget=10, grace=5), confinement=confined)
     assert "LISTED []" in result.log_tail and "READ PermissionError" in result.log_tail
     shown = confinement().with_paths(readable=[tmp_path])
-    result = run_command(probe, tmp_path, env={"PATH": os.environ["PATH"]},
+    result = run_command(probe, tmp_path, env=PATH_ENV,
                          limits=RunLimits(time_budget=10, grace=5), confinement=shown)
     assert "LISTED ['val.bin']" in result.log_tail and "a text corpus" in result.log_tail

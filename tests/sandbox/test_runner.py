@@ -95,7 +95,7 @@ def test_memory_runaway_ends_as_oom(tmp_path: Path):
     limit = 200 * 2**20
     result = run(tmp_path, "python hog.py", RunLimits(time_budget=20, grace=10, mem_limit=limit))
     assert result.status == "oom"
-    assert result.peak_rss > limit
+    assert result.peak_rss >= limit  # a memory cgroup holds it at the limit
     assert result.seconds < 10
     assert "exceeded the limit of 200 MiB" in result.reason
 

@@ -16,6 +16,7 @@ from sandbox import (
     exp_ref,
     template_dir,
 )
+from sandbox.confine import confinement
 from sandbox.gitcli import git_env
 from sandbox.templates import known_templates
 
@@ -128,21 +129,32 @@ def test_discarded_experiment_is_kept_at_its_ref(make_ws, git):
     assert "exp 002: crashy change" in log
 
 
-def test_run_writing_tracked_files_is_preserved_and_undone(make_ws, git):
+def test_what_a_run_writes_to_tracked_files_is_discarded_not_committed(make_ws, git):
+    """An --unconfined run can write the workspace: what it drops there is not what the
+    experiment asked for, so neither discard nor keep commits it anywhere (no leftover refs)."""
     ws = make_ws()
+    unconfined = confinement(unconfined=True)
     ws.begin(1, "tamper")
-    r = ws.run("echo 'EVIL = 1' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5)
+    r = ws.run("echo 'EVIL = 1' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5,
+               confinement=unconfined)
     assert r.status == "ok"
     ws.discard(1, {"metric": 1}, "discard")
     assert_consistent(ws, git)
     assert "EVIL" not in (ws.path / "config.py").read_text()
-    assert "EVIL = 1" in git(repo(ws), "show", f"{exp_ref(1)}:config.py")  # nothing lost
     ws.begin(2, "tamper and keep")
-    ws.run("echo 'EVIL = 2' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5)
+    ws.apply([SearchReplace("train.py", 'ACTIVATION = "relu"', 'ACTIVATION = "gelu"')])
+    ws.run("echo 'EVIL = 2' >> config.py; echo 'METRIC val_bpb=1'", time_budget=5,
+           confinement=unconfined)
     ws.keep(2, {"metric": 1}, best=True)
     assert_consistent(ws, git)
     assert "EVIL" not in (ws.path / "config.py").read_text()
-    assert "EVIL = 2" in git(repo(ws), "show", "refs/magnet/leftover/002:config.py")
+    assert 'ACTIVATION = "gelu"' in (ws.path / "train.py").read_text()  # what it asked for
+    assert git(repo(ws), "for-each-ref", "refs/magnet/leftover") == ""
+    everything = git(repo(ws), "log", "--all", "-p", "--format=%H %s")
+    assert "EVIL" not in everything and "+ACTIVATION = \"gelu\"" in everything
+    stashes = git(repo(ws), "fsck", "--unreachable", "--no-reflogs")
+    for line in stashes.splitlines():  # nor in a dangling object a ref could later name
+        assert "EVIL" not in git(repo(ws), "cat-file", "-p", line.split()[-1])
 
 
 def test_edits_are_confined_and_journal_unchanged_on_refusal(make_ws, git):

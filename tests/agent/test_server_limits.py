@@ -1,0 +1,74 @@
+"""The evaluator's logits servers run the workspace's model.py: they are held to the goal's
+memory limit like the training run (a real run, a real hostile model, real bubblewrap)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.goal.spec import load_goal
+from agent.scoring.scorer import INVALID_METRIC, Scorer
+from sandbox import Workspace
+from sandbox.confine import confinement
+from sandbox.runner import processes_with_env
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
+                                reason="bubblewrap is not installed (make setup installs it)")
+
+GOAL = """---
+name: hog
+template: bitnet-lm
+editable: [train.py, model.py]
+command: python train.py
+corpus: text:{corpus}
+metric: {{name: val_bpb, goal: minimize}}
+budget: {{per_experiment: 2s, grace: 60s, experiments: 1, wall: 10m}}
+memory_limit_mb: 900
+env: [MAGNET_STEPS]
+---
+Lower val_bpb.
+"""
+# Honest while it trains; in the evaluator's server it holds 2 GiB (written: resident).
+HOG = """
+import sys as _sys
+if _sys.argv and _sys.argv[0].endswith("logits_server.py"):
+    _honest_init = BitNetLM.__init__
+
+    def _hog_init(self, *args, **kwargs):
+        _honest_init(self, *args, **kwargs)
+        self.hoard = b"x" * (2 * 2**30)
+
+    BitNetLM.__init__ = _hog_init
+"""
+
+
+def test_a_model_server_past_the_memory_limit_is_stopped(tmp_path: Path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 200)
+    (tmp_path / "GOAL.md").write_text(GOAL.format(corpus=corpus))
+    monkeypatch.setenv("MAGNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MAGNET_STEPS", "2")
+    goal = load_goal(tmp_path / "GOAL.md")
+    spec = goal.spec
+    with Workspace.create(tmp_path / "runs" / "hog", template=spec.template,
+                          editable=spec.editable, knobs=spec.knobs) as ws:
+        scorer = Scorer(goal, ws, confinement())
+        scorer.prepare()
+        ws.begin(0, "hold memory while scored")
+        model = ws.path / "model.py"
+        model.write_text(model.read_text() + HOG)
+        start = time.monotonic()
+        result = scorer.run(seed=1, repeat=0, mem_limit=spec.memory_limit_mb * 2**20)
+        seconds = time.monotonic() - start
+        out_dir = ws.output_dir(0)
+    assert result["status"] == INVALID_METRIC, (result["status"], result.get("reason"))
+    assert "memory limit of 900 MiB" in result["reason"], result["reason"]
+    assert seconds < 60  # stopped, not left to its timeout
+    assert processes_with_env("MAGNET_OUTPUT_DIR", str(out_dir)) == []
+    assert [p for p in Path("/sys/fs/cgroup").glob(f"*/**/magnet-{os.getpid()}-*")] == []
