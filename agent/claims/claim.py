@@ -76,6 +76,8 @@ def build_claim(run_dir: Path, exp: int, *, stake: int) -> Claim:
     if not behind:
         raise RunError(f"experiment {exp} of {run_dir.name} has no measured baseline before it "
                        "in the run's records; it cannot be claimed")
+    # the parent's own runs first: a verifier stops at the first that is off
+    behind.sort(key=lambda r: r.get("commit") != record["parent"])
     before_runs, schedules = _before_runs(run_dir, behind)
     _check_parent_code(run_dir, record["parent"], before_runs)
     goal_text = (run_dir / GOAL_COPY).read_bytes()

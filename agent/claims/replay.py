@@ -88,21 +88,28 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
         if verdict is None:  # the claimed run holds: now the runs behind its before
             runs = [(run["replay"], schedules.get(run["replay"].get("schedule_sha256") or ""))
                     for run in body["before_runs"]]
+            def judged(done: list[dict[str, Any]]) -> Verdict | None:
+                return judge(body, after[0], done, test_key=TEST_KEY,
+                             seconds=time.monotonic() - started)
+
+            # stops at the first run that is off: its verdict is FALSE whatever the rest give
             replayed = _replay(goal, source, body["parent"], runs, root / "before", artifacts,
-                               confinement, on_line)
+                               confinement, on_line, stop=judged)
             assert replayed is not None  # the init checkpoint unpacked for the claimed run
-            verdict = judge(body, after[0], replayed, test_key=TEST_KEY,
-                            seconds=time.monotonic() - started)
-            assert verdict is not None
+            verdict = judged(replayed)
+            assert verdict is not None  # every run replayed, or one was off
     return verdict
 
 
 def _replay(goal: Goal, source: Path, commit: str,
             runs: list[tuple[Mapping[str, Any], bytes | None]], where: Path,
             artifacts: Mapping[str, bytes], confinement: Confinement,
-            on_line: Callable[[str], None] | None) -> list[dict[str, Any]] | None:
+            on_line: Callable[[str], None] | None,
+            stop: Callable[[list[dict[str, Any]]], object] | None = None
+            ) -> list[dict[str, Any]] | None:
     """Replay `runs` (replay facts, schedule bytes) of `commit` one after another in one fresh
-    workspace; None when the claim's init checkpoint does not unpack."""
+    workspace, until `stop` (given the results so far) is truthy; None when the claim's init
+    checkpoint does not unpack."""
     spec = goal.spec
     Git(source / ".git", source).run("checkout", "-q", "-B", "claim", commit)
     with Workspace.create(where, repo=source, editable=spec.editable,
@@ -130,6 +137,8 @@ def _replay(goal: Goal, source: Path, commit: str,
                 seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=on_line,
                 schedule=schedule, time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
                 mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None))
+            if stop is not None and stop(results):
+                break
         return results
 
 

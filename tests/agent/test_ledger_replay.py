@@ -86,13 +86,14 @@ def test_a_claims_before_is_the_baseline_mean_the_keep_rule_used(kept_run):
     mean = ranking.baseline(records[:2])
     assert body["metric"]["before"] == mean == records[2]["judgement"]["reference"]
     assert body["metric"]["before"] != records[1]["metric"]  # not the parent's run alone
+    baselines = [records[1], records[0]]  # the parent's run first
     assert [(r["exp"], r["commit"], r["seed"], r["value"]) for r in body["before_runs"]] == [
-        (r["exp"], r["commit"], r["seeds"][0], r["metric"]) for r in records[:2]]
-    assert [r["replay"] for r in body["before_runs"]] == [r["replay"] for r in records[:2]]
+        (r["exp"], r["commit"], r["seeds"][0], r["metric"]) for r in baselines]
+    assert [r["replay"] for r in body["before_runs"]] == [r["replay"] for r in baselines]
     # the held-out test split's before and after, from the same runs
     assert body["test"] == {"before": statistics.fmean(r[TEST_KEY] for r in records[:2]),
                             "after": records[2][TEST_KEY]}
-    assert [r["test"] for r in body["before_runs"]] == [r[TEST_KEY] for r in records[:2]]
+    assert [r["test"] for r in body["before_runs"]] == [r[TEST_KEY] for r in baselines]
 
 
 def test_an_honest_claim_verifies_on_replay(kept_run):
@@ -307,6 +308,7 @@ def test_a_before_raised_in_the_records_is_replayed_and_judged_false(kept_run):
     assert facts["verdict"] == "false" and facts["points"] is None
     assert "the before run of experiment 1 (seed" in facts["reason"]
     assert "outside the" in facts["reason"]
+    assert facts["before_replayed"] is None  # stopped at the parent's run: the rest is moot
     with open_ledger(ledger) as book:  # disputed: a second key's agreeing verdict slashes it
         assert [e.fields["kind"] for e in book.entries()] == ["claim", "verification"]
         assert book.claim_state(book.find(0)).status == "disputed"
