@@ -8,7 +8,8 @@ refused. Pure: it reads entries in order and never touches storage.
   earns its verifier `VERIFY_POINTS` whatever it finds, for the work.
 - No single verifier slashes (SETTLE_VOTES, the one place this rule lives):
   * the first verdict on a PENDING claim: `honest` verifies it (its points go to the
-    claimant); `false` only DISPUTES it, nothing moves yet.
+    claimant: those of the gain its replay measured, never more than claimed,
+    `verified_points`); `false` only DISPUTES it, nothing moves yet.
   * a DISPUTED claim settles when `quorum` verdicts (SETTLE_VOTES = 2 on SQLite; an EVM
     ledger uses its contract's quorum) from distinct keys, none the claimant's, agree:
     `quorum` false ones REFUTE it, and the slash entry that must follow takes the claimant's
@@ -50,7 +51,8 @@ DISPUTED_NOTE = ("disputed: no single verifier slashes; the claim is slashed whe
 HONEST, FALSE = "honest", "false"
 # what travels with a claim, stored in the ledger by sha256 and named by it under these keys
 BUNDLE, GOAL_FILE, SCHEDULE, INIT = "bundle", "goal_file", "schedule", "init"
-ARTIFACTS = (BUNDLE, GOAL_FILE, SCHEDULE, INIT)
+BEFORE_SCHEDULES = "before_schedules"  # the schedules of the runs behind a claim's before
+ARTIFACTS = (BUNDLE, GOAL_FILE, SCHEDULE, BEFORE_SCHEDULES, INIT)
 
 
 # The ledger's own comparison, deliberately not agent.rundir.ranking.gain: the ledger imports
@@ -70,6 +72,15 @@ def relative_gain(metric: dict[str, Any]) -> float:
 
 def reward_points(metric: dict[str, Any]) -> int:
     return round(POINTS_PER_GAIN * relative_gain(metric))
+
+
+def verified_points(claimed: int, points: Any) -> int:
+    """What an honest verdict pays: the points of the gain its replay measured (its `points`,
+    from the replayed before and after), never more than the claim asked; a verdict that gives
+    none (made before verdicts did) pays the claimed points."""
+    if not isinstance(points, int) or isinstance(points, bool):
+        return claimed
+    return max(0, min(claimed, points))
 
 
 @dataclass
@@ -147,7 +158,8 @@ class Standing:
             self.claims[state.id] = state
             self.by_commit[state.commit] = state.id
         elif kind == VERIFICATION:
-            self._judge(self.claims[body["claim"]], author, body["verdict"], seq)
+            self._judge(self.claims[body["claim"]], author, body["verdict"], seq,
+                        body.get("points"))
         elif kind == SLASH:
             state = self.claims[body["claim"]]
             state.status = SLASHED
@@ -155,14 +167,17 @@ class Standing:
             self.by_commit.pop(state.commit, None)  # a slashed commit may be claimed honestly
         self.size += 1
 
-    def _judge(self, state: ClaimState, verifier: str, verdict: str, seq: int) -> None:
-        """One verdict on an open claim, and the settlement it brings (module docstring)."""
+    def _judge(self, state: ClaimState, verifier: str, verdict: str, seq: int,
+               points: Any = None) -> None:
+        """One verdict on an open claim, and the settlement it brings (module docstring);
+        `points`: what the verdict's replay measured the gain to be worth."""
         state.verified_by.append(seq)
         state.verdicts[verifier] = verdict
         self.balances[verifier] += VERIFY_POINTS
         if verdict == HONEST and (state.status == PENDING or
                                   state.count(HONEST) >= self.quorum):
             state.status = VERIFIED
+            state.points = verified_points(state.points, points)
             self.balances[state.claimant] += state.points
             for other, said in state.verdicts.items():  # contradicted: their stake is lost
                 if said == FALSE:

@@ -106,7 +106,9 @@ def replay_entry(ledger: Ledger, key: Ed25519PrivateKey, ref: str, *, unconfined
     if console is not None:
         console.print(f"replaying entry {entry.fields['seq']}: {body['run']} experiment "
                       f"{body['exp']} ({steps} steps, seed {body['replay']['seed']}, "
-                      f"{body['replay'].get('threads')} threads)", soft_wrap=True)
+                      f"{body['replay'].get('threads')} threads), then the "
+                      f"{len(body.get('before_runs') or [])} run(s) behind its before",
+                      soft_wrap=True)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                   TimeElapsedColumn(), console=console, transient=True,

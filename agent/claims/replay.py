@@ -3,42 +3,50 @@
 The claim's bundle is unbundled into a new git repository, checked to hold the claimed commit
 as a child of the claimed parent, and run as an experiment is (scoring.scorer: confined, scored
 by the template's evaluator) with the claim's seed, steps, threads and the schedule the run
-followed, step by step. The claim is honest when the replayed metric is within `TOLERANCE` of
-what it claims; false when it is not, when the replay fails, or when what the claim carries
-(goal file, commit ids, bundle) cannot be replayed at all.
+followed, step by step. Then the runs behind its "before" (the keep rule's reference) are
+replayed the same way: each must be of the parent's code (its git tree) and the parent among
+them, with distinct seeds, and the stated before must be their mean. agent.claims.verdict judges
+the numbers; a claim is false when a replay is off, fails, or when what the claim carries (goal
+file, commit ids, bundle, before runs) cannot be replayed at all. A claim whose claimed run is
+already off is judged without replaying its before runs.
 
 Refused before anything runs (no verdict, so nobody is slashed for the verifier's machine): a
-corpus whose bytes differ here, another torch version, a claim that starts from a checkpoint.
+corpus whose bytes differ here, an unsealed corpus, another torch version, a claim that starts
+from a checkpoint it does not carry, a claim made before claims carried their before runs.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import statistics
 import tempfile
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.claims.claim import BUNDLE, GOAL_FILE, INIT, SCHEDULE
+from agent.claims.claim import BEFORE_SCHEDULES, BUNDLE, GOAL_FILE, INIT, SCHEDULE, unsealed
+from agent.claims.verdict import TOLERANCE, Verdict, failed, judge
 from agent.goal.spec import Goal, GoalError, load_goal
+from agent.rundir.experiment_record import TEST_KEY
 from agent.rundir.init_checkpoint import unpack_init
 from agent.rundir.names import GOAL_COPY
 from agent.rundir.runs import RunError
 from agent.scoring.replay_facts import SCHEDULE_FILE, torch_version
 from agent.scoring.scorer import Scorer, corpus_of
-from ledger.rules import FALSE, HONEST
+from ledger.canonical import sha256_hex
 from sandbox.confine import Confinement
 from sandbox.gitcli import Git, GitError, run_git
 from sandbox.workspace import Workspace
 
-# Relative difference between a replayed val_bpb and the claimed one that still counts as the
-# same run. On the claimant's machine a replay is bit-exact (5 of 5 honest claims in
-# bench/replay_tolerance.py: same checkpoint bytes, difference 0); the margin is for another
-# CPU's float kernels, and bounds what a claim can overstate.
-TOLERANCE = 0.005
+__all__ = ["TOLERANCE", "MalformedClaim", "ReplayRefused", "Verdict", "replay_claim"]
+
 COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # sha-1 or sha-256 repositories
 BUDGET_FACTOR = 4  # a replay trains fixed steps; it may take this much longer than the claim
+MAX_BEFORE_RUNS = 4  # a baseline's two runs, or a confirmed best's two: room to spare
+MEAN_SLACK = 1e-9  # relative: the stated before is the mean of its runs' values, to rounding
 
 
 class ReplayRefused(RunError):
@@ -49,80 +57,89 @@ class MalformedClaim(RunError):
     """What the claim carries cannot be replayed at all: the claimant's fault, judged false."""
 
 
-@dataclass(frozen=True)
-class Verdict:
-    verdict: str  # HONEST or FALSE
-    claimed: float
-    replayed: float | None
-    reason: str
-    seconds: float
-    checkpoint_identical: bool
-
-    def facts(self) -> dict[str, Any]:
-        """What the verification entry records."""
-        return {"claimed": self.claimed, "replayed": self.replayed, "tolerance": TOLERANCE,
-                "reason": self.reason, "seconds": round(self.seconds, 1),
-                "checkpoint_identical": self.checkpoint_identical}
-
-
 def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
                  confinement: Confinement, *, work_dir: Path | None = None,
                  on_line: Callable[[str], None] | None = None) -> Verdict:
     """Replay the claim `body` and judge it; `artifacts` are those it names (agent.claims.claim):
-    the goal file, the bundle and, if the run recorded one, its schedule."""
-    facts = body["replay"]
-    _check_machine(facts)
+    the goal file, the bundle and, if the run recorded them, the schedules."""
+    if not isinstance(body.get("before_runs"), list):
+        raise ReplayRefused("the claim does not carry the runs behind its before (a claim made "
+                            "before claims did), so its before cannot be checked; claim again "
+                            "with this version of magnet-agent")
+    _check_machine(body["replay"])
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="magnet-replay-", dir=work_dir) as tmp:
         root = Path(tmp)
         try:
             goal, source = _open_claim(body, artifacts, root)
+            schedules = _before_schedules(body, artifacts)
         except MalformedClaim as err:
-            return Verdict(FALSE, float(body["metric"]["after"]), None,
-                           f"the claim is malformed: {err}", 0.0, False)
-        spec = goal.spec
-        with Workspace.create(root / "replay", repo=source, editable=spec.editable,
-                              knobs=spec.knobs, goal=spec.metric.goal) as ws:
-            if spec.init is not None:
-                try:
-                    unpack_init(artifacts[INIT], ws.run_dir)
-                except ValueError as err:
-                    return Verdict(FALSE, float(body["metric"]["after"]), None,
-                                   f"the claim is malformed: {err}", 0.0, False)
-            if ws.git.head() != body["commit"]:
-                raise RunError("the unbundled workspace is not at the claimed commit")
-            scorer = Scorer(goal, ws, confinement)
+            return failed(body, str(err))
+        for run in body["before_runs"]:
+            _check_machine(run["replay"])
+        if why := unsealed(goal):  # no verdict: the replay would show nothing
+            raise ReplayRefused(f"the claim is not replayed: {why}")
+        after = _replay(goal, source, body["commit"], [(body["replay"], artifacts.get(SCHEDULE))],
+                        root / "after", artifacts, confinement, on_line)
+        if after is None:
+            return failed(body, "its init checkpoint does not unpack")
+        verdict = judge(body, after[0], None, test_key=TEST_KEY,
+                        seconds=time.monotonic() - started)
+        if verdict is None:  # the claimed run holds: now the runs behind its before
+            runs = [(run["replay"], schedules.get(run["replay"].get("schedule_sha256") or ""))
+                    for run in body["before_runs"]]
+            def judged(done: list[dict[str, Any]]) -> Verdict | None:
+                return judge(body, after[0], done, test_key=TEST_KEY,
+                             seconds=time.monotonic() - started)
+
+            # stops at the first run that is off: its verdict is FALSE whatever the rest give
+            replayed = _replay(goal, source, body["parent"], runs, root / "before", artifacts,
+                               confinement, on_line, stop=judged)
+            assert replayed is not None  # the init checkpoint unpacked for the claimed run
+            verdict = judged(replayed)
+            assert verdict is not None  # every run replayed, or one was off
+    return verdict
+
+
+def _replay(goal: Goal, source: Path, commit: str,
+            runs: list[tuple[Mapping[str, Any], bytes | None]], where: Path,
+            artifacts: Mapping[str, bytes], confinement: Confinement,
+            on_line: Callable[[str], None] | None,
+            stop: Callable[[list[dict[str, Any]]], object] | None = None
+            ) -> list[dict[str, Any]] | None:
+    """Replay `runs` (replay facts, schedule bytes) of `commit` one after another in one fresh
+    workspace, until `stop` (given the results so far) is truthy; None when the claim's init
+    checkpoint does not unpack."""
+    spec = goal.spec
+    Git(source / ".git", source).run("checkout", "-q", "-B", "claim", commit)
+    with Workspace.create(where, repo=source, editable=spec.editable,
+                          knobs=spec.knobs, goal=spec.metric.goal) as ws:
+        if spec.init is not None:
+            try:
+                unpack_init(artifacts[INIT], ws.run_dir)
+            except ValueError:
+                return None
+        if ws.git.head() != commit:
+            raise RunError(f"the unbundled workspace is not at commit {commit[:12]}")
+        scorer = Scorer(goal, ws, confinement)
+        for facts, _ in runs:
             _check_corpus(scorer, facts)
-            scorer.prepare()
-            ws.begin(0, f"replay of {body['run']} experiment {body['exp']}")
+        scorer.prepare()
+        ws.begin(0, f"replay of {commit[:12]}")
+        results = []
+        for repeat, (facts, schedule_bytes) in enumerate(runs):
             schedule = None
-            if SCHEDULE in artifacts:  # untracked, in the tree the run can read
-                schedule = ws.path / f".magnet-{SCHEDULE_FILE}"
-                schedule.write_bytes(artifacts[SCHEDULE])
+            if schedule_bytes is not None:  # untracked, in the tree the run can read
+                schedule = ws.path / f".magnet-{repeat}-{SCHEDULE_FILE}"
+                schedule.write_bytes(schedule_bytes)
             # the goal's limits, not the claim's facts: a claim cannot buy itself more time
-            run = scorer.run(seed=int(facts["seed"]), repeat=0, replay=facts, on_line=on_line,
-                             schedule=schedule,
-                             time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
-                             mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
-    return judge(body, run)
-
-
-def judge(body: Mapping[str, Any], run: Mapping[str, Any]) -> Verdict:
-    """HONEST when the replayed run is within TOLERANCE of the claim, else FALSE."""
-    metric = body["metric"]
-    claimed = float(metric["after"])
-    value = run["metrics"].get(metric["name"]) if run["status"] == "ok" else None
-    replayed_checkpoint = (run.get("replay") or {}).get("checkpoint_sha256")
-    identical = replayed_checkpoint is not None and \
-        replayed_checkpoint == body["replay"].get("checkpoint_sha256")
-    if value is None:
-        reason = f"the replay {run['status']}: {run.get('reason') or 'no metric'}"
-        return Verdict(FALSE, claimed, None, reason, run["seconds"], identical)
-    off = abs(float(value) - claimed) / max(abs(claimed), 1e-12)
-    verdict = HONEST if off <= TOLERANCE else FALSE
-    relation = "within" if verdict == HONEST else "outside"
-    reason = (f"replayed {metric['name']} {float(value):.6f} vs claimed {claimed:.6f}: "
-              f"{off:.3%} off, {relation} the {TOLERANCE:.1%} tolerance")
-    return Verdict(verdict, claimed, float(value), reason, run["seconds"], identical)
+            results.append(scorer.run(
+                seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=on_line,
+                schedule=schedule, time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
+                mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None))
+            if stop is not None and stop(results):
+                break
+        return results
 
 
 def _check_machine(facts: Mapping[str, Any]) -> None:
@@ -160,10 +177,83 @@ def _open_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
         goal = load_goal(goal_path, repository=source)
     except GoalError as err:
         raise MalformedClaim(f"its goal file does not load ({err})") from None
+    _check_before_runs(body, Git(source / ".git", source))
     if goal.spec.init is not None and INIT not in artifacts:
         raise ReplayRefused("the claim's run starts from a checkpoint (`init:`) that the claim "
                             "does not carry (a claim made before claims carried it)")
     return goal, source
+
+
+def _check_before_runs(body: Mapping[str, Any], git: Git) -> None:
+    """The runs behind the claim's before measured its parent's code (the parent itself among
+    them), with distinct seeds, and the stated before is their mean; MalformedClaim if not."""
+    runs, metric = body["before_runs"], body["metric"]
+    if not 0 < len(runs) <= MAX_BEFORE_RUNS:
+        raise MalformedClaim(f"it names {len(runs)} runs behind its before; 1 to "
+                             f"{MAX_BEFORE_RUNS} are replayed")
+    for run in runs:
+        if not isinstance(run, dict) or not isinstance(run.get("replay"), dict) or \
+                not _finite(run.get("value")) or not isinstance(run.get("commit"), str) or \
+                not COMMIT_ID.fullmatch(run["commit"]) or not isinstance(run.get("seed"), int):
+            raise MalformedClaim(f"a run behind its before is not a commit id, seed, value and "
+                                 f"replay facts: {str(run)[:80]!r}")
+        if run["replay"].get("seed") != run["seed"]:
+            raise MalformedClaim(f"a run behind its before names seed {run['seed']} but its "
+                                 f"replay facts seed {run['replay'].get('seed')!r}")
+    if len({run["seed"] for run in runs}) != len(runs):
+        raise MalformedClaim("two runs behind its before share a seed (one run counted twice)")
+    if body["parent"] not in {run["commit"] for run in runs}:
+        raise MalformedClaim(f"its parent {body['parent'][:12]} is not among the runs behind "
+                             "its before")
+    try:
+        tree = git.run("rev-parse", f"{body['parent']}^{{tree}}")
+        for run in runs:
+            git.run("merge-base", "--is-ancestor", run["commit"], body["commit"])
+            if git.run("rev-parse", f"{run['commit']}^{{tree}}") != tree:
+                raise MalformedClaim(f"the before run of commit {run['commit'][:12]} is not of "
+                                     "its parent's code")
+    except GitError:
+        raise MalformedClaim("a run behind its before is of a commit that is not an ancestor "
+                             "of the claimed one in its bundle") from None
+    if not _finite(metric.get("before")) or not _finite(metric.get("after")):
+        raise MalformedClaim("its before and after are not numbers")
+    mean = statistics.fmean(float(run["value"]) for run in runs)
+    if abs(mean - float(metric["before"])) > MEAN_SLACK * max(abs(mean), 1e-12):
+        raise MalformedClaim(f"its before {metric['before']} is not the mean {mean} of the "
+                             "runs behind it")
+    test = body.get("test")
+    if test is not None:
+        tests = [run.get("test") for run in runs]
+        if not isinstance(test, dict) or not all(map(_finite, [*tests, test.get("before"),
+                                                               test.get("after")])):
+            raise MalformedClaim("its test scores are not numbers for every run")
+        if abs(statistics.fmean(tests) - float(test["before"])) > \
+                MEAN_SLACK * max(abs(float(test["before"])), 1e-12):
+            raise MalformedClaim(f"its test before {test['before']} is not the mean of the "
+                                 "runs behind it")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _before_schedules(body: Mapping[str, Any], artifacts: Mapping[str, bytes]
+                      ) -> dict[str, bytes]:
+    """The schedules the before runs followed, by sha256, each checked against it."""
+    wanted = {run["replay"].get("schedule_sha256") for run in body["before_runs"]} - {None}
+    if not wanted:
+        return {}
+    try:
+        texts = json.loads(artifacts[BEFORE_SCHEDULES])
+        found = {sha: text.encode() for sha, text in texts.items()}
+    except (KeyError, ValueError, AttributeError, TypeError):
+        raise MalformedClaim("it does not carry the schedules its before runs followed") \
+            from None
+    for sha in wanted:
+        if sha not in found or sha256_hex(found[sha]) != sha:
+            raise MalformedClaim(f"its before schedules lack schedule {str(sha)[:12]}")
+    return found
 
 
 def _unbundle(bundle: bytes, dest: Path, commit: str, parent: str) -> Path:

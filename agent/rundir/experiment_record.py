@@ -106,6 +106,8 @@ def outcome(runs: Sequence[Mapping[str, Any]], metric_name: str, metric: float |
         TEST_KEY: _test_score(runs),
         # what a replay of the first run needs (scoring.replay_facts): a ledger claim carries it
         "replay": first.get("replay"),
+        # and of every run: a claim replays each run behind its "before" (a confirmed best's too)
+        "replays": [r.get("replay") for r in runs],
     }
 
 

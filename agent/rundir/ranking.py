@@ -93,6 +93,15 @@ def reference(records: Sequence[Record], goal: str) -> tuple[float | None, int]:
     return baseline(records), len(baseline_values(records))
 
 
+def reference_records(records: Sequence[Record], goal: str) -> list[Record]:
+    """The records whose runs stand behind `reference`: the best kept experiment, else every
+    baseline run with a metric (what a ledger claim replays as its "before")."""
+    top = best_record(records, goal)
+    if top is not None:
+        return [top]
+    return [r for r in records if r.get("status") == BASELINE and is_finite(r.get("metric"))]
+
+
 def runs_of(record: Record) -> list[float]:
     """Every finite value measured for a record (one per run, or its metric alone)."""
     runs = record.get("runs")

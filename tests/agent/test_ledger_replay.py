@@ -1,16 +1,20 @@
 """Ledger claims from a real research run, verified by replaying them in a fresh sandbox.
 
 One research run (conftest's kept_run: scripted planner over HTTP, real training, real
-evaluator) keeps an improvement; the installed CLI claims it, another key replays it and finds
-it honest. A claim whose metric was fabricated is replayed and found false by two keys, and
-only the second verdict slashes it (no single verifier slashes); a claim on
-other corpus bytes is refused before anything runs, and nothing is recorded.
+evaluator) keeps an improvement; the installed CLI claims it, another key replays it (the
+claimed run and the baseline runs behind its "before") and finds it honest, paying the points of
+the replayed gain over the baseline mean the keep rule used. A claim whose metric was
+fabricated is replayed and found false by two keys, and only the second verdict slashes it (no
+single verifier slashes); one whose "before" was raised in the run's records is replayed and
+found false; a claim on other corpus bytes, or on an unsealed corpus, is refused before
+anything runs, and nothing is recorded.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -18,11 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.claims.claim import build_claim
-from agent.claims.replay import TOLERANCE
+from agent.claims.claim import GOAL_FILE, build_claim
+from agent.claims.verdict import TOLERANCE
+from agent.rundir import ranking
+from agent.rundir.experiment_record import TEST_KEY
+from ledger.canonical import sha256_hex
 from ledger.keys import generate_key, load_key
 from ledger.open import open_ledger
-from ledger.rules import DEFAULT_STAKE, VERIFY_POINTS, reward_points
+from ledger.rules import DEFAULT_STAKE, HONEST, VERIFY_POINTS, reward_points
 
 pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None,
                                  reason="bubblewrap is not installed (make setup installs it)"),
@@ -55,6 +62,38 @@ def test_the_record_carries_the_replay_facts(kept_run):
     from bitnet.checkpoint import checkpoint_hash
 
     assert facts["checkpoint_sha256"] == checkpoint_hash(run_dir / "outputs" / "exp-002")
+    assert record["replays"] == [facts]  # every run's facts: a claim replays its before runs
+
+
+def records_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "experiments.jsonl").read_text().splitlines()]
+
+
+def copy_run(kept_run, name: str) -> Path:
+    """A copy of the kept run (readers of the shared one run beside this module) in its own
+    runs folder, for a claimant who edits the run's files."""
+    root, run_dir, _ = kept_run
+    copy = root / name / run_dir.name
+    shutil.rmtree(copy.parent, ignore_errors=True)
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_a_claims_before_is_the_baseline_mean_the_keep_rule_used(kept_run):
+    _, run_dir, _ = kept_run
+    records = records_of(run_dir)
+    body = build_claim(run_dir, 2, stake=DEFAULT_STAKE).body
+    mean = ranking.baseline(records[:2])
+    assert body["metric"]["before"] == mean == records[2]["judgement"]["reference"]
+    assert body["metric"]["before"] != records[1]["metric"]  # not the parent's run alone
+    baselines = [records[1], records[0]]  # the parent's run first
+    assert [(r["exp"], r["commit"], r["seed"], r["value"]) for r in body["before_runs"]] == [
+        (r["exp"], r["commit"], r["seeds"][0], r["metric"]) for r in baselines]
+    assert [r["replay"] for r in body["before_runs"]] == [r["replay"] for r in baselines]
+    # the held-out test split's before and after, from the same runs
+    assert body["test"] == {"before": statistics.fmean(r[TEST_KEY] for r in records[:2]),
+                            "after": records[2][TEST_KEY]}
+    assert [r["test"] for r in body["before_runs"]] == [r[TEST_KEY] for r in baselines]
 
 
 def test_an_honest_claim_verifies_on_replay(kept_run):
@@ -75,12 +114,23 @@ def test_an_honest_claim_verifies_on_replay(kept_run):
     assert abs(facts["replayed"] - facts["claimed"]) <= TOLERANCE * facts["claimed"]
     # the recorded steps, threads, seed and schedule make it the same run, bit for bit
     assert facts["checkpoint_identical"] and facts["replayed"] == facts["claimed"]
+    # and the baseline runs behind its before, replayed too, give the baseline mean
+    assert facts["before_replayed"] == facts["before_claimed"] == \
+        ranking.baseline(records_of(run_dir)[:2])
+    replayed_gain = {"goal": "minimize", "before": facts["before_replayed"],
+                     "after": facts["replayed"]}
+    assert facts["points"] == reward_points(replayed_gain) > 0
+    test = facts["test"]  # the test split replays too, to the same numbers
+    assert test["replayed_after"] == test["claimed_after"]
+    assert test["replayed_before"] == test["claimed_before"]
 
     with open_ledger(ledger) as book:
         body = book.find(0).fields["body"]
         alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
         bob = load_key(root / "bob.key").public_key().public_bytes_raw().hex()
-        assert book.balances() == {alice: reward_points(body["metric"]), bob: VERIFY_POINTS}
+        # the points of the replayed gain over the baseline mean
+        assert book.balances() == {alice: facts["points"], bob: VERIFY_POINTS}
+        assert facts["points"] == reward_points(body["metric"])
         assert body["metric"]["before"] > body["metric"]["after"]
         assert book.audit().ok
     # the same claim again is a replayed claim
@@ -188,6 +238,25 @@ def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_
         assert book.audit().ok
 
 
+def test_a_fabricated_test_score_is_judged_false(kept_run):
+    """Replays check the held-out test score as well as the validation score: a claim whose
+    test score after was lowered is false on the replay of its claimed run alone."""
+    from agent.claims.replay import replay_claim
+    from ledger.rules import FALSE
+    from sandbox.confine import confinement
+
+    _, run_dir, _ = kept_run
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    test = claim.body["test"]
+    forged = {**claim.body, "test": {**test, "after": test["after"] * 0.9}}
+    verdict = replay_claim(forged, claim.artifacts, confinement())
+    assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
+    # no test number in it: a reason reaches planners through the ledger tools
+    assert verdict.reason == (f"replayed the claimed run: its {TEST_KEY} is not the claimed "
+                              f"one, outside the {TOLERANCE:.1%} tolerance")
+    assert verdict.before_replayed is None  # its before runs were never replayed
+
+
 def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
     """What the claimant carries is the claimant's to get right: a parent that is not the
     commit's parent, or a commit id that is a path, is judged false without training."""
@@ -213,3 +282,91 @@ def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
         assert [e.fields["kind"] for e in book.entries()] == [
             "claim", "claim", "verification", "verification", "verification", "slash",
             "verification", "slash"]
+
+
+def test_a_before_raised_in_the_records_is_replayed_and_judged_false(kept_run):
+    """The claimant raises the second baseline run in its own experiments.jsonl (metric and
+    runs alike, as a careful forger would): the claim states a larger gain, and the replay of the
+    baseline runs behind its before finds it false."""
+    root, _, env = kept_run
+    run_dir = copy_run(kept_run, "raised-runs")
+    records = records_of(run_dir)
+    honest_before = ranking.baseline(records[:2])
+    records[1]["metric"] = records[1]["runs"][0] = records[1]["metric"] * 1.25
+    (run_dir / "experiments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ledger = root / "raised.sqlite"
+    claimed = ledger_cli(env, ledger, "claim", run_dir.name, "2", "--key",
+                         str(root / "alice.key"), "--runs-dir", str(run_dir.parent))
+    assert claimed.returncode == 0, claimed.stderr
+    with open_ledger(ledger) as book:
+        metric = book.find(0).fields["body"]["metric"]
+        assert metric["before"] > honest_before * 1.1  # what it claims to be worth
+
+    verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"), "--json")
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    facts = json.loads(verified.stdout)
+    assert facts["verdict"] == "false" and facts["points"] is None
+    assert "the before run of experiment 1 (seed" in facts["reason"]
+    assert "outside the" in facts["reason"]
+    assert facts["before_replayed"] is None  # stopped at the parent's run: the rest is moot
+    with open_ledger(ledger) as book:  # disputed: a second key's agreeing verdict slashes it
+        assert [e.fields["kind"] for e in book.entries()] == ["claim", "verification"]
+        assert book.claim_state(book.find(0)).status == "disputed"
+        alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
+        assert alice not in book.balances()  # the raised gain paid nothing
+
+
+def test_a_claim_on_an_unsealed_corpus_is_refused_in_one_line(kept_run):
+    """A run on pycode (the interpreter reads its held-out files) cannot be claimed, and a claim
+    made for one anyway (its goal file names pycode) is not replayed: nothing is recorded."""
+    root, kept_dir, env = kept_run
+    run_dir = copy_run(kept_run, "unsealed-runs")
+    goal = run_dir / "goal.md"
+    text = goal.read_text()
+    corpus = next(line for line in text.splitlines() if line.startswith("corpus: "))
+    goal.write_text(text.replace(corpus, "corpus: pycode"))
+    ledger = root / "unsealed.sqlite"
+    claimed = ledger_cli(env, ledger, "claim", run_dir.name, "2", "--key",
+                         str(root / "alice.key"), "--runs-dir", str(run_dir.parent))
+    assert claimed.returncode == 2, claimed.stdout + claimed.stderr
+    line = claimed.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert line.startswith(f"magnet-agent: error: {run_dir.name} cannot be claimed: its runs "
+                           "could read the bytes they were scored on: pycode ")
+    assert "portable-code" in line  # names a sealed corpus
+    assert not ledger.exists() or "0 entries" in ledger_cli(env, ledger, "audit").stdout
+
+    # the same claim built by hand and put in the ledger: the verifier refuses to replay it
+    claim = build_claim(kept_dir, 2, stake=DEFAULT_STAKE)
+    artifacts = {**claim.artifacts, GOAL_FILE: goal.read_bytes()}
+    body = {**claim.body, GOAL_FILE: sha256_hex(artifacts[GOAL_FILE])}
+    with open_ledger(ledger) as book:
+        book.claim(load_key(root / "alice.key"), body, artifacts)
+    verified = ledger_cli(env, ledger, "verify", "0", "--key", str(root / "bob.key"))
+    assert verified.returncode == 2, verified.stdout + verified.stderr
+    line = verified.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert line.startswith("magnet-agent: error: the claim is not replayed: its runs could "
+                           "read the bytes they were scored on: pycode ")
+    assert "training" not in verified.stdout
+    with open_ledger(ledger) as book:
+        assert len(book.entries()) == 1  # no verdict: nothing to settle
+
+
+def test_an_honest_verdict_pays_the_replayed_gain_not_the_claimed_one(kept_run):
+    """A claim that overstates its gain by less than the tolerance gets an honest verdict, but is
+    paid the points of the gain its replay measured (the verdict's `points`, which
+    test_an_honest_claim_verifies_on_replay checks a real replay gives), not its claimed ones."""
+    root, run_dir, _ = kept_run
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    metric = claim.body["metric"]
+    after = metric["after"] * (1 - TOLERANCE / 2)  # within the tolerance: an honest verdict
+    overstated = {**claim.body, "metric": {**metric, "after": after}}
+    replayed = reward_points(metric)  # what a bit-exact replay of the real runs measures
+    assert reward_points(overstated["metric"]) > replayed
+    with open_ledger(root / "overstated.sqlite") as book:
+        entry = book.claim(load_key(root / "alice.key"), overstated, claim.artifacts)
+        book.verify(load_key(root / "bob.key"), entry, HONEST, {"points": replayed})
+        alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
+        assert book.balances()[alice] == replayed
+        assert book.claim_state(entry).points == replayed

@@ -29,6 +29,7 @@ from agent.goal.spec import Goal, LedgerSettings, MergeSettings
 from agent.loop.launch import start_run
 from agent.loop.train_once import train
 from agent.merging.merge_run import OUTPUTS
+from agent.rundir import ranking
 from agent.rundir.checkpoint_ref import resolve_checkpoint
 from agent.rundir.runs import load_run_goal
 from agent.rundir.tool_records import STEP, ToolRecords
@@ -103,7 +104,8 @@ def test_record_contribution_claims_the_best_and_audit_accepts_it(kept, ledger_c
     _, run_dir, env = kept
     records = [json.loads(x) for x in (run_dir / "experiments.jsonl").read_text().splitlines()]
     assert claimed["exp"] == 2 and claimed["commit"] == records[2]["commit"]  # the best
-    assert claimed["metric"] == {"name": "val_bpb", "before": records[1]["metric"],
+    # before: the baseline mean the keep rule compared it with, not the parent's run alone
+    assert claimed["metric"] == {"name": "val_bpb", "before": ranking.baseline(records[:2]),
                                  "after": records[2]["runs"][0]}
     assert claimed["points_once_verified"] == reward_points(claimed["metric"]) > 0
     assert claimed["stake"] == 100 and claimed["status"] == "pending"
