@@ -59,7 +59,12 @@ def test_an_old_run_resumes_reviews_and_exports(runs):
     by_exp = {r["exp"]: r for r in records}
     assert by_exp[3]["status"] == "interrupted"  # cut off by the kill, then re-run
     assert by_exp[4]["hypothesis"] == by_exp[3]["hypothesis"]
-    assert len([r for r in records if r["status"] in ("keep", "discard")]) == 3
+    # the old template scored itself on the validation split, which is out of every
+    # experiment's view now (it cannot even build the corpus cache): its new runs fail, each
+    # recorded with the reason, and the run goes on to its end
+    after = [r for r in records[4:] if r["status"] != "baseline"]
+    assert after and all(r["status"] == "crashed" for r in after), [r["status"] for r in after]
+    assert all("exit code" in r["reason"] for r in after)
 
     listed = json.loads(cli(runs, "runs", "--json").stdout)
     proposals = [r for r in records if r["status"] != "baseline"]

@@ -259,9 +259,14 @@ def specialists(kept) -> dict[str, Any]:
     an improvement, and a `train --init` run on another."""
     root, base_run, _ = kept
     runs = root / "runs"
+    # the specialists start from a copy of the base's checkpoint, not from the shared kept run:
+    # a test below hides their base, and test_ledger_replay reads the kept run meanwhile
+    base = root / "base-checkpoint"
+    if not base.exists():
+        shutil.copytree(base_run / "outputs" / "exp-002", base)
     goal = root / "SPECIALIST.md"
     goal.write_text(SPECIALIST_GOAL.format(corpus=corpus(root, "lorem", "Lorem ipsum dolor"),
-                                           init=base_run.name))
+                                           init=base))
     with ScriptedServer() as server, environ(
             MAGNET_CACHE_DIR=str(root / "cache"), OPENAI_BASE_URL=server.base_url,
             OPENAI_API_KEY="sk-test-not-a-secret", MAGNET_STEPS=STEPS):
@@ -269,12 +274,12 @@ def specialists(kept) -> dict[str, Any]:
         tuned = start_run(goal, runs_dir=runs)
         before = set(runs.iterdir())
         fox = corpus(root, "fox", "The quick brown fox jumps")
-        assert train("bitnet-lm", f"text:{fox}", 2, 7, str(runs), init=base_run.name) == 0
+        assert train("bitnet-lm", f"text:{fox}", 2, 7, str(runs), init=str(base)) == 0
     (trained,) = set(runs.iterdir()) - before
     statuses = [json.loads(x)["status"]
                 for x in (tuned / "experiments.jsonl").read_text().splitlines()]
     assert statuses == ["baseline", "baseline", "keep"], statuses
-    return {"root": root, "base_run": base_run, "tuned": tuned, "trained": trained}
+    return {"root": root, "base_run": base_run, "base": base, "tuned": tuned, "trained": trained}
 
 
 def merge_ctx(specialists: dict[str, Any], call: int, run: str = "tuned") -> ToolContext:
@@ -394,14 +399,14 @@ def test_a_claim_from_a_run_of_a_base_carries_the_base_and_replays_honest(specia
         names = sorted(tar.getnames())
     assert names == sorted(p.name for p in (tuned / "init").iterdir() if p.is_file())
 
-    hidden = specialists["base_run"].with_name("base-run-moved-away")
-    specialists["base_run"].rename(hidden)  # the verifier has no base run to read from
+    hidden = specialists["base"].with_name("base-moved-away")
+    specialists["base"].rename(hidden)  # the verifier has no base to read from
     try:
         bob = context(tuned, alice.goal, 8, ledger=LedgerSettings(key=root / "bob.key",
                                                                   path=str(book)))
         verdict = VERIFY_CONTRIBUTION.run(bob, VerifyArgs(entry=str(claimed["entry"])))
     finally:
-        hidden.rename(specialists["base_run"])
+        hidden.rename(specialists["base"])
     assert verdict["verdict"] == "honest", verdict["reason"]
     assert verdict["checkpoint_identical"]
 

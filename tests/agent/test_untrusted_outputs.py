@@ -101,7 +101,7 @@ def test_a_claim_carries_no_linked_schedule_or_init_file(left: tuple[Path, Path]
     run_dir, _ = left
     with pytest.raises(RunError, match=f"the schedule is refused: .*{SCHEDULE_FILE} is a "
                                        "symlink"):
-        _schedule(run_dir, 1, hashlib.sha256(SECRET).hexdigest())
+        _schedule(run_dir, 1, 0, hashlib.sha256(SECRET).hexdigest())
     init = init_dir(run_dir)
     init.mkdir()
     (init / CONFIG_FILE).write_text("{}")

@@ -1,26 +1,21 @@
 """Train a small BitNet b1.58 byte-level language model within a fixed CPU time budget.
 
 Read it top to bottom: constants, data, model (its code is in model.py), optimiser, schedule,
-loop, report.
-It follows MAGNET's training-code contract:
-  MAGNET_TRAIN_DATA   the folder holding the corpus's training split (bitnet.data.train_dir),
-                      read with bitnet.data.load_train: the only corpus bytes this code can see
+loop, report. MAGNET's training-code contract:
+  MAGNET_TRAIN_DATA   the corpus's training split (bitnet.data.train_dir): all it can see
   MAGNET_CORPUS       the corpus's name, recorded in the checkpoint
   MAGNET_TIME_BUDGET  seconds of training (the loop stops itself when they are spent)
   MAGNET_STEPS        if set, train exactly this many steps instead, at the progress per step
                       in MAGNET_SCHEDULE if set (a schedule.json written here): a replay
   MAGNET_SEED         seed for initialisation and batch sampling
   MAGNET_OUTPUT_DIR   where the checkpoint (config.json + model.safetensors) and metrics.json go
-  MAGNET_INIT_CHECKPOINT  if set, start from that checkpoint instead of random weights (a
-                      specialist trained from a common base): its shapes win over the constants
-  prints one `METRIC name=value` line per result (train_loss, steps, ...): progress, not the
-  score.
-The score (val_bpb, validation bits per byte) is the evaluator's alone: after the run the
-controller scores the saved checkpoint on the validation bytes, which this code never sees
-(bitnet.score, in a separate process, checking that no prediction depends on later bytes), and
-on held-out test bytes for the report. Experiments that edit this file or model.py so compare
-fairly, and all of the budget goes to training. The checkpoint must load as
-`model.BitNetLM(config)`, config from its config.json (save_checkpoint writes both files).
+  MAGNET_INIT_CHECKPOINT  if set, start from that checkpoint (a specialist of a common base):
+                      its shapes win over the constants
+  prints `METRIC name=value` lines (train_loss, steps, ...): progress, not the score.
+The score (val_bpb) is the evaluator's alone: the controller scores the saved checkpoint on
+validation bytes this code never sees (bitnet.score, checking that no prediction depends on
+later bytes), so all of the budget goes to training. The checkpoint must load as
+`model.BitNetLM(config)` from its config.json (save_checkpoint writes both files).
 """
 
 import json
@@ -71,9 +66,8 @@ generator = torch.Generator().manual_seed(SEED)
 
 # --- data --------------------------------------------------------------------------------------
 if not TRAIN_DATA:
-    raise SystemExit("MAGNET_TRAIN_DATA is not set: run this through magnet-agent, or set it to "
-                     "a corpus's training split: MAGNET_TRAIN_DATA=$(python -m bitnet.data "
-                     "portable-code) python train.py")
+    raise SystemExit("MAGNET_TRAIN_DATA is not set: run this with magnet-agent, or set it to "
+                     "$(python -m bitnet.data portable-code)")
 try:
     train_data = load_train(TRAIN_DATA)
 except CorpusError as err:
