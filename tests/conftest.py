@@ -22,6 +22,11 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):  # before any test module imports torch
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
+# Runs start cold: a warm start (sandbox.warm) spends three interpreters' imports after every
+# run on a run that may never come, which in a suite of short runs on shared cores costs more
+# than it saves. tests/sandbox/test_warm.py and test_warm_servers.py test warm starts directly,
+# and conftest's kept run (which claims replay bit-exact) is a research run made with them on.
+os.environ.setdefault("MAGNET_WARM_START", "0")
 
 # Modules whose tests run as one unit: they share a costly module-scoped fixture.
 MODULES = (
@@ -41,9 +46,11 @@ MODULES = (
     "tests/ledger/test_evm_ledger.py",  # a deployed contract
 )
 # These read tests/agent/conftest.py's kept_run, made once per session whichever worker asks
-# first (the others wait for it): each module is its own unit, so they run side by side.
-KEPT_RUN = ("tests/agent/test_ledger_replay.py", "tests/agent/test_tools_ledger_merge.py",
-            "tests/agent/test_held_out.py")
+# first (the others wait for it) and share module fixtures on it: each module is its own unit,
+# so they run side by side. test_ledger_replay's tests need nothing but the kept run and each
+# writes its own ledger: they are units of their own, spread over the workers (one unit, its
+# replays took 6 minutes).
+KEPT_RUN = ("tests/agent/test_tools_ledger_merge.py", "tests/agent/test_held_out.py")
 UNITS = {m: m for m in (*MODULES, *KEPT_RUN)}
 # The modules that take longest (measured with --durations), longest first: their units are
 # handed out first. Every other test follows in file order.

@@ -125,7 +125,7 @@ def _make_kept_run(root: Path) -> Path:
     env = _kept_env(root)
     with one_cpu(), ScriptedServer() as server, pytest.MonkeyPatch.context() as mp:
         for name, value in {**env, "OPENAI_BASE_URL": server.base_url,
-                            "MAGNET_STEPS": KEPT_STEPS}.items():
+                            "MAGNET_STEPS": KEPT_STEPS, "MAGNET_WARM_START": "1"}.items():
             mp.setenv(name, value)
         server.push(proposal(ONE_LAYER_NO_WARMUP))
         run_dir = start_run(goal, runs_dir=root / "runs")
