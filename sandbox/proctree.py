@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 
@@ -123,3 +124,24 @@ def kill_by_env(name: str, value: str, timeout: float = 5.0) -> int:
             p.kill()
     psutil.wait_procs(victims, timeout=timeout)
     return len(victims)
+
+
+# A warm process (sandbox.warm, agent.scoring.warm_servers) imports torch while the controller
+# scores and plans: it waits at this niceness so those come first, and is set back to 0 when
+# its run comes (which needs root or CAP_SYS_NICE; else it trains at this niceness, alone).
+WAITING_NICE = 10
+
+
+def niced(argv: list[str]) -> list[str]:
+    """`argv` run at WAITING_NICE (by nice(1), so every process it starts inherits it)."""
+    nice = shutil.which("nice")
+    return [nice, "-n", str(WAITING_NICE), *argv] if nice else argv
+
+
+def unnice(pid: int) -> None:
+    """Set `pid` and its descendants back to niceness 0, where allowed."""
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error, PermissionError):
+                p.nice(0)

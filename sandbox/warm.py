@@ -32,7 +32,7 @@ from pathlib import Path
 from sandbox.confine import Confinement
 from sandbox.env import OUTPUT_DIR_VAR
 from sandbox.limits import Limits, run_limits
-from sandbox.proctree import ProcessTree
+from sandbox.proctree import ProcessTree, niced, unnice
 
 CHILD = Path(__file__).with_name("warm_child.py")
 STAGING_PREFIX = ".warm-"  # staging output directories, next to the runs' own
@@ -94,8 +94,8 @@ class WarmStarter:
         python = shlex.split(command)[0]  # as the shell finds it on the run's PATH
         memory, processes, fsize = caps
         limits = run_limits(memory=memory, processes=processes, fsize=fsize)
-        argv = limits.wrap(confine(staging).wrap(
-            [shutil.which(python, path=env.get("PATH")) or python, str(CHILD)]))
+        argv = niced(limits.wrap(confine(staging).wrap(
+            [shutil.which(python, path=env.get("PATH")) or python, str(CHILD)])))
         proc = subprocess.Popen(
             argv, cwd=cwd, env=launch_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True)
@@ -122,6 +122,7 @@ class WarmStarter:
 
         def spawn() -> tuple[subprocess.Popen, Limits]:
             assert warm.proc.stdin is not None
+            unnice(warm.proc.pid)  # it waited behind the scorer and the planner: its run comes
             with contextlib.suppress(BrokenPipeError):  # died meanwhile: the runner sees it exit
                 warm.proc.stdin.write(json.dumps(order).encode() + b"\n")
                 warm.proc.stdin.close()

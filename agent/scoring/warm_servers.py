@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sandbox.limits import Limits
-from sandbox.proctree import ProcessTree
+from sandbox.proctree import ProcessTree, niced, unnice
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bitnet" / "warm_server.py"
 SERVERS = 2  # bitnet.score's scoring and causality-check servers
@@ -42,7 +42,7 @@ class WarmServers:
         `wrap` (confinement and `limits`, whose cgroups the scoring removes when done)."""
         self.close()
         self.limits = limits
-        argv = wrap([sys.executable, str(SCRIPT)])
+        argv = niced(wrap([sys.executable, str(SCRIPT)]))
         self.procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, start_new_session=True)
                       for _ in range(SERVERS)]
@@ -65,6 +65,7 @@ class WarmServers:
         def start(role: str) -> subprocess.Popen:
             proc = procs.pop(0)
             assert proc.stdin is not None
+            unnice(proc.pid)  # it waited behind the planner: its scoring comes
             with contextlib.suppress(BrokenPipeError):  # died: bitnet.score reports how
                 proc.stdin.write(order)
                 proc.stdin.flush()

@@ -15,6 +15,7 @@ import pytest
 from sandbox import Workspace
 from sandbox.confine import confinement
 from sandbox.layout import OUTPUTS_DIR
+from sandbox.proctree import WAITING_NICE
 from sandbox.warm import STAGING_PREFIX, WarmStarter, script_of
 
 # trains a few steps under the contract, saves its weights and says how it sees the machine
@@ -49,7 +50,8 @@ view = {"argv": sys.argv, "path0": sys.path[0], "name": __name__, "cwd": os.getc
         "caps": status["CapEff"].strip(), "nnp": status.get("NoNewPrivs", "").strip(),
         "root": sorted(os.listdir("/")), "tmp": sorted(os.listdir("/tmp")),
         "env": {k: v for k, v in os.environ.items() if k != "MAGNET_OUTPUT_DIR"},
-        "wrote_outside": wrote_outside, "out_is_staging": ".warm-" in out}
+        "wrote_outside": wrote_outside, "out_is_staging": ".warm-" in out,
+        "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 print("VIEW " + json.dumps(view))
 print(f"METRIC loss={loss.item()}")
 print(f"METRIC steps={steps}")
@@ -81,6 +83,8 @@ def test_a_warm_run_gives_what_a_cold_one_gives(ws: Workspace) -> None:
     ws.begin(1, "cold then warm")
     cold_metrics, cold, cold_weights = _run(ws, 0)  # no warm process yet: cold
     assert ws.warm is not None and ws.warm.warm is not None  # the next run's, ready
+    # it waits behind the controller's scoring and planning; told to go, it runs at 0 (view)
+    assert psutil.Process(ws.warm.warm.proc.pid).nice() == WAITING_NICE
     warm_metrics, warm, warm_weights = _run(ws, 1)
     assert not cold["out_is_staging"] and warm["out_is_staging"]  # it did run warm
     assert warm_metrics == cold_metrics and warm_metrics["steps"] == 12
