@@ -24,7 +24,9 @@ import json
 import os
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 HEADER = struct.Struct("<II")  # windows B, bytes per window T
 VOCAB = 256
@@ -108,8 +110,14 @@ def main() -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # prints from model code, Python- or C-level, go to stderr
     sys.stdout = sys.stderr
+    run_server(lambda: load_model(args.checkpoint, args.model_code), replies)
+
+
+def run_server(load: Callable[[], Any], replies: BinaryIO) -> None:
+    """Load the model (`load()`), then serve it; exit 2 when it cannot load, 3 when serving
+    fails, with one line on stderr either way."""
     try:
-        model = load_model(args.checkpoint, args.model_code)
+        model = load()
     except BaseException as err:  # foreign code may raise anything, SystemExit included
         print(f"logits server: cannot load the model: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from bitnet.logits_server import _one_line, load_model, serve
+    from bitnet.logits_server import load_model, run_server
 
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # prints from model code, Python- or C-level, go to stderr
@@ -35,19 +35,14 @@ def main() -> None:
     line = sys.stdin.buffer.readline()
     if not line:
         sys.exit(0)
-    try:
+
+    def load() -> torch.nn.Module:  # the order: what to load, with how many threads
         order = json.loads(line)
         if order.get("threads"):
             torch.set_num_threads(int(order["threads"]))
-        model = load_model(Path(order["checkpoint"]), Path(order["model_code"]))
-    except BaseException as err:  # foreign code may raise anything, SystemExit included
-        print(f"logits server: cannot load the model: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        serve(model, sys.stdin.buffer, replies)
-    except BaseException as err:
-        print(f"logits server: {_one_line(err)}", file=sys.stderr)
-        sys.exit(3)
+        return load_model(Path(order["checkpoint"]), Path(order["model_code"]))
+
+    run_server(load, replies)
 
 
 if __name__ == "__main__":
