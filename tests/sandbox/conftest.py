@@ -1,8 +1,13 @@
-"""Fixtures for the sandbox tests: a tiny template, workspaces on it, plain git access."""
+"""Fixtures for the sandbox tests: a tiny template, workspaces on it, plain git access.
+
+pytest runs with --import-mode=importlib, so this folder is put on sys.path for test modules to
+`from attack import run_in`.
+"""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +15,10 @@ import pytest
 
 from sandbox import Workspace
 from sandbox.gitcli import git_env
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
 
 TRAIN_PY = '''\
 """Tiny stand-in for the bitnet-lm template: honours the MAGNET_* contract."""

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from attack import run_in  # tests/sandbox/attack.py
 
-from sandbox import Workspace
 from sandbox.confine import Confinement, confinement
 from sandbox.runner import RunLimits, processes_with_env, run_command
 
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")
 
 
-def run_in(ws: Workspace, script: str, exp: int = 0, **kw):
-    """Run `script` (Python, saved as an untracked file in the workspace) as experiment `exp`."""
-    (ws.path / "attack.py").write_text(script)
-    ws.begin(exp, "attack")
-    ws.commit()
-    kw.setdefault("time_budget", 20)
-    kw.setdefault("grace", 10)
-    return ws.run("python attack.py", **kw)
 
 
 WRITES = """

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from attack import run_in  # tests/sandbox/attack.py
 
 from agent.scoring.private_paths import private_paths
 from ledger.book import ENV_NAME as LEDGER_ENV
-from sandbox import Workspace
 from sandbox.confine import REPO_ROOT, confinement, user_namespace
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
@@ -40,14 +40,6 @@ print("METRIC val_bpb=1.0")
 """
 
 
-def run_script(ws: Workspace, script: str, exp: int = 0, **kw):
-    """Run `script` (Python, an untracked file of the workspace) as experiment `exp`."""
-    (ws.path / "attack.py").write_text(script)
-    ws.begin(exp, "attack")
-    ws.commit()
-    kw.setdefault("time_budget", 20)
-    kw.setdefault("grace", 10)
-    return ws.run("python attack.py", **kw)
 
 
 def outcome(result) -> dict:
@@ -94,7 +86,7 @@ def test_reads_outside_the_allow_list_fail(make_ws, tmp_path, planted, monkeypat
                "ledger": str(data / "ledger.db"), "key": str(data / "claims.key"),
                "repo root": str(REPO_ROOT), "/run": "/run", "/var": "/var",
                "training data": str(data / "train.txt")}
-    result = run_script(ws, READS, env={"TARGETS": json.dumps(targets)}, confinement=confined)
+    result = run_in(ws, READS, env={"TARGETS": json.dumps(targets)}, confinement=confined)
     seen = outcome(result)
     assert seen.pop("training data") == "read training text", seen
     assert not [k for k, v in seen.items() if v.startswith("read ")], seen
@@ -117,7 +109,7 @@ def test_a_host_unix_socket_cannot_be_reached(make_ws):
              "print('METRIC val_bpb=1')\n")
     try:
         ws = make_ws("socket")
-        result = run_script(ws, probe)
+        result = run_in(ws, probe)
         server.setblocking(False)
         with pytest.raises(BlockingIOError):  # nobody connected
             server.accept()
@@ -138,7 +130,7 @@ def test_experiment_code_is_not_root_and_cannot_write_its_workspace(make_ws):
              "import config\n"  # an import: no __pycache__ may be written beside it
              "print('METRIC val_bpb=1')\n")
     before = (ws.path / "train.py").read_text()
-    result = run_script(ws, probe)
+    result = run_in(ws, probe)
     assert "IDS 1000 1000 1000" in result.log_tail, result.log_tail
     assert "REFUSED train.py OSError" in result.log_tail
     assert "REFUSED new.py OSError" in result.log_tail and "WROTE" not in result.log_tail
@@ -153,6 +145,6 @@ def test_where_the_kernel_refuses_a_user_namespace_runs_say_so(make_ws, monkeypa
 
     monkeypatch.setattr(confine, "user_namespace", lambda bwrap: False)
     ws = make_ws("no-userns")
-    result = run_script(ws, "import os\nprint('UID', os.getuid())\nprint('METRIC val_bpb=1')\n")
+    result = run_in(ws, "import os\nprint('UID', os.getuid())\nprint('METRIC val_bpb=1')\n")
     assert result.status == "ok" and result.confinement == confine.CONFINED_AS_ROOT
     assert f"UID {os.getuid()}" in result.log_tail  # the caller's own user, not 1000
