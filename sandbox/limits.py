@@ -24,7 +24,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,15 +130,6 @@ def run_limits(*, memory: int | None, processes: int | None, fsize: int | None,
             continue
         limits.cgroups[controller] = directory
     return limits
-
-
-@contextlib.contextmanager
-def limited(**kwargs) -> Iterator[Limits]:
-    limits = run_limits(**kwargs)
-    try:
-        yield limits
-    finally:
-        limits.remove()
 
 
 def output_usage(path: Path, stop_at: int) -> int:

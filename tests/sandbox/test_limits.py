@@ -149,11 +149,14 @@ def test_a_wrapped_command_is_held_to_its_memory_limit(enforced):
     is not the runner): a cgroup of its own per process, or limit_exec watching it."""
     hog = [sys.executable, "-c", "import time; b = b'x' * (400 * 2**20); time.sleep(30)"]
     start = time.monotonic()
-    with limits_module.limited(memory=100 * MB, processes=16, fsize=None, nest=True,
-                               watch=True) as limits:
+    limits = limits_module.run_limits(memory=100 * MB, processes=16, fsize=None, nest=True,
+                                      watch=True)
+    try:
         done = subprocess.run(limits.wrap(confinement().wrap(hog, {"PATH": PATH})),
                               capture_output=True, text=True, timeout=60)
         killed_by_cgroup = limits.oom_kills() > 0
+    finally:
+        limits.remove()
     assert done.returncode in (137, -9), (done.returncode, done.stderr)
     assert killed_by_cgroup or "exceeded the limit of 100 MiB" in done.stderr
     assert time.monotonic() - start < 20
