@@ -139,9 +139,21 @@ def niced(argv: list[str]) -> list[str]:
 
 
 def unnice(pid: int) -> None:
-    """Set `pid` and its descendants back to niceness 0, where allowed."""
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error, PermissionError):
-                p.nice(0)
+    """Set `pid`, its descendants and all their threads back to niceness 0, where allowed.
+
+    Niceness belongs to a thread and a fork inherits its parent's, so one pass can miss a
+    process a still-niced parent forks meanwhile (bubblewrap starting up) or a thread that
+    already exists: passes repeat until one finds nothing left to change."""
+    for _ in range(50):
+        changed = False
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    for thread in p.threads():
+                        with contextlib.suppress(OSError):
+                            if os.getpriority(os.PRIO_PROCESS, thread.id) != 0:
+                                os.setpriority(os.PRIO_PROCESS, thread.id, 0)
+                                changed = True
+        if not changed:
+            return

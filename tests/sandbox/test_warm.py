@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -15,7 +17,7 @@ import pytest
 from sandbox import Workspace
 from sandbox.confine import confinement
 from sandbox.layout import OUTPUTS_DIR
-from sandbox.proctree import WAITING_NICE
+from sandbox.proctree import WAITING_NICE, niced, unnice
 from sandbox.warm import STAGING_PREFIX, WarmStarter, script_of
 
 # trains a few steps under the contract, saves its weights and says how it sees the machine
@@ -133,3 +135,29 @@ def test_only_python_script_commands_start_warm() -> None:
     for command in ("python train.py --fast", "make train", "python -m train",
                     "python train.py && rm -rf x", "python 'unclosed"):
         assert script_of(command) is None
+
+
+def test_unnice_reaches_every_thread_and_child_of_a_waiting_process() -> None:
+    """Niceness is per thread and a fork inherits it: a waiting process whose threads and
+    children already exist (torch's pools, bubblewrap's inner processes) is set back whole."""
+    if os.geteuid() != 0:
+        pytest.skip("lowering a niceness needs root or CAP_SYS_NICE")
+    script = ("import subprocess, sys, threading, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "for _ in range(3):\n"
+              "    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+              "print('ready', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen(niced([sys.executable, "-c", script]), stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        tids = [t.id for p in tree for t in p.threads()]
+        assert len(tree) == 2 and len(tids) >= 5
+        assert {os.getpriority(os.PRIO_PROCESS, t) for t in tids} == {WAITING_NICE}
+        unnice(proc.pid)
+        assert {os.getpriority(os.PRIO_PROCESS, t) for t in tids} == {0}
+    finally:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            p.kill()
+        proc.kill()
+        proc.wait()
