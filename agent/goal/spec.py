@@ -225,11 +225,13 @@ class Goal(BaseModel):
 
 
 def load_goal(path: str | Path, base_dir: Path | None = None, *,
-              repository: Path | None = None) -> Goal:
+              repository: Path | None = None, moved_to: Path | None = None) -> Goal:
     """Read, parse and check a goal file; raise GoalError with one clear line otherwise.
 
     A relative `workspace:` is read from `base_dir` (default: the goal file's folder);
-    `repository` replaces it (a replay's copy of the contributor's repository).
+    `repository` replaces it (a replay's copy of the contributor's repository). `moved_to`
+    stands in for a `workspace:` repository that is no longer there (a run's own work tree:
+    resuming or reviewing a run does not need what it was made from).
     """
     path = Path(path)
     try:
@@ -246,7 +248,7 @@ def load_goal(path: str | Path, base_dir: Path | None = None, *,
     if not brief.strip():
         raise GoalError(f"{path}: the research brief after the front matter is empty; "
                         "describe the goal in a few sentences")
-    source_dir = _source_dir(path, spec, base_dir or path.parent, repository)
+    source_dir = _source_dir(path, spec, base_dir or path.parent, repository, moved_to)
     _check_editable(path, source_dir, spec.editable)
     try:
         knobs = parse_knobs(spec.knobs)
@@ -312,7 +314,8 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _source_dir(path: Path, spec: GoalSpec, base_dir: Path, repository: Path | None) -> Path:
+def _source_dir(path: Path, spec: GoalSpec, base_dir: Path, repository: Path | None,
+                moved_to: Path | None = None) -> Path:
     if spec.template is not None:
         try:
             return template_dir(spec.template)
@@ -322,6 +325,8 @@ def _source_dir(path: Path, spec: GoalSpec, base_dir: Path, repository: Path | N
     repo = repository or (spec.workspace if spec.workspace.is_absolute()
                           else base_dir / spec.workspace)
     if not (repo / ".git").exists():
+        if moved_to is not None and repository is None:
+            return moved_to.resolve()
         raise GoalError(f"{path}: workspace: {repo} is not a git repository; "
                         "point it at a repository (or run `git init` there)")
     return repo.resolve()

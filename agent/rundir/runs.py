@@ -21,6 +21,7 @@ from agent.goal.spec import (
     split_front_matter,
 )
 from agent.rundir.names import GOAL_COPY, RUN_FILE
+from sandbox.layout import WORKSPACE_DIR
 
 RUN_ID = re.compile(r"(.+)-\d{8}-\d{6}")  # NAME-YYYYmmdd-HHMMSS
 
@@ -71,9 +72,11 @@ def find_run(run: str | None, runs_dir: str | Path | None = None) -> Path:
 
 def load_run_goal(run_dir: Path) -> Goal:
     """The goal a run was started with: its copy, with a relative `workspace:` or `ledger.key`
-    read from the original goal file's folder, as the run itself reads them."""
+    read from the original goal file's folder, as the run itself reads them (a `workspace:`
+    repository deleted or moved since: the run's own work tree stands in for it)."""
     options = json.loads((run_dir / RUN_FILE).read_text())
-    return load_goal(run_dir / GOAL_COPY, base_dir=Path(options["goal_path"]).parent)
+    return load_goal(run_dir / GOAL_COPY, base_dir=Path(options["goal_path"]).parent,
+                     moved_to=run_dir / WORKSPACE_DIR)
 
 
 def run_goal_spec(run_dir: Path) -> GoalSpec:
