@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="magnet-utilisation-"))
+    runs_dir.mkdir(parents=True, exist_ok=True)
     goal = unbounded_wall(args.goal, runs_dir)
     command = [sys.executable, "-m", "agent.cli", "run", str(goal),
                "--experiments", str(args.experiments), "--runs-dir", str(runs_dir)]

@@ -19,8 +19,10 @@ import sys
 
 # sys.path[0] is this file's directory (sandbox/): its modules must not shadow anything
 sys.path.pop(0)
-PRELOAD = ("numpy", "torch", "safetensors.torch", "bitnet.model", "bitnet.data",
-           "bitnet.checkpoint")  # what the bitnet-lm template's train.py imports
+# what the bitnet-lm template's train.py imports, and torch._dynamo: building any torch
+# optimizer imports it (torch._disable_dynamo), 1.5 s here, which would be the run's
+PRELOAD = ("numpy", "torch", "torch._dynamo", "safetensors.torch", "bitnet.model", "bitnet.data",
+           "bitnet.checkpoint")
 
 
 def _preload() -> None:

@@ -22,12 +22,12 @@ from agent.planners.base import KnobEdit, PlanContext, PlannerError, Proposal, U
 from agent.planners.knob_text import change_verb, config_key, describe_change
 from agent.planners.local_model import (
     LoadedModel,
-    SchemaMask,
     default_cache_dir,
     find_gguf,
     generate,
     load_model,
     schema_index,
+    with_int8_linears,
 )
 from agent.planners.local_prompt import (
     GRID_SIZE,
@@ -82,7 +82,7 @@ class LocalPlanner:
         completion_tokens, choice, replies = 0, None, 0
         while choice is None and replies < MAX_ATTEMPTS:
             replies += 1
-            text, count = generate(loaded, prompt, SchemaMask(index), seed=context.seed + replies,
+            text, count = generate(loaded, prompt, index, seed=context.seed + replies,
                                    longest=longest, temperature=self.temperature,
                                    threads=self.threads)
             completion_tokens += count
@@ -116,8 +116,8 @@ class LocalPlanner:
         if self._loaded is not None:
             return
         start = time.perf_counter()
-        self._loaded = load_model(self.gguf, self.cache_dir, use_cache=self.use_cache,
-                                  threads=self.threads)
+        self._loaded = with_int8_linears(load_model(
+            self.gguf, self.cache_dir, use_cache=self.use_cache, threads=self.threads))
         self.load_seconds = time.perf_counter() - start
 
     # --- one proposal --------------------------------------------------------------------------

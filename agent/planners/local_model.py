@@ -10,10 +10,10 @@ import contextlib
 import importlib.util
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +128,23 @@ def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def with_int8_linears(loaded: LoadedModel) -> LoadedModel:
+    """The model with its linear layers in int8 (PyTorch's dynamic quantization: int8 weights,
+    activations quantized per batch), for proposals: on a CPU a decoding step reads every
+    weight, and the float32 copy of a 4-bit GGUF reads 4x the bytes it needs (measured here:
+    a step 103 -> 26-42 ms, a 550-token prompt 1.1-1.3 -> 0.7 s). Unchanged where this
+    PyTorch has no dynamic quantization."""
+    import torch
+
+    quantize = getattr(getattr(torch, "ao", None), "quantization", None)
+    if quantize is None or not hasattr(quantize, "quantize_dynamic"):
+        return loaded
+    with warnings.catch_warnings():  # deprecated in favour of torchao, still shipped
+        warnings.simplefilter("ignore")
+        model = quantize.quantize_dynamic(loaded.model, {torch.nn.Linear}, dtype=torch.qint8)
+    return LoadedModel(loaded.tokenizer, model, loaded.vocabulary)
+
+
 # --- constrained decoding ------------------------------------------------------------------------
 
 
@@ -141,53 +158,70 @@ def schema_index(loaded: LoadedModel, schema: Mapping[str, Any]) -> Any:
     return Index(regex, loaded.vocabulary)
 
 
-class SchemaMask:
-    """A transformers logits processor letting through only what the schema's regex allows next.
-
-    outlines' own processor masks with a torch.compile'd kernel: seconds of compilation on the
-    first proposal and a C++ compiler at run time. Its Guide answers the same question directly.
-    """
-
-    def __init__(self, index: Any) -> None:
-        from outlines_core import Guide
-
-        self.guide = Guide(index)
-        self.started = False
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        if self.started and not self.guide.is_finished():
-            self.guide.advance(int(input_ids[0, -1]), return_tokens=False)
-        self.started = True
-        allowed = torch.tensor(self.guide.get_tokens(), dtype=torch.long)
-        masked = torch.full_like(scores, -math.inf)
-        masked[:, allowed] = scores[:, allowed]
-        return masked
-
-
-def generate(loaded: LoadedModel, prompt: str, mask: SchemaMask, *, seed: int, longest: int,
+def generate(loaded: LoadedModel, prompt: str, index: Any, *, seed: int, longest: int,
              temperature: float, threads: int | None = None) -> tuple[str, int]:
-    """The reply text and its token count (("", 0) when generation failed); `longest` is the
-    longest allowed reply in characters."""
-    import torch
-    from transformers import LogitsProcessorList
+    """The reply text and its token count (("", 0) when generation failed), sampled under the
+    schema's automaton `index` (schema_index); `longest` bounds the reply in tokens.
 
-    inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    Each step samples among the tokens the automaton allows (outlines_core's Guide answers that
+    directly; outlines' own logits processor compiles a torch kernel, seconds and a C++ compiler
+    at run time). Where it allows only one token, the token is taken without asking the model
+    (its logits could not change the choice), and the forced run goes through the model in one
+    forward pass with the next token it must choose: a reply is mostly forced JSON (keys,
+    quotes, the rest of a knob's name), and on a CPU one pass over a few tokens costs about what
+    one token does (tested: greedy, the replies of transformers' generate() under the mask).
+    """
+    import torch
+    from outlines_core import Guide
+    from transformers import DynamicCache
+
+    ids = loaded.tokenizer(prompt, add_special_tokens=False).input_ids
     torch.set_num_threads(threads or free_cpus())
-    sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-                if temperature > 0 else {"do_sample": False})
-    with torch.random.fork_rng():  # seeded sampling without touching the caller's RNG
-        torch.manual_seed(seed)
-        try:
-            # top_k=0: transformers applies top-k *before* custom processors, which could
-            # leave no allowed token. The longest allowed reply in characters is more
-            # tokens than any reply can take.
-            output = loaded.model.generate(
-                **inputs, logits_processor=LogitsProcessorList([mask]),
-                max_new_tokens=longest, pad_token_id=loaded.tokenizer.eos_token_id,
-                **sampling)
-        except (RuntimeError, ValueError):
-            return "", 0  # counted as an unusable reply; the next attempt has another seed
-    new = output[0, inputs["input_ids"].shape[1]:]
-    return loaded.tokenizer.decode(new, skip_special_tokens=True), len(new)
+    guide = Guide(index)
+    eos = loaded.vocabulary.get_eos_token_id()
+    generator = torch.Generator().manual_seed(seed)
+    reply: list[int] = []
+    cache = DynamicCache()
+    try:
+        with torch.inference_mode():
+            logits = _forward(loaded.model, cache, ids)
+            pending: list[int] = []  # forced tokens the model has not read yet
+            while len(reply) < longest:
+                allowed = guide.get_tokens()
+                if len(allowed) == 1:
+                    token = allowed[0]
+                else:
+                    if pending:
+                        logits = _forward(loaded.model, cache, pending)
+                        pending = []
+                    token = _choose(logits, allowed, temperature, generator)
+                if token == eos:
+                    break
+                guide.advance(token, return_tokens=False)
+                reply.append(token)
+                pending.append(token)
+    except (RuntimeError, ValueError):
+        return "", 0  # counted as an unusable reply; the next attempt has another seed
+    return loaded.tokenizer.decode(reply, skip_special_tokens=True), len(reply)
+
+
+def _forward(model: Any, cache: Any, tokens: list[int]) -> Any:
+    """The next-token logits after `tokens`, which are appended to `cache`."""
+    import torch
+
+    # logits_to_keep=1: the output layer (49k tokens wide) for the last position alone
+    output = model(input_ids=torch.tensor([tokens]), cache=cache, use_cache=True,
+                   logits_to_keep=1)
+    return output.logits[0, -1]
+
+
+def _choose(logits: Any, allowed: list[int], temperature: float, generator: Any) -> int:
+    """One of the `allowed` tokens: sampled from the model's distribution renormalised over them
+    (temperature > 0), else the most likely."""
+    import torch
+
+    scores = logits[torch.tensor(allowed, dtype=torch.long)]
+    if temperature <= 0:
+        return allowed[int(torch.argmax(scores))]
+    probs = torch.softmax(scores.double() / temperature, dim=-1)
+    return allowed[int(torch.multinomial(probs, 1, generator=generator))]

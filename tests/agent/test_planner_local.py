@@ -16,6 +16,7 @@ from agent.goal.spec import load_goal
 from agent.planners.base import ExperimentSummary, Failure, KnobEdit, PlanContext, PlannerError
 from agent.planners.knob_text import config_key
 from agent.planners.local import LocalPlanner, find_gguf
+from agent.planners.local_model import default_cache_dir, generate, load_model, schema_index
 from agent.planners.local_prompt import (
     candidate_changes,
     history_rows,
@@ -178,3 +179,43 @@ def test_long_context_is_cut_to_the_token_budget(planner):
     prompt, size = planner._prompt(planner._loaded.tokenizer, context, options)
     assert size == len(planner._loaded.tokenizer(prompt).input_ids) <= 1000
     assert "2.579" in prompt  # the newest experiment survives the cut
+
+
+@pytest.mark.slow
+def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding():
+    """generate() takes the tokens the schema forces without asking the model and runs them in
+    one pass; greedy, it must give what transformers' own generate() gives under the same mask,
+    one token at a time (float32 weights: the int8 planner's passes differ in the last bits)."""
+    import torch
+    from outlines_core import Guide
+    from transformers import LogitsProcessorList
+
+    loaded = load_model(find_gguf(), default_cache_dir())
+
+    class Mask:  # the schema's allowed tokens, step by step: the reference's only constraint
+        def __init__(self, index):
+            self.guide, self.started = Guide(index), False
+
+        def __call__(self, input_ids, scores):
+            if self.started and not self.guide.is_finished():
+                self.guide.advance(int(input_ids[0, -1]), return_tokens=False)
+            self.started = True
+            masked = torch.full_like(scores, -float("inf"))
+            allowed = torch.tensor(self.guide.get_tokens(), dtype=torch.long)
+            masked[:, allowed] = scores[:, allowed]
+            return masked
+
+    planner = LocalPlanner()
+    for seed, history in ((1, BASELINE), (2, BASELINE[:1])):
+        context = goal_context(history, seed=seed)
+        options = planner._options(context)
+        prompt, _ = planner._prompt(loaded.tokenizer, context, options)
+        index = schema_index(loaded, proposal_schema(options))
+        ours, count = generate(loaded, prompt, index, seed=seed, longest=80, temperature=0)
+        inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        output = loaded.model.generate(**inputs, logits_processor=LogitsProcessorList(
+            [Mask(index)]), max_new_tokens=80, do_sample=False,
+            pad_token_id=loaded.tokenizer.eos_token_id)
+        reference = output[0, inputs["input_ids"].shape[1]:]
+        assert ours == loaded.tokenizer.decode(reference, skip_special_tokens=True)
+        assert parse_reply(ours, options) is not None and count == len(reference) - 1  # no EOS
