@@ -28,6 +28,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # before any test module imports torc
 # and conftest's kept run (which claims replay bit-exact) is a research run made with them on.
 os.environ.setdefault("MAGNET_WARM_START", "0")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def replay_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The suite's verifiers keep their replays (agent.claims.replay_cache) in one folder of this
+    session, shared by the workers, never the user's: the claims on conftest's kept run replay
+    its runs once between them."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's basetemp is a folder of this session's
+    os.environ["MAGNET_REPLAY_CACHE"] = str(shared / "replays")
+
 # Modules whose tests run as one unit: they share a costly module-scoped fixture.
 MODULES = (
     "tests/agent/test_specialist.py",  # a trained base run

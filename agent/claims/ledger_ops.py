@@ -94,6 +94,7 @@ def replay_entry(ledger: Ledger, key: Ed25519PrivateKey, ref: str, *, unconfined
     machine cannot replay it faithfully (nothing is recorded)."""
     from agent.claims.claim import ARTIFACTS
     from agent.claims.replay import replay_claim
+    from agent.claims.replay_cache import ReplayCache
     from agent.scoring.progress import STEP_LINE
     from ledger.keys import public_hex
     from sandbox.confine import confinement
@@ -124,5 +125,6 @@ def replay_entry(ledger: Ledger, key: Ed25519PrivateKey, ref: str, *, unconfined
 
         artifacts = {name: ledger.artifact(body[name])
                      for name in ARTIFACTS if name in body}
-        verdict = replay_claim(body, artifacts, confined, on_line=on_line)
+        verdict = replay_claim(body, artifacts, confined, on_line=on_line,
+                               cache=ReplayCache.default())
     return Replayed(entry, verdict, ledger.verify(key, entry, verdict.verdict, verdict.facts()))

@@ -17,6 +17,7 @@ from a checkpoint it does not carry, a claim made before claims carried their be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.claims.claim import BEFORE_SCHEDULES, BUNDLE, GOAL_FILE, INIT, SCHEDULE, unsealed
+from agent.claims.replay_cache import ReplayCache
 from agent.claims.verdict import TOLERANCE, Verdict, failed, judge
 from agent.goal.spec import Goal, GoalError, load_goal
 from agent.rundir.experiment_record import TEST_KEY
@@ -59,9 +61,11 @@ class MalformedClaim(RunError):
 
 def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
                  confinement: Confinement, *, work_dir: Path | None = None,
-                 on_line: Callable[[str], None] | None = None) -> Verdict:
+                 on_line: Callable[[str], None] | None = None,
+                 cache: ReplayCache | None = None) -> Verdict:
     """Replay the claim `body` and judge it; `artifacts` are those it names (agent.claims.claim):
-    the goal file, the bundle and, if the run recorded them, the schedules."""
+    the goal file, the bundle and, if the run recorded them, the schedules. With `cache`, a run
+    this verifier already replayed is not replayed again (agent.claims.replay_cache)."""
     if not isinstance(body.get("before_runs"), list):
         raise ReplayRefused("the claim does not carry the runs behind its before (a claim made "
                             "before claims did), so its before cannot be checked; claim again "
@@ -80,7 +84,7 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
         if why := unsealed(goal):  # no verdict: the replay would show nothing
             raise ReplayRefused(f"the claim is not replayed: {why}")
         after = _replay(goal, source, body["commit"], [(body["replay"], artifacts.get(SCHEDULE))],
-                        root / "after", artifacts, confinement, on_line)
+                        root / "after", artifacts, confinement, on_line, cache)
         if after is None:
             return failed(body, "its init checkpoint does not unpack")
         verdict = judge(body, after[0], None, test_key=TEST_KEY,
@@ -94,7 +98,7 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
 
             # stops at the first run that is off: its verdict is FALSE whatever the rest give
             replayed = _replay(goal, source, body["parent"], runs, root / "before", artifacts,
-                               confinement, on_line, stop=judged)
+                               confinement, on_line, cache, stop=judged)
             assert replayed is not None  # the init checkpoint unpacked for the claimed run
             verdict = judged(replayed)
             assert verdict is not None  # every run replayed, or one was off
@@ -104,12 +108,12 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
 def _replay(goal: Goal, source: Path, commit: str,
             runs: list[tuple[Mapping[str, Any], bytes | None]], where: Path,
             artifacts: Mapping[str, bytes], confinement: Confinement,
-            on_line: Callable[[str], None] | None,
+            on_line: Callable[[str], None] | None, cache: ReplayCache | None,
             stop: Callable[[list[dict[str, Any]]], object] | None = None
             ) -> list[dict[str, Any]] | None:
     """Replay `runs` (replay facts, schedule bytes) of `commit` one after another in one fresh
-    workspace, until `stop` (given the results so far) is truthy; None when the claim's init
-    checkpoint does not unpack."""
+    workspace (or take them from `cache`), until `stop` (given the results so far) is truthy;
+    None when the claim's init checkpoint does not unpack."""
     spec = goal.spec
     Git(source / ".git", source).run("checkout", "-q", "-B", "claim", commit)
     with Workspace.create(where, repo=source, editable=spec.editable,
@@ -128,15 +132,23 @@ def _replay(goal: Goal, source: Path, commit: str,
         ws.begin(0, f"replay of {commit[:12]}")
         results = []
         for repeat, (facts, schedule_bytes) in enumerate(runs):
-            schedule = None
-            if schedule_bytes is not None:  # untracked, in the tree the run can read
-                schedule = ws.path / f".magnet-{repeat}-{SCHEDULE_FILE}"
-                schedule.write_bytes(schedule_bytes)
-            # the goal's limits, not the claim's facts: a claim cannot buy itself more time
-            results.append(scorer.run(
-                seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=on_line,
-                schedule=schedule, time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
-                mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None))
+            key = cache.key(commit=commit, goal_file=artifacts[GOAL_FILE], facts=facts,
+                            schedule=schedule_bytes, init=artifacts.get(INIT),
+                            confined=confinement.enabled) if cache else ""
+            with cache.held(key) if cache else contextlib.nullcontext() as kept:
+                if kept is None:
+                    schedule = None
+                    if schedule_bytes is not None:  # untracked, in the tree the run can read
+                        schedule = ws.path / f".magnet-{repeat}-{SCHEDULE_FILE}"
+                        schedule.write_bytes(schedule_bytes)
+                    # the goal's limits, not the claim's facts: a claim cannot buy itself time
+                    kept = scorer.run(
+                        seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=on_line,
+                        schedule=schedule, time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
+                        mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
+                    if cache:
+                        cache.put(key, kept)
+            results.append(kept)
             if stop is not None and stop(results):
                 break
         return results

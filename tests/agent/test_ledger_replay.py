@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.claims.claim import GOAL_FILE, build_claim
+from agent.claims.claim import GOAL_FILE, INIT, SCHEDULE, build_claim
 from agent.claims.verdict import TOLERANCE
 from agent.rundir import ranking
 from agent.rundir.experiment_record import TEST_KEY
@@ -370,3 +370,50 @@ def test_an_honest_verdict_pays_the_replayed_gain_not_the_claimed_one(kept_run):
         alice = load_key(root / "alice.key").public_key().public_bytes_raw().hex()
         assert book.balances()[alice] == replayed
         assert book.claim_state(entry).points == replayed
+
+
+def test_a_verifier_replays_each_run_once(kept_run):
+    """The claimed run and the baseline runs behind its before are kept in the verifier's
+    replay cache (this session's, conftest): the same claim replayed again trains nothing and
+    gets the same verdict, and the baseline runs are kept for every claim on them."""
+    from agent.claims.replay import replay_claim
+    from agent.claims.replay_cache import ReplayCache
+    from sandbox.confine import confinement
+
+    _, run_dir, _ = kept_run
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    cache = ReplayCache.default()
+    first = replay_claim(claim.body, claim.artifacts, confinement(), cache=cache)
+    assert first.verdict == HONEST
+    lines: list[str] = []
+    again = replay_claim(claim.body, claim.artifacts, confinement(), cache=cache,
+                         on_line=lines.append)
+    assert lines == []  # no run printed a line: none ran
+    assert {**again.facts(), "seconds": 0} == {**first.facts(), "seconds": 0}
+    claimed_run = ReplayCache.key(
+        commit=claim.body["commit"], goal_file=claim.artifacts[GOAL_FILE],
+        facts=claim.body["replay"], schedule=claim.artifacts.get(SCHEDULE),
+        init=claim.artifacts.get(INIT), confined=True)
+    assert cache.get(claimed_run)["metrics"]["val_bpb"] == first.replayed
+
+
+def test_a_replay_is_kept_under_everything_it_depends_on(tmp_path):
+    """Another commit, goal file, fact, schedule, init checkpoint or confinement is another run;
+    a run that did not finish is not kept (on a busy machine it may next time)."""
+    from agent.claims.replay_cache import ReplayCache
+
+    base = dict(commit="a" * 40, goal_file=b"goal", facts={"seed": 1, "steps": 20},
+                schedule=b"[0.0]", init=None, confined=True)
+    changed = [{"commit": "b" * 40}, {"goal_file": b"goal "}, {"facts": {"seed": 2, "steps": 20}},
+               {"schedule": None}, {"init": b"weights"}, {"confined": False}]
+    keys = {ReplayCache.key(**{**base, **change}) for change in [{}, *changed]}
+    assert len(keys) == 1 + len(changed)
+    cache = ReplayCache(tmp_path)
+    key = ReplayCache.key(**base)
+    with cache.held(key) as kept:
+        assert kept is None
+        cache.put(key, {"status": "timeout", "metrics": {}})
+    assert cache.get(key) is None
+    cache.put(key, {"status": "ok", "metrics": {"val_bpb": 3.5}})
+    with cache.held(key) as kept:
+        assert kept == {"status": "ok", "metrics": {"val_bpb": 3.5}}
