@@ -206,16 +206,15 @@ def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding():
             return masked
 
     planner = LocalPlanner()
-    for seed, history in ((1, BASELINE), (2, BASELINE[:1])):
-        context = goal_context(history, seed=seed)
-        options = planner._options(context)
-        prompt, _ = planner._prompt(loaded.tokenizer, context, options)
-        index = schema_index(loaded, proposal_schema(options))
-        ours, count = generate(loaded, prompt, index, seed=seed, longest=80, temperature=0)
-        inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        output = loaded.model.generate(**inputs, logits_processor=LogitsProcessorList(
-            [Mask(index)]), max_new_tokens=80, do_sample=False,
-            pad_token_id=loaded.tokenizer.eos_token_id)
-        reference = output[0, inputs["input_ids"].shape[1]:]
-        assert ours == loaded.tokenizer.decode(reference, skip_special_tokens=True)
-        assert parse_reply(ours, options) is not None and count == len(reference) - 1  # no EOS
+    context = goal_context(seed=1)
+    options = planner._options(context)
+    prompt, _ = planner._prompt(loaded.tokenizer, context, options)
+    index = schema_index(loaded, proposal_schema(options))
+    ours, count = generate(loaded, prompt, index, seed=1, longest=80, temperature=0)
+    inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    output = loaded.model.generate(**inputs, logits_processor=LogitsProcessorList(
+        [Mask(index)]), max_new_tokens=80, do_sample=False,
+        pad_token_id=loaded.tokenizer.eos_token_id)
+    reference = output[0, inputs["input_ids"].shape[1]:]
+    assert ours == loaded.tokenizer.decode(reference, skip_special_tokens=True)
+    assert parse_reply(ours, options) is not None and count == len(reference) - 1  # no EOS
