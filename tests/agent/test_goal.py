@@ -134,3 +134,24 @@ def test_limits_and_readable_paths(tmp_path):
         "name: tiny", "name: tiny\nreadable: [data]\noutput_limit_mb: 20\nmax_processes: 16")))
     assert goal.spec.readable == [data]  # read from the goal's folder, made absolute
     assert goal.spec.output_limit_mb == 20 and goal.spec.max_processes == 16
+
+
+def test_a_run_whose_repository_is_gone_reads_its_goal_from_its_own_work_tree(tmp_path):
+    """`workspace: PATH` is read when a run starts; resuming or reviewing the run later must
+    not need it (moved or deleted since): the run's own work tree stands in, and nothing else
+    does (a new run still needs the repository)."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.py").write_text("LEARNING_RATE = 0.004\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    goal = write(tmp_path, GOOD.replace("template: bitnet-lm", f"workspace: {repo}"))
+    assert load_goal(goal).source_dir == repo.resolve()
+    run_tree = tmp_path / "run" / "workspace"
+    shutil.copytree(repo, run_tree, ignore=shutil.ignore_patterns(".git"))
+    shutil.rmtree(repo)
+    with pytest.raises(GoalError, match="is not a git repository"):
+        load_goal(goal)
+    assert load_goal(goal, moved_to=run_tree).source_dir == run_tree.resolve()
