@@ -77,6 +77,7 @@ class LocalPlanner:
         options = self._options(context)
         prompt, prompt_tokens = self._prompt(loaded.tokenizer, context, options)
         index = schema_index(loaded, proposal_schema(options))
+        # the longest allowed reply in characters: more tokens than any reply can take
         longest = max(len(json.dumps({"knob": k, "value": v}))
                       for k, vs in options.items() for v in vs)
         completion_tokens, choice, replies = 0, None, 0
