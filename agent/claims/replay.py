@@ -17,7 +17,6 @@ from a checkpoint it does not carry, a claim made before claims carried their be
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -131,24 +130,31 @@ def _replay(goal: Goal, source: Path, commit: str,
         scorer.prepare()
         ws.begin(0, f"replay of {commit[:12]}")
         results = []
+
+        def run(repeat: int, facts: Mapping[str, Any], schedule_bytes: bytes | None
+                ) -> dict[str, Any]:
+            schedule = None
+            if schedule_bytes is not None:  # untracked, in the tree the run can read
+                schedule = ws.path / f".magnet-{repeat}-{SCHEDULE_FILE}"
+                schedule.write_bytes(schedule_bytes)
+            # the goal's limits, not the claim's facts: a claim cannot buy itself more time
+            return scorer.run(
+                seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=on_line,
+                schedule=schedule, time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
+                mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
+
         for repeat, (facts, schedule_bytes) in enumerate(runs):
-            key = cache.key(commit=commit, goal_file=artifacts[GOAL_FILE], facts=facts,
-                            schedule=schedule_bytes, init=artifacts.get(INIT),
-                            confined=confinement.enabled) if cache else ""
-            with cache.held(key) if cache else contextlib.nullcontext() as kept:
-                if kept is None:
-                    schedule = None
-                    if schedule_bytes is not None:  # untracked, in the tree the run can read
-                        schedule = ws.path / f".magnet-{repeat}-{SCHEDULE_FILE}"
-                        schedule.write_bytes(schedule_bytes)
-                    # the goal's limits, not the claim's facts: a claim cannot buy itself time
-                    kept = scorer.run(
-                        seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=on_line,
-                        schedule=schedule, time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
-                        mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
-                    if cache:
+            if cache is None:
+                results.append(run(repeat, facts, schedule_bytes))
+            else:
+                key = cache.key(commit=commit, goal_file=artifacts[GOAL_FILE], facts=facts,
+                                schedule=schedule_bytes, init=artifacts.get(INIT),
+                                confined=confinement.enabled)
+                with cache.held(key) as kept:
+                    if kept is None:
+                        kept = run(repeat, facts, schedule_bytes)
                         cache.put(key, kept)
-            results.append(kept)
+                results.append(kept)
             if stop is not None and stop(results):
                 break
         return results

@@ -129,8 +129,8 @@ def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
 
 
 def with_int8_linears(loaded: LoadedModel) -> LoadedModel:
-    """The model with its linear layers in int8 (PyTorch's dynamic quantization: int8 weights,
-    activations quantized per batch), for proposals: on a CPU a decoding step reads every
+    """`loaded`, its model's linear layers now in int8 (PyTorch's dynamic quantization: int8
+    weights, activations quantized per batch), for proposals: on a CPU a decoding step reads every
     weight, and the float32 copy of a 4-bit GGUF reads 4x the bytes it needs (measured here:
     a step 103 -> 26-42 ms, a 550-token prompt 1.1-1.3 -> 0.7 s). Unchanged where this
     PyTorch has no dynamic quantization."""
@@ -141,8 +141,10 @@ def with_int8_linears(loaded: LoadedModel) -> LoadedModel:
         return loaded
     with warnings.catch_warnings():  # deprecated in favour of torchao, still shipped
         warnings.simplefilter("ignore")
-        model = quantize.quantize_dynamic(loaded.model, {torch.nn.Linear}, dtype=torch.qint8)
-    return LoadedModel(loaded.tokenizer, model, loaded.vocabulary)
+        # in place: the float32 layers are not needed again (a copy is 540 MB and 0.4 s)
+        quantize.quantize_dynamic(loaded.model, {torch.nn.Linear}, dtype=torch.qint8,
+                                  inplace=True)
+    return loaded
 
 
 # --- constrained decoding ------------------------------------------------------------------------

@@ -375,7 +375,7 @@ def test_an_honest_verdict_pays_the_replayed_gain_not_the_claimed_one(kept_run):
 def test_a_verifier_replays_each_run_once(kept_run):
     """The claimed run and the baseline runs behind its before are kept in the verifier's
     replay cache (this session's, conftest): the same claim replayed again trains nothing and
-    gets the same verdict, and the baseline runs are kept for every claim on them."""
+    gets the same verdict, and the claimed run is kept under its key."""
     from agent.claims.replay import replay_claim
     from agent.claims.replay_cache import ReplayCache
     from sandbox.confine import confinement
