@@ -1,6 +1,6 @@
 """Serve a checkpoint's logits over stdin/stdout, using the experiment's own model code.
 
-    python -m bitnet.logits_server --checkpoint DIR --model-code DIR_WITH_model.py
+    python -m bitnet.logits_server --checkpoint DIR --model-code DIR_WITH_model.py [--threads N]
 
 This is the untrusted half of scoring (bitnet.score is the trusted half): it imports the
 workspace's `model.py`, builds `model.BitNetLM(config)` from the checkpoint's config.json and
@@ -30,6 +30,9 @@ from typing import Any, BinaryIO
 
 HEADER = struct.Struct("<II")  # windows B, bytes per window T
 VOCAB = 256
+# threads a server computes with: the same logits on every machine, whatever its cores or load
+# (float sums depend on how a kernel splits them); bitnet.score runs two servers side by side
+THREADS = 1
 
 
 def command(
@@ -38,12 +41,16 @@ def command(
 ) -> list[str]:
     """The argv that starts this server (the caller may prefix a confinement command)."""
     return [python, "-m", "bitnet.logits_server", "--checkpoint", str(checkpoint_dir),
-            "--model-code", str(model_code_dir)]
+            "--model-code", str(model_code_dir), "--threads", str(THREADS)]
 
 
-def load_model(checkpoint_dir: Path, model_code_dir: Path):
-    """`model.BitNetLM(config)` from model_code_dir/model.py, with the checkpoint's weights."""
+def load_model(checkpoint_dir: Path, model_code_dir: Path, threads: int = THREADS):
+    """`model.BitNetLM(config)` from model_code_dir/model.py, with the checkpoint's weights, to
+    run with `threads` threads."""
+    import torch
     from safetensors.torch import load_file
+
+    torch.set_num_threads(threads)
 
     from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE, config_from_hf
 
@@ -106,11 +113,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--model-code", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=THREADS)
     args = parser.parse_args()
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # prints from model code, Python- or C-level, go to stderr
     sys.stdout = sys.stderr
-    run_server(lambda: load_model(args.checkpoint, args.model_code), replies)
+    run_server(lambda: load_model(args.checkpoint, args.model_code, args.threads), replies)
 
 
 def run_server(load: Callable[[], Any], replies: BinaryIO) -> None:

@@ -6,27 +6,28 @@ Two logits servers (bitnet.logits_server, started from the argv the caller gives
 confine them) load the checkpoint with the experiment's model.py; this side holds the
 validation bytes (and the held-out test bytes, when given), sends windows, checks every reply
 (exact size, finite) and computes the loss itself, with the tiling and batches of
-bitnet.evaluate. The scoring server scores the validation windows, then the test windows, so the
-model is loaded once for both; the two scores never mix (each split is tiled on its own).
+bitnet.evaluate. The servers score the validation windows, then the test windows, so each loads
+the model once for both; the two scores never mix (each split is tiled on its own).
+
+Two servers share the work: each scores every other batch (one thread each, so a score does
+not depend on the machine's core count or load, and the two run side by side on two cores).
 
 Causality check: the model sees a whole window at once, so it could read the bytes it is
-scored on. A second, fresh server, which never sees the originals, gets `causal_windows`
-windows of each split chosen with a secret seed, each with its bytes from a random cut c on
-replaced by bytes from elsewhere in the same split (real text, like any window; byte c always
-differs), and each split's shorter tail window likewise. The logits before c must equal the
-first server's for the original window: a model that reads ahead even one byte at position c-1
-changes them, whatever the second server does, as it never sees byte c of the original. c
-ranges over [1, L-1], so every scored position can be the checked one; a model that reads ahead
-at only a fraction f of positions still escapes with probability about (1-f)**causal_windows.
-
-Both servers start at once, so their loading overlaps; the checker gets its windows only after
-the last batch, as two forward passes at once on shared CPUs slow each other far more than
-twofold (OpenMP threads spin-wait: measured 4.8 s instead of 1.3 s for start-up and one batch).
+scored on. `causal_windows` windows of each split, chosen with a secret seed, go back to the
+server that did not score them, each with its bytes from a random cut c on replaced by bytes
+from elsewhere in the same split (real text, like any window; byte c always differs), and each
+split's shorter tail window likewise. The logits before c must equal the scoring server's for
+the original window: a model that reads ahead even one byte at position c-1 changes them,
+whatever the checking server does, as it never sees byte c of the original (windows do not
+overlap, and the two servers are separate sandboxes that cannot talk). c ranges over [1, L-1],
+so every scored position can be the checked one; a model that reads ahead at only a fraction f
+of positions still escapes with probability about (1-f)**causal_windows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -50,6 +51,7 @@ from bitnet.evaluate import EVAL_BYTES, batch_nats, eval_batches, scored_bytes
 from bitnet.logits_server import HEADER, VOCAB
 
 CAUSAL_WINDOWS = 8  # windows checked for look-ahead, each at one random cut
+SERVERS = ("first", "second")  # batch b is scored by SERVERS[b % 2], checked by the other
 # Same code, weights and thread count give bit-identical logits (measured: 0.0 on a trained
 # template model, variants batched 8 vs originals 32); the margin absorbs float32 kernels that
 # depend on the batch shape. A leak smaller than this moves each log-probability by at most
@@ -119,18 +121,23 @@ def score_checkpoint(
     if test is not None:
         splits.append(_Split(test, seq_len, eval_bytes, causal_windows, rng))
     deadline = start + timeout
-    with _Server(server_argv, "scoring", deadline, timeout) as scorer, \
-            _Server(server_argv, "causality-check", deadline, timeout) as checker:
-        splits[0].score(scorer, "validation")
+    with _Server(server_argv, SERVERS[0], deadline, timeout) as first, \
+            _Server(server_argv, SERVERS[1], deadline, timeout) as second:
+        servers = (first, second)
+        splits[0].score(servers, "validation")
         if test is not None and (test_if is None or test_if(splits[0].bpb())):
-            splits[1].score(scorer, "test")
+            splits[1].score(servers, "test")
         scored = [split for split in splits if split.nats is not None]
-        checked = [[checker.ask(_variants(r), f"the {split.name} causality-check windows")
-                    for r in split.checks] for split in scored]
-        scorer.finish()
-        checker.finish()
-    causal_max_diff = max(split.check(replies) for split, replies in zip(scored, checked,
-                                                                          strict=True))
+        replies: dict[tuple[int, int], np.ndarray] = {}  # (split, request) -> its logits
+        _serve(servers, [[(_variants(request), f"the {split.name} causality-check windows",
+                           functools.partial(replies.__setitem__, (i, r)))
+                          for i, split in enumerate(scored)
+                          for r, request in enumerate(split.checks) if _checker(request) == s]
+                         for s in range(len(servers))])
+        first.finish()
+        second.finish()
+    causal_max_diff = max(split.check([replies[i, r] for r in range(len(split.checks))])
+                          for i, split in enumerate(scored))
     bpb = [split.bpb() for split in scored]
     if not all(math.isfinite(value) for value in bpb):
         raise ScoreError(f"the loss is {bpb[0]}: the logits are too extreme to score")
@@ -152,15 +159,23 @@ class _Split:
         self.name = ""
         self.originals: dict[tuple[int, int], np.ndarray] = {}
 
-    def score(self, server: _Server, name: str) -> None:
+    def score(self, servers: Sequence[_Server], name: str) -> None:
+        """Every batch scored by its server (SERVERS[b % 2]), the two side by side."""
         self.name, self.nats = name, 0.0
+        nats = [0.0] * len(self.batches)  # summed in batch order: the same float every time
+        work: list[list[_Request]] = [[] for _ in servers]
         for i, batch in enumerate(self.batches):
-            logits = server.ask(batch, f"{name} batch {i + 1} of {len(self.batches)}")
-            windows = torch.from_numpy(batch.astype(np.int64))
-            self.nats += batch_nats(torch.from_numpy(logits), windows)
-            for check in itertools.chain(*self.checks):
-                if check.batch == i:
-                    self.originals[i, check.row] = logits[check.row, : check.cut].copy()
+            what = f"{name} batch {i + 1} of {len(self.batches)}"
+            work[_scorer_of(i)].append((batch, what, functools.partial(self._scored, i, nats)))
+        _serve(servers, work)
+        self.nats = sum(nats)
+
+    def _scored(self, i: int, nats: list[float], logits: np.ndarray) -> None:
+        batch = self.batches[i]
+        nats[i] = batch_nats(torch.from_numpy(logits), torch.from_numpy(batch.astype(np.int64)))
+        for check in itertools.chain(*self.checks):
+            if check.batch == i:
+                self.originals[i, check.row] = logits[check.row, : check.cut].copy()
 
     def bpb(self) -> float:
         assert self.nats is not None
@@ -219,12 +234,15 @@ class _Check(NamedTuple):
 def _pick_checks(
     data: np.ndarray, batches: list[np.ndarray], seq_len: int, k: int, rng: np.random.Generator
 ) -> list[list[_Check]]:
-    """One request of k random full windows, then the shorter tail window alone: its length
-    sets it apart, so a model could look ahead there alone."""
+    """Requests of k random full windows (one per scoring server: the windows it scored), then
+    the shorter tail window alone: its length sets it apart, so a model could look ahead there
+    alone."""
     full = [(b, row) for b, batch in enumerate(batches) if batch.shape[1] == seq_len
             for row in range(len(batch))]
     picked = [full[i] for i in rng.choice(len(full), size=min(k, len(full)), replace=False)]
-    requests = [[_check(data, batches, b, row, rng) for b, row in picked]]
+    checks = [_check(data, batches, b, row, rng) for b, row in picked]
+    # one request per checking server: the windows the other one scored
+    requests = [[c for c in checks if _scorer_of(c.batch) == s] for s in range(len(SERVERS))]
     requests += [[_check(data, batches, b, 0, rng)]
                  for b, batch in enumerate(batches) if batch.shape[1] != seq_len]
     return [request for request in requests if request]
@@ -243,6 +261,38 @@ def _check(
     if variant[cut] == original[cut]:  # the first replaced byte must really change
         variant[cut] = (int(original[cut]) + int(rng.integers(1, 256))) % 256
     return _Check(b, row, cut, variant)
+
+
+def _scorer_of(batch: int) -> int:
+    """The server (an index into SERVERS) that scores batch number `batch`."""
+    return batch % len(SERVERS)
+
+
+def _checker(request: list[_Check]) -> int:
+    """The server that checks a request: the one that did not score its windows."""
+    return 1 - _scorer_of(request[0].batch)
+
+
+# windows to send, what they are (for messages) and what to do with the logits that come back
+_Request = tuple[np.ndarray, str, Callable[[np.ndarray], None]]
+
+
+def _serve(servers: Sequence[_Server], work: Sequence[Sequence[_Request]]) -> None:
+    """Each server's requests (work[s]) in order, one at a time per server, the servers side by
+    side: a server gets its next request as soon as its last reply has been read."""
+    queues = [list(requests) for requests in work]
+    for server, queue in zip(servers, queues, strict=True):
+        if queue:
+            server.send(queue[0][0], queue[0][1])
+    while any(queues):
+        for server, queue in zip(servers, queues, strict=True):
+            if not queue:
+                continue
+            windows, what, done = queue.pop(0)
+            logits = server.receive(windows.shape, what)
+            if queue:
+                server.send(queue[0][0], queue[0][1])
+            done(logits)
 
 
 def _variants(request: list[_Check]) -> np.ndarray:

@@ -2,6 +2,8 @@
 
     python PATH/TO/bitnet/warm_server.py   (a script: MAGNET's root, not bitnet/, goes on the path)
 
+(or forked by sandbox/zygote_main.py, which calls `preload()` once and `run()` in each child)
+
 The same server as bitnet.logits_server (its loading, protocol and error statuses), but the
 checkpoint and model code arrive as the first line on stdin, as JSON:
 {"checkpoint": DIR, "model_code": DIR, "threads": N}; the binary requests follow on the same
@@ -18,29 +20,33 @@ import sys
 from pathlib import Path
 
 
-def main() -> None:
-    from bitnet.logits_server import load_model, run_server
+def preload() -> None:
+    """The import cost, paid before the scoring starts."""
+    import numpy  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import torch  # noqa: F401
+
+    import bitnet.checkpoint  # noqa: F401
+    import bitnet.logits_server  # noqa: F401
+
+
+def run() -> None:
+    """Say READY, wait for the order, then serve (bitnet.logits_server's protocol)."""
+    from bitnet.logits_server import THREADS, load_model, run_server
 
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # prints from model code, Python- or C-level, go to stderr
     sys.stdout = sys.stderr
-    import numpy  # noqa: F401  the import cost, paid before the scoring starts
-    import safetensors.torch  # noqa: F401
-    import torch
-
-    import bitnet.checkpoint  # noqa: F401
-
     sys.stderr.write("READY\n")  # agent.scoring.warm_servers waits for it
     sys.stderr.flush()
     line = sys.stdin.buffer.readline()
     if not line:
         sys.exit(0)
 
-    def load() -> torch.nn.Module:  # the order: what to load, with how many threads
+    def load():  # the order: what to load, with how many threads
         order = json.loads(line)
-        if order.get("threads"):
-            torch.set_num_threads(int(order["threads"]))
-        return load_model(Path(order["checkpoint"]), Path(order["model_code"]))
+        return load_model(Path(order["checkpoint"]), Path(order["model_code"]),
+                          int(order.get("threads") or THREADS))
 
     run_server(load, replies)
 
@@ -49,4 +55,5 @@ if __name__ == "__main__":
     # run as a script, sys.path[0] is bitnet/ (its data.py, model.py would shadow): this tree's
     # root instead, so the server is the code of the controller that started it
     sys.path[0] = str(Path(__file__).resolve().parents[1])
-    main()
+    preload()
+    run()

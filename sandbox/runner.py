@@ -44,6 +44,9 @@ from sandbox.runlog import (
     drain,
     read_available,
 )
+from sandbox.zygote import ForkedChild
+
+Leader = subprocess.Popen | ForkedChild  # the run's first process: started, or forked
 
 __all__ = [  # callers import a run's names from here, those of proctree and runlog too
     "DEFAULT_LOG_LIMIT",
@@ -109,7 +112,7 @@ def run_command(
     on_line: LineCallback | None = None,
     on_start: Callable[[int], None] | None = None,
     confinement: Confinement | None = None,
-    spawn: Callable[[], tuple[subprocess.Popen, Limits]] | None = None,
+    spawn: Callable[[], tuple[Leader, Limits]] | None = None,
 ) -> RunResult:
     """Run `command` through the shell in `cwd` and return what happened.
 
@@ -146,7 +149,7 @@ def run_command(
     try:
         if on_start is not None:
             on_start(proc.pid)
-        killed_for, seconds = _supervise(proc.pid, fd, out, watch, limits, start,
+        killed_for, seconds = _supervise(proc, fd, out, watch, limits, start,
                                          limited, output_dir)
     finally:
         # Whatever happened above (even KeyboardInterrupt), nothing of the run may survive.
@@ -183,10 +186,11 @@ def run_command(
 
 
 def _supervise(
-    pid: int, fd: int, out: RunOutput, watch: ProcessTree, limits: RunLimits, start: float,
+    proc: Leader, fd: int, out: RunOutput, watch: ProcessTree, limits: RunLimits, start: float,
     limited: Limits, output_dir: Path | None,
 ) -> tuple[str | None, float]:
     """Loop until the leader exits or a limit is hit; returns (killed_for, seconds)."""
+    pid = proc.pid
     sel = selectors.DefaultSelector()
     sel.register(fd, selectors.EVENT_READ, "out")
     pidfd = _pidfd(pid)
@@ -208,7 +212,7 @@ def _supervise(
                 killed_for = "log_limit"
                 watch.kill_all(signal.SIGKILL)
                 break
-            if _exited(pid):
+            if _exited(proc):
                 return killed_for, time.monotonic() - start
             now = time.monotonic()
             if now >= next_check:
@@ -220,14 +224,14 @@ def _supervise(
             if now >= deadline:
                 killed_for = "timeout"
                 watch.kill_all(signal.SIGTERM)
-                _wait_gone(watch, limits.term_grace, fd, out)  # let them save and exit
+                _wait_gone(proc, watch, limits.term_grace, fd, out)  # let them save and exit
                 watch.kill_all(signal.SIGKILL)
                 break
     finally:
         sel.close()
         if pidfd is not None:
             os.close(pidfd)
-    _wait_exit(pid, 5.0, fd, out)
+    _wait_exit(proc, 5.0, fd, out)
     return killed_for, time.monotonic() - start
 
 
@@ -258,27 +262,31 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _exited(pid: int) -> bool:
-    """True once the leader has exited; WNOWAIT leaves it a zombie so its pid (= the group id)
-    cannot be reused before the group is killed."""
+def _exited(proc: Leader) -> bool:
+    """True once the leader has exited. Our own child: WNOWAIT leaves it a zombie so its pid (=
+    the group id) cannot be reused before the group is killed. A fork server's child: its
+    server reaps it and says so."""
+    if isinstance(proc, ForkedChild):
+        return proc.poll() is not None
     try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return True
-    return info is not None and info.si_pid == pid
+    return info is not None and info.si_pid == proc.pid
 
 
-def _wait_exit(pid: int, timeout: float, fd: int, out: RunOutput) -> None:
+def _wait_exit(proc: Leader, timeout: float, fd: int, out: RunOutput) -> None:
     end = time.monotonic() + timeout
-    while not _exited(pid) and time.monotonic() < end:
+    while not _exited(proc) and time.monotonic() < end:
         read_available(fd, out)
         time.sleep(0.01)
 
 
-def _wait_gone(watch: ProcessTree, timeout: float, fd: int, out: RunOutput) -> None:
+def _wait_gone(proc: Leader, watch: ProcessTree, timeout: float, fd: int,
+               out: RunOutput) -> None:
     """Wait for every process of the run (not only the shell that leads it) to exit."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end and (not _exited(watch.pgid) or watch.alive()):
+    while time.monotonic() < end and (not _exited(proc) or watch.alive()):
         read_available(fd, out)
         time.sleep(0.02)
 

@@ -8,6 +8,12 @@ be, imports what the template imports and waits on its stdin. When the run comes
 to go (its environment, its thread count) and runs the script as __main__; the run's clock
 starts then. Only MAGNET's code runs before the go, inside the confinement the experiment gets.
 
+Where the run's limits are cgroups, the warm process is not started but forked
+(sandbox.zygote): a fork server, started once with the same confinement except that it sees the
+whole outputs folder, has imported all that; its child covers that folder, keeps its own staging
+directory and waits as a started one would. A fork takes milliseconds, where an interpreter and
+its imports take seconds of CPU that the scoring and the planner would lack.
+
 Only for a command of the form `python SCRIPT.py`; anything else (and a run whose environment
 differs in what an interpreter reads at start-up) runs cold. What a warm run sees differently:
 its MAGNET_OUTPUT_DIR is a fresh staging directory (the confinement is fixed when the process
@@ -33,6 +39,7 @@ from sandbox.confine import Confinement
 from sandbox.env import OUTPUT_DIR_VAR
 from sandbox.limits import Limits, run_limits
 from sandbox.proctree import ProcessTree, niced, unnice
+from sandbox.zygote import ForkedChild, Zygote, ZygoteError, usable
 
 CHILD = Path(__file__).with_name("warm_child.py")
 STAGING_PREFIX = ".warm-"  # staging output directories, next to the runs' own
@@ -43,8 +50,8 @@ SWITCH = "MAGNET_WARM_START"  # "0": every run starts cold (to measure what warm
 PYTHONS = ("python", "python3", os.path.basename(sys.executable))
 
 Confine = Callable[[Path], Confinement]  # the run's confinement given its output directory
-Caps = tuple[int | None, int | None, int | None]
-Spawn = Callable[[], "tuple[subprocess.Popen, Limits]"]  # memory, processes, output bytes (limits)
+Caps = tuple[int | None, int | None, int | None]  # memory, processes, output bytes (limits)
+Spawn = Callable[[], "tuple[subprocess.Popen | ForkedChild, Limits]"]
 
 
 def script_of(command: str) -> str | None:
@@ -60,7 +67,7 @@ def script_of(command: str) -> str | None:
 
 @dataclass
 class _Warm:
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedChild
     key: tuple
     staging: Path
     launch_env: dict[str, str]
@@ -74,6 +81,8 @@ class WarmStarter:
         self.outputs = outputs
         self.warm: _Warm | None = None
         self.ran_in: Path | None = None  # the staging directory the last run wrote into, if warm
+        self.zygote: Zygote | None = None  # forks the warm processes, where it can
+        self._forking = True  # until a fork server fails: then warm processes start as before
         self._count = 0
         outputs.mkdir(parents=True, exist_ok=True)
         for stale in outputs.glob(f"{STAGING_PREFIX}*"):  # a crashed controller's
@@ -83,7 +92,7 @@ class WarmStarter:
                 caps: Caps = (None, None, None)) -> None:
         """Start a warm process for a run of `command` like this one (replacing any other),
         under the limits `caps` names, as sandbox.runner starts a cold one."""
-        self.close()
+        self._discard()
         script = script_of(command)
         if script is None:
             return
@@ -92,15 +101,42 @@ class WarmStarter:
         staging.mkdir()
         launch_env = {**env, OUTPUT_DIR_VAR: str(staging)}
         python = shlex.split(command)[0]  # as the shell finds it on the run's PATH
+        python = shutil.which(python, path=env.get("PATH")) or python
         memory, processes, fsize = caps
         limits = run_limits(memory=memory, processes=processes, fsize=fsize)
-        argv = niced(limits.wrap(confine(staging).wrap(
-            [shutil.which(python, path=env.get("PATH")) or python, str(CHILD)])))
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env=launch_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True)
+        forked = self._fork(python, cwd, launch_env, confine, staging, limits, fsize)
+        if forked is not None:
+            proc, launch_env = forked
+        else:
+            argv = niced(limits.wrap(confine(staging).wrap([python, str(CHILD)])))
+            proc = subprocess.Popen(
+                argv, cwd=cwd, env=launch_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True)
         key = _key(command, cwd, env, confine(staging), caps)
         self.warm = _Warm(proc, key, staging, launch_env, limits)
+
+    def _fork(self, python: str, cwd: Path, env: dict[str, str], confine: Confine,
+              staging: Path, limits: Limits, fsize: int | None,
+              ) -> tuple[ForkedChild, dict[str, str]] | None:
+        """The warm process forked from the fork server (started, or restarted, when the one
+        there is not for this view and environment), with the environment it started with;
+        None where forking cannot be used."""
+        if not self._forking or not usable(confine(staging), limits):
+            return None
+        shared = confine(self.outputs)  # every run's view, but the whole outputs folder
+        key = (python, str(cwd), tuple(shared.wrap(["x"])),
+               tuple(sorted((k, v) for k, v in env.items() if k not in PER_RUN)))
+        if self.zygote is None or self.zygote.key != key or not self.zygote.alive():
+            self._close_zygote()
+            self.zygote = Zygote("train", shared, cwd=cwd, env=env, key=key, python=python)
+        try:
+            child = self.zygote.fork(own=[(staging, True)], cover=[self.outputs], limits=limits,
+                                     fsize=fsize, stderr_to_stdout=True)
+        except ZygoteError:
+            self._close_zygote()
+            self._forking = False  # it failed once: started warm processes from now on
+            return None
+        return child, self.zygote.env
 
     def take(self, command: str, cwd: Path, env: Mapping[str, str], confine: Confine,
              caps: Caps = (None, None, None)) -> tuple[Spawn, Path] | None:
@@ -146,10 +182,20 @@ class WarmStarter:
         staging.rename(out_dir)
 
     def close(self) -> None:
+        """At the end: stop the warm process (never told to go) and the fork server."""
+        self._discard()
+        self._close_zygote()
+
+    def _discard(self) -> None:
         """Stop the warm process that was never told to go, and remove its staging directory."""
         warm, self.warm = self.warm, None
         if warm is not None:
             _stop(warm)
+
+    def _close_zygote(self) -> None:
+        zygote, self.zygote = self.zygote, None
+        if zygote is not None:
+            zygote.close()
 
 
 def warm_starter(outputs: Path) -> WarmStarter | None:

@@ -4,7 +4,8 @@
 
 Started as a script (not `-m sandbox.warm_child`) so it needs nothing of MAGNET on the import
 path: it imports what the cold `python SCRIPT.py` would import, from the same place. Until the
-go line it runs only this file and the imports below; then it becomes the experiment:
+go line it runs only this file and the imports below; then it becomes the experiment (the fork
+server, sandbox/zygote_main.py, calls `preload()` once and `run()` in each child):
 
   stdin   one JSON line {"script": "train.py", "env": {...}, "unset": [...], "threads": N}
           (EOF first: it exits at once, having run nothing else)
@@ -17,15 +18,13 @@ import os
 import runpy
 import sys
 
-# sys.path[0] is this file's directory (sandbox/): its modules must not shadow anything
-sys.path.pop(0)
 # what the bitnet-lm template's train.py imports, and torch._dynamo: building any torch
 # optimizer imports it (torch._disable_dynamo), 1.5 s here, which would be the run's
 PRELOAD = ("numpy", "torch", "torch._dynamo", "safetensors.torch", "bitnet.model", "bitnet.data",
            "bitnet.checkpoint")
 
 
-def _preload() -> None:
+def preload() -> None:
     import contextlib
     import importlib
 
@@ -34,7 +33,7 @@ def _preload() -> None:
             importlib.import_module(name)
 
 
-def _go() -> None:
+def run() -> None:
     line = sys.stdin.buffer.readline()
     if not line:  # never told to go: leave without running anything
         os._exit(0)
@@ -55,5 +54,6 @@ def _go() -> None:
 
 
 if __name__ == "__main__":
-    _preload()
-    _go()
+    sys.path.pop(0)  # this file's directory (sandbox/): its modules must not shadow anything
+    preload()
+    run()

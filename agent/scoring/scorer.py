@@ -27,7 +27,7 @@ from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
 from agent.scoring.replay_facts import replay_facts
-from agent.scoring.warm_servers import WarmServers
+from agent.scoring.warm_servers import SharedView, WarmServers
 from sandbox.confine import Confinement
 from sandbox.env import free_cpus, run_environ
 from sandbox.limits import Limits, run_limits
@@ -217,7 +217,14 @@ class Scorer:
         if self.kind == EVALUATOR and warm is not None and warm.warm is not None:
             limits = self._server_limits()
             self.servers.prepare(warm.warm.staging, self._server_wrap(warm.warm.staging, limits),
-                                 limits)
+                                 limits, self._shared_view(warm.outputs))
+
+    def _shared_view(self, outputs: Path) -> SharedView:
+        """What the fork servers of the evaluator's servers see: every run's output directory."""
+        confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, outputs])
+        env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=outputs,
+                          passed=self.goal.spec.env)
+        return SharedView(confined, env, outputs)
 
     def close(self) -> None:
         """Stop the servers started for a run that will not come."""
@@ -231,7 +238,7 @@ class Scorer:
 
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         staging = self.ws.warm.ran_in if self.ws.warm is not None else None
-        taken = (self.servers.take(staging, self.ws.path, free_cpus())
+        taken = (self.servers.take(staging, self.ws.path)
                  if staging is not None else None)
         if taken is not None:  # started for this run's checkpoint, under these limits
             server, limits = taken

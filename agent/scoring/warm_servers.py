@@ -18,51 +18,98 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from bitnet.logits_server import THREADS
+from sandbox.confine import Confinement
 from sandbox.limits import Limits
 from sandbox.proctree import ProcessTree, niced, unnice
+from sandbox.zygote import ForkedChild, Zygote, ZygoteError, usable
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bitnet" / "warm_server.py"
-SERVERS = 2  # bitnet.score's scoring and causality-check servers
+SERVERS = 2  # bitnet.score's two servers (bitnet.score.SERVERS)
 READY = b"READY\n"  # what bitnet/warm_server.py says on stderr once it waits for its order
 
 Wrap = Callable[[Sequence[str]], list[str]]  # the cold servers' confinement, for a given view
 
 
+@dataclass(frozen=True)
+class SharedView:
+    """What fork servers see (sandbox.zygote): the servers' view with the whole `outputs`
+    folder in it (read-only), which each forked server covers, keeping its own checkpoint."""
+
+    confinement: Confinement
+    env: dict[str, str]
+    outputs: Path
+
+
 class WarmServers:
     def __init__(self) -> None:
         self.checkpoint_dir: Path | None = None  # the directory they will serve, as they see it
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen | ForkedChild] = []
         self.limits: Limits | None = None
+        self.zygotes: list[Zygote] = []  # one per server, where forking is used
+        self._forking = True  # until a fork server fails: then servers start as before
         self._ready: set[int] = set()  # pids that said READY: their view was set up then
 
-    def prepare(self, checkpoint_dir: Path, wrap: Wrap, limits: Limits) -> None:
+    def prepare(self, checkpoint_dir: Path, wrap: Wrap, limits: Limits,
+                shared: SharedView | None = None) -> None:
         """Start the servers for a checkpoint that will be written to `checkpoint_dir`, with
-        `wrap` (confinement and `limits`, whose cgroups the scoring removes when done)."""
-        self.close()
+        `wrap` (confinement and `limits`, whose cgroups the scoring removes when done), or fork
+        them (`shared`: what the fork servers see) where the limits allow it."""
+        self._discard()
         self.limits = limits
-        argv = niced(wrap([sys.executable, str(SCRIPT)]))
-        self.procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, start_new_session=True)
-                      for _ in range(SERVERS)]
+        self.procs = self._fork(checkpoint_dir, limits, shared) or []
+        if not self.procs:
+            argv = niced(wrap([sys.executable, str(SCRIPT)]))
+            self.procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, start_new_session=True)
+                          for _ in range(SERVERS)]
         self.checkpoint_dir = checkpoint_dir
 
-    def take(self, checkpoint_dir: Path, model_code: Path,
-             threads: int) -> tuple[Callable[[str], subprocess.Popen], Limits] | None:
+    def _fork(self, checkpoint_dir: Path, limits: Limits,
+              shared: SharedView | None) -> list[ForkedChild] | None:
+        """The servers forked from two fork servers (started, or restarted when they are not
+        for this view), or None where forking cannot be used."""
+        if shared is None or not self._forking or not usable(shared.confinement, limits):
+            return None
+        key = (tuple(shared.confinement.wrap(["x"])), tuple(sorted(shared.env.items())))
+        if len(self.zygotes) != SERVERS or any(z.key != key or not z.alive()
+                                               for z in self.zygotes):
+            self._close_zygotes()
+            self.zygotes = [Zygote("serve", shared.confinement, cwd=Path("/"),
+                                   env=shared.env, key=key) for _ in range(SERVERS)]
+        children: list[ForkedChild] = []
+        try:
+            for zygote in self.zygotes:
+                children.append(zygote.fork(own=[(checkpoint_dir, False)],
+                                            cover=[shared.outputs], limits=limits))
+        except ZygoteError:
+            for child in children:
+                child.kill()
+                child.wait()
+            self._close_zygotes()
+            self._forking = False  # it failed once: started servers from now on
+            return None
+        return children
+
+    def take(self, checkpoint_dir: Path,
+             model_code: Path) -> tuple[Callable[[str], subprocess.Popen | ForkedChild],
+                                        Limits] | None:
         """What bitnet.score starts its servers with (`start(role)` -> a told server) and their
         limits, if the waiting ones were started for `checkpoint_dir` and are alive; else None
         (cold)."""
         if self.checkpoint_dir != checkpoint_dir or not self.ready():
-            self.close()  # not for this run, dead, or not up yet (its view may miss the rename)
+            self._discard()  # not for this run, dead, or not up yet (its view may miss the rename)
             return None
         procs, self.procs, self.checkpoint_dir = list(self.procs), [], None
         limits, self.limits = self.limits, None
         assert limits is not None
         order = json.dumps({"checkpoint": str(checkpoint_dir), "model_code": str(model_code),
-                            "threads": threads}).encode() + b"\n"
+                            "threads": THREADS}).encode() + b"\n"
 
-        def start(role: str) -> subprocess.Popen:
+        def start(role: str) -> subprocess.Popen | ForkedChild:
             proc = procs.pop(0)
             assert proc.stdin is not None
             unnice(proc.pid)  # it waited behind the planner: its scoring comes
@@ -90,6 +137,16 @@ class WarmServers:
         return bool(self.procs)
 
     def close(self) -> None:
+        """At the end: stop the servers never told to go and the fork servers."""
+        self._discard()
+        self._close_zygotes()
+
+    def _close_zygotes(self) -> None:
+        zygotes, self.zygotes = self.zygotes, []
+        for zygote in zygotes:
+            zygote.close()
+
+    def _discard(self) -> None:
         """Stop servers never told to go."""
         procs, self.procs, self.checkpoint_dir = self.procs, [], None
         limits, self.limits = self.limits, None

@@ -51,7 +51,7 @@ def test_warm_servers_score_as_cold_ones_after_the_rename(tmp_path: Path) -> Non
     save_checkpoint(BitNetLM(config), staging)  # the run trains into its staging directory
     staging.rename(final)  # ... which then becomes its output directory
     val = np.frombuffer(MODEL_PY.read_bytes() * 2, dtype=np.uint8)
-    taken = servers.take(staging, code, threads=1)
+    taken = servers.take(staging, code)
     assert taken is not None and taken[1] is limits
     warm = score_checkpoint(val, final, taken[0], timeout=120, eval_bytes=2000, seed=3)
     limits.remove()
@@ -60,7 +60,7 @@ def test_warm_servers_score_as_cold_ones_after_the_rename(tmp_path: Path) -> Non
     cold = score_checkpoint(val, final, cold_argv, timeout=120, eval_bytes=2000, seed=3)
     cold_limits.remove()
     assert warm.val_bpb == cold.val_bpb and warm.bytes_scored == cold.bytes_scored
-    assert servers.take(staging, code, threads=1) is None  # used once
+    assert servers.take(staging, code) is None  # used once
 
 
 def test_warm_servers_never_told_leave_nothing(tmp_path: Path) -> None:
@@ -69,6 +69,6 @@ def test_warm_servers_never_told_leave_nothing(tmp_path: Path) -> None:
     servers.prepare(tmp_path, _wrap(limits, tmp_path), limits)
     procs = [psutil.Process(p.pid) for p in servers.procs]
     procs += [c for p in list(procs) for c in p.children(recursive=True)]
-    assert servers.take(tmp_path / "other", tmp_path, threads=1) is None  # not theirs: stopped
+    assert servers.take(tmp_path / "other", tmp_path) is None  # not theirs: stopped
     assert not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert servers.procs == []
