@@ -24,6 +24,7 @@ process of the run has exited.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -67,11 +68,12 @@ def script_of(command: str) -> str | None:
 
 @dataclass
 class _Warm:
-    proc: subprocess.Popen | ForkedChild
+    proc: subprocess.Popen | ForkedChild | None  # None: to be forked at the run (`fork`)
     key: tuple
     staging: Path
     launch_env: dict[str, str]
     limits: Limits  # the run's cgroup and rlimits: the process is started inside them
+    fork: Callable[[], ForkedChild | None] | None = None
 
 
 class WarmStarter:
@@ -104,23 +106,25 @@ class WarmStarter:
         python = shutil.which(python, path=env.get("PATH")) or python
         memory, processes, fsize = caps
         limits = run_limits(memory=memory, processes=processes, fsize=fsize)
-        forked = self._fork(python, cwd, launch_env, confine, staging, limits, fsize)
-        if forked is not None:
-            proc, launch_env = forked
+        zygote = self._zygote(python, cwd, launch_env, confine, staging, limits)
+        fork = None
+        if zygote is not None:  # forked now if it has imported, else when the run comes
+            fork = functools.partial(self._fork, zygote, staging, limits, fsize)
+            proc = fork() if zygote.ready() else None
+            launch_env = zygote.env
         else:
             argv = niced(limits.wrap(confine(staging).wrap([python, str(CHILD)])))
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=launch_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True)
         key = _key(command, cwd, env, confine(staging), caps)
-        self.warm = _Warm(proc, key, staging, launch_env, limits)
+        self.warm = _Warm(proc, key, staging, launch_env, limits, fork)
 
-    def _fork(self, python: str, cwd: Path, env: dict[str, str], confine: Confine,
-              staging: Path, limits: Limits, fsize: int | None,
-              ) -> tuple[ForkedChild, dict[str, str]] | None:
-        """The warm process forked from the fork server (started, or restarted, when the one
-        there is not for this view and environment), with the environment it started with;
-        None where forking cannot be used."""
+    def _zygote(self, python: str, cwd: Path, env: dict[str, str], confine: Confine,
+                staging: Path, limits: Limits) -> Zygote | None:
+        """The fork server for runs like this one (started, or restarted when the one there is
+        not for this view and environment; it imports meanwhile); None where forking cannot be
+        used."""
         if not self._forking or not usable(confine(staging), limits):
             return None
         shared = confine(self.outputs)  # every run's view, but the whole outputs folder
@@ -129,14 +133,19 @@ class WarmStarter:
         if self.zygote is None or self.zygote.key != key or not self.zygote.alive():
             self._close_zygote()
             self.zygote = Zygote("train", shared, cwd=cwd, env=env, key=key, python=python)
+        return self.zygote
+
+    def _fork(self, zygote: Zygote, staging: Path, limits: Limits,
+              fsize: int | None) -> ForkedChild | None:
+        """A warm process forked into `staging` (waiting for the server to have imported);
+        None if the server failed, and from then on warm processes are started instead."""
         try:
-            child = self.zygote.fork(own=[(staging, True)], cover=[self.outputs], limits=limits,
-                                     fsize=fsize, stderr_to_stdout=True)
+            return zygote.fork(own=[(staging, True)], cover=[self.outputs], limits=limits,
+                               fsize=fsize, stderr_to_stdout=True)
         except ZygoteError:
             self._close_zygote()
-            self._forking = False  # it failed once: started warm processes from now on
+            self._forking = False
             return None
-        return child, self.zygote.env
 
     def take(self, command: str, cwd: Path, env: Mapping[str, str], confine: Confine,
              caps: Caps = (None, None, None)) -> tuple[Spawn, Path] | None:
@@ -147,7 +156,10 @@ class WarmStarter:
         if warm is None:
             return None
         key = _key(command, cwd, env, confine(warm.staging), caps)
-        if warm.key != key or warm.proc.poll() is not None:
+        if warm.key == key and warm.proc is None and warm.fork is not None:
+            warm.proc = warm.fork()  # its server was still importing at prepare()
+        proc = warm.proc
+        if warm.key != key or proc is None or proc.poll() is not None:
             _stop(warm)
             return None
         script = script_of(command)
@@ -157,12 +169,12 @@ class WarmStarter:
                  "threads": env.get("OMP_NUM_THREADS")}
 
         def spawn() -> tuple[subprocess.Popen, Limits]:
-            assert warm.proc.stdin is not None
-            unnice(warm.proc.pid)  # it waited behind the scorer and the planner: its run comes
+            assert proc.stdin is not None
+            unnice(proc.pid)  # it waited behind the scorer and the planner: its run comes
             with contextlib.suppress(BrokenPipeError):  # died meanwhile: the runner sees it exit
-                warm.proc.stdin.write(json.dumps(order).encode() + b"\n")
-                warm.proc.stdin.close()
-            return warm.proc, warm.limits
+                proc.stdin.write(json.dumps(order).encode() + b"\n")
+                proc.stdin.close()
+            return proc, warm.limits
 
         self.ran_in = warm.staging
         return spawn, warm.staging
@@ -215,15 +227,16 @@ def _key(command: str, cwd: Path, env: Mapping[str, str], confined: Confinement,
 def _stop(warm: _Warm) -> None:
     """Kill the process and every descendant (bubblewrap's inner processes have a session of
     their own, so the group alone does not reach them), reap it, drop its staging directory."""
-    tree = ProcessTree(warm.proc.pid)
-    tree.check()  # learns the members
-    tree.kill_all(signal.SIGKILL)
-    warm.proc.wait()
-    tree.wait_gone(5.0)
+    if warm.proc is not None:
+        tree = ProcessTree(warm.proc.pid)
+        tree.check()  # learns the members
+        tree.kill_all(signal.SIGKILL)
+        warm.proc.wait()
+        tree.wait_gone(5.0)
+        for stream in (warm.proc.stdin, warm.proc.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
     warm.limits.remove()
-    for stream in (warm.proc.stdin, warm.proc.stdout):
-        with contextlib.suppress(OSError):
-            if stream is not None:
-                stream.close()
     shutil.rmtree(warm.staging, ignore_errors=True)
 

@@ -240,6 +240,13 @@ class Scorer:
         staging = self.ws.warm.ran_in if self.ws.warm is not None else None
         taken = (self.servers.take(staging, self.ws.path)
                  if staging is not None else None)
+        if taken is None and self.ws.warm is not None:  # forked now, where forking is used
+            limits = self._server_limits()
+            self.servers.prepare(out_dir, self._server_wrap(out_dir, limits), limits,
+                                 self._shared_view(self.ws.warm.outputs), now=True)
+            taken = self.servers.take(out_dir, self.ws.path)
+            if taken is None:
+                limits.remove()
         if taken is not None:  # started for this run's checkpoint, under these limits
             server, limits = taken
         else:

@@ -54,43 +54,54 @@ class WarmServers:
         self._ready: set[int] = set()  # pids that said READY: their view was set up then
 
     def prepare(self, checkpoint_dir: Path, wrap: Wrap, limits: Limits,
-                shared: SharedView | None = None) -> None:
+                shared: SharedView | None = None, *, now: bool = False) -> None:
         """Start the servers for a checkpoint that will be written to `checkpoint_dir`, with
         `wrap` (confinement and `limits`, whose cgroups the scoring removes when done), or fork
-        them (`shared`: what the fork servers see) where the limits allow it."""
+        them (`shared`: what the fork servers see) where the limits allow it: at once if the
+        fork servers have imported, else not at all (the scoring starts its own). `now`: the
+        checkpoint is there and its scoring comes: fork them (waiting for the fork servers),
+        and start none where forking cannot be used."""
         self._discard()
         self.limits = limits
-        self.procs = self._fork(checkpoint_dir, limits, shared) or []
-        if not self.procs:
+        self.checkpoint_dir = checkpoint_dir
+        zygotes = self._zygotes(shared, limits)
+        if zygotes:
+            if now or all(zygote.ready() for zygote in zygotes):
+                self.procs = self._forked(zygotes, checkpoint_dir, limits, shared.outputs) or []
+        elif not now:
             argv = niced(wrap([sys.executable, str(SCRIPT)]))
             self.procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, start_new_session=True)
                           for _ in range(SERVERS)]
-        self.checkpoint_dir = checkpoint_dir
 
-    def _fork(self, checkpoint_dir: Path, limits: Limits,
-              shared: SharedView | None) -> list[ForkedChild] | None:
-        """The servers forked from two fork servers (started, or restarted when they are not
-        for this view), or None where forking cannot be used."""
+    def _zygotes(self, shared: SharedView | None, limits: Limits) -> list[Zygote]:
+        """The two fork servers for this view (started, or restarted when they are not for
+        it; they import meanwhile), or none where forking cannot be used."""
         if shared is None or not self._forking or not usable(shared.confinement, limits):
-            return None
+            return []
         key = (tuple(shared.confinement.wrap(["x"])), tuple(sorted(shared.env.items())))
         if len(self.zygotes) != SERVERS or any(z.key != key or not z.alive()
                                                for z in self.zygotes):
             self._close_zygotes()
             self.zygotes = [Zygote("serve", shared.confinement, cwd=Path("/"),
                                    env=shared.env, key=key) for _ in range(SERVERS)]
+        return self.zygotes
+
+    def _forked(self, zygotes: list[Zygote], checkpoint_dir: Path, limits: Limits,
+                outputs: Path) -> list[ForkedChild] | None:
+        """One server forked from each fork server (waiting for them to have imported); None
+        if one failed, and from then on servers are started instead."""
         children: list[ForkedChild] = []
         try:
-            for zygote in self.zygotes:
-                children.append(zygote.fork(own=[(checkpoint_dir, False)],
-                                            cover=[shared.outputs], limits=limits))
+            for zygote in zygotes:
+                children.append(zygote.fork(own=[(checkpoint_dir, False)], cover=[outputs],
+                                            limits=limits))
         except ZygoteError:
             for child in children:
                 child.kill()
                 child.wait()
             self._close_zygotes()
-            self._forking = False  # it failed once: started servers from now on
+            self._forking = False
             return None
         return children
 
@@ -100,7 +111,8 @@ class WarmServers:
         """What bitnet.score starts its servers with (`start(role)` -> a told server) and their
         limits, if the waiting ones were started for `checkpoint_dir` and are alive; else None
         (cold)."""
-        if self.checkpoint_dir != checkpoint_dir or not self.ready():
+        forked = bool(self.procs) and isinstance(self.procs[0], ForkedChild)
+        if self.checkpoint_dir != checkpoint_dir or not self.ready(wait=5.0 if forked else 0.0):
             self._discard()  # not for this run, dead, or not up yet (its view may miss the rename)
             return None
         procs, self.procs, self.checkpoint_dir = list(self.procs), [], None
@@ -120,16 +132,17 @@ class WarmServers:
 
         return start, limits
 
-    def ready(self) -> bool:
+    def ready(self, wait: float = 0.0) -> bool:
         """True once every server has imported and said READY on stderr (by then bubblewrap
-        has bound the checkpoint directory, so a rename after it is seen)."""
+        has bound the checkpoint directory, so a rename after it is seen), waiting up to `wait`
+        seconds for each (a forked one says it within milliseconds)."""
         for proc in self.procs:
             if proc.pid in self._ready:
                 continue
             if proc.poll() is not None or proc.stderr is None:
                 return False
             fd = proc.stderr.fileno()
-            if not select.select([fd], [], [], 0)[0]:
+            if not select.select([fd], [], [], wait)[0]:
                 return False
             if not os.read(fd, 1 << 16).endswith(READY):
                 return False

@@ -19,7 +19,6 @@ from sandbox.confine import confinement
 from sandbox.layout import OUTPUTS_DIR
 from sandbox.proctree import WAITING_NICE, niced, unnice
 from sandbox.warm import STAGING_PREFIX, WarmStarter, script_of
-from sandbox.zygote import ForkedChild
 
 # trains a few steps under the contract, saves its weights and says how it sees the machine
 TRAIN_PY = '''\
@@ -86,10 +85,13 @@ def test_a_warm_run_gives_what_a_cold_one_gives(ws: Workspace) -> None:
     ws.begin(1, "cold then warm")
     cold_metrics, cold, cold_weights = _run(ws, 0)  # no warm process yet: cold
     assert ws.warm is not None and ws.warm.warm is not None  # the next run's, ready
-    # forked from a fork server that imported already (cgroups here), it waits at niceness 0;
-    # started, it imports behind the controller's scoring and planning; either way it runs at 0
-    forked = isinstance(ws.warm.warm.proc, ForkedChild)
-    assert psutil.Process(ws.warm.warm.proc.pid).nice() == (0 if forked else WAITING_NICE)
+    # with cgroups (root here) it is forked from a fork server, once that has imported (else
+    # when the run comes); started, it imports behind the controller's scoring and planning at
+    # a lower priority; either way it runs at niceness 0 (view)
+    forked = ws.warm.zygote is not None
+    assert forked == (os.geteuid() == 0)
+    if not forked:
+        assert psutil.Process(ws.warm.warm.proc.pid).nice() == WAITING_NICE
     warm_metrics, warm, warm_weights = _run(ws, 1)
     assert not cold["out_is_staging"] and warm["out_is_staging"]  # it did run warm
     assert warm_metrics == cold_metrics and warm_metrics["steps"] == 12
@@ -113,7 +115,10 @@ def test_a_warm_process_never_told_to_go_leaves_nothing(ws: Workspace, confined:
                     lambda out: base.with_paths(writable=[out]), (2**30, 64, 2**20))
     warm = ws.warm.warm
     assert warm is not None and warm.staging.is_dir()
-    procs = [psutil.Process(warm.proc.pid), *psutil.Process(warm.proc.pid).children(True)]
+    # the warm process (not forked yet while its fork server imports) and its fork server
+    roots = [p.pid for p in (warm.proc, ws.warm.zygote and ws.warm.zygote.proc) if p is not None]
+    assert roots
+    procs = [q for pid in roots for q in (psutil.Process(pid), *psutil.Process(pid).children(True))]
     ws.close()  # the controller stops: so does the warm process, having run nothing
     assert not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not warm.staging.exists() and not (ws.path / "ran").exists()
@@ -128,7 +133,8 @@ def test_a_warm_process_that_does_not_fit_the_run_is_not_used(ws: Workspace) -> 
     # another variable than the per-run ones: the interpreter may read it at start-up
     result = ws.run("python train.py", time_budget=30, seed=5, steps=2, threads=1, repeat=1,
                     metric="loss", confinement=confinement(), env={"PYTHONHASHSEED": "3"})
-    assert result.status == "ok" and first.proc.poll() is not None  # stopped, ran cold
+    assert result.status == "ok"
+    assert first.proc is None or first.proc.poll() is not None  # stopped (or never forked)
     assert '"out_is_staging": false' in result.log_path.read_text()
 
 
