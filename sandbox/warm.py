@@ -91,9 +91,10 @@ class WarmStarter:
             shutil.rmtree(stale, ignore_errors=True)
 
     def prepare(self, command: str, cwd: Path, env: Mapping[str, str], confine: Confine,
-                caps: Caps = (None, None, None)) -> None:
+                caps: Caps = (None, None, None), *, forked_only: bool = False) -> None:
         """Start a warm process for a run of `command` like this one (replacing any other),
-        under the limits `caps` names, as sandbox.runner starts a cold one."""
+        under the limits `caps` names, as sandbox.runner starts a cold one. `forked_only`:
+        only where it can be forked (the fork server then stays for the runs after)."""
         self._discard()
         script = script_of(command)
         if script is None:
@@ -108,6 +109,10 @@ class WarmStarter:
         limits = run_limits(memory=memory, processes=processes, fsize=fsize)
         zygote = self._zygote(python, cwd, launch_env, confine, staging, limits)
         fork = None
+        if zygote is None and forked_only:
+            limits.remove()
+            staging.rmdir()
+            return
         if zygote is not None:  # forked now if it has imported, else when the run comes
             fork = functools.partial(self._fork, zygote, staging, limits, fsize)
             proc = fork() if zygote.ready() else None
@@ -152,6 +157,8 @@ class WarmStarter:
         """(spawn, staging directory) for this run if the warm process fits it, else None (and
         the unfitting one is stopped). `spawn()` tells it to go and returns it and its limits as
         the runner's process; the run writes into the staging directory (`settle` moves it)."""
+        if self.warm is None:  # the first run: forked too, where it can be
+            self.prepare(command, cwd, env, confine, caps, forked_only=True)
         warm, self.warm, self.ran_in = self.warm, None, None
         if warm is None:
             return None

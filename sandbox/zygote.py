@@ -32,6 +32,7 @@ import psutil
 
 from sandbox.confine import SCRATCH, Confinement
 from sandbox.limits import Limits
+from sandbox.proctree import ProcessTree
 
 MAIN = Path(__file__).with_name("zygote_main.py")
 FORK_TIMEOUT = 10.0  # seconds for the fork server to answer a request
@@ -132,11 +133,13 @@ class Zygote:
 
     def close(self) -> None:
         """Stop the server and every child it forked (its PID namespace goes with it)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        tree = ProcessTree(self.proc.pid)
+        tree.check()  # learns bubblewrap's inner processes, in sessions of their own
+        tree.kill_all(signal.SIGKILL)
         for child in self._children.values():
             child.kill()
         self.proc.wait()
+        tree.wait_gone(5.0)
         self.control.close()
         for child in self._children.values():
             child.gone()

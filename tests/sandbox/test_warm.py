@@ -83,16 +83,19 @@ def _run(ws: Workspace, repeat: int) -> tuple[dict, dict, bytes]:
 
 def test_a_warm_run_gives_what_a_cold_one_gives(ws: Workspace) -> None:
     ws.begin(1, "cold then warm")
-    cold_metrics, cold, cold_weights = _run(ws, 0)  # no warm process yet: cold
+    starter, ws.warm = ws.warm, None
+    cold_metrics, cold, cold_weights = _run(ws, 0)  # no warm starts: cold
+    ws.warm = starter
+    _run(ws, 1)  # with cgroups (root here) forked from a fork server, else cold
     assert ws.warm is not None and ws.warm.warm is not None  # the next run's, ready
-    # with cgroups (root here) it is forked from a fork server, once that has imported (else
-    # when the run comes); started, it imports behind the controller's scoring and planning at
-    # a lower priority; either way it runs at niceness 0 (view)
+    # forked, it waits at niceness 0 (once its server has imported, else it is forked when the
+    # run comes); started, it imports behind the controller's scoring and planning at a lower
+    # priority; either way it runs at niceness 0 (view)
     forked = ws.warm.zygote is not None
     assert forked == (os.geteuid() == 0)
     if not forked:
         assert psutil.Process(ws.warm.warm.proc.pid).nice() == WAITING_NICE
-    warm_metrics, warm, warm_weights = _run(ws, 1)
+    warm_metrics, warm, warm_weights = _run(ws, 2)
     assert not cold["out_is_staging"] and warm["out_is_staging"]  # it did run warm
     assert warm_metrics == cold_metrics and warm_metrics["steps"] == 12
     assert warm_weights == cold_weights
