@@ -26,17 +26,13 @@ of positions still escapes with probability about (1-f)**causal_windows.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
 import math
 import os
 import secrets
-import select
-import signal
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,7 +44,7 @@ import torch
 
 from bitnet.checkpoint import CONFIG_FILE
 from bitnet.evaluate import EVAL_BYTES, batch_nats, eval_batches, scored_bytes
-from bitnet.logits_server import HEADER, VOCAB
+from bitnet.logits_client import LogitsClient, ScoreError, ServerStart
 
 CAUSAL_WINDOWS = 8  # windows checked for look-ahead, each at one random cut
 SERVERS = ("first", "second")  # batch b is scored by SERVERS[b % 2], checked by the other
@@ -59,10 +55,6 @@ SERVERS = ("first", "second")  # batch b is scored by SERVERS[b % 2], checked by
 CAUSAL_ATOL = 1e-4
 SEQ_LEN_RANGE = (8, 8192)  # accepted max_position_embeddings
 _CONFIG_LIMIT = 1 << 20  # bytes read of a config.json at most
-_STDERR_TAIL = 4096  # bytes of a server's stderr kept for error messages
-# the argv that starts a server, or a callable that gives one already started (warm)
-ServerStart = Sequence[str] | Callable[[str], subprocess.Popen]
-EXIT_WAIT = 10.0  # seconds to wait for a server that closed its pipes to exit
 
 
 @dataclass(frozen=True)
@@ -73,10 +65,6 @@ class Score:
     seconds: float  # wall time of the whole scoring
     test_bpb: float | None = None  # the held-out test split's score (None: no test bytes given)
     test_bytes_scored: int = 0
-
-
-class ScoreError(RuntimeError):
-    """The checkpoint could not be scored; the message is one line saying what happened."""
 
 
 class CausalityError(ScoreError):
@@ -121,8 +109,8 @@ def score_checkpoint(
     if test is not None:
         splits.append(_Split(test, seq_len, eval_bytes, causal_windows, rng))
     deadline = start + timeout
-    with _Server(server_argv, SERVERS[0], deadline, timeout) as first, \
-            _Server(server_argv, SERVERS[1], deadline, timeout) as second:
+    with LogitsClient(server_argv, SERVERS[0], deadline, timeout) as first, \
+            LogitsClient(server_argv, SERVERS[1], deadline, timeout) as second:
         servers = (first, second)
         splits[0].score(servers, "validation")
         if test is not None and (test_if is None or test_if(splits[0].bpb())):
@@ -159,7 +147,7 @@ class _Split:
         self.name = ""
         self.originals: dict[tuple[int, int], np.ndarray] = {}
 
-    def score(self, servers: Sequence[_Server], name: str) -> None:
+    def score(self, servers: Sequence[LogitsClient], name: str) -> None:
         """Every batch scored by its server (SERVERS[b % 2]), the two side by side."""
         self.name, self.nats = name, 0.0
         nats = [0.0] * len(self.batches)  # summed in batch order: the same float every time
@@ -277,7 +265,7 @@ def _checker(request: list[_Check]) -> int:
 _Request = tuple[np.ndarray, str, Callable[[np.ndarray], None]]
 
 
-def _serve(servers: Sequence[_Server], work: Sequence[Sequence[_Request]]) -> None:
+def _serve(servers: Sequence[LogitsClient], work: Sequence[Sequence[_Request]]) -> None:
     """Each server's requests (work[s]) in order, one at a time per server, the servers side by
     side: a server gets its next request as soon as its last reply has been read."""
     queues = [list(requests) for requests in work]
@@ -297,135 +285,3 @@ def _serve(servers: Sequence[_Server], work: Sequence[Sequence[_Request]]) -> No
 
 def _variants(request: list[_Check]) -> np.ndarray:
     return np.stack([check.variant for check in request])
-
-
-class _Server:
-    """One logits server process: requests with deadlines, replies checked, always reaped."""
-
-    def __init__(self, argv: ServerStart, role: str, deadline: float, timeout: float) -> None:
-        self.role, self.deadline, self.timeout = role, deadline, timeout
-        self.stderr_tail = bytearray()
-        if callable(argv):  # already started (agent.scoring.warm_servers): told to go
-            self.proc = argv(role)
-        else:
-            try:
-                self.proc = subprocess.Popen(
-                    list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, start_new_session=True,  # one group to kill
-                )
-            except OSError as err:
-                raise ScoreError(f"cannot start the {role} logits server {argv[0]!r}: "
-                                 f"{err}") from err
-        self.stdin, self.stdout = self.proc.stdin.fileno(), self.proc.stdout.fileno()
-        self.stderr: int | None = self.proc.stderr.fileno()
-        for fd in (self.stdin, self.stdout, self.stderr):
-            os.set_blocking(fd, False)
-
-    def __enter__(self) -> _Server:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with contextlib.suppress(ProcessLookupError):  # the group: descendants too
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):  # BrokenPipeError: stdin of a dead server
-                stream.close()
-
-    def ask(self, windows: np.ndarray, what: str) -> np.ndarray:
-        self.send(windows, what)
-        return self.receive(windows.shape, what)
-
-    def send(self, windows: np.ndarray, what: str) -> None:
-        data = memoryview(HEADER.pack(*windows.shape) + np.ascontiguousarray(windows).tobytes())
-        while data:
-            self._wait(self.stdin, writing=True, what=what)
-            try:
-                data = data[os.write(self.stdin, data) :]
-            except BlockingIOError:
-                continue
-            except BrokenPipeError:
-                raise self._failed(f"before reading {what}") from None
-
-    def receive(self, shape: tuple[int, int], what: str) -> np.ndarray:
-        """The reply to a request for `shape` windows: float32 logits, every one finite."""
-        buf = bytearray(shape[0] * shape[1] * VOCAB * 4)
-        view, got = memoryview(buf), 0
-        while got < len(buf):
-            self._wait(self.stdout, writing=False, what=what)
-            try:
-                n = os.readv(self.stdout, [view[got:]])
-            except BlockingIOError:
-                continue
-            if n == 0:
-                raise self._failed(f"after {got} of the {len(buf)} bytes of its reply to {what}")
-            got += n
-        logits = np.frombuffer(buf, dtype="<f4").reshape(*shape, VOCAB)
-        if not np.isfinite(logits).all():
-            raise ScoreError(
-                f"the {self.role} logits server sent NaN or infinite logits for {what}"
-            )
-        return logits
-
-    def finish(self) -> None:
-        """Ask the server to quit (it is killed on the way out anyway, not waited for); bytes it
-        sent beyond its replies are a protocol error."""
-        with contextlib.suppress(OSError):
-            os.write(self.stdin, HEADER.pack(0, 0))
-        try:
-            extra = os.read(self.stdout, 1)
-        except BlockingIOError:
-            extra = b""
-        if extra:
-            raise ScoreError(f"the {self.role} logits server sent bytes beyond its replies")
-
-    def _wait(self, fd: int, writing: bool, what: str) -> None:
-        """Until fd is ready, draining stderr meanwhile; a ScoreError at the deadline."""
-        while True:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise ScoreError(
-                    f"the {self.role} logits server did not answer {what} within the "
-                    f"{self.timeout:g} s scoring limit{self._last_words()}"
-                )
-            readers = [fd] if not writing else []
-            if self.stderr is not None:
-                readers.append(self.stderr)
-            ready_r, ready_w, _ = select.select(readers, [fd] if writing else [], [], remaining)
-            if self.stderr in ready_r:
-                self._drain_stderr()
-            if fd in ready_r or fd in ready_w:
-                return
-
-    def _drain_stderr(self) -> None:
-        while self.stderr is not None:
-            try:
-                chunk = os.read(self.stderr, 1 << 16)
-            except BlockingIOError:
-                return
-            if not chunk:
-                self.stderr = None  # closed: stop selecting on it
-                return
-            self.stderr_tail = (self.stderr_tail + chunk)[-_STDERR_TAIL:]
-
-    def _failed(self, when: str) -> ScoreError:
-        """The error for a server that closed its pipes: how it ended and its last stderr line."""
-        # a server that closed its pipes is exiting; tearing down torch takes seconds on a
-        # loaded machine, and its status is the useful part of the message
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=max(0.0, min(EXIT_WAIT, self.deadline - time.monotonic())))
-        self._drain_stderr()
-        status = self.proc.returncode
-        if status is None:
-            how = "closed its pipes"
-        elif status < 0:
-            how = f"was killed by signal {-status}"
-        else:
-            how = f"exited with status {status}"
-        return ScoreError(f"the {self.role} logits server {how} {when}{self._last_words()}")
-
-    def _last_words(self) -> str:
-        lines = self.stderr_tail.decode("utf-8", "replace").splitlines()
-        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
-        last = "".join(c if c.isprintable() else "?" for c in last)[:300]
-        return f": {last}" if last else ""

@@ -22,6 +22,7 @@ from agent.planners.base import KnobEdit, PlanContext, PlannerError, Proposal, U
 from agent.planners.knob_text import change_verb, config_key, describe_change
 from agent.planners.local_model import (
     LoadedModel,
+    PromptCache,
     default_cache_dir,
     find_gguf,
     generate,
@@ -35,6 +36,7 @@ from agent.planners.local_prompt import (
     candidate_changes,
     history_rows,
     parse_reply,
+    prompt_segments,
     proposal_schema,
 )
 from sandbox.errors import EditError
@@ -66,6 +68,7 @@ class LocalPlanner:
         self.load_seconds: float | None = None
         self._loaded: LoadedModel | None = None
         self._proposed: set[tuple] = set()  # configurations proposed (maybe not yet in history)
+        self._prompt_cache = PromptCache()  # the last prompt's pairs: the next reads the rest
 
     # --- the Planner interface -----------------------------------------------------------------
 
@@ -75,7 +78,8 @@ class LocalPlanner:
         loaded = self._loaded
         assert loaded is not None
         options = self._options(context)
-        prompt, prompt_tokens = self._prompt(loaded.tokenizer, context, options)
+        prompt, rows, prompt_tokens = self._prompt(loaded.tokenizer, context, options)
+        segments = prompt_segments(prompt, rows)
         index = schema_index(loaded, proposal_schema(options))
         # the longest allowed reply in characters: more tokens than any reply can take
         longest = max(len(json.dumps({"knob": k, "value": v}))
@@ -83,9 +87,9 @@ class LocalPlanner:
         completion_tokens, choice, replies = 0, None, 0
         while choice is None and replies < MAX_ATTEMPTS:
             replies += 1
-            text, count = generate(loaded, prompt, index, seed=context.seed + replies,
+            text, count = generate(loaded, segments, index, seed=context.seed + replies,
                                    longest=longest, temperature=self.temperature,
-                                   threads=self.threads)
+                                   threads=self.threads, cache=self._prompt_cache)
             completion_tokens += count
             choice = parse_reply(text, options)
         fallback = choice is None
@@ -137,8 +141,9 @@ class LocalPlanner:
         return options
 
     def _prompt(self, tokenizer: Any, context: PlanContext,
-                options: Mapping[str, Sequence[Any]]) -> tuple[str, int]:
-        """The chat prompt and its token count, without the oldest history rows it cannot fit."""
+                options: Mapping[str, Sequence[Any]]) -> tuple[str, list[str], int]:
+        """The chat prompt, the history rows in it and its token count, without the oldest
+        history rows it cannot fit."""
         rows = history_rows(context.history)
         while True:
             messages = build_messages(context, options, rows)
@@ -146,7 +151,7 @@ class LocalPlanner:
                                                    add_generation_prompt=True)
             size = len(tokenizer(prompt, add_special_tokens=False).input_ids)
             if size <= self.max_prompt_tokens or not rows:
-                return prompt, size
+                return prompt, rows, size
             rows = rows[max(1, len(rows) // 4):]  # keep the recent three quarters
 
     def _proposal(self, context: PlanContext, options: Mapping[str, Sequence[Any]], name: str,

@@ -160,10 +160,51 @@ def schema_index(loaded: LoadedModel, schema: Mapping[str, Any]) -> Any:
     return Index(regex, loaded.vocabulary)
 
 
-def generate(loaded: LoadedModel, prompt: str, index: Any, *, seed: int, longest: int,
-             temperature: float, threads: int | None = None) -> tuple[str, int]:
+class PromptCache:
+    """The key-value pairs of the last prompt read, segment by segment, kept for the next.
+
+    A prompt comes in segments (agent.planners.local_prompt.prompt_segments: what precedes the
+    history, each history row, the rest), and each segment is read in one forward pass over the
+    pairs of the segments before it. A prompt that starts with the last one's segments reads
+    only the segments after them, and gets exactly the logits it would have got reading them
+    all: the same passes in the same order. (One pass over a whole prompt would give others:
+    the int8 layers scale their inputs per pass.)"""
+
+    def __init__(self) -> None:
+        self.segments: list[tuple[int, ...]] = []
+        self.lengths: list[int] = []  # the cache's length after each segment
+        self.cache: Any = None
+        self.logits: Any = None  # the next-token logits after the last segment
+
+    def read(self, model: Any, segments: list[list[int]]) -> tuple[Any, Any]:
+        """A copy of the pairs after `segments` (to generate on) and the next-token logits."""
+        import copy
+
+        from transformers import DynamicCache
+
+        segments = [segment for segment in segments if segment]
+        keep = 0
+        while (keep < min(len(segments), len(self.segments))
+               and tuple(segments[keep]) == self.segments[keep]):
+            keep += 1
+        if self.cache is None or keep == 0:
+            self.cache, self.segments, self.lengths = DynamicCache(), [], []
+        elif keep < len(self.segments):  # transformers' crop takes what to remove, negated
+            self.cache.crop(self.lengths[keep - 1] - self.cache.get_seq_length())
+            del self.segments[keep:], self.lengths[keep:]
+        for segment in segments[keep:]:
+            self.logits = _forward(model, self.cache, segment)
+            self.segments.append(tuple(segment))
+            self.lengths.append(self.cache.get_seq_length())
+        return copy.deepcopy(self.cache), self.logits
+
+
+def generate(loaded: LoadedModel, prompt: str | list[str], index: Any, *, seed: int,
+             longest: int, temperature: float, threads: int | None = None,
+             cache: PromptCache | None = None) -> tuple[str, int]:
     """The reply text and its token count (("", 0) when generation failed), sampled under the
-    schema's automaton `index` (schema_index); `longest` bounds the reply in tokens.
+    schema's automaton `index` (schema_index); `longest` bounds the reply in tokens. `prompt`
+    may come in segments, read through `cache` (PromptCache) when given.
 
     Each step samples among the tokens the automaton allows (outlines_core's Guide answers that
     directly; outlines' own logits processor compiles a torch kernel, seconds and a C++ compiler
@@ -175,18 +216,17 @@ def generate(loaded: LoadedModel, prompt: str, index: Any, *, seed: int, longest
     """
     import torch
     from outlines_core import Guide
-    from transformers import DynamicCache
 
-    ids = loaded.tokenizer(prompt, add_special_tokens=False).input_ids
+    segments = [prompt] if isinstance(prompt, str) else prompt
+    ids = [loaded.tokenizer(text, add_special_tokens=False).input_ids for text in segments]
     torch.set_num_threads(threads or free_cpus())
     guide = Guide(index)
     eos = loaded.vocabulary.get_eos_token_id()
     generator = torch.Generator().manual_seed(seed)
     reply: list[int] = []
-    cache = DynamicCache()
     try:
         with torch.inference_mode():
-            logits = _forward(loaded.model, cache, ids)
+            kv, logits = (cache or PromptCache()).read(loaded.model, ids)
             pending: list[int] = []  # forced tokens the model has not read yet
             while len(reply) < longest:
                 allowed = guide.get_tokens()
@@ -194,7 +234,7 @@ def generate(loaded: LoadedModel, prompt: str, index: Any, *, seed: int, longest
                     token = allowed[0]
                 else:
                     if pending:
-                        logits = _forward(loaded.model, cache, pending)
+                        logits = _forward(loaded.model, kv, pending)
                         pending = []
                     token = _choose(logits, allowed, temperature, generator)
                 if token == eos:

@@ -24,6 +24,7 @@ from agent.planners.prompt import direction
 from sandbox.knobs import KnobSpec
 
 GRID_SIZE = 7  # values per numeric range: enough spread, few tokens in the prompt
+HISTORY_HEADER = "Past experiments (change: {metric} status):"
 SYSTEM = ("You tune the constants of a machine-learning training script. Reply with one JSON "
           "object naming one knob to change and its new value.")
 
@@ -135,13 +136,13 @@ def build_messages(context: PlanContext, options: Mapping[str, Sequence[Any]],
                        if k in context.knobs)
     allowed = "\n".join(f"{k}: {' '.join(format_value(v) for v in vs)}"
                         for k, vs in options.items())
+    # what stays from one proposal to the next first (the goal, then the history, which only
+    # grows): the planner reads again only what follows the rows it read last time
     lines = [f"Goal: {_ascii(context.brief, 900)}",
-             f"Metric: {context.metric_name}, {better} is better.",
-             f"Current values: {current}",
-             f"Untried new values:\n{allowed}"]
+             f"Metric: {context.metric_name}, {better} is better."]
     if rows:
-        lines.append(f"Past experiments (change: {context.metric_name} status):\n"
-                     + "\n".join(rows))
+        lines.append(f"{HISTORY_HEADER.format(metric=context.metric_name)}\n" + "\n".join(rows))
+    lines += [f"Current values: {current}", f"Untried new values:\n{allowed}"]
     if context.best_metric is not None:
         lines.append(f"Best {context.metric_name} so far: {context.best_metric:.4g}")
     if context.last_failure:
@@ -151,6 +152,24 @@ def build_messages(context: PlanContext, options: Mapping[str, Sequence[Any]],
                      + " / ".join(_ascii(h, 160) for h in context.hints[-3:]))
     lines.append(f"Choose one change likely to make {context.metric_name} {better}.")
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def prompt_segments(prompt: str, rows: Sequence[str]) -> list[str]:
+    """`prompt` cut before each history row and after the last (the rows as build_messages
+    wrote them), so a prompt that repeats the last one's rows reads only what follows them
+    (agent.planners.local_model.PromptCache); uncut where the rows are not found."""
+    header = prompt.find(HISTORY_HEADER.split("{")[0])
+    if header < 0 or not rows:
+        return [prompt]
+    at = prompt.index("\n", header) + 1
+    cuts = []
+    for row in rows:
+        if not prompt.startswith(row + "\n", at):
+            return [prompt]
+        cuts.append(at)
+        at += len(row) + 1
+    cuts.append(at)
+    return [prompt[a:b] for a, b in zip([0, *cuts], [*cuts, len(prompt)], strict=True)]
 
 
 def _ascii(text: str, limit: int) -> str:

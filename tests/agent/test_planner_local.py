@@ -13,6 +13,7 @@ import pytest
 
 from agent.goal.knob_values import read_knob_values
 from agent.goal.spec import load_goal
+from agent.planners import local_model
 from agent.planners.base import ExperimentSummary, Failure, KnobEdit, PlanContext, PlannerError
 from agent.planners.knob_text import config_key
 from agent.planners.local import LocalPlanner, find_gguf
@@ -21,6 +22,7 @@ from agent.planners.local_prompt import (
     candidate_changes,
     history_rows,
     parse_reply,
+    prompt_segments,
     proposal_schema,
     value_grid,
 )
@@ -176,7 +178,7 @@ def test_long_context_is_cut_to_the_token_budget(planner):
                            last_failure=Failure("exp 080 crashed",
                                                 "Traceback (most recent call last): " * 40))
     options = candidate_changes(context, set())
-    prompt, size = planner._prompt(planner._loaded.tokenizer, context, options)
+    prompt, _, size = planner._prompt(planner._loaded.tokenizer, context, options)
     assert size == len(planner._loaded.tokenizer(prompt).input_ids) <= 1000
     assert "2.579" in prompt  # the newest experiment survives the cut
 
@@ -208,7 +210,7 @@ def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding():
     planner = LocalPlanner()
     context = goal_context(seed=1)
     options = planner._options(context)
-    prompt, _ = planner._prompt(loaded.tokenizer, context, options)
+    prompt, _, _ = planner._prompt(loaded.tokenizer, context, options)
     index = schema_index(loaded, proposal_schema(options))
     ours, count = generate(loaded, prompt, index, seed=1, longest=80, temperature=0)
     inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -218,3 +220,35 @@ def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding():
     reference = output[0, inputs["input_ids"].shape[1]:]
     assert ours == loaded.tokenizer.decode(reference, skip_special_tokens=True)
     assert parse_reply(ours, options) is not None and count == len(reference) - 1  # no EOS
+
+
+@pytest.mark.slow
+def test_the_prompt_cache_reads_only_what_follows_the_rows_it_read_and_changes_no_reply(
+        loaded, monkeypatch):
+    """The next proposal's prompt repeats the last one's history rows: read through the cache it
+    reads only its new row and what follows, and replies exactly as a fresh read would."""
+    model = loaded._loaded
+    history = [*BASELINE, *(ExperimentSummary(i, "h", "discard", 2.5 + i / 100,
+                                              {**CURRENT, "N_LAYER": 2}) for i in range(2, 6))]
+    read: list[int] = []
+    forward = local_model._forward
+    monkeypatch.setattr(local_model, "_forward",
+                        lambda m, c, tokens: read.append(len(tokens)) or forward(m, c, tokens))
+    cache = local_model.PromptCache()
+    later = [*history, ExperimentSummary(6, "h", "discard", 2.7, CURRENT)]
+    for turn, rows in enumerate((history, later)):
+        context = goal_context(history=rows)
+        options = loaded._options(context)
+        prompt, shown, _ = loaded._prompt(model.tokenizer, context, options)
+        segments = prompt_segments(prompt, shown)
+        assert "".join(segments) == prompt and len(segments) == len(shown) + 2
+        ids = [len(model.tokenizer(s, add_special_tokens=False).input_ids) for s in segments]
+        index = schema_index(model, proposal_schema(options))
+        read.clear()
+        replies = [generate(model, segments, index, seed=seed, longest=40, temperature=0.7,
+                            cache=cache) for seed in (1, 2)]
+        # first every segment, one pass each; then the new row and what follows it, only
+        assert read[: len(ids) if turn == 0 else 2] == (ids if turn == 0 else ids[-2:])
+        fresh = [generate(model, segments, index, seed=seed, longest=40, temperature=0.7,
+                          cache=local_model.PromptCache()) for seed in (1, 2)]
+        assert replies == fresh and all(text for text, _ in replies)
