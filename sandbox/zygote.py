@@ -30,15 +30,15 @@ from pathlib import Path
 
 import psutil
 
+from sandbox import zygote_main
 from sandbox.confine import SCRATCH, Confinement
 from sandbox.limits import Limits
 from sandbox.proctree import ProcessTree
+from sandbox.zygote_main import MAX_MESSAGE
 
-MAIN = Path(__file__).with_name("zygote_main.py")
+MAIN = Path(zygote_main.__file__)
 FORK_TIMEOUT = 10.0  # seconds for the fork server to answer a request
 START_TIMEOUT = 120.0  # seconds for it to import (a loaded machine)
-MAX_MESSAGE = 1 << 16
-SETUP_FAILED = 126  # a child's status when its private view could not be made (zygote_main)
 
 
 class ZygoteError(RuntimeError):
@@ -109,9 +109,15 @@ class Zygote:
             for fd in {stdin_r, stdout_w, stderr_w}:
                 os.close(fd)
         wanted = self._ids
-        reply = self._receive(lambda m: m.get("id") == wanted, FORK_TIMEOUT)
-        child = ForkedChild(self, reply["pid"], self._host_pid(reply["pid"]),
-                            stdin_w, stdout_r, stderr_r)
+        try:
+            reply = self._receive(lambda m: m.get("id") == wanted, FORK_TIMEOUT)
+            pid = self._host_pid(reply["pid"])
+        except ZygoteError:
+            for fd in (stdin_w, stdout_r, stderr_r):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        child = ForkedChild(self, reply["pid"], pid, stdin_w, stdout_r, stderr_r)
         self._children[child.inner_pid] = child
         try:
             limits.admit(child.pid)
