@@ -245,10 +245,10 @@ def test_the_prompt_cache_reads_only_what_follows_the_rows_it_read_and_changes_n
         ids = [len(model.tokenizer(s, add_special_tokens=False).input_ids) for s in segments]
         index = schema_index(model, proposal_schema(options))
         read.clear()
-        replies = [generate(model, segments, index, seed=seed, longest=40, temperature=0.7,
-                            cache=cache) for seed in (1, 2)]
+        reply = generate(model, segments, index, seed=1, longest=40, temperature=0.7, threads=1,
+                         cache=cache)
         # first every segment, one pass each; then the new row and what follows it, only
         assert read[: len(ids) if turn == 0 else 2] == (ids if turn == 0 else ids[-2:])
-        fresh = [generate(model, segments, index, seed=seed, longest=40, temperature=0.7,
-                          cache=local_model.PromptCache()) for seed in (1, 2)]
-        assert replies == fresh and all(text for text, _ in replies)
+    fresh = generate(model, segments, index, seed=1, longest=40, temperature=0.7, threads=1,
+                     cache=local_model.PromptCache())
+    assert reply == fresh and reply[0]
