@@ -4,20 +4,23 @@ staging directory is), and leave nothing behind when never told to go."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 import torch
 
-from agent.scoring.warm_servers import WarmServers
+from agent.scoring.warm_servers import SharedView, WarmServers
 from bitnet import logits_server
 from bitnet.checkpoint import save_checkpoint
 from bitnet.model import BitNetConfig, BitNetLM
 from bitnet.score import score_checkpoint
 from sandbox.confine import confinement
 from sandbox.limits import run_limits
+from sandbox.zygote import ForkedChild, usable
 
 MODEL_PY = Path(__file__).parents[2] / "bitnet" / "templates" / "bitnet-lm" / "model.py"
 SEQ_LEN = 32
@@ -32,15 +35,25 @@ def _wrap(limits, *readable: Path):
     return lambda argv: limits.wrap(confined.wrap(argv))
 
 
-def test_warm_servers_score_as_cold_ones_after_the_rename(tmp_path: Path) -> None:
+@pytest.mark.parametrize("forked", [False, True], ids=["started", "forked"])
+def test_warm_servers_score_as_cold_ones_after_the_rename(tmp_path: Path, forked: bool) -> None:
     code = tmp_path / "code"
     code.mkdir()
     (code / "model.py").write_text(MODEL_PY.read_text())
-    staging, final = tmp_path / "outputs" / ".warm-1", tmp_path / "outputs" / "exp-001"
+    outputs = tmp_path / "outputs"
+    staging, final = outputs / ".warm-1", outputs / "exp-001"
     staging.mkdir(parents=True)
     servers = WarmServers()
     limits = _limits()
-    servers.prepare(staging, _wrap(limits, code, staging), limits)  # before the checkpoint
+    shared = (SharedView(confinement().with_paths(readable=[code, outputs]),
+                         {"PATH": os.environ["PATH"]}, outputs) if forked else None)
+    servers.prepare(staging, _wrap(limits, code, staging), limits, shared)  # before the checkpoint
+    if forked:  # the first prepare starts the fork servers; once they have imported, a
+        assert usable(confinement(), limits) and all(z.ready(120) for z in servers.zygotes)
+        limits = _limits()  # prepare forks at once
+        servers.prepare(staging, _wrap(limits, code, staging), limits, shared)
+        assert len(servers.procs) == 2
+        assert all(isinstance(p, ForkedChild) for p in servers.procs)
     config = BitNetConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           num_attention_heads=2, num_key_value_heads=1,
                           max_position_embeddings=SEQ_LEN)
@@ -61,6 +74,7 @@ def test_warm_servers_score_as_cold_ones_after_the_rename(tmp_path: Path) -> Non
     cold_limits.remove()
     assert warm.val_bpb == cold.val_bpb and warm.bytes_scored == cold.bytes_scored
     assert servers.take(staging, code) is None  # used once
+    servers.close()
 
 
 def test_warm_servers_never_told_leave_nothing(tmp_path: Path) -> None:
