@@ -30,8 +30,10 @@ from typing import Any, BinaryIO
 
 HEADER = struct.Struct("<II")  # windows B, bytes per window T
 VOCAB = 256
+# bitnet.score's servers, side by side: batch b is scored by SERVERS[b % 2], checked by the other
+SERVERS = ("first", "second")
 # threads a server computes with: the same logits on every machine, whatever its cores or load
-# (float sums depend on how a kernel splits them); bitnet.score runs two servers side by side
+# (float sums depend on how a kernel splits them)
 THREADS = 1
 
 

@@ -45,9 +45,9 @@ import torch
 from bitnet.checkpoint import CONFIG_FILE
 from bitnet.evaluate import EVAL_BYTES, batch_nats, eval_batches, scored_bytes
 from bitnet.logits_client import LogitsClient, ScoreError, ServerStart
+from bitnet.logits_server import SERVERS
 
 CAUSAL_WINDOWS = 8  # windows checked for look-ahead, each at one random cut
-SERVERS = ("first", "second")  # batch b is scored by SERVERS[b % 2], checked by the other
 # Same code, weights and thread count give bit-identical logits (measured: 0.0 on a trained
 # template model, variants batched 8 vs originals 32); the margin absorbs float32 kernels that
 # depend on the batch shape. A leak smaller than this moves each log-probability by at most

@@ -21,14 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitnet.logits_server import THREADS
+from bitnet.logits_server import SERVERS, THREADS
 from sandbox.confine import Confinement
 from sandbox.limits import Limits
 from sandbox.proctree import ProcessTree, niced, unnice
 from sandbox.zygote import ForkedChild, Zygote, ZygoteError, usable
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bitnet" / "warm_server.py"
-SERVERS = 2  # bitnet.score's two servers (bitnet.score.SERVERS)
 READY = b"READY\n"  # what bitnet/warm_server.py says on stderr once it waits for its order
 
 Wrap = Callable[[Sequence[str]], list[str]]  # the cold servers' confinement, for a given view
@@ -72,7 +71,7 @@ class WarmServers:
             argv = niced(wrap([sys.executable, str(SCRIPT)]))
             self.procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, start_new_session=True)
-                          for _ in range(SERVERS)]
+                          for _ in SERVERS]
 
     def _zygotes(self, shared: SharedView | None, limits: Limits) -> list[Zygote]:
         """The two fork servers for this view (started, or restarted when they are not for
@@ -80,11 +79,11 @@ class WarmServers:
         if shared is None or not self._forking or not usable(shared.confinement, limits):
             return []
         key = (tuple(shared.confinement.wrap(["x"])), tuple(sorted(shared.env.items())))
-        if len(self.zygotes) != SERVERS or any(z.key != key or not z.alive()
+        if len(self.zygotes) != len(SERVERS) or any(z.key != key or not z.alive()
                                                for z in self.zygotes):
             self._close_zygotes()
             self.zygotes = [Zygote("serve", shared.confinement, cwd=Path("/"),
-                                   env=shared.env, key=key) for _ in range(SERVERS)]
+                                   env=shared.env, key=key) for _ in SERVERS]
         return self.zygotes
 
     def _forked(self, zygotes: list[Zygote], checkpoint_dir: Path, limits: Limits,
