@@ -118,9 +118,9 @@ def _watch(argv: list[str], limit: int) -> int:
         time.sleep(0.05)
 
 
-def main(args: list[str]) -> int:
-    spec, argv = json.loads(args[0]), args[2:]
-    pid = os.getpid()
+def enter_cgroups(spec: dict, pid: int) -> None:
+    """Put `pid` in the cgroups `spec` names: a child of its own in each `nest` directory (its
+    limits set), and each `join` directory."""
     for directory in map(Path, spec.get("nest", [])):
         mine = directory / f"p{pid}"
         mine.mkdir(exist_ok=True)
@@ -128,6 +128,11 @@ def main(args: list[str]) -> int:
         join(mine, pid)
     for directory in map(Path, spec.get("join", [])):
         join(directory, pid)
+
+
+def main(args: list[str]) -> int:
+    spec, argv = json.loads(args[0]), args[2:]
+    enter_cgroups(spec, os.getpid())
     for name, key in (("RLIMIT_FSIZE", "fsize"), ("RLIMIT_NPROC", "nproc")):
         if spec.get(key) is not None:
             resource.setrlimit(getattr(resource, name), (spec[key], spec[key]))

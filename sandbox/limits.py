@@ -56,12 +56,7 @@ class Limits:
         return f"processes: {procs}; memory: {memory}"
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
-        spec: dict[str, object] = {"fsize": self.fsize}
-        dirs = sorted({str(p) for p in self.cgroups.values()})
-        if self.nest:
-            spec.update(nest=dirs, memory=self.memory, processes=self.processes)
-        else:
-            spec["join"] = dirs
+        spec = self._cgroup_spec()
         if "pids" not in self.cgroups and self.processes is not None and os.geteuid() != 0:
             spec["nproc"] = _own_processes() + self.processes
         if self.watch and "memory" not in self.cgroups and self.memory is not None:
@@ -72,14 +67,19 @@ class Limits:
 
     def admit(self, pid: int) -> None:
         """Put a process already running (a fork server's child, sandbox.zygote) in these
-        cgroups, as wrap() puts a command it starts: joined, or, with `nest`, in a child cgroup
-        of its own with the limits set. Its rlimits are its own to set."""
-        for directory in sorted(set(self.cgroups.values())):
-            if self.nest:
-                directory = directory / f"p{pid}"
-                directory.mkdir(exist_ok=True)
-                limit_exec.set_limits(directory, memory=self.memory, processes=self.processes)
-            limit_exec.join(directory, pid)
+        cgroups, as wrap() puts a command it starts. Its rlimits are its own to set."""
+        limit_exec.enter_cgroups(self._cgroup_spec(), pid)
+
+    def _cgroup_spec(self) -> dict[str, object]:
+        """limit_exec's spec for these cgroups (join them, or with `nest` a child of each with
+        the limits set) and the file size rlimit."""
+        spec: dict[str, object] = {"fsize": self.fsize}
+        dirs = sorted({str(p) for p in self.cgroups.values()})
+        if self.nest:
+            spec.update(nest=dirs, memory=self.memory, processes=self.processes)
+        else:
+            spec["join"] = dirs
+        return spec
 
     def stat(self, controller: str, name: str, key: str) -> int:
         """A counter from a flat-keyed cgroup file (pids.events `max`, memory.events
