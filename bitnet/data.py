@@ -65,13 +65,16 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from bitnet import portable
 from bitnet.corpus_errors import CorpusError  # also imported from here by callers
 from bitnet.prose import extract_prose
+
+if TYPE_CHECKING:
+    import torch
 
 VOCAB_SIZE = 256  # byte-level tokenizer: token id == byte value
 KNOWN_CORPORA: tuple[str, ...] = (
@@ -255,6 +258,8 @@ def get_batch(
             f"data has {len(data)} bytes but a window needs seq_len+1={seq_len + 1}; "
             "use a shorter seq_len or a larger corpus"
         )
+    import torch  # here, not at the top: the controller reads corpora long before it needs torch
+
     starts = torch.randint(len(data) - seq_len, (batch_size,), generator=generator)
     windows = np.asarray(data)[starts.numpy()[:, None] + np.arange(seq_len + 1)]
     windows = torch.from_numpy(windows.astype(np.int64))

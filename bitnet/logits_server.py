@@ -26,7 +26,7 @@ import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 HEADER = struct.Struct("<II")  # windows B, bytes per window T
 VOCAB = 256
@@ -123,9 +123,9 @@ def main() -> None:
     run_server(lambda: load_model(args.checkpoint, args.model_code, args.threads), replies)
 
 
-def run_server(load: Callable[[], Any], replies: BinaryIO) -> None:
-    """Load the model (`load()`), then serve it; exit 2 when it cannot load, 3 when serving
-    fails, with one line on stderr either way."""
+def run_server(load: Callable[[], Any], replies: BinaryIO) -> NoReturn:
+    """Load the model (`load()`), then serve it; exit 0 once told to quit, 2 when it cannot
+    load, 3 when serving fails, with one line on stderr either way."""
     try:
         model = load()
     except BaseException as err:  # foreign code may raise anything, SystemExit included
@@ -136,6 +136,8 @@ def run_server(load: Callable[[], Any], replies: BinaryIO) -> None:
     except BaseException as err:
         print(f"logits server: {_one_line(err)}", file=sys.stderr)
         sys.exit(3)
+    sys.stderr.flush()
+    os._exit(0)  # served: skip the interpreter's teardown of torch (~0.7 s of a core)
 
 
 def _one_line(err: BaseException) -> str:

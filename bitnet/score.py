@@ -116,16 +116,9 @@ def score_checkpoint(
         if test is not None and (test_if is None or test_if(splits[0].bpb())):
             splits[1].score(servers, "test")
         scored = [split for split in splits if split.nats is not None]
-        replies: dict[tuple[int, int], np.ndarray] = {}  # (split, request) -> its logits
-        _serve(servers, [[(_variants(request), f"the {split.name} causality-check windows",
-                           functools.partial(replies.__setitem__, (i, r)))
-                          for i, split in enumerate(scored)
-                          for r, request in enumerate(split.checks) if _checker(request) == s]
-                         for s in range(len(servers))])
         first.finish()
         second.finish()
-    causal_max_diff = max(split.check([replies[i, r] for r in range(len(split.checks))])
-                          for i, split in enumerate(scored))
+    causal_max_diff = max(split.check() for split in scored)
     bpb = [split.bpb() for split in scored]
     if not all(math.isfinite(value) for value in bpb):
         raise ScoreError(f"the loss is {bpb[0]}: the logits are too extreme to score")
@@ -146,17 +139,26 @@ class _Split:
         self.nats: float | None = None
         self.name = ""
         self.originals: dict[tuple[int, int], np.ndarray] = {}
+        self.replies: list[np.ndarray] = []  # the checking server's logits, request by request
 
     def score(self, servers: Sequence[LogitsClient], name: str) -> None:
-        """Every batch scored by its server (SERVERS[b % 2]), the two side by side."""
+        """Every batch scored by its server (SERVERS[b % 2]), the two side by side; behind its
+        batches, each server gets the causality checks of windows the other scored (no round of
+        their own: both are compared once all is in)."""
         self.name, self.nats = name, 0.0
         nats = [0.0] * len(self.batches)  # summed in batch order: the same float every time
+        replies: list[np.ndarray | None] = [None] * len(self.checks)
         work: list[list[_Request]] = [[] for _ in servers]
         for i, batch in enumerate(self.batches):
             what = f"{name} batch {i + 1} of {len(self.batches)}"
             work[_scorer_of(i)].append((batch, what, functools.partial(self._scored, i, nats)))
+        for r, request in enumerate(self.checks):
+            work[_checker(request)].append((_variants(request),
+                                            f"the {name} causality-check windows",
+                                            functools.partial(replies.__setitem__, r)))
         _serve(servers, work)
         self.nats = sum(nats)
+        self.replies = [reply for reply in replies if reply is not None]
 
     def _scored(self, i: int, nats: list[float], logits: np.ndarray) -> None:
         batch = self.batches[i]
@@ -169,10 +171,10 @@ class _Split:
         assert self.nats is not None
         return self.nats / self.n_bytes / math.log(2)
 
-    def check(self, replies: list[np.ndarray]) -> float:
+    def check(self) -> float:
         """The largest logit change before a cut; CausalityError past CAUSAL_ATOL."""
         worst_all = 0.0
-        for check, logits in zip(itertools.chain(*self.checks), itertools.chain(*replies),
+        for check, logits in zip(itertools.chain(*self.checks), itertools.chain(*self.replies),
                                  strict=True):
             diff = np.abs(logits[: check.cut] - self.originals[check.batch, check.row]).max(-1)
             worst = float(diff.max())

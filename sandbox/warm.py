@@ -40,6 +40,7 @@ from sandbox.confine import Confinement
 from sandbox.env import OUTPUT_DIR_VAR
 from sandbox.limits import Limits, run_limits
 from sandbox.proctree import ProcessTree, niced, unnice
+from sandbox.run_setup import Caps
 from sandbox.zygote import ForkedChild, Zygote, ZygoteError, usable
 
 CHILD = Path(__file__).with_name("warm_child.py")
@@ -51,7 +52,6 @@ SWITCH = "MAGNET_WARM_START"  # "0": every run starts cold (to measure what warm
 PYTHONS = ("python", "python3", os.path.basename(sys.executable))
 
 Confine = Callable[[Path], Confinement]  # the run's confinement given its output directory
-Caps = tuple[int | None, int | None, int | None]  # memory, processes, output bytes (limits)
 Spawn = Callable[[], "tuple[subprocess.Popen | ForkedChild, Limits]"]
 
 

