@@ -1,5 +1,7 @@
 """The evaluator's logits servers run the workspace's model.py: they are held to the goal's
-memory limit like the training run (a real run, a real hostile model, real bubblewrap)."""
+memory limit like the training run (a real run, a real hostile model, real bubblewrap). And
+where runs are forked, the fork servers the first run and its scoring need are begun when the
+loop starts (Scorer.head_start), and are the ones they fork from."""
 
 from __future__ import annotations
 
@@ -10,11 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.goal.spec import load_goal
+import sandbox.env
+from agent.goal.spec import Goal, load_goal
 from agent.scoring.scorer import INVALID_METRIC, Scorer
 from sandbox import Workspace
 from sandbox.confine import confinement
+from sandbox.layout import OUTPUTS_DIR
+from sandbox.limits import run_limits
 from sandbox.runner import processes_with_env
+from sandbox.warm import WarmStarter
+from sandbox.zygote import usable
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")
@@ -46,7 +53,8 @@ if _sys.argv and _sys.argv[0].endswith("logits_server.py"):
 """
 
 
-def test_a_model_server_past_the_memory_limit_is_stopped(tmp_path: Path, monkeypatch):
+def _goal(tmp_path: Path, monkeypatch) -> Goal:
+    """GOAL on a small text corpus of its own, its runs 2 steps long."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(12):
@@ -54,7 +62,11 @@ def test_a_model_server_past_the_memory_limit_is_stopped(tmp_path: Path, monkeyp
     (tmp_path / "GOAL.md").write_text(GOAL.format(corpus=corpus))
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MAGNET_STEPS", "2")
-    goal = load_goal(tmp_path / "GOAL.md")
+    return load_goal(tmp_path / "GOAL.md")
+
+
+def test_a_model_server_past_the_memory_limit_is_stopped(tmp_path: Path, monkeypatch):
+    goal = _goal(tmp_path, monkeypatch)
     spec = goal.spec
     with Workspace.create(tmp_path / "runs" / "hog", template=spec.template,
                           editable=spec.editable, knobs=spec.knobs) as ws:
@@ -72,3 +84,36 @@ def test_a_model_server_past_the_memory_limit_is_stopped(tmp_path: Path, monkeyp
     assert seconds < 60  # stopped, not left to its timeout
     assert processes_with_env("MAGNET_OUTPUT_DIR", str(out_dir)) == []
     assert [p for p in Path("/sys/fs/cgroup").glob(f"*/**/magnet-{os.getpid()}-*")] == []
+
+
+def test_the_first_run_and_its_scoring_fork_from_the_head_start(tmp_path: Path, monkeypatch):
+    limits = run_limits(memory=2**30, processes=64, fsize=None)
+    forkable = usable(confinement(), limits)
+    limits.remove()
+    if not forkable:
+        pytest.skip("runs are forked only where memory and pids cgroups can be made")
+    goal = _goal(tmp_path, monkeypatch)
+    spec = goal.spec
+    mem_limit = spec.memory_limit_mb * 2**20
+    with Workspace.create(tmp_path / "runs" / "head", template=spec.template,
+                          editable=spec.editable, knobs=spec.knobs) as ws:
+        ws.warm = WarmStarter(ws.run_dir / OUTPUTS_DIR)
+        scorer = Scorer(goal, ws, confinement())
+        try:
+            scorer.prepare()
+            monkeypatch.setattr(sandbox.env, "free_cpus", lambda: 1)  # a busy machine, then
+            scorer.head_start(mem_limit=mem_limit)
+            trainer, servers = ws.warm.zygote, list(scorer.servers.zygotes)
+            assert trainer is not None and len(servers) == 2
+            assert ws.warm.warm is not None  # the first run's process, to be forked
+            monkeypatch.setattr(sandbox.env, "free_cpus", lambda: 2)  # an idle one
+            ws.begin(0, "the template as it is")
+            result = scorer.run(seed=1, repeat=0, mem_limit=mem_limit)
+            assert result["status"] == "ok", result.get("reason")
+            assert result["metrics"]["val_bpb"] > 0
+            # nothing was started anew: the run and its servers were forked from these
+            assert ws.warm.zygote is trainer and trainer.alive()
+            assert scorer.servers.zygotes == servers and all(z.alive() for z in servers)
+            assert ws.warm.ran_in is not None  # the run was a warm one
+        finally:
+            scorer.close()
