@@ -90,6 +90,32 @@ def on_one_cpu() -> Iterator[None]:
         yield
 
 
+def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This session's temporary folder that every xdist worker shares."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's basetemp is a folder of this session's
+    return shared
+
+
+@pytest.fixture(scope="session")
+def one_model_load(tmp_path_factory: pytest.TempPathFactory):
+    """A context manager, held while a test loads the bundled SmolLM2 (test_planner_local,
+    test_teacher): one load at a time across the workers. The first load in a fresh virtualenv
+    converts the GGUF (its converted-weights cache is keyed by the file's size and mtime), half a
+    minute on a quiet machine and minutes on the suite's busy cores; two workers loading at once
+    would both convert it, where the second now reads the cache the first wrote (seconds)."""
+    path = shared_tmp(tmp_path_factory) / "bundled-model.lock"
+
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        with open(path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    return held
+
+
 @pytest.fixture(scope="session")
 def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
     """(root, run dir, environment): a bitnet-lm research run (scripted planner, real training
@@ -97,9 +123,7 @@ def kept_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     under xdist the first worker to ask makes it in the session's shared temporary folder,
     holding a lock the others wait on (pytest-xdist's documented pattern); its readers only add
     files of their own beside it (ledgers, keys)."""
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # every worker's basetemp is a folder of this session's
+    shared = shared_tmp(tmp_path_factory)
     root = shared / "kept-run"
     with open(shared / "kept-run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

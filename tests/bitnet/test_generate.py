@@ -23,8 +23,9 @@ TEXT = (
 PROMPTS = ["def ", "The quick", "for i in", "print('h"]
 
 
-def _train(config: BitNetConfig, steps: int = 300) -> BitNetLM:
-    """A model trained a few hundred steps on TEXT: peaked logits, so greedy ties are rare."""
+def _train(config: BitNetConfig, steps: int = 150) -> BitNetLM:
+    """A model trained 150 steps on TEXT: peaked logits, so greedy ties are rare (its loss is
+    ~0.07 nats per byte by then, below 1 from step 75; 300 steps gave ~0.04 in twice the time)."""
     torch.manual_seed(0)
     model = BitNetLM(config)
     data = torch.tensor(list(TEXT.encode()))

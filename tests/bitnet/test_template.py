@@ -42,8 +42,10 @@ def run_train(tmp_path: Path, train_data: Path | None, *, confined: bool = False
     out.mkdir(parents=True)
     data = {"MAGNET_TRAIN_DATA": str(train_data)} if train_data else {}
     inherited = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")}
-    env = {**inherited, "MAGNET_CORPUS": "text:corpus",
-           "MAGNET_OUTPUT_DIR": str(out), **data, **env}
+    # one thread, as the sandbox gives a run on a busy machine (sandbox.env.run_environ): two
+    # OpenMP threads on cores the suite's other workers keep busy spin at every barrier
+    env = {**inherited, "MAGNET_CORPUS": "text:corpus", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "MAGNET_OUTPUT_DIR": str(out), **data, **env}
     argv = [sys.executable, str(TRAIN)]
     if confined:
         view = confinement().with_paths(writable=[out], readable=[p for p in [train_data] if p])
