@@ -50,7 +50,8 @@ def estimate_tokens(text: str) -> int:
 
 
 def messages_tokens(messages: Sequence[Message]) -> int:
-    return sum(estimate_tokens((m.get("content") or "") + json.dumps(m.get("tool_calls") or ""))
+    return sum(estimate_tokens((m.get("content") or "")
+                               + (json.dumps(m["tool_calls"]) if m.get("tool_calls") else ""))
                for m in messages)
 
 

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from bitnet.checkpoint import CheckpointError, descent, load_checkpoint, save_ch
 from bitnet.data import VOCAB_SIZE, CorpusError, get_batch, load_train
 from bitnet.model import BitNetConfig
 
-# --- tunable constants -------------------------------------------------------------------------
+# --- tunable constants ---
 N_LAYER = 4
 N_EMBD = 96  # hidden size
 N_HEAD = 4
@@ -51,7 +50,7 @@ GRAD_CLIP = 1.0
 TIE_EMBEDDINGS = False
 LOG_EVERY = 25
 
-# --- the contract ------------------------------------------------------------------------------
+# --- the contract ---
 TIME_BUDGET = float(os.environ.get("MAGNET_TIME_BUDGET", "60"))
 FIXED_STEPS = int(os.environ["MAGNET_STEPS"]) if os.environ.get("MAGNET_STEPS") else None
 SCHEDULE = os.environ.get("MAGNET_SCHEDULE")
@@ -65,7 +64,7 @@ TRAIN_DATA = os.environ.get("MAGNET_TRAIN_DATA")
 torch.manual_seed(SEED)
 generator = torch.Generator().manual_seed(SEED)
 
-# --- data --------------------------------------------------------------------------------------
+# --- data ---
 if not TRAIN_DATA:
     raise SystemExit("MAGNET_TRAIN_DATA is not set: run this with magnet-agent, or set it to "
                      "$(python -m bitnet.data portable-code)")
@@ -75,7 +74,7 @@ except CorpusError as err:
     raise SystemExit(f"MAGNET_TRAIN_DATA: {err}") from None
 print(f"corpus {CORPUS}: {len(train_data):,} training bytes")
 
-# --- model -------------------------------------------------------------------------------------
+# --- model ---
 if INIT_CHECKPOINT:  # a specialist: the base's weights, and so its shapes and context length
     try:
         model = load_checkpoint(INIT_CHECKPOINT, BitNetLM)
@@ -100,7 +99,7 @@ n_params = model.num_parameters()
 print(f"model: {n_params:,} parameters, {config.num_hidden_layers} layers x "
       f"{config.hidden_size} wide")
 
-# --- optimiser: decay only the matrices, never norms or embeddings -----------------------------
+# --- optimiser: decay only the matrices, never norms or embeddings ---
 matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
 others = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
 optimizer = torch.optim.AdamW(
@@ -127,7 +126,7 @@ def schedule(step: int, progress: float) -> tuple[float, float]:
     return lr * min(1.0, (step + 1) / WARMUP_STEPS), weight_decay
 
 
-# --- training loop -----------------------------------------------------------------------------
+# --- training loop ---
 model.train()
 step, smoothed_loss = 0, None
 schedule_trace = []  # progress at every step, for replays
@@ -160,7 +159,7 @@ while True:
         print(f"step {step:5d} | loss {smoothed_loss:.4f} | lr {lr:.2e} | {elapsed:5.1f}s")
 train_seconds = time.perf_counter() - train_start
 
-# --- report: the checkpoint is what the evaluator scores --------------------------------------
+# --- report: the checkpoint is what the evaluator scores ---
 save_checkpoint(model, OUTPUT_DIR, lineage=lineage, corpus=CORPUS)
 metrics = {
     "train_loss": round(smoothed_loss or float("nan"), 6),
@@ -173,6 +172,5 @@ metrics = {
 (OUTPUT_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2))
 (OUTPUT_DIR / "schedule.json").write_text(json.dumps(schedule_trace))
 for name, value in metrics.items():
-    print(f"METRIC {name}={value}")
-sys.stdout.flush()
-os._exit(0)  # all is saved: skip the interpreter's teardown of torch (~0.7 s of every run)
+    print(f"METRIC {name}={value}", flush=True)
+os._exit(0)  # all saved: skip tearing torch down (0.7 s)
