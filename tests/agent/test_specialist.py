@@ -36,7 +36,8 @@ def train(root: Path, *args: str) -> Path:
     env = {**os.environ, "MAGNET_CACHE_DIR": str(root / "cache")}
     runs = root / "runs"
     before = set(runs.iterdir()) if runs.is_dir() else set()
-    done = subprocess.run([CLI, "train", "--budget", "3", "--runs-dir", str(runs), *args],
+    # one second of training: a base and specialists a few steps from it are all it needs
+    done = subprocess.run([CLI, "train", "--budget", "1", "--runs-dir", str(runs), *args],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     (run_dir,) = set(runs.iterdir()) - before
@@ -103,9 +104,11 @@ metric: {{name: val_bpb, goal: minimize}}
 budget: {{per_experiment: 2s, grace: 120s, experiments: 1, wall: 10m}}
 planner: openai
 model: scripted-model
+env: [MAGNET_STEPS]
 ---
 Tune the base on this topic.
 """
+STEPS = "5"  # the research run's baselines start from the base: a few steps show it
 INIT_LINE = "        self.config = config  # bitnet.checkpoint writes config.json from it"
 
 
@@ -115,6 +118,7 @@ def test_research_run_from_a_base(base_run, tmp_path, openai_server, monkeypatch
     goal = tmp_path / "GOAL.md"
     goal.write_text(GOAL.format(corpus=topic, init=base.name))
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(root / "cache"))
+    monkeypatch.setenv("MAGNET_STEPS", STEPS)  # the goal's `env:` passes it: fixed steps
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
     openai_server.push(
