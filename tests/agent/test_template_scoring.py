@@ -14,6 +14,7 @@ from openai_server import proposal, text
 
 from agent.loop.launch import start_run
 from agent.rundir.experiment_record import TEST_KEY
+from sandbox.templates import template_dir
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")
@@ -31,7 +32,10 @@ model: scripted-model
 ---
 Lower val_bpb.
 """
-REPORT = 'for name, value in metrics.items():\n    print(f"METRIC {name}={value}")'
+# train.py's report loop, as the template spells it: the planted line goes right after it
+_TRAIN = (template_dir("bitnet-lm") / "train.py").read_text().splitlines()
+_LOOP = _TRAIN.index("for name, value in metrics.items():")
+REPORT = "\n".join(_TRAIN[_LOOP:_LOOP + 2])
 EMBED = "x = self.model.embed_tokens(idx)"
 PEEK = "x = self.model.embed_tokens(idx) + self.model.embed_tokens(torch.roll(idx, -1, dims=1))"
 
