@@ -101,10 +101,10 @@ def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def one_model_load(tmp_path_factory: pytest.TempPathFactory):
     """A context manager, held while a test loads the bundled SmolLM2 (test_planner_local,
-    test_teacher): one load at a time across the workers. The first load in a fresh virtualenv
-    converts the GGUF (its converted-weights cache is keyed by the file's size and mtime), half a
-    minute on a quiet machine and minutes on the suite's busy cores; two workers loading at once
-    would both convert it, where the second now reads the cache the first wrote (seconds)."""
+    test_teacher): one load at a time across the workers. The first load on a machine without
+    the converted-weights cache (~/.cache/magnet/models) converts the GGUF, half a minute on a
+    quiet machine and minutes on the suite's busy cores; two workers loading at once would both
+    convert it, where the second now reads the cache the first wrote (seconds)."""
     path = shared_tmp(tmp_path_factory) / "bundled-model.lock"
 
     @contextlib.contextmanager
