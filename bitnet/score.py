@@ -139,7 +139,7 @@ class _Split:
         self.nats: float | None = None
         self.name = ""
         self.originals: dict[tuple[int, int], np.ndarray] = {}
-        self.replies: list[np.ndarray] = []  # the checking server's logits, request by request
+        self.replies: list[np.ndarray | None] = []  # the checking server's logits, by request
 
     def score(self, servers: Sequence[LogitsClient], name: str) -> None:
         """Every batch scored by its server (SERVERS[b % 2]), the two side by side; behind its
@@ -147,7 +147,7 @@ class _Split:
         their own: both are compared once all is in)."""
         self.name, self.nats = name, 0.0
         nats = [0.0] * len(self.batches)  # summed in batch order: the same float every time
-        replies: list[np.ndarray | None] = [None] * len(self.checks)
+        self.replies = [None] * len(self.checks)  # each set as its reply comes
         work: list[list[_Request]] = [[] for _ in servers]
         for i, batch in enumerate(self.batches):
             what = f"{name} batch {i + 1} of {len(self.batches)}"
@@ -155,10 +155,9 @@ class _Split:
         for r, request in enumerate(self.checks):
             work[_checker(request)].append((_variants(request),
                                             f"the {name} causality-check windows",
-                                            functools.partial(replies.__setitem__, r)))
+                                            functools.partial(self.replies.__setitem__, r)))
         _serve(servers, work)
         self.nats = sum(nats)
-        self.replies = [reply for reply in replies if reply is not None]
 
     def _scored(self, i: int, nats: list[float], logits: np.ndarray) -> None:
         batch = self.batches[i]
