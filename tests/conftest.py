@@ -22,11 +22,6 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):  # before any test module imports torch
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
-# Runs start cold: a warm start (sandbox.warm) spends three interpreters' imports after every
-# run on a run that may never come, which in a suite of short runs on shared cores costs more
-# than it saves. tests/sandbox/test_warm.py and test_warm_servers.py test warm starts directly,
-# and conftest's kept run (which claims replay bit-exact) is a research run made with them on.
-os.environ.setdefault("MAGNET_WARM_START", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

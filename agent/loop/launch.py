@@ -135,7 +135,10 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
         scorer = Scorer(goal, workspace, confinement(unconfined=bool(options.get("unconfined")),
                                                      network=spec.network))
         scorer.prepare()
-        workspace.warm = warm_starter(run_dir / OUTPUTS_DIR)  # None when MAGNET_WARM_START=0
+        # a warm process imports what a template's train.py imports (sandbox/warm_child.py);
+        # a repository's command imports its own stack, which that would only slow down
+        if spec.template is not None:
+            workspace.warm = warm_starter(run_dir / OUTPUTS_DIR)  # None: MAGNET_WARM_START=0
         with RunView(run_dir.name, spec.metric.name, spec.metric.goal, planner.name,
                      console=console) as view:
             view.preload(records.read())
