@@ -27,9 +27,7 @@ from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, find_run, load_run_goal, new_run_id, runs_root
 from agent.scoring.scorer import Scorer
 from sandbox.confine import confinement
-from sandbox.layout import OUTPUTS_DIR
 from sandbox.metrics import is_finite
-from sandbox.warm import warm_starter
 from sandbox.workspace import Workspace
 
 RECURSION_LIMIT = 1_000_000  # budgets end the loop, not LangGraph's step cap
@@ -135,10 +133,6 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
         scorer = Scorer(goal, workspace, confinement(unconfined=bool(options.get("unconfined")),
                                                      network=spec.network))
         scorer.prepare()
-        # a warm process imports what a template's train.py imports (sandbox/warm_child.py);
-        # a repository's command imports its own stack, which that would only slow down
-        if spec.template is not None:
-            workspace.warm = warm_starter(run_dir / OUTPUTS_DIR)  # None: MAGNET_WARM_START=0
         with RunView(run_dir.name, spec.metric.name, spec.metric.goal, planner.name,
                      console=console) as view:
             view.preload(records.read())
@@ -158,7 +152,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
             if start is not None and not fresh:
                 view.message(f"no checkpoint in {CHECKPOINTS}: the run goes on from a state "
                              "rebuilt from its journal and records")
-            scorer.head_start(mem_limit=runtime.memory_limit_bytes)  # fork servers import now
+            scorer.head_start(mem_limit=runtime.memory_limit_bytes)  # warm starts, fork servers
             with _sigterm_as_interrupt():
                 _drive(graph, start, config, runtime)
     finally:

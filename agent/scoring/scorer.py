@@ -31,9 +31,11 @@ from agent.scoring.warm_servers import SharedView, WarmServers
 from bitnet.logits_server import THREADS
 from sandbox.confine import Confinement
 from sandbox.env import free_cpus, run_environ
+from sandbox.layout import OUTPUTS_DIR
 from sandbox.limits import Limits, run_limits
 from sandbox.metrics import is_finite
 from sandbox.run_setup import run_setup
+from sandbox.warm import warm_starter
 from sandbox.workspace import Workspace
 
 EVALUATOR, EVALUATE_COMMAND, SELF_REPORTED = "evaluator", "evaluate_command", "self_reported"
@@ -155,9 +157,14 @@ class Scorer:
         return scored
 
     def head_start(self, *, mem_limit: int | None = None) -> None:
-        """Begin, where runs are forked (sandbox.warm), the fork servers the first run and its
-        scoring wait for (`mem_limit`: the runs' memory limit): the three import side by side
-        while the controller is still starting, not one after another."""
+        """Warm-start the workspace's runs where they are a template's (sandbox.warm; not with
+        MAGNET_WARM_START=0), and begin, where runs are forked, the fork servers the first run and
+        its scoring wait for (`mem_limit`: the runs' memory limit): the three import side by
+        side while the controller is still starting, not one after another."""
+        if self.ws.warm is None and self.goal.spec.template is not None:
+            # a warm process imports what a template's train.py imports; a repository's command
+            # imports its own stack, which that would only slow down
+            self.ws.warm = warm_starter(self.ws.run_dir / OUTPUTS_DIR)
         warm = self.ws.warm
         if warm is None:
             return

@@ -13,6 +13,7 @@ anything runs, and nothing is recorded.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -249,12 +250,19 @@ def test_a_fabricated_test_score_is_judged_false(kept_run):
     claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
     test = claim.body["test"]
     forged = {**claim.body, "test": {**test, "after": test["after"] * 0.9}}
+    before = _our_cgroups()
     verdict = replay_claim(forged, claim.artifacts, confinement())
+    assert _our_cgroups() <= before  # its runs and their (fork) servers are gone, cgroups too
     assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
     # no test number in it: a reason reaches planners through the ledger tools
     assert verdict.reason == (f"replayed the claimed run: its {TEST_KEY} is not the claimed "
                               f"one, outside the {TOLERANCE:.1%} tolerance")
     assert verdict.before_replayed is None  # its before runs were never replayed
+
+
+def _our_cgroups() -> set[Path]:
+    """The cgroups this process made for runs and servers (sandbox.limits names them so)."""
+    return set(Path("/sys/fs/cgroup").glob(f"*/**/magnet-{os.getpid()}-*"))
 
 
 def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
