@@ -128,14 +128,13 @@ def _replay(goal: Goal, source: Path, commit: str,
         for facts, _ in runs:
             _check_corpus(scorer, facts)
         scorer.prepare()
-        mem_limit = (spec.memory_limit_mb or 0) * 2**20 or None
         ws.begin(0, f"replay of {commit[:12]}")
         results = []
 
         def run(repeat: int, facts: Mapping[str, Any], schedule_bytes: bytes | None
                 ) -> dict[str, Any]:
             if ws.warm is None:  # a run to replay, not from the cache: warm starts, as in the loop
-                scorer.head_start(mem_limit=mem_limit)
+                scorer.head_start(mem_limit=scorer.mem_limit)
             schedule = None
             if schedule_bytes is not None:  # untracked, in the tree the run can read
                 schedule = ws.path / f".magnet-{repeat}-{SCHEDULE_FILE}"
@@ -144,7 +143,7 @@ def _replay(goal: Goal, source: Path, commit: str,
             return scorer.run(
                 seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=on_line,
                 schedule=schedule, time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
-                mem_limit=mem_limit)
+                mem_limit=scorer.mem_limit)
 
         try:
             for repeat, (facts, schedule_bytes) in enumerate(runs):

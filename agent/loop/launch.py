@@ -141,7 +141,7 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
             runtime = Runtime(
                 goal=goal, run_dir=run_dir, workspace=workspace, planner=planner,
                 records=records, view=view, scorer=scorer,
-                memory_limit_bytes=(spec.memory_limit_mb or 0) * 2**20 or None,
+                memory_limit_bytes=scorer.mem_limit,
                 unconfined=bool(options.get("unconfined")),
                 session_base=_wall_used(latest, start),
             )

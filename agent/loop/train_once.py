@@ -157,4 +157,4 @@ def _run(scorer: Scorer, console: Console) -> dict[str, Any]:
                 progress.console.print(line, style="dim", markup=False, highlight=False)
 
         return scorer.run(seed=spec.seed, repeat=0, on_line=on_line,
-                          mem_limit=(spec.memory_limit_mb or 0) * 2**20 or None)
+                          mem_limit=scorer.mem_limit)
