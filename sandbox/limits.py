@@ -121,12 +121,22 @@ class Limits:
         self.cgroups.clear()
 
 
+def _prefix(pid: int) -> str:
+    """How the names of the cgroups process `pid` makes begin."""
+    return f"magnet-{pid}-"
+
+
+def cgroups_made_by(pid: int) -> set[Path]:
+    """The cgroups (and their children) process `pid` made and has not removed."""
+    return set(CGROUP_ROOT.glob(f"*/**/{_prefix(pid)}*"))
+
+
 def run_limits(*, memory: int | None, processes: int | None, fsize: int | None,
                nest: bool = False, watch: bool = False) -> Limits:
     """Limits with a fresh cgroup where one can be made (under this process's own, so the
     machine's limits on MAGNET still hold); remove() it after the run."""
     limits = Limits(memory, processes, fsize, nest=nest, watch=watch)
-    name = f"magnet-{os.getpid()}-{_pid_namespace()}-{next(_names)}-{secrets.token_hex(3)}"
+    name = f"{_prefix(os.getpid())}{_pid_namespace()}-{next(_names)}-{secrets.token_hex(3)}"
     for controller, parent in _parents().items():
         _remove_stale(parent)
         directory = parent / name

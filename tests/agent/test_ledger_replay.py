@@ -31,6 +31,7 @@ from ledger.canonical import sha256_hex
 from ledger.keys import generate_key, load_key
 from ledger.open import open_ledger
 from ledger.rules import DEFAULT_STAKE, HONEST, VERIFY_POINTS, reward_points
+from sandbox.limits import cgroups_made_by
 
 pytestmark = [pytest.mark.skipif(shutil.which("bwrap") is None,
                                  reason="bubblewrap is not installed (make setup installs it)"),
@@ -250,19 +251,14 @@ def test_a_fabricated_test_score_is_judged_false(kept_run):
     claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
     test = claim.body["test"]
     forged = {**claim.body, "test": {**test, "after": test["after"] * 0.9}}
-    before = _our_cgroups()
+    before = cgroups_made_by(os.getpid())
     verdict = replay_claim(forged, claim.artifacts, confinement())
-    assert _our_cgroups() <= before  # its runs and their (fork) servers are gone, cgroups too
+    assert cgroups_made_by(os.getpid()) <= before  # its runs and (fork) servers left no cgroup
     assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
     # no test number in it: a reason reaches planners through the ledger tools
     assert verdict.reason == (f"replayed the claimed run: its {TEST_KEY} is not the claimed "
                               f"one, outside the {TOLERANCE:.1%} tolerance")
     assert verdict.before_replayed is None  # its before runs were never replayed
-
-
-def _our_cgroups() -> set[Path]:
-    """The cgroups this process made for runs and servers (sandbox.limits names them so)."""
-    return set(Path("/sys/fs/cgroup").glob(f"*/**/magnet-{os.getpid()}-*"))
 
 
 def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):

@@ -18,7 +18,7 @@ from agent.scoring.scorer import INVALID_METRIC, Scorer
 from sandbox import Workspace
 from sandbox.confine import confinement
 from sandbox.layout import OUTPUTS_DIR
-from sandbox.limits import run_limits
+from sandbox.limits import cgroups_made_by, run_limits
 from sandbox.runner import processes_with_env
 from sandbox.warm import WarmStarter
 from sandbox.zygote import usable
@@ -83,7 +83,7 @@ def test_a_model_server_past_the_memory_limit_is_stopped(tmp_path: Path, monkeyp
     assert "memory limit of 900 MiB" in result["reason"], result["reason"]
     assert seconds < 60  # stopped, not left to its timeout
     assert processes_with_env("MAGNET_OUTPUT_DIR", str(out_dir)) == []
-    assert [p for p in Path("/sys/fs/cgroup").glob(f"*/**/magnet-{os.getpid()}-*")] == []
+    assert cgroups_made_by(os.getpid()) == set()
 
 
 def test_the_first_run_and_its_scoring_fork_from_the_head_start(tmp_path: Path, monkeypatch):
