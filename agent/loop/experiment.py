@@ -25,11 +25,14 @@ def begin(rt: Runtime, hypothesis: str) -> int:
 
 
 def run_once(rt: Runtime, *, repeat: int = 0,
-             test_if: Callable[[float], bool] | None = None) -> dict[str, Any]:
+             test_if: Callable[[float], bool] | None = None,
+             while_scoring: Callable[[], None] | None = None) -> dict[str, Any]:
     """One run of the experiment in flight; a repeat uses another seed and its own log.
-    `test_if(val)` False: the scorer skips the held-out test split (default: scored)."""
+    `test_if(val)` False: the scorer skips the held-out test split (default: scored).
+    `while_scoring()`: called when training is over, before the scoring."""
     return rt.scorer.run(seed=rt.spec.seed + repeat, repeat=repeat, on_line=rt.view.line,
-                         mem_limit=rt.memory_limit_bytes, test_if=test_if)
+                         mem_limit=rt.memory_limit_bytes, test_if=test_if,
+                         while_scoring=while_scoring)
 
 
 def prepared(rt: Runtime, state: RunState) -> int:

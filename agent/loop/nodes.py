@@ -16,6 +16,7 @@ crash therefore first asks the workspace what already happened (`experiment.sett
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import ValidationError
@@ -54,7 +55,11 @@ class Nodes:
         exp = experiment.begin(rt, hypothesis)
         self.ws.commit()
         draft = experiment.draft(rt, {"hypothesis": hypothesis}, planner="none")
-        result = experiment.run_once(rt, repeat=done)
+        warm_up = None
+        if done == len(BASELINE_HYPOTHESES) - 1:  # a proposal comes after its scoring
+            context = plan_context(rt, state)
+            warm_up = functools.partial(rt.planner.warm_up, context)
+        result = experiment.run_once(rt, repeat=done, while_scoring=warm_up)
         metric = result["metrics"].get(self.spec.metric.name)
         note = {**draft, **experiment.outcome(rt, [result], metric, result["reason"])}
         if result["status"] != "ok" or not ranking.is_finite(metric):

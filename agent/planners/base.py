@@ -171,3 +171,9 @@ class Planner(Protocol):
                 status: str) -> None:
         """Learn the outcome of a proposal (the search planner tells its sampler)."""
         ...
+
+    def warm_up(self, context: PlanContext) -> None:
+        """Begin, in the background, what the first proposal needs (the local planner loads
+        its model and reads the start of its prompt, `context`'s): the loop calls it while the
+        last baseline is scored, when nothing trains; propose() waits for it."""
+        ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,9 @@ from agent.planners.local_model import (
     default_cache_dir,
     find_gguf,
     generate,
+    is_converted,
     load_model,
+    prefill,
     schema_index,
     with_int8_linears,
 )
@@ -67,6 +70,8 @@ class LocalPlanner:
         self.threads = threads
         self.load_seconds: float | None = None
         self._loaded: LoadedModel | None = None
+        self._loading: threading.Thread | None = None  # warm_up's
+        self._load_error: PlannerError | None = None  # what warm_up's load raised
         self._proposed: set[tuple] = set()  # configurations proposed (maybe not yet in history)
         self._prompt_cache = PromptCache()  # the last prompt's pairs: the next reads the rest
 
@@ -78,7 +83,7 @@ class LocalPlanner:
         loaded = self._loaded
         assert loaded is not None
         options = self._options(context)
-        prompt, rows, prompt_tokens = self._prompt(loaded.tokenizer, context, options)
+        prompt, rows, prompt_tokens = self._prompt(loaded.tokenizer, context)
         segments = prompt_segments(prompt, rows)
         index = schema_index(loaded, proposal_schema(options))
         # the longest allowed reply in characters: more tokens than any reply can take
@@ -110,14 +115,47 @@ class LocalPlanner:
     def fork(self) -> LocalPlanner:
         """A planner with the same settings and loaded model but no proposals behind it (a
         benchmark runs several seeds without loading the model again)."""
+        if self._loading is not None:  # the twin shares the model warm_up is loading
+            self.load()
         twin = copy.copy(self)
         twin._proposed = set()
         return twin
 
     # --- loading -------------------------------------------------------------------------------
 
+    def warm_up(self, context: PlanContext) -> None:
+        """Begin loading the model in a thread, where its converted weights are cached (~4 s,
+        mostly one thread: beside a scoring, it costs the run about half of that), then read
+        what the first prompt begins with (`context`'s goal and grids: the same in every
+        prompt of the run) into the prompt cache. A first conversion (~30 s, progress bars on
+        stderr) is left to the first proposal."""
+        if (self._loaded is None and self._loading is None and self.use_cache
+                and is_converted(self.gguf, self.cache_dir)):
+            self._loading = threading.Thread(target=self._load_in_background, args=(context,),
+                                             name="local-planner-load", daemon=True)
+            self._loading.start()
+
+    def _load_in_background(self, context: PlanContext) -> None:
+        try:
+            self.load()
+        except PlannerError as err:  # raised again by the proposal that needs the model
+            self._load_error = err
+            return
+        assert self._loaded is not None
+        prompt, rows, _ = self._prompt(self._loaded.tokenizer, context)
+        segments = prompt_segments(prompt, rows)
+        if len(segments) > 1:  # the part before the history rows
+            prefill(self._loaded, segments[:1], self._prompt_cache, threads=self.threads)
+
     def load(self) -> None:
-        """Load the model once: ~30 s from the GGUF the first time, then ~7 s from the cache."""
+        """Load the model once: ~30 s from the GGUF the first time, then ~4 s from the cache
+        (waiting for warm_up's load, where one began)."""
+        loading = self._loading
+        if loading is not None and loading is not threading.current_thread():
+            loading.join()
+            self._loading = None
+            if self._load_error is not None:
+                raise self._load_error
         if self._loaded is not None:
             return
         start = time.perf_counter()
@@ -140,13 +178,12 @@ class LocalPlanner:
                                "from the current configuration; widen the goal's knobs")
         return options
 
-    def _prompt(self, tokenizer: Any, context: PlanContext,
-                options: Mapping[str, Sequence[Any]]) -> tuple[str, list[str], int]:
+    def _prompt(self, tokenizer: Any, context: PlanContext) -> tuple[str, list[str], int]:
         """The chat prompt, the history rows in it and its token count, without the oldest
         history rows it cannot fit."""
         rows = history_rows(context.history)
         while True:
-            messages = build_messages(context, options, rows)
+            messages = build_messages(context, rows, self.grid_size)
             prompt = tokenizer.apply_chat_template(messages, tokenize=False,
                                                    add_generation_prompt=True)
             size = len(tokenizer(prompt, add_special_tokens=False).input_ids)

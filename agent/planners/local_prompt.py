@@ -129,20 +129,23 @@ def history_rows(history: Sequence[ExperimentSummary]) -> list[str]:
     return rows
 
 
-def build_messages(context: PlanContext, options: Mapping[str, Sequence[Any]],
-                   rows: Sequence[str]) -> list[dict[str, str]]:
+def build_messages(context: PlanContext, rows: Sequence[str],
+                   grid_size: int = GRID_SIZE) -> list[dict[str, str]]:
+    """The chat messages: what stays from one proposal to the next first (the goal, each knob's
+    grid, then the history, which only grows), so the planner reads again only what follows the
+    rows it read last time. What was tried is in the history; the schema (proposal_schema over
+    candidate_changes) leaves the model only untried changes."""
     better = direction(context.goal)
     current = " ".join(f"{k}={format_value(v)}" for k, v in context.current_knobs.items()
                        if k in context.knobs)
-    allowed = "\n".join(f"{k}: {' '.join(format_value(v) for v in vs)}"
-                        for k, vs in options.items())
-    # what stays from one proposal to the next first (the goal, then the history, which only
-    # grows): the planner reads again only what follows the rows it read last time
+    grids = "\n".join(f"{k}: {' '.join(format_value(v) for v in value_grid(spec, grid_size))}"
+                      for k, spec in context.knobs.items())
     lines = [f"Goal: {_ascii(context.brief, 900)}",
-             f"Metric: {context.metric_name}, {better} is better."]
+             f"Metric: {context.metric_name}, {better} is better.",
+             f"Values each knob can take:\n{grids}"]
     if rows:
         lines.append(f"{HISTORY_HEADER.format(metric=context.metric_name)}\n" + "\n".join(rows))
-    lines += [f"Current values: {current}", f"Untried new values:\n{allowed}"]
+    lines.append(f"Current values: {current}")
     if context.best_metric is not None:
         lines.append(f"Best {context.metric_name} so far: {context.best_metric:.4g}")
     if context.last_failure:
@@ -150,7 +153,8 @@ def build_messages(context: PlanContext, options: Mapping[str, Sequence[Any]],
     if context.hints:
         lines.append("Hints from the person: "
                      + " / ".join(_ascii(h, 160) for h in context.hints[-3:]))
-    lines.append(f"Choose one change likely to make {context.metric_name} {better}.")
+    lines.append(f"Choose one change, not tried before, likely to make {context.metric_name} "
+                 f"{better}.")
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 

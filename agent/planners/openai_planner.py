@@ -207,6 +207,9 @@ class OpenAIPlanner:
                 status: str) -> None:
         """Nothing to learn here: the outcome reaches the model through the next prompt."""
 
+    def warm_up(self, context: PlanContext) -> None:
+        """Nothing to load: the model is the endpoint's."""
+
     def diagnose(self, context: PlanContext, failure_text: str,
                  hypothesis: str | None = None) -> tuple[str, Usage]:
         """A one-paragraph diagnosis of a failure (`status` line, then the log tail).

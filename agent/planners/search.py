@@ -167,6 +167,9 @@ class SearchPlanner:
         self._outcomes.append(Outcome(ran_with, metric, status))
         self._last_config = None
 
+    def warm_up(self, context: PlanContext) -> None:
+        """Nothing to load."""
+
     # --- the study -----------------------------------------------------------------------------
 
     def build_study(self, context: PlanContext) -> optuna.Study:

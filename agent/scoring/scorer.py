@@ -37,6 +37,7 @@ from sandbox.metrics import is_finite
 from sandbox.run_setup import run_setup
 from sandbox.warm import warm_starter
 from sandbox.workspace import Workspace
+from sandbox.zygote import START_TIMEOUT
 
 EVALUATOR, EVALUATE_COMMAND, SELF_REPORTED = "evaluator", "evaluate_command", "self_reported"
 DESCRIPTIONS = {
@@ -125,15 +126,18 @@ class Scorer:
     def run(self, *, seed: int, repeat: int, on_line: Callable[[str], None] | None = None,
             mem_limit: int | None = None, replay: Mapping[str, Any] | None = None,
             schedule: Path | None = None, time_budget: float | None = None,
-            test_if: Callable[[float], bool] | None = None) -> dict[str, Any]:
+            test_if: Callable[[float], bool] | None = None,
+            while_scoring: Callable[[], None] | None = None) -> dict[str, Any]:
         """One confined run of the goal's command on the experiment in flight, scored: the
         run summary (agent.rundir.experiment_record.run_summary) the loop and `train` record, with
         the facts a replay needs (`replay`). Given `replay` (those facts of an earlier run), it
         re-runs that run: its steps, threads and schedule (`schedule`: the file it recorded).
-        `test_if(val_bpb)` False skips the test split (default: always scored)."""
+        `test_if(val_bpb)` False skips the test split (default: always scored).
+        `while_scoring()` is called once training is over, before the scoring."""
         spec = self.goal.spec
         budget = time_budget or spec.budget.per_experiment
         env = run_env(self.goal, self.ws.run_dir)
+        self._imported()
         steps, threads = None, free_cpus()  # decided here, so the facts can say how many
         if replay is not None:
             steps, threads = replay.get("steps"), replay.get("threads") or threads
@@ -145,6 +149,8 @@ class Scorer:
             metric=None if self.kind == EVALUATOR else self.metric,
             repeat=repeat, log_limit=int(spec.log_limit_mb * 2**20),
             **self._run_options(budget, threads, mem_limit, env))
+        if while_scoring is not None:
+            while_scoring()
         scoring = time.monotonic()
         scored = (self.score(run_summary(result, seed), repeat, test_if=test_if)
                   | seal(corpus_of(self.goal)))
@@ -174,6 +180,15 @@ class Scorer:
         setup = run_setup(self.ws.path, warm.outputs, seed=0, steps=None, **options)
         warm.prepare(spec.command, self.ws.path, *setup, forked_only=True)
         self._warm_servers()
+
+    def _imported(self) -> None:
+        """Wait until the fork servers begun at the head start have imported (the first run is
+        forked from one of them anyway): until then free_cpus() counts them as busy, and the
+        first baseline trained on one thread of two (139 steps against 225 for the second)."""
+        warm = self.ws.warm
+        own = [warm.zygote] if warm is not None and warm.zygote is not None else []
+        for zygote in [*own, *self.servers.zygotes]:
+            zygote.ready(START_TIMEOUT)
 
     def _run_options(self, budget: float, threads: int, mem_limit: int | None,
                      env: dict[str, str]) -> dict[str, Any]:

@@ -68,9 +68,7 @@ def planner_texts(run_dir: Path, records: list[dict[str, Any]]) -> str:
         current_knobs=read_knob_values(files, goal.knobs),
         last_failure=Failure("exp 003 crashed", "a diagnosis"),
         **record_facts(records, goal.spec.metric.goal))
-    local = local_prompt.build_messages(
-        context, {k: local_prompt.value_grid(s) for k, s in goal.knobs.items()},
-        local_prompt.history_rows(context.history))
+    local = local_prompt.build_messages(context, local_prompt.history_rows(context.history))
     return json.dumps([prompt.build_messages(context), local,
                        prompt.reflect_messages(context, hypothesis="h", status="crashed",
                                                log_tail="boom"),

@@ -171,6 +171,24 @@ def test_same_seed_same_proposal_but_never_the_same_one_twice(planner, loaded):
 
 
 @pytest.mark.slow
+def test_warm_up_loads_in_a_thread_and_the_first_proposal_waits_for_it(loaded, one_model_load):
+    local = LocalPlanner()  # `loaded` made sure the converted weights are cached
+    context = goal_context(seed=42)
+    with one_model_load():
+        local.warm_up(goal_context(history=BASELINE[:1]))  # as the loop: one baseline yet
+        loading = local._loading
+        assert loading is not None and loading.is_alive() and local._loaded is None
+        loading.join()
+    # it read what precedes the history rows, which the first proposal's prompt begins with
+    first, *_ = prompt_segments(*local._prompt(local._loaded.tokenizer, context)[:2])
+    assert local._prompt_cache.segments == [
+        tuple(local._loaded.tokenizer(first, add_special_tokens=False).input_ids)]
+    proposal = local.propose(context)  # goes on from there: the same as a planner without it
+    assert local._loading is None and local.load_seconds > 0
+    assert proposal.edits == loaded.fork().propose(context).edits
+
+
+@pytest.mark.slow
 def test_long_context_is_cut_to_the_token_budget(planner):
     history = [ExperimentSummary(i, "h", "discard", 2.5 + i / 1000,
                                  {**CURRENT, "LEARNING_RATE": 0.001 + i / 10_000})
@@ -178,8 +196,7 @@ def test_long_context_is_cut_to_the_token_budget(planner):
     context = goal_context(history, hints=["try much wider models " * 20] * 5,
                            last_failure=Failure("exp 080 crashed",
                                                 "Traceback (most recent call last): " * 40))
-    options = candidate_changes(context, set())
-    prompt, _, size = planner._prompt(planner._loaded.tokenizer, context, options)
+    prompt, _, size = planner._prompt(planner._loaded.tokenizer, context)
     assert size == len(planner._loaded.tokenizer(prompt).input_ids) <= 1000
     assert "2.579" in prompt  # the newest experiment survives the cut
 
@@ -212,7 +229,7 @@ def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding(one_
     planner = LocalPlanner()
     context = goal_context(seed=1)
     options = planner._options(context)
-    prompt, _, _ = planner._prompt(loaded.tokenizer, context, options)
+    prompt, _, _ = planner._prompt(loaded.tokenizer, context)
     index = schema_index(loaded, proposal_schema(options))
     ours, count = generate(loaded, prompt, index, seed=1, longest=80, temperature=0)
     inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -241,7 +258,7 @@ def test_the_prompt_cache_reads_only_what_follows_the_rows_it_read_and_changes_n
     for turn, rows in enumerate((history, later)):
         context = goal_context(history=rows)
         options = loaded._options(context)
-        prompt, shown, _ = loaded._prompt(model.tokenizer, context, options)
+        prompt, shown, _ = loaded._prompt(model.tokenizer, context)
         segments = prompt_segments(prompt, shown)
         assert "".join(segments) == prompt and len(segments) == len(shown) + 2
         ids = [len(model.tokenizer(s, add_special_tokens=False).input_ids) for s in segments]
