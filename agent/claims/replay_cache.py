@@ -27,6 +27,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ledger.canonical import canonical
+
 ENV = "MAGNET_REPLAY_CACHE"
 PACKAGES = ("agent", "bitnet", "sandbox", "ledger", "merge")  # MAGNET's code, for the key
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +49,9 @@ class ReplayCache:
         parts = {"commit": commit, "goal": _sha(goal_file), "facts": facts,
                  "schedule": _sha(schedule), "init": _sha(init), "confined": confined,
                  "code": code_fingerprint()}
-        return _sha(json.dumps(parts, sort_keys=True, default=str).encode())
+        # the ledger's canonical form: a claim read back from the ledger states its facts as
+        # the one built in process does (its time_budget 3.0 comes back as 3: one run, one key)
+        return _sha(canonical(parts))
 
     @contextlib.contextmanager
     def held(self, key: str) -> Iterator[dict[str, Any] | None]:

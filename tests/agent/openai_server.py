@@ -252,8 +252,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server API
         length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length)
+        if len(data) < length:  # the client died mid-request (a test's SIGKILL): not a request
+            return
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(data or b"{}")
         except json.JSONDecodeError:
             self._send(400, _error_body(400, "request body is not JSON"))
             return

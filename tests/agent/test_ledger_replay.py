@@ -27,7 +27,7 @@ from agent.claims.claim import GOAL_FILE, INIT, SCHEDULE, build_claim
 from agent.claims.verdict import TOLERANCE
 from agent.rundir import ranking
 from agent.rundir.experiment_record import TEST_KEY
-from ledger.canonical import sha256_hex
+from ledger.canonical import canonical, sha256_hex
 from ledger.keys import generate_key, load_key
 from ledger.open import open_ledger
 from ledger.rules import DEFAULT_STAKE, HONEST, VERIFY_POINTS, reward_points
@@ -412,6 +412,10 @@ def test_a_replay_is_kept_under_everything_it_depends_on(tmp_path):
                {"schedule": None}, {"init": b"weights"}, {"confined": False}]
     keys = {ReplayCache.key(**{**base, **change}) for change in [{}, *changed]}
     assert len(keys) == 1 + len(changed)
+    # the same facts as they come back from the ledger (canonical JSON: 3.0 reads as 3)
+    facts = {"seed": 1, "steps": 20, "time_budget": 3.0}
+    assert ReplayCache.key(**{**base, "facts": facts}) == \
+        ReplayCache.key(**{**base, "facts": json.loads(canonical(facts))})
     cache = ReplayCache(tmp_path)
     key = ReplayCache.key(**base)
     with cache.held(key) as kept:
