@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers.integrations.bitnet import VALUES_PER_ITEM, pack_weights
 
 from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE, hf_config, load_checkpoint
 from bitnet.hf_tokenizer import save_byte_tokenizer
@@ -44,6 +43,9 @@ OFFLINE_QUANTIZATION = {
 }
 
 
+CODES_PER_BYTE = 4  # ternary codes in a packed byte (transformers' VALUES_PER_ITEM)
+
+
 class ExportError(ValueError):
     """A model that cannot be written in the requested format; the message says why."""
 
@@ -51,6 +53,9 @@ class ExportError(ValueError):
 @torch.no_grad()
 def pack_ternary(layer: BitLinear, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A BitLinear's packed uint8 codes and its weight_scale (1/mean|W|, float32 [1])."""
+    # transformers is imported here, on use: ~4 s that importing this module need not cost
+    from transformers.integrations.bitnet import VALUES_PER_ITEM, pack_weights
+
     out_features = layer.weight.shape[0]
     if out_features % VALUES_PER_ITEM:
         raise ExportError(
@@ -150,6 +155,6 @@ def summarize_hf_export(out_dir: Path) -> HfExportSummary:
             if ternary:
                 nbytes += size
                 if name.endswith(".weight"):
-                    params += size * VALUES_PER_ITEM
+                    params += size * CODES_PER_BYTE
             tensors.append(TensorEntry(name, dtype, shape, size, ternary))
     return HfExportSummary(tensors, params, nbytes)

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from bitnet.data import VOCAB_SIZE
 
@@ -24,7 +23,10 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 def byte_tokenizer() -> Tokenizer:
     """A `tokenizers.Tokenizer` whose ids are the UTF-8 bytes of the text."""
-    byte_to_symbol = bytes_to_unicode()  # the table the ByteLevel pre-tokenizer/decoder use
+    # the table the ByteLevel pre-tokenizer/decoder use; transformers imported on use (~4 s)
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_to_symbol = bytes_to_unicode()
     vocab = {byte_to_symbol[byte]: byte for byte in range(VOCAB_SIZE)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     # use_regex=False: the text stays one piece, so spaces are never split off or prefixed

@@ -13,7 +13,9 @@ codes and scales bit for bit, every layer to 1e-6, logits to 1e-4 on tie-free in
 larger difference to a tie.
 """
 
+import importlib.util
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -31,19 +33,31 @@ from bitnet.hf_tokenizer import save_byte_tokenizer
 from bitnet.model import BitNetConfig
 from bitnet.quant import BitLinear, quantize_weight
 
-transformers = pytest.importorskip("transformers")
-from transformers.integrations.bitnet import BitLinear as HfBitLinear  # noqa: E402
-from transformers.integrations.bitnet import unpack_weights  # noqa: E402
+# transformers (~4 s) and torch._dynamo (~1 s) are imported by the tests that use them, not at
+# collection, which every pytest-xdist worker pays whether or not it runs this module
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                reason="transformers is not installed")
+
+
+def hf():
+    """transformers, with its BitNet layer and unpacking."""
+    import transformers
+    import transformers.integrations.bitnet  # noqa: F401
+
+    return transformers
+
+
+def eager() -> Any:
+    """transformers wraps unpacking and its quantisers in torch.compile; eager on both sides
+    keeps the comparison about the format, not about the compiler's fused rounding (see
+    test_model.py)."""
+    return torch._dynamo.config.patch(disable=True)
 
 TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)
 LOGIT_TOL = 1e-4  # float32 rounding of a 2-layer forward, logits std ~5 (measured <= 2.2e-5)
 LAYER_RTOL = 1e-6  # relative to the layer's largest output (measured 4.2e-7: a few float32 ulps)
 TIE_TOL = 1e-3  # int8 steps: how near k + 0.5 a value must be for the two sides to round apart
-
-# transformers wraps unpacking and its quantisers in torch.compile; eager on both sides keeps
-# the comparison about the format, not about the compiler's fused rounding (see test_model.py)
-eager = torch._dynamo.config.patch(disable=True)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +67,7 @@ def exported(tmp_path_factory):
     model = trained_like(BitNetConfig(**TINY))
     save_checkpoint(model, root / "ckpt")
     out = export_hf(root / "ckpt", root / "hf")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_model = hf().AutoModelForCausalLM.from_pretrained(out).eval()
     return model, out, hf_model
 
 
@@ -63,7 +77,8 @@ def test_loads_as_packed_offline_bitnet(exported):
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"] == OFFLINE_QUANTIZATION
     ours = {n: m for n, m in model.named_modules() if isinstance(m, BitLinear)}
-    theirs = {n: m for n, m in hf_model.named_modules() if isinstance(m, HfBitLinear)}
+    hf_linear = hf().integrations.bitnet.BitLinear
+    theirs = {n: m for n, m in hf_model.named_modules() if isinstance(m, hf_linear)}
     assert set(theirs) == set(ours) and len(ours) == 7 * TINY["num_hidden_layers"]
     for name, layer in theirs.items():
         out_features, in_features = ours[name].weight.shape
@@ -91,11 +106,11 @@ def test_codes_and_scales_are_our_ternary_weights(exported):
     # weight our forward pass uses (codes rounded by the training quantiser, scale 1/mean|W|).
     model, _, hf_model = exported
     hf_modules = dict(hf_model.named_modules())
-    with eager, torch.no_grad():
+    with eager(), torch.no_grad():
         for name, layer in model.named_modules():
             if isinstance(layer, BitLinear):
                 theirs = hf_modules[name]
-                codes = unpack_weights(theirs.weight, dtype=torch.float32)
+                codes = hf().integrations.bitnet.unpack_weights(theirs.weight, dtype=torch.float32)
                 assert torch.equal(codes / theirs.weight_scale, quantize_weight(layer.weight))
 
 
@@ -115,7 +130,7 @@ def test_each_layer_matches_ours_on_our_activations(exported):
     theirs = dict(hf_model.named_modules())
     seen = record_bitlinear_inputs(model, BitLinear)
     input_ids = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
-    with eager, torch.no_grad():
+    with eager(), torch.no_grad():
         model(input_ids)
         for name, x in list(seen):  # a copy: replaying a layer fires its hook again
             expected = ours[name](x)
@@ -126,18 +141,18 @@ def test_logits_equal_up_to_int8_rounding_ties(tmp_path):
     # Own models here (not the fixture's) because the hooks would outlive the test.
     model = trained_like(BitNetConfig(**TINY))
     save_checkpoint(model, tmp_path / "ckpt")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+    hf_model = hf().AutoModelForCausalLM.from_pretrained(
         export_hf(tmp_path / "ckpt", tmp_path / "hf")
     ).eval()
     hf_layers = dict(hf_model.named_modules())
     ours_in = record_bitlinear_inputs(model, BitLinear)
-    theirs_in = record_bitlinear_inputs(hf_model, HfBitLinear)
+    theirs_in = record_bitlinear_inputs(hf_model, hf().integrations.bitnet.BitLinear)
     tie_free = 0
     for seed in range(12):  # short inputs: most have no tie (measured 11 of 16), some do
         input_ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(seed))
         ours_in.clear()
         theirs_in.clear()
-        with eager, torch.no_grad():
+        with eager(), torch.no_grad():
             ours, _ = model(input_ids)
             theirs = hf_model(input_ids).logits
             assert ours.std() > 1.0  # a meaningful comparison, not two near-zero tensors
@@ -160,7 +175,7 @@ def test_logits_equal_up_to_int8_rounding_ties(tmp_path):
 def test_tied_embeddings(tmp_path):
     model = trained_like(BitNetConfig(**TINY, tie_word_embeddings=True))
     save_checkpoint(model, tmp_path / "ckpt")
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+    hf_model = hf().AutoModelForCausalLM.from_pretrained(
         export_hf(tmp_path / "ckpt", tmp_path / "hf")
     )
     assert hf_model.lm_head.weight is hf_model.model.embed_tokens.weight
@@ -208,7 +223,7 @@ TRICKY = [
 
 def test_tokenizer_ids_are_utf8_bytes(exported):
     _, out, _ = exported
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    tokenizer = hf().AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == 256 and not tokenizer.all_special_ids
     for text in TRICKY:
         ids = tokenizer(text)["input_ids"]
@@ -219,7 +234,7 @@ def test_tokenizer_ids_are_utf8_bytes(exported):
 
 
 def test_tokenizer_any_text_and_any_ids(tmp_path):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(save_byte_tokenizer(tmp_path, 64))
+    tokenizer = hf().AutoTokenizer.from_pretrained(save_byte_tokenizer(tmp_path, 64))
     gen = torch.Generator().manual_seed(0)
     codepoints = torch.randint(1, 0x110000, (4000,), generator=gen).tolist()
     text = "".join(chr(c) for c in codepoints if not 0xD800 <= c < 0xE000)  # no lone surrogates
