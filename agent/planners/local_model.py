@@ -7,6 +7,7 @@ The teacher (agent.teacher.models) writes with the same weights, loaded here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
@@ -137,9 +138,16 @@ def _content_key(gguf: Path) -> str:
     """The GGUF's size and the start of its sha256 (0.1 s): the same file gives the same key in
     every virtualenv (pip writes the bundled file anew, with a new modification time, so a key
     of that made each new one convert it again: half a minute, and 540 MB more cache)."""
+    stat = gguf.stat()
+    return _hashed(gguf, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _hashed(gguf: Path, size: int, mtime_ns: int) -> str:
+    """_content_key, hashed once per version of the file (a load asks up to three times)."""
     with gguf.open("rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
-    return f"{gguf.stat().st_size}-{digest[:16]}"
+    return f"{size}-{digest[:16]}"
 
 
 def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
