@@ -59,6 +59,10 @@ class LoadedModel:
     vocabulary: Any  # outlines_core Vocabulary of the tokenizer, built once
     token_strings: dict[str, list[int]]  # what the vocabulary holds: text -> token ids
     _narrowed: dict[frozenset[str], Any] = field(default_factory=dict)  # schema_index's
+    token_text: dict[int, str] = field(init=False)  # token id -> its text, as token_strings
+
+    def __post_init__(self) -> None:
+        self.token_text = {i: text for text, ids in self.token_strings.items() for i in ids}
 
 
 def load_model(gguf: Path, cache_dir: Path, *, use_cache: bool = True,
@@ -285,11 +289,12 @@ def generate(loaded: LoadedModel, prompt: str | list[str], index: Any, *, seed: 
 
     Each step samples among the tokens the automaton allows (outlines_core's Guide answers that
     directly; outlines' own logits processor compiles a torch kernel, seconds and a C++ compiler
-    at run time). Where it allows only one token, the token is taken without asking the model
-    (its logits could not change the choice), and the forced run goes through the model in one
-    forward pass with the next token it must choose: a reply is mostly forced JSON (keys,
-    quotes, the rest of a knob's name), and on a CPU one pass over a few tokens costs about what
-    one token does (tested: greedy, the replies of transformers' generate() under the mask).
+    at run time). Where it allows only one token, or tokens that only spell the same forced text
+    (`same_text`), the token is taken without asking the model (its logits could not change the
+    reply), and the forced run goes through the model in one forward pass with the next token it
+    must choose: a reply is mostly forced JSON (keys, quotes, the rest of a knob's name), and on
+    a CPU one pass over a few tokens costs about what one token does (tested: greedy, the
+    replies of transformers' generate() under the mask).
     """
     import torch
     from outlines_core import Guide
@@ -307,9 +312,9 @@ def generate(loaded: LoadedModel, prompt: str | list[str], index: Any, *, seed: 
             pending: list[int] = []  # forced tokens the model has not read yet
             while len(reply) < longest:
                 allowed = guide.get_tokens()
-                if len(allowed) == 1:
-                    token = allowed[0]
-                else:
+                token = (allowed[0] if len(allowed) == 1
+                         else same_text(index, guide.get_state(), allowed, loaded.token_text))
+                if token is None:
                     if pending:
                         logits = _forward(loaded.model, kv, pending)
                         pending = []
@@ -322,6 +327,38 @@ def generate(loaded: LoadedModel, prompt: str | list[str], index: Any, *, seed: 
     except (RuntimeError, ValueError):
         return "", 0  # counted as an unusable reply; the next attempt has another seed
     return loaded.tokenizer.decode(reply, skip_special_tokens=True), len(reply)
+
+
+def same_text(index: Any, state: int, allowed: list[int], text_of: Mapping[int, str]
+              ) -> int | None:
+    """The token to take where the `allowed` tokens (at the automaton's `state`) only spell one
+    forced text in pieces of different lengths (`{` or `{"`, `no` or `nob`): the one spelling
+    the most of it. Which of them is taken changes how the reply is cut into tokens, not the
+    reply, so the model is not asked (most passes of a planner's reply asked it just that,
+    measured: 8-10 of 12-15). None where the reply itself can go more than one way (or end)."""
+    texts = [text_of.get(token, "") for token in allowed]
+    longest = max(texts, key=len)
+    if "" in texts or not all(longest.startswith(text) for text in texts):
+        return None
+    for token, text in zip(allowed, texts, strict=True):
+        if text != longest and not _only_spells(index, index.get_next_state(state, token),
+                                                longest[len(text):], text_of):
+            return None
+    return min(token for token, text in zip(allowed, texts, strict=True) if text == longest)
+
+
+def _only_spells(index: Any, state: int, rest: str, text_of: Mapping[int, str]) -> bool:
+    """Whether every way on from `state` begins with the text `rest`."""
+    if not rest:
+        return True
+    for token in index.get_allowed_tokens(state):
+        text = text_of.get(token, "")  # "": the end of the reply (EOS), or a token of no text
+        if text.startswith(rest):
+            continue
+        if not text or not rest.startswith(text) or not _only_spells(
+                index, index.get_next_state(state, token), rest[len(text):], text_of):
+            return False
+    return True
 
 
 def prefill(loaded: LoadedModel, segments: list[str], cache: PromptCache, *,

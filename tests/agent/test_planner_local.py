@@ -106,6 +106,42 @@ def test_schema_replies_round_trip_and_anything_else_is_refused():
         assert parse_reply(bad, options) is None
 
 
+def _automaton(regex: str, pieces: list[str]):
+    """An outlines_core Index of `regex` over a made-up vocabulary: `pieces` and each of their
+    characters, and its token id -> text map."""
+    from outlines_core import Index, Vocabulary
+
+    texts = sorted(set(pieces) | set("".join(pieces)))
+    index = Index(regex, Vocabulary(0, {text: [i + 1] for i, text in enumerate(texts)}))
+    return index, {i + 1: text for i, text in enumerate(texts)}
+
+
+def _same_text(index, text_of, state) -> str | None:
+    token = local_model.same_text(index, state, index.get_allowed_tokens(state), text_of)
+    return None if token is None else text_of[token]
+
+
+def test_tokens_that_only_spell_the_same_text_are_taken_without_the_model():
+    """same_text: `{` or `{"`, `N` or `N_` before two knobs both named N_...: the longest, as
+    the reply is the same either way; a choice between knobs, or a shorter token after which
+    the reply could end, is the model's."""
+    index, text_of = _automaton(r'\{"knob":"(N_LAYER|N_EMBD)"\}',
+                                ['{"', 'kn', 'nob', '":"', 'N_', 'LAYER', 'EMBD', '"}'])
+    state = index.get_initial_state()
+    assert _same_text(index, text_of, state) == '{"'
+    by_text = {text: token for token, text in text_of.items()}
+    for text in '{"knob":"':
+        state = index.get_next_state(state, by_text[text])
+    assert {text_of[t] for t in index.get_allowed_tokens(state)} == {"N", "N_"}
+    assert _same_text(index, text_of, state) == "N_"
+    state = index.get_next_state(state, by_text["N_"])
+    assert _same_text(index, text_of, state) is None  # LAYER or EMBD: the model chooses
+    index, text_of = _automaton('"(N|N_L)"', ['"N', '"N_', "N_L"])
+    assert _same_text(index, text_of, index.get_initial_state()) is None  # "N" could end
+    index, text_of = _automaton('"(N_|N_L)"', ['"N', '"N_', "N_L"])
+    assert _same_text(index, text_of, index.get_initial_state()) == '"N_'
+
+
 def test_history_rows_show_changes_from_the_best_of_the_time():
     kept = {**CURRENT, "LEARNING_RATE": 0.0061}
     history = [*BASELINE,
@@ -203,9 +239,10 @@ def test_long_context_is_cut_to_the_token_budget(planner):
 
 @pytest.mark.slow
 def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding(one_model_load):
-    """generate() takes the tokens the schema forces without asking the model and runs them in
-    one pass; greedy, it must give what transformers' own generate() gives under the same mask,
-    one token at a time (float32 weights: the int8 planner's passes differ in the last bits)."""
+    """generate() takes the tokens the schema forces (one allowed, or only spellings of the same
+    text: same_text's choice) without asking the model and runs them in one pass; greedy, it
+    must give what transformers' own generate() gives under the same mask, one token at a time
+    (float32 weights: the int8 planner's passes differ in the last bits)."""
     import torch
     from outlines_core import Guide
     from transformers import LogitsProcessorList
@@ -222,7 +259,10 @@ def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding(one_
                 self.guide.advance(int(input_ids[0, -1]), return_tokens=False)
             self.started = True
             masked = torch.full_like(scores, -float("inf"))
-            allowed = torch.tensor(self.guide.get_tokens(), dtype=torch.long)
+            allowed = self.guide.get_tokens()
+            spelled = local_model.same_text(index, self.guide.get_state(), allowed,
+                                            loaded.token_text)
+            allowed = torch.tensor(allowed if spelled is None else [spelled], dtype=torch.long)
             masked[:, allowed] = scores[:, allowed]
             return masked
 
