@@ -79,10 +79,12 @@ def free_cpus() -> int:
     cpus = available_cpus()
     busy = []
     try:
-        for _ in range(5):  # the runnable count is instantaneous: take the median of a few
+        # the runnable count is instantaneous: the median of a few, 2 ms apart (it is asked
+        # before every run and proposal: 10 ms of the loop's time each, not 50)
+        for _ in range(5):
             with open("/proc/loadavg", encoding="ascii") as file:
                 busy.append(int(file.read().split()[3].split("/")[0]) - 1)  # minus this reader
-            time.sleep(0.01)
+            time.sleep(0.002)
     except (OSError, ValueError, IndexError):
         return cpus
     return max(1, min(cpus, cpus - sorted(busy)[len(busy) // 2]))

@@ -59,14 +59,17 @@ MODULES = (
 KEPT_RUN = ("tests/agent/test_tools_ledger_merge.py", "tests/agent/test_held_out.py")
 UNITS = {m: m for m in (*MODULES, *KEPT_RUN)}
 # The modules that take longest (measured with --durations), longest first: their units are
-# handed out first. Every other test follows in file order.
+# handed out first. Every other test follows in file order. One unit that needs conftest's
+# kept_run leads, and makes it on one CPU; test_ledger_replay's units, which all need it, come
+# once the other workers have long units of their own: ahead of them, all five workers waited
+# for it and the suite's first half minute ran on one core of two.
 LONG_FIRST = (
-    "tests/agent/test_ledger_replay.py",  # with test_tools_ledger_merge: conftest's kept_run
     "tests/agent/test_tools_ledger_merge.py",
     "tests/agent/test_teacher.py",
     "tests/agent/test_specialist.py",
     "tests/agent/test_planner_local.py",
     "tests/bitnet/test_template.py",
+    "tests/agent/test_ledger_replay.py",
     "tests/bitnet/test_generate.py",
     "tests/agent/test_template_scoring.py",
     "tests/agent/test_server_limits.py",
