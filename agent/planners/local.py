@@ -136,8 +136,8 @@ class LocalPlanner:
             self._loading.start()
 
     def _load_in_background(self, context: PlanContext) -> None:
-        try:
-            self.load()
+        try:  # one thread: beside the scoring's two busy servers, a second one only spins
+            self.load(threads=1)
         except PlannerError as err:  # raised again by the proposal that needs the model
             self._load_error = err
             return
@@ -147,9 +147,10 @@ class LocalPlanner:
         if len(segments) > 1:  # the part before the history rows
             prefill(self._loaded, segments[:1], self._prompt_cache, threads=self.threads)
 
-    def load(self) -> None:
+    def load(self, threads: int | None = None) -> None:
         """Load the model once: ~30 s from the GGUF the first time, then ~4 s from the cache
-        (waiting for warm_up's load, where one began)."""
+        (waiting for warm_up's load, where one began); on `threads` threads (default: the
+        planner's, else every CPU)."""
         loading = self._loading
         if loading is not None and loading is not threading.current_thread():
             loading.join()
@@ -160,7 +161,7 @@ class LocalPlanner:
             return
         start = time.perf_counter()
         self._loaded = with_int8_linears(load_model(
-            self.gguf, self.cache_dir, use_cache=self.use_cache, threads=self.threads))
+            self.gguf, self.cache_dir, use_cache=self.use_cache, threads=threads or self.threads))
         self.load_seconds = time.perf_counter() - start
 
     # --- one proposal --------------------------------------------------------------------------

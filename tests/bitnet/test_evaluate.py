@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bitnet.evaluate import EVAL_BYTES, eval_batches, evaluate_bpb, scored_bytes
+from bitnet.evaluate import EVAL_BYTES, batch_nats, eval_batches, evaluate_bpb, scored_bytes
 
 
 class UnigramModel(nn.Module):
@@ -86,3 +86,21 @@ def test_restores_training_mode():
     model = UnigramModel(np.full(256, 1 / 256)).train()
     evaluate_bpb(model, np.arange(100, dtype=np.uint8), 16)
     assert model.training
+
+
+def test_the_summed_loss_is_the_same_float_on_one_thread_or_two():
+    """bitnet.score sums on one thread (its second would spin beside the servers): that must not
+    move the score, which a replay on a machine with other cores compares."""
+    generator = torch.Generator().manual_seed(0)
+    before = torch.get_num_threads()
+    try:
+        for _ in range(5):
+            logits = torch.randn(32, 128, 256, generator=generator) * 3
+            windows = torch.randint(0, 256, (32, 128), generator=generator)
+            sums = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                sums.append(batch_nats(logits, windows))
+            assert sums[0] == sums[1]
+    finally:
+        torch.set_num_threads(before)
