@@ -129,13 +129,15 @@ class LocalPlanner:
         what the first prompt begins with (`context`'s goal and grids: the same in every
         prompt of the run) into the prompt cache. A first conversion (~30 s, progress bars on
         stderr) is left to the first proposal."""
-        if (self._loaded is None and self._loading is None and self.use_cache
-                and is_converted(self.gguf, self.cache_dir)):
+        if self._loaded is None and self._loading is None and self.use_cache:
             self._loading = threading.Thread(target=self._load_in_background, args=(context,),
                                              name="local-planner-load", daemon=True)
             self._loading.start()
 
     def _load_in_background(self, context: PlanContext) -> None:
+        # in the thread too: the first check hashes the GGUF (0.1-0.2 s)
+        if not is_converted(self.gguf, self.cache_dir):
+            return
         try:  # one thread: beside the scoring's two busy servers, a second one only spins
             self.load(threads=1)
         except PlannerError as err:  # raised again by the proposal that needs the model

@@ -180,6 +180,10 @@ class Scorer:
         setup = run_setup(self.ws.path, warm.outputs, seed=0, steps=None, **options)
         warm.prepare(spec.command, self.ws.path, *setup, forked_only=True)
         self._warm_servers()
+        if self.kind == EVALUATOR:
+            # the scoring's own imports (torch: ~2 s) now, while the loop waits for the fork
+            # servers' imports anyway (_imported), not after the first run has trained
+            import bitnet.score  # noqa: F401
 
     def _imported(self) -> None:
         """Wait until the fork servers begun at the head start have imported (the first run is
