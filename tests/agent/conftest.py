@@ -32,8 +32,10 @@ from ledger.keys import generate_key  # noqa: E402
 # for a time budget: on a loaded machine (parallel tests) 3 s gave a baseline a handful of steps
 # and the judge could not tell a change from the noise. The kept change is one a fixed step count
 # rewards (no warm-up: 30 warm-up steps are more than the whole run), and one layer keeps the
-# base, its specialists and every replay of its claim cheap.
-KEPT_STEPS = "20"
+# base, its specialists and every replay of its claim cheap. 10 steps: the kept run and every
+# replay of its baselines train half as long as at 20, and the gain is clearer (measured: +15.6
+# standard errors at 10 steps, +9.9 at 20; the keep needs 2).
+KEPT_STEPS = "10"
 KEPT_GOAL = """---
 name: ledger-replay
 template: bitnet-lm

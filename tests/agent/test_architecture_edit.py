@@ -54,12 +54,13 @@ GOAL = """---
 name: arch
 template: bitnet-lm
 editable: [train.py, model.py]
-command: OMP_NUM_THREADS=1 python train.py
+command: python train.py
 corpus: text:{corpus}
 metric: {{name: val_bpb, goal: minimize}}
 budget: {{per_experiment: 2s, grace: 120s, experiments: 1, wall: 10m}}
 planner: openai
 model: scripted-model
+env: [MAGNET_STEPS]
 knobs:
   LEARNING_RATE: {{low: 1e-3, high: 1.5e-2, log: true}}
 ---
@@ -72,11 +73,11 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
     corpus, cache = tmp_path / "corpus", tmp_path / "cache"
     corpus.mkdir()
     for i in range(12):
-        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 200)
+        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 50)
     goal = tmp_path / "GOAL.md"
-    # one thread, so this test re-evaluates the checkpoint below with the same arithmetic
     goal.write_text(GOAL.format(corpus=corpus))
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(cache))
+    monkeypatch.setenv("MAGNET_STEPS", "2")  # the edit needs to run and be scored, not to learn
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
     openai_server.push(proposal({
@@ -140,6 +141,6 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
             scores[name] = round(evaluate_bpb(model, val, config.max_position_embeddings)[0], 6)
     finally:
         torch.set_num_threads(threads)
-    # equal up to the order of float sums, which follows the thread count the run had
+    # the evaluator's logits servers score with one thread too: equal up to float sums' order
     assert abs(scores["edited"] - scored) < 1e-4
     assert abs(scores["original"] - scored) > 1e-2

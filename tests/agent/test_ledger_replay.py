@@ -198,8 +198,11 @@ def test_a_claim_on_other_corpus_bytes_is_refused_before_it_runs(kept_run):
 def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_run):
     """The contract backend: a fabricated claim is replayed, challenged and slashed on chain; a
     key that is not a registered verifier cannot resolve it; the honest claim for the same
-    commit is rewarded once the challenge window has passed."""
+    commit is rewarded once the challenge window has passed. The claimed run's replay is the
+    verifier's cached one (conftest's session cache, as `ledger verify` keeps it): the subject here
+    is the contract, and test_a_fabricated_test_score_is_judged_false replays it afresh."""
     from agent.claims.replay import replay_claim
+    from agent.claims.replay_cache import ReplayCache
     from ledger.evm_ledger import open_evm_ledger
     from ledger.rules import FALSE
     from sandbox.confine import confinement
@@ -216,7 +219,8 @@ def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_
         entry = book.claim(alice, forged, claim.artifacts)
         assert book.chain_state(entry)["state"] == "PENDING"
 
-        verdict = replay_claim(forged, claim.artifacts, confinement())
+        verdict = replay_claim(forged, claim.artifacts, confinement(),
+                               cache=ReplayCache.default())
         assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
         with pytest.raises(ValueError, match="not a registered verifier"):
             book.verify(carol, entry, verdict.verdict, verdict.facts())
@@ -264,6 +268,9 @@ def test_a_fabricated_test_score_is_judged_false(kept_run):
 def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
     """What the claimant carries is the claimant's to get right: a parent that is not the
     commit's parent, or a commit id that is a path, is judged false without training."""
+    from agent.claims.ledger_ops import replay_entry
+    from ledger.rules import FALSE
+
     root, run_dir, env = kept_run
     ledger = root / "malformed.sqlite"
     claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
@@ -279,9 +286,10 @@ def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
     second = ledger_cli(env, ledger, "verify", "1", "--key", str(root / "bob.key"))
     assert second.returncode == 1 and "is no git commit id" in second.stdout
     generate_key(root / "erin.key")  # no single verifier slashes: a second key agrees
-    for entry in ("0", "1"):
-        assert ledger_cli(env, ledger, "verify", entry, "--key",
-                          str(root / "erin.key")).returncode == 1
+    with open_ledger(ledger) as book:  # what `ledger verify` runs, without another interpreter
+        for entry in ("0", "1"):
+            assert replay_entry(book, load_key(root / "erin.key"), entry,
+                                unconfined=False).verdict.verdict == FALSE
     with open_ledger(ledger) as book:
         assert [e.fields["kind"] for e in book.entries()] == [
             "claim", "claim", "verification", "verification", "verification", "slash",

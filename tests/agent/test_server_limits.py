@@ -58,7 +58,7 @@ def _goal(tmp_path: Path, monkeypatch) -> Goal:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(12):
-        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 200)
+        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 50)
     (tmp_path / "GOAL.md").write_text(GOAL.format(corpus=corpus))
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MAGNET_STEPS", "2")

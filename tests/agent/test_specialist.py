@@ -36,8 +36,9 @@ def train(root: Path, *args: str) -> Path:
     env = {**os.environ, "MAGNET_CACHE_DIR": str(root / "cache")}
     runs = root / "runs"
     before = set(runs.iterdir()) if runs.is_dir() else set()
-    # one second of training: a base and specialists a few steps from it are all it needs
-    done = subprocess.run([CLI, "train", "--budget", "1", "--runs-dir", str(runs), *args],
+    # the shortest budget: training stops at the first step boundary after it (one step), and
+    # a base and specialists a step from it are all these tests need
+    done = subprocess.run([CLI, "train", "--budget", "0.1", "--runs-dir", str(runs), *args],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     (run_dir,) = set(runs.iterdir()) - before
@@ -72,7 +73,7 @@ def test_train_init_starts_from_the_base_and_records_it(base_run):
     assert f"init: {base_ckpt.resolve()}" in goal
     log = (special / "logs" / "exp-000.log").read_text()
     assert f"starting from {special / 'init'} (base {lineage[0][:12]})" in log
-    # it starts from the base's weights: a few steps away from them, where another seed's
+    # it starts from the base's weights: a step away from them, where another seed's
     # random start would be as far as the weights are large (relative distance ~1.4)
     assert relative_distance(special / "outputs" / "exp-000", base_ckpt) < 0.3
     assert json.loads((special / "run.json").read_text())["init"] == str(base_ckpt.resolve())
@@ -108,7 +109,7 @@ env: [MAGNET_STEPS]
 ---
 Tune the base on this topic.
 """
-STEPS = "5"  # the research run's baselines start from the base: a few steps show it
+STEPS = "1"  # the research run's baselines start from the base: one step shows it
 INIT_LINE = "        self.config = config  # bitnet.checkpoint writes config.json from it"
 
 

@@ -339,8 +339,12 @@ def test_the_local_teacher_writes_a_tiny_corpus(tmp_path, one_model_load):
     pytest.importorskip("outlines", reason="the local model's loader needs outlines")
     with one_model_load():  # test_planner_local may be loading it too: conftest
         teacher = LocalTeacher(batch_size=2)
+    # sub-topics saved as by an earlier call: asking the model for them (160 tokens) took two
+    # thirds of this test, and the scripted-server tests cover that request and its parsing
+    (tmp_path / SUBTOPICS_FILE).write_text(json.dumps(["Creating and indexing lists",
+                                                       "List methods and slicing"]))
     report = generate_corpus(teacher, "how Python lists work", tmp_path, max_bytes=300,
-                             seconds=20, seed=1, max_tokens=100)
+                             seconds=20, seed=1, max_tokens=64)
     assert report["teacher"] == "local:SmolLM2-135M-Instruct.Q4_1"
     assert report["documents"] >= 1 and report["bytes"] >= 300
     for content in corpus_files(tmp_path).values():

@@ -29,6 +29,7 @@ metric: {{name: val_bpb, goal: minimize}}
 budget: {{per_experiment: 2s, grace: 120s, experiments: 3, wall: 10m}}
 planner: openai
 model: scripted-model
+env: [MAGNET_STEPS]
 ---
 Lower val_bpb.
 """
@@ -45,10 +46,11 @@ def test_planted_metric_is_ignored_look_ahead_is_invalid_test_is_hidden(tmp_path
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(12):
-        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 200)
+        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 50)
     goal = tmp_path / "GOAL.md"
     goal.write_text(GOAL.format(corpus=corpus))
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MAGNET_STEPS", "2")  # two steps: scored, and judged, as any run
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
     openai_server.push(

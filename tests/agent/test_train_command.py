@@ -43,12 +43,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     corpus = root / "corpus"
     corpus.mkdir()
     for i in range(12):
-        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 200)
+        (corpus / f"doc{i}.txt").write_text(f"The quick brown fox {i} jumps over the dog.\n" * 50)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MAGNET_")}, **SECRETS,
            "MAGNET_CACHE_DIR": str(root / "cache"),
            "MAGNET_SEED": "99"}  # an inherited MAGNET_* setting must not reach the run either
     runs = root / "runs"
-    proc = subprocess.Popen([CLI, "train", "--budget", "3", "--corpus", f"text:{corpus}",
+    proc = subprocess.Popen([CLI, "train", "--budget", "2", "--corpus", f"text:{corpus}",
                              "--seed", "7", "--runs-dir", str(runs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen = None
@@ -115,7 +115,7 @@ def test_the_training_process_sees_the_sandbox_environment(trained):
     run_dir, _, seen = trained
     assert not set(SECRETS) & set(seen), sorted(seen)
     assert not any(v in value for v in SECRETS.values() for value in seen.values())
-    assert seen["MAGNET_SEED"] == "7" and seen["MAGNET_TIME_BUDGET"] == "3"
+    assert seen["MAGNET_SEED"] == "7" and seen["MAGNET_TIME_BUDGET"] == "2"
     assert seen["MAGNET_CORPUS"].startswith("text:")  # from the goal's `corpus:`
     # its training split alone (bitnet.data.train_dir), from a corpus that is sealed
     train_data = Path(seen["MAGNET_TRAIN_DATA"])

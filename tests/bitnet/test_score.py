@@ -131,9 +131,13 @@ def test_test_bytes_are_scored_as_if_alone_and_val_is_unchanged(tmp_path, checkp
                                                                   test_split):
     code = model_code(tmp_path / "code")
     both = score(checkpoint, code, val, test=test_split)
-    assert both.val_bpb == pytest.approx(score(checkpoint, code, val).val_bpb, abs=1e-6)
-    assert both.bytes_scored == both.test_bytes_scored == EVAL
-    assert both.test_bpb == pytest.approx(score(checkpoint, code, test_split).val_bpb, abs=1e-6)
+    # each split alone, as evaluate_bpb scores it in-process: what the scorer gives for one
+    # split (test_scorer_matches_evaluate_bpb), without two more pairs of servers to start
+    val_alone, val_bytes = in_process_bpb(code, checkpoint, val)
+    test_alone, test_bytes = in_process_bpb(code, checkpoint, test_split)
+    assert both.val_bpb == pytest.approx(val_alone, abs=1e-6)
+    assert both.bytes_scored == both.test_bytes_scored == val_bytes == test_bytes == EVAL
+    assert both.test_bpb == pytest.approx(test_alone, abs=1e-6)
     assert abs(both.test_bpb - both.val_bpb) > 1e-3  # really the other bytes
 
 
@@ -145,9 +149,10 @@ def test_a_model_that_looks_ahead_on_test_windows_only_is_refused(tmp_path, chec
                     f"torch.cat([idx[:, 1:], idx[:, -1:]], dim=1), idx)\n        {EMBED}")
     code = model_code(tmp_path / "code", peek_on_test)
     assert score(checkpoint, code, val).causal_max_diff == 0.0  # validation alone: it passes
-    for seed in range(3):
-        with pytest.raises(CausalityError, match="it looks ahead"):
-            score(checkpoint, code, val, test=test_split, seed=seed)
+    # every full test window holds a DEL byte, so whichever ones and cuts a seed picks, the
+    # check sees the peek: one seed shows it
+    with pytest.raises(CausalityError, match=r"\(test bytes\): it looks ahead"):
+        score(checkpoint, code, val, test=test_split, seed=0)
 
 
 def test_a_checkpoint_that_does_not_fit_model_py_names_the_file(tmp_path, checkpoint, val):

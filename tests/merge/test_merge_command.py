@@ -63,9 +63,24 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
 
 def merge(family, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MAGNET_CACHE_DIR": str(family["root"] / "cache")}
-    return subprocess.run([CLI, "merge", "--base", str(family["base"]), *args,
-                           "--runs-dir", str(family["root"] / "runs")],
+    return subprocess.run([CLI, *merge_argv(family, *args)],
                           capture_output=True, text=True, env=env, timeout=300)
+
+
+def merge_argv(family, *args: str) -> list[str]:
+    return ["merge", "--base", str(family["base"]), *args,
+            "--runs-dir", str(family["root"] / "runs")]
+
+
+def refused(family, capsys, monkeypatch, *args: str) -> tuple[int, str]:
+    """A refusal, through the command's own main in this process (what the installed
+    `magnet-agent` runs, minus a second interpreter importing torch): (status, stderr)."""
+    from agent.cli.main import main
+
+    monkeypatch.setenv("MAGNET_CACHE_DIR", str(family["root"] / "cache"))
+    capsys.readouterr()
+    code = main(merge_argv(family, *args))
+    return code, capsys.readouterr().err
 
 
 def test_merge_writes_the_checkpoint_and_the_table(family):
@@ -100,12 +115,12 @@ def test_merge_writes_the_checkpoint_and_the_table(family):
     assert (out / "merge.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_merge_refuses_a_specialist_of_another_base(family):
-    done = merge(family, "--specialist", str(family["a"]), "--specialist",
-                 str(family["stranger"]))
-    assert done.returncode == 2
-    assert f"{family['stranger']} was not trained from {family['base']}" in done.stderr
-    assert "it records no base" in done.stderr and len(done.stderr.splitlines()) == 1
+def test_merge_refuses_a_specialist_of_another_base(family, capsys, monkeypatch):
+    code, err = refused(family, capsys, monkeypatch, "--specialist", str(family["a"]),
+                        "--specialist", str(family["stranger"]))
+    assert code == 2
+    assert f"{family['stranger']} was not trained from {family['base']}" in err
+    assert "it records no base" in err and len(err.splitlines()) == 1
     assert not (family["root"] / "runs").exists()  # nothing written
 
 
@@ -114,11 +129,12 @@ def test_merge_refuses_a_specialist_of_another_base(family):
     (["--method", "ties", "--density", "1.5"], "density 1.5 is outside (0, 1]"),
     (["--corpus", "pycode"], "1 --corpus for 2 specialists"),
 ])
-def test_bad_options_are_one_line(family, args, expected):
-    done = merge(family, "--specialist", str(family["a"]), "--specialist", str(family["b"]),
-                 *args, "--out", str(family["root"] / "bad"))
-    assert done.returncode == 2 and expected in done.stderr, done.stderr
-    assert len(done.stderr.splitlines()) == 1
+def test_bad_options_are_one_line(family, capsys, monkeypatch, args, expected):
+    code, err = refused(family, capsys, monkeypatch, "--specialist", str(family["a"]),
+                        "--specialist", str(family["b"]), *args, "--out",
+                        str(family["root"] / "bad"))
+    assert code == 2 and expected in err, err
+    assert len(err.splitlines()) == 1
     assert not (family["root"] / "bad").exists()
 
 
