@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,16 @@ def test_seq_len_comes_from_a_valid_config(tmp_path, checkpoint):
     os.mkfifo(config)  # must not block
     with pytest.raises(ScoreError, match="not a regular file"):
         checkpoint_seq_len(tmp_path)
+
+
+def test_a_reply_comes_through_a_pipe_that_holds_a_quarter_of_a_batch():
+    """A batch's logits (4 MiB) in a few reads, each of which waits for the scorer's GIL: the
+    reply pipe's buffer is raised from 64 KiB (REPLY_PIPE_BYTES)."""
+    import fcntl
+
+    from bitnet.logits_client import REPLY_PIPE_BYTES, LogitsClient
+
+    deadline = time.monotonic() + 30
+    argv = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    with LogitsClient(argv, "first", deadline, 30.0) as client:
+        assert fcntl.fcntl(client.stdout, fcntl.F_GETPIPE_SZ) == REPLY_PIPE_BYTES
