@@ -30,8 +30,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +38,7 @@ import torch
 from bitnet.data import SEPARATOR
 from bitnet.infer import InferenceModel, load_for_inference
 from bitnet.model import BitNetLM
+from bitnet.torch_threads import num_threads
 
 __all__ = ["GenerationResult", "Utf8Stream", "generate", "load_for_inference", "sample_next"]
 
@@ -146,25 +146,12 @@ def generate(
     when another process holds a core, each multi-threaded matmul can stall a whole scheduler
     time slice (~10 ms) waiting for its second thread.
     """
-    with _num_threads(threads), torch.inference_mode():
+    with num_threads(threads), torch.inference_mode():
         return _generate(
             _as_model(model_or_checkpoint), prompt, max_new_tokens=max_new_tokens,
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, on_token=on_token,
             stop_token=stop_token,
         )
-
-
-@contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _generate(

@@ -26,7 +26,6 @@ of positions still escapes with probability about (1-f)**causal_windows.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
@@ -47,6 +46,7 @@ from bitnet.checkpoint import CONFIG_FILE
 from bitnet.evaluate import EVAL_BYTES, batch_nats, eval_batches, scored_bytes
 from bitnet.logits_client import LogitsClient, ScoreError, ServerStart
 from bitnet.logits_server import SERVERS
+from bitnet.torch_threads import num_threads
 
 CAUSAL_WINDOWS = 8  # windows checked for look-ahead, each at one random cut
 # Same code, weights and thread count give bit-identical logits (measured: 0.0 on a trained
@@ -110,7 +110,11 @@ def score_checkpoint(
     if test is not None:
         splits.append(_Split(test, seq_len, eval_bytes, causal_windows, rng))
     deadline = start + timeout
-    with _one_thread(), LogitsClient(server_argv, SERVERS[0], deadline, timeout) as first, \
+    # this process's torch on one thread while the servers score: its second OpenMP thread
+    # would spin at every barrier beside the two busy servers, on cycles they need (measured:
+    # 0.65 against 0.22 CPU-seconds of this process for the 4-layer baseline's two splits); the
+    # sums do not depend on it (batch_nats gives the same float on one thread or two)
+    with num_threads(1), LogitsClient(server_argv, SERVERS[0], deadline, timeout) as first, \
             LogitsClient(server_argv, SERVERS[1], deadline, timeout) as second:
         servers = (first, second)
         splits[0].score(servers, "validation")
@@ -126,20 +130,6 @@ def score_checkpoint(
     tested = ({"test_bpb": bpb[1], "test_bytes_scored": scored[1].n_bytes}
               if len(scored) > 1 else {})
     return Score(bpb[0], splits[0].n_bytes, causal_max_diff, time.monotonic() - start, **tested)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """This process's torch on one thread while the servers score: its second OpenMP thread
-    would spin at every barrier beside the two busy servers, on cycles they need (measured:
-    0.65 against 0.22 CPU-seconds of this process for the 4-layer baseline's two splits). The
-    sums do not depend on it (batch_nats gives the same float on one thread or two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _Split:
