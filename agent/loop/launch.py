@@ -8,13 +8,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from langgraph.types import Command
 from rich.console import Console
 
 from agent.goal.spec import Goal, GoalError, load_goal
-from agent.loop import status, steering
-from agent.loop.graph import build_graph, check_checkpoints, checkpointer, set_aside
-from agent.loop.nodes import Nodes
 from agent.loop.planner_context import record_facts
 from agent.loop.runtime import Runtime
 from agent.loop.state import RunState, initial_state, rebuilt_state
@@ -115,6 +111,16 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
     workspace = Workspace.open(run_dir)  # recovers an experiment a crash left unfinished
     scorer: Scorer | None = None
     try:
+        spec = goal.spec
+        scorer = Scorer(goal, workspace, confinement(unconfined=bool(options.get("unconfined")),
+                                                     network=spec.network))
+        scorer.prepare()
+        if fresh:  # a new run: its fork servers import torch (seconds) while this process
+            # imports LangGraph's stack (a second of one core), not one after the other
+            scorer.head_start(mem_limit=scorer.mem_limit)
+        from agent.loop.graph import build_graph
+        from agent.loop.nodes import Nodes
+
         saver, latest, lost = _open_checkpoints(run_dir, config)  # once the run is ours
         if not fresh and latest is None:
             _restore_records(workspace, records)
@@ -129,10 +135,6 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
         history = record_facts(records.read(), goal.spec.metric.goal)["history"]
         planner = make_planner(options["planner"], goal, model=options.get("model"),
                                history=history)
-        spec = goal.spec
-        scorer = Scorer(goal, workspace, confinement(unconfined=bool(options.get("unconfined")),
-                                                     network=spec.network))
-        scorer.prepare()
         with RunView(run_dir.name, spec.metric.name, spec.metric.goal, planner.name,
                      console=console) as view:
             view.preload(records.read())
@@ -152,7 +154,8 @@ def _execute(run_dir: Path, *, fresh: bool, console: Console | None) -> None:
             if start is not None and not fresh:
                 view.message(f"no checkpoint in {CHECKPOINTS}: the run goes on from a state "
                              "rebuilt from its journal and records")
-            scorer.head_start(mem_limit=runtime.memory_limit_bytes)  # warm starts, fork servers
+            if not fresh:  # a resumed run that has work left
+                scorer.head_start(mem_limit=runtime.memory_limit_bytes)  # warm starts, fork servers
             with _sigterm_as_interrupt():
                 _drive(graph, start, config, runtime)
     finally:
@@ -166,6 +169,10 @@ def _drive(graph: Any, start: RunState | None, config: dict[str, Any], rt: Runti
     block until control.jsonl brings a line, then resume it. A run that stopped while waiting
     resumes its waiting node at once: that node reads the run anew (an experiment the stop cut
     off is recorded by now, commands may have come) and waits again only if nothing changed."""
+    from langgraph.types import Command
+
+    from agent.loop import status, steering
+
     if start is None and graph.get_state(config).interrupts:
         graph.invoke(Command(resume=True), config, durability="sync")
     else:
@@ -201,6 +208,8 @@ def _wall_used(latest: Any, start: RunState | None) -> float:
 def _open_checkpoints(run_dir: Path, config: dict[str, Any]) -> tuple[Any, Any, str]:
     """The checkpointer and the latest checkpoint (None: missing); a file that cannot be read
     is set aside, so the run goes on from a rebuilt state. The text says what was set aside."""
+    from agent.loop.graph import check_checkpoints, checkpointer, set_aside
+
     saver = checkpointer(run_dir)
     try:
         check_checkpoints(saver)
