@@ -19,10 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
 from bitnet.model import BitNetConfig, BitNetLM
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class CheckpointError(ValueError):

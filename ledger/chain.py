@@ -15,17 +15,20 @@ import os
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_tester.exceptions import TransactionFailed
-from eth_utils.exceptions import ValidationError
-from web3 import EthereumTesterProvider, HTTPProvider, Web3
-from web3.contract.contract import ContractConstructor, ContractFunction
-from web3.exceptions import ContractLogicError, Web3Exception
-from web3.middleware import ExtraDataToPOAMiddleware
-from web3.types import TxReceipt
+# web3, eth-account and eth-tester take over a second to import, and only a chain needs them:
+# each is imported by the function that uses it (a file ledger, and whatever imports this
+# module without touching a chain, never pays for them).
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+    from web3 import Web3
+    from web3.contract.contract import ContractConstructor, ContractFunction
+    from web3.types import TxReceipt
+
+    # A signer: a LocalAccount (signs locally, works on any chain) or an address the node has
+    # unlocked (the tester's prefunded accounts).
+    Sender = LocalAccount | str
 
 SOURCE = Path(__file__).parent / "contracts" / "magnet_ledger.vy"
 CACHE_DIR = Path.home() / ".cache" / "magnet"
@@ -33,13 +36,14 @@ CACHE_DIR = Path.home() / ".cache" / "magnet"
 # Index = the contract's uint8 claim state.
 STATES = ("UNKNOWN", "PENDING", "CHALLENGED", "VERIFIED", "SLASHED", "REWARDED")
 
-# What a revert raises: web3 turns a JSON-RPC node's revert into ContractLogicError, but its
-# EthereumTesterProvider lets eth-tester's own TransactionFailed through.
-_REVERTS = (ContractLogicError, TransactionFailed)
 
-# A signer: a LocalAccount (signs locally, works on any chain) or an address the node has
-# unlocked (the tester's prefunded accounts).
-Sender = LocalAccount | str
+def _reverts() -> tuple[type[Exception], ...]:
+    """What a revert raises: web3 turns a JSON-RPC node's revert into ContractLogicError, but its
+    EthereumTesterProvider lets eth-tester's own TransactionFailed through."""
+    from eth_tester.exceptions import TransactionFailed
+    from web3.exceptions import ContractLogicError
+
+    return ContractLogicError, TransactionFailed
 
 
 class ChainError(ValueError):
@@ -87,6 +91,8 @@ def compiled() -> tuple[list, str]:
 
 def tester() -> Web3:
     """A fresh in-process py-evm chain with prefunded, unlocked accounts."""
+    from web3 import EthereumTesterProvider, Web3
+
     return Web3(EthereumTesterProvider())
 
 
@@ -96,6 +102,9 @@ def connect(url: str) -> Web3:
         return tester()
     if not url.startswith(("http://", "https://")):
         raise ChainError(f"unsupported chain URL {url!r}: use 'tester' or an http(s):// RPC URL")
+    from web3 import HTTPProvider, Web3
+    from web3.middleware import ExtraDataToPOAMiddleware
+
     w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
     # Proof-of-authority chains (and some L2s) put more than 32 bytes in extraData, which
     # web3 refuses unless told; the middleware is harmless elsewhere.
@@ -111,11 +120,16 @@ def derive_account(seed: bytes) -> LocalAccount:
     Lets one ledger key file (an Ed25519 seed) also sign chain transactions; the domain prefix
     keeps the two keys unrelated.
     """
+    from eth_account import Account
+
     key = hashlib.sha256(b"magnet-evm-account" + seed).digest()
     return Account.from_key(key)
 
 
 def address_of(sender: Sender) -> str:
+    from eth_account.signers.local import LocalAccount
+    from web3 import Web3
+
     return sender.address if isinstance(sender, LocalAccount) else Web3.to_checksum_address(sender)
 
 
@@ -178,6 +192,8 @@ class LedgerContract:
     """A deployed ledger contract. Writes take a `sender` and return the mined receipt."""
 
     def __init__(self, w3: Web3, address: str):
+        from web3 import Web3
+
         self.w3 = w3
         self.address = Web3.to_checksum_address(address)
         self.contract = w3.eth.contract(address=self.address, abi=compiled()[0])
@@ -250,7 +266,7 @@ class LedgerContract:
               **context: Any) -> TxReceipt:
         try:
             return send(self.w3, fn, sender, value=value)
-        except _REVERTS as e:
+        except _reverts() as e:
             raise self.explain(_reason(e), sender, context) from None
 
     def explain(self, reason: str, sender: Sender, context: dict[str, Any]) -> ChainError:
@@ -277,6 +293,11 @@ def send(w3: Web3, fn: ContractFunction | ContractConstructor, sender: Sender, *
     a reverting transaction with status 0 and no reason. A LocalAccount's transaction is signed
     here and sent raw, which every node accepts; a plain address must be unlocked on the node.
     """
+    from eth_account.signers.local import LocalAccount
+    from eth_utils.exceptions import ValidationError
+    from web3 import Web3
+    from web3.exceptions import Web3Exception
+
     frm = address_of(sender)
     tx: dict[str, Any] = {"from": frm, "value": value}
     try:
@@ -289,7 +310,7 @@ def send(w3: Web3, fn: ContractFunction | ContractConstructor, sender: Sender, *
         else:
             tx_hash = fn.transact(tx)
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
-    except _REVERTS:
+    except _reverts():
         raise
     # Node refusals (funds, nonce, fees); eth-tester's ValidationError is no ValueError; OSError:
     # the node went away.
@@ -310,7 +331,7 @@ def deploy(w3: Web3, deployer: Sender, *, challenge_window: int, min_stake: int,
         challenge_window, min_stake, quorum, verifier_reward)
     try:
         receipt = send(w3, ctor, deployer)
-    except _REVERTS as e:
+    except _reverts() as e:
         raise ChainError(f"ledger deployment refused: {_reason(e)}: min_stake must be > 0 and "
                          "1 <= quorum <= 32") from None
     return receipt["contractAddress"]

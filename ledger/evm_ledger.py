@@ -17,22 +17,25 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from eth_account.signers.local import LocalAccount
-from web3 import EthereumTesterProvider, Web3
-from web3.exceptions import Web3Exception
-from web3.types import TxReceipt
 
 from ledger import chain, keys
 from ledger.book import DEFAULT_PATH, Ledger
 from ledger.canonical import LedgerError
-from ledger.chain import ChainError, LedgerContract, Sender
+from ledger.chain import ChainError, LedgerContract
 from ledger.entries import CLAIM, VERIFICATION, Entry, make_entry
 from ledger.rules import DEFAULT_STAKE, FALSE, VERIFY_POINTS, reward_points
 from ledger.sqlite_store import SqliteStore
+
+if TYPE_CHECKING:  # web3 is imported where a chain is used (see ledger.chain)
+    from eth_account.signers.local import LocalAccount
+    from web3 import Web3
+    from web3.types import TxReceipt
+
+    from ledger.chain import Sender
 
 # `evm:tester`'s contract: the rules' stake in wei, one verifier's vote settles a challenge
 # (the local log follows the contract's quorum: ledger.rules)
@@ -222,6 +225,8 @@ class EvmLedger(Ledger):
 
     @contextmanager
     def _chain(self) -> Iterator[None]:
+        from web3.exceptions import Web3Exception
+
         try:
             yield
         except EvmChainError:
@@ -241,6 +246,8 @@ def open_evm_ledger(location: str, *, w3: Web3 | None = None, contract_address: 
                     data: str | Path | None = None) -> EvmLedger:
     """An EVM ledger by `evm:` URL. `w3`, `contract_address` and `data` override what the URL
     gives (tests share one tester chain and contract between several ledgers this way)."""
+    from web3 import EthereumTesterProvider, Web3
+
     parts = _split(location)
     query = dict(parse_qsl(parts.query))
     data = data or query.pop("data", None)

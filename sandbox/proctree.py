@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import time
 
 import psutil
@@ -30,17 +31,57 @@ class ProcessTree:
         if self.leader is None:
             return 0
         try:
-            procs = [self.leader, *self.leader.children(recursive=True)]
+            pids = self._members() if _CHILD_LISTS else self._members_by_scan()
         except psutil.Error:
             return 0
-        total = 0
-        self.count = len(procs)
-        for p in procs:
-            self.seen.setdefault(p.pid, p)
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
+        self.count = len(pids)
+        total = sum(_rss(pid) for pid in pids)
         self.peak = max(self.peak, total)
         return total
+
+    def _members(self) -> list[int]:
+        """The leader and its descendants, walked down the kernel's child lists: polled every
+        0.1 s, this reads only the tree's own /proc entries where psutil reads every process's.
+        Like `psutil.Process.children`, a process gone meanwhile is left out with what is below
+        it, and one older than the leader (a reused pid) is not the run's."""
+        members: dict[int, None] = {}  # ordered, leader first
+        leader_born: float | None = None
+        stack = [self.pgid]
+        while stack:
+            pid = stack.pop()
+            if pid in members:  # pids reused during the walk could make a cycle
+                continue
+            proc = self.seen.get(pid)
+            if proc is None and pid == self.pgid:
+                proc = self.leader
+            elif proc is None:
+                if leader_born is None:  # fresh, as psutil's: the clock may have moved
+                    leader_born = psutil.Process(self.pgid).create_time()
+                try:
+                    proc = psutil.Process(pid)
+                    if proc.create_time() < leader_born:
+                        continue
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    continue
+            try:
+                children = _child_pids(pid)
+            except OSError:
+                if pid == self.pgid:
+                    raise psutil.NoSuchProcess(pid) from None
+                continue
+            assert proc is not None
+            self.seen.setdefault(pid, proc)
+            members[pid] = None
+            stack.extend(children)
+        return list(members)
+
+    def _members_by_scan(self) -> list[int]:
+        """`_members` where the kernel keeps no child lists: psutil scans all of /proc."""
+        assert self.leader is not None
+        procs = [self.leader, *self.leader.children(recursive=True)]
+        for p in procs:
+            self.seen.setdefault(p.pid, p)
+        return [p.pid for p in procs]
 
     def kill_all(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -61,6 +102,40 @@ class ProcessTree:
         while self.alive() and time.monotonic() < end:
             self.kill_all(signal.SIGKILL)
             time.sleep(0.01)
+
+
+def _child_pids(pid: int) -> list[int]:
+    """`pid`'s children, from the kernel's list per thread (a child belongs to the thread that
+    forked it). OSError when `pid` is gone."""
+    children: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+            children += map(int, f.read().split())
+    return children
+
+
+def _has_child_lists() -> bool:
+    """Whether the kernel lists children in /proc/PID/task/TID/children (Linux with
+    CONFIG_PROC_CHILDREN)."""
+    pid = os.getpid()
+    return os.path.exists(f"/proc/{pid}/task/{pid}/children")
+
+
+_CHILD_LISTS = _has_child_lists()
+_STATM = sys.platform.startswith("linux")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if _STATM else 0
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of `pid` in bytes, 0 when it is gone. On Linux the field psutil's
+    memory_info().rss reads (/proc/PID/statm's second), without making a Process per poll."""
+    try:
+        if _STATM:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE_SIZE
+        return psutil.Process(pid).memory_info().rss
+    except (OSError, IndexError, ValueError, psutil.Error):
+        return 0
 
 
 def _live(p: psutil.Process) -> bool:

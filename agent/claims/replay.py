@@ -4,11 +4,12 @@ The claim's bundle is unbundled into a new git repository, checked to hold the c
 as a child of the claimed parent, and run as an experiment is (scoring.scorer: confined, scored
 by the template's evaluator) with the claim's seed, steps, threads and the schedule the run
 followed, step by step. Then the runs behind its "before" (the keep rule's reference) are
-replayed the same way: each must be of the parent's code (its git tree) and the parent among
-them, with distinct seeds, and the stated before must be their mean. agent.claims.verdict judges
-the numbers; a claim is false when a replay is off, fails, or when what the claim carries (goal
-file, commit ids, bundle, before runs) cannot be replayed at all. A claim whose claimed run is
-already off is judged without replaying its before runs.
+replayed the same way, in the same workspace (and fork servers) checked out at the parent and
+cleaned as a fresh one would be: each must be of the parent's code (its git tree) and the parent
+among them, with distinct seeds, and the stated before must be their mean.
+agent.claims.verdict judges the numbers; a claim is false when a replay is off, fails, or when
+what the claim carries (goal file, commit ids, bundle, before runs) cannot be replayed at all. A
+claim whose claimed run is already off is judged without replaying its before runs.
 
 Refused before anything runs (no verdict, so nobody is slashed for the verifier's machine): a
 corpus whose bytes differ here, an unsealed corpus, another torch version, a claim that starts
@@ -17,13 +18,15 @@ from a checkpoint it does not carry, a claim made before claims carried their be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from agent.claims.replay_cache import ReplayCache
 from agent.claims.verdict import TOLERANCE, Verdict, failed, judge
 from agent.goal.spec import Goal, GoalError, load_goal
 from agent.rundir.experiment_record import TEST_KEY
-from agent.rundir.init_checkpoint import unpack_init
+from agent.rundir.init_checkpoint import init_dir, unpack_init
 from agent.rundir.names import GOAL_COPY
 from agent.rundir.runs import RunError
 from agent.scoring.replay_facts import SCHEDULE_FILE, torch_version
@@ -40,6 +43,8 @@ from agent.scoring.scorer import Scorer, corpus_of
 from ledger.canonical import sha256_hex
 from sandbox.confine import Confinement
 from sandbox.gitcli import Git, GitError, run_git
+from sandbox.layout import LOGS_DIR, OUTPUTS_DIR
+from sandbox.warm import STAGING_PREFIX
 from sandbox.workspace import Workspace
 
 __all__ = ["TOLERANCE", "MalformedClaim", "ReplayRefused", "Verdict", "replay_claim"]
@@ -82,53 +87,79 @@ def replay_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],
             _check_machine(run["replay"])
         if why := unsealed(goal):  # no verdict: the replay would show nothing
             raise ReplayRefused(f"the claim is not replayed: {why}")
-        after = _replay(goal, source, body["commit"], [(body["replay"], artifacts.get(SCHEDULE))],
-                        root / "after", artifacts, confinement, on_line, cache)
-        if after is None:
-            return failed(body, "its init checkpoint does not unpack")
-        verdict = judge(body, after[0], None, test_key=TEST_KEY,
-                        seconds=time.monotonic() - started)
-        if verdict is None:  # the claimed run holds: now the runs behind its before
-            runs = [(run["replay"], schedules.get(run["replay"].get("schedule_sha256") or ""))
-                    for run in body["before_runs"]]
-            def judged(done: list[dict[str, Any]]) -> Verdict | None:
-                return judge(body, after[0], done, test_key=TEST_KEY,
-                             seconds=time.monotonic() - started)
+        with _Replays.open(goal, source, root / "replay", artifacts, confinement, on_line,
+                           cache) as replays:
+            if replays is None:
+                return failed(body, "its init checkpoint does not unpack")
+            after = replays.replay(body["commit"], [(body["replay"], artifacts.get(SCHEDULE))])
+            verdict = judge(body, after[0], None, test_key=TEST_KEY,
+                            seconds=time.monotonic() - started)
+            if verdict is None:  # the claimed run holds: now the runs behind its before
+                runs = [(run["replay"],
+                         schedules.get(run["replay"].get("schedule_sha256") or ""))
+                        for run in body["before_runs"]]
 
-            # stops at the first run that is off: its verdict is FALSE whatever the rest give
-            replayed = _replay(goal, source, body["parent"], runs, root / "before", artifacts,
-                               confinement, on_line, cache, stop=judged)
-            assert replayed is not None  # the init checkpoint unpacked for the claimed run
-            verdict = judged(replayed)
-            assert verdict is not None  # every run replayed, or one was off
+                def judged(done: list[dict[str, Any]]) -> Verdict | None:
+                    return judge(body, after[0], done, test_key=TEST_KEY,
+                                 seconds=time.monotonic() - started)
+
+                # stops at the first run that is off: its verdict is FALSE whatever the rest give
+                verdict = judged(replays.replay(body["parent"], runs, stop=judged))
+                assert verdict is not None  # every run replayed, or one was off
     return verdict
 
 
-def _replay(goal: Goal, source: Path, commit: str,
-            runs: list[tuple[Mapping[str, Any], bytes | None]], where: Path,
-            artifacts: Mapping[str, bytes], confinement: Confinement,
-            on_line: Callable[[str], None] | None, cache: ReplayCache | None,
-            stop: Callable[[list[dict[str, Any]]], object] | None = None
-            ) -> list[dict[str, Any]] | None:
-    """Replay `runs` (replay facts, schedule bytes) of `commit` one after another in one fresh
-    workspace (or take them from `cache`), until `stop` (given the results so far) is truthy;
-    None when the claim's init checkpoint does not unpack."""
-    spec = goal.spec
-    Git(source / ".git", source).run("checkout", "-q", "-B", "claim", commit)
-    with Workspace.create(where, repo=source, editable=spec.editable,
-                          knobs=spec.knobs, goal=spec.metric.goal) as ws:
-        if spec.init is not None:
+class _Replays:
+    """The replays of one claim, in one workspace with one scorer (so one set of fork servers,
+    whose imports cost seconds of CPU each): each commit is checked out in turn, as the research
+    loop runs its experiments one after another in one workspace. Before the second, the
+    workspace is brought back to what a fresh one at its commit would be: no file the first
+    left in the tree, in the run's outputs, logs or init checkpoint. What a replay's runs see
+    (confinement, environment, limits) is the goal's, the same for every commit."""
+
+    def __init__(self, goal: Goal, ws: Workspace, scorer: Scorer,
+                 artifacts: Mapping[str, bytes], confinement: Confinement,
+                 on_line: Callable[[str], None] | None, cache: ReplayCache | None) -> None:
+        self.goal, self.ws, self.scorer = goal, ws, scorer
+        self.artifacts, self.confinement = artifacts, confinement
+        self.on_line, self.cache = on_line, cache
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, goal: Goal, source: Path, where: Path, artifacts: Mapping[str, bytes],
+             confinement: Confinement, on_line: Callable[[str], None] | None,
+             cache: ReplayCache | None) -> Iterator[_Replays | None]:
+        """A fresh workspace cloned from `source` (at the claimed commit, its history with it);
+        None when the claim's init checkpoint does not unpack."""
+        spec = goal.spec
+        with Workspace.create(where, repo=source, editable=spec.editable,
+                              knobs=spec.knobs, goal=spec.metric.goal) as ws:
+            if spec.init is not None:
+                try:
+                    unpack_init(artifacts[INIT], ws.run_dir)
+                except ValueError:
+                    yield None
+                    return
+            scorer = Scorer(goal, ws, confinement)
             try:
-                unpack_init(artifacts[INIT], ws.run_dir)
-            except ValueError:
-                return None
+                yield cls(goal, ws, scorer, artifacts, confinement, on_line, cache)
+            finally:
+                scorer.close()  # the warm servers and fork servers
+
+    def replay(self, commit: str, runs: list[tuple[Mapping[str, Any], bytes | None]],
+               stop: Callable[[list[dict[str, Any]]], object] | None = None
+               ) -> list[dict[str, Any]]:
+        """Replay `runs` (replay facts, schedule bytes) of `commit` one after another (or take
+        them from the cache), until `stop` (given the results so far) is truthy."""
+        ws, scorer, spec = self.ws, self.scorer, self.goal.spec
+        if ws.current is not None:  # a commit replayed before this one
+            self._fresh(commit)
         if ws.git.head() != commit:
             raise RunError(f"the unbundled workspace is not at commit {commit[:12]}")
-        scorer = Scorer(goal, ws, confinement)
         for facts, _ in runs:
             _check_corpus(scorer, facts)
         scorer.prepare()
-        ws.begin(0, f"replay of {commit[:12]}")
+        ws.begin(ws.next_exp, f"replay of {commit[:12]}")
         results = []
 
         def run(repeat: int, facts: Mapping[str, Any], schedule_bytes: bytes | None
@@ -141,28 +172,55 @@ def _replay(goal: Goal, source: Path, commit: str,
                 schedule.write_bytes(schedule_bytes)
             # the goal's limits, not the claim's facts: a claim cannot buy itself more time
             return scorer.run(
-                seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=on_line,
+                seed=int(facts["seed"]), repeat=repeat, replay=facts, on_line=self.on_line,
                 schedule=schedule, time_budget=BUDGET_FACTOR * spec.budget.per_experiment,
                 mem_limit=scorer.mem_limit)
 
-        try:
-            for repeat, (facts, schedule_bytes) in enumerate(runs):
-                if cache is None:
-                    results.append(run(repeat, facts, schedule_bytes))
-                else:
-                    key = cache.key(commit=commit, goal_file=artifacts[GOAL_FILE], facts=facts,
-                                    schedule=schedule_bytes, init=artifacts.get(INIT),
-                                    confined=confinement.enabled)
-                    with cache.held(key) as kept:
-                        if kept is None:
-                            kept = run(repeat, facts, schedule_bytes)
-                            cache.put(key, kept)
-                    results.append(kept)
-                if stop is not None and stop(results):
-                    break
-        finally:
-            scorer.close()  # the warm servers and fork servers
+        for repeat, (facts, schedule_bytes) in enumerate(runs):
+            if self.cache is None:
+                results.append(run(repeat, facts, schedule_bytes))
+            else:
+                key = self.cache.key(commit=commit, goal_file=self.artifacts[GOAL_FILE],
+                                     facts=facts, schedule=schedule_bytes,
+                                     init=self.artifacts.get(INIT),
+                                     confined=self.confinement.enabled)
+                with self.cache.held(key) as kept:
+                    if kept is None:
+                        kept = run(repeat, facts, schedule_bytes)
+                        self.cache.put(key, kept)
+                results.append(kept)
+            if stop is not None and stop(results):
+                break
         return results
+
+    def _fresh(self, commit: str) -> None:
+        """The workspace at `commit` as a fresh one would be: the replayed experiment closed,
+        the tree checked out clean (nothing untracked or ignored left), the outputs and logs of
+        its runs gone (but the warm process and servers waiting for the next run: they have run
+        nothing yet), the init checkpoint unpacked again."""
+        ws = self.ws
+        assert ws.current is not None
+        ws.discard(ws.current["exp"], {}, status="replayed")
+        ws.git.run("checkout", "-q", "-f", "-B", ws.branch, commit)
+        ws.git.run("clean", "-q", "-ffdx")
+        for name in (OUTPUTS_DIR, LOGS_DIR):
+            for path in (ws.run_dir / name).glob("*"):
+                if not path.name.startswith(STAGING_PREFIX):
+                    _remove(path)
+        if self.goal.spec.init is not None:  # refilled in place: the runs' views bind its folder
+            target = init_dir(ws.run_dir)
+            for path in target.iterdir():
+                _remove(path)
+            with tempfile.TemporaryDirectory(dir=ws.run_dir) as scratch:
+                for path in unpack_init(self.artifacts[INIT], Path(scratch)).iterdir():
+                    path.rename(target / path.name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _check_machine(facts: Mapping[str, Any]) -> None:

@@ -33,6 +33,8 @@ def add_commands(commands: options.Subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """0 when generated; 2 with one line when the reference, checkpoint or a value is refused."""
+    if refused := _refused_setting(args):  # before torch is imported: two seconds of a core
+        return fail(refused)
     from agent.rundir.runs import RunError
     from bitnet.checkpoint import CheckpointError
 
@@ -42,6 +44,14 @@ def main(args: argparse.Namespace) -> int:
         return fail(first_line(err))
 
 
+def _refused_setting(args: argparse.Namespace) -> str | None:
+    if args.max_new_tokens < 1:
+        return "--max-new-tokens must be at least 1"
+    if not 0 <= args.temperature <= 100 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        return "--temperature takes 0 (greedy) to 100, --top-p (0, 1], --top-k 0 (off) or more"
+    return None
+
+
 def generate(args: argparse.Namespace) -> int:
     """Generate and print (streamed, or one JSON document); raises RunError, CheckpointError or
     ValueError (one line each) for what cannot be loaded or sampled."""
@@ -49,11 +59,8 @@ def generate(args: argparse.Namespace) -> int:
     from bitnet.generate import generate as run
     from bitnet.infer import load_for_inference
 
-    if args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be at least 1")
-    if not 0 <= args.temperature <= 100 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise ValueError("--temperature takes 0 (greedy) to 100, --top-p (0, 1], --top-k 0 "
-                         "(off) or more")
+    if refused := _refused_setting(args):
+        raise ValueError(refused)
     model = load_for_inference(resolve_checkpoint(args.checkpoint, args.runs_dir))
     stream = None if args.json else _print
     if stream is not None:

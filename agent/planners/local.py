@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.planners.base import KnobEdit, PlanContext, PlannerError, Proposal, Usage
+from agent.planners.converted_cache import default_cache_dir, is_converted
 from agent.planners.knob_text import change_verb, config_key, describe_change
 from agent.planners.local_model import (
     LoadedModel,
     PromptCache,
-    default_cache_dir,
     find_gguf,
     generate,
-    is_converted,
     load_model,
     prefill,
     schema_index,

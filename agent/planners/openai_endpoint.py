@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-
-import openai
+from typing import TYPE_CHECKING
 
 from agent.planners.base import PlannerError
+
+if TYPE_CHECKING:  # the SDK takes about a second to import: only where a request is made
+    import openai
 
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx, as the SDK itself would retry
 MODELS_SHOWN = 8  # an OpenAI key lists dozens of models; a refusal names the first few
@@ -21,6 +23,8 @@ MODELS_SHOWN = 8  # an OpenAI key lists dozens of models; a refusal names the fi
 def served_model(client: openai.OpenAI, endpoint: str) -> str:
     """The model to use when none was given: the only one `endpoint` lists, else a PlannerError
     naming what it lists (llama.cpp's and vLLM's servers serve one model, OpenAI many)."""
+    import openai
+
     ask = "set `model:` in the goal or pass --model"
     try:
         models = list(dict.fromkeys(model.id for model in client.models.list()))
@@ -73,6 +77,8 @@ def endpoint_fix(status: int | None) -> str:
 
 def server_message(err: Exception) -> str:
     """What the server said (its JSON error message when there is one), or the exception text."""
+    import openai
+
     body = getattr(err, "body", None)
     message = body.get("message") if isinstance(body, dict) else None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):

@@ -19,9 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import openai
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.planners.base import (
     PlanContext,
@@ -59,6 +57,9 @@ from agent.planners.prompt import (
     reflect_messages,
     repair_prompt,
 )
+
+if TYPE_CHECKING:  # the SDK takes about a second to import: only once a planner is made
+    import openai
 
 # the names other modules import from here
 __all__ = ["OpenAIPlanner", "endpoint_fix", "env_seconds", "error_line", "parse_reply", "price"]
@@ -136,6 +137,8 @@ class OpenAIPlanner:
         timeout = timeout if timeout is not None else env_seconds("MAGNET_OPENAI_TIMEOUT", 120.0)
         if base_delay is None:
             base_delay = env_seconds("MAGNET_OPENAI_RETRY_DELAY", 2.0)
+        import openai
+
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout,
                                     max_retries=0)
         if not model:
@@ -243,6 +246,8 @@ class OpenAIPlanner:
 
     def _complete(self, messages: list[Message], tally: _Tally, *, want_json: bool,
                   tools: list[dict[str, Any]] | None = None, either: bool = False) -> Reply:
+        import openai  # imported by __init__ already: a lookup
+
         attempt = 0
         while True:
             mode: OutputMode = self.output_mode if want_json else "text"

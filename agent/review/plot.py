@@ -81,12 +81,14 @@ def text_plot(records: list[dict[str, Any]], metric: str, goal: str,
 
 
 def write_plot(path: Path, records: list[dict[str, Any]], metric: str, goal: str) -> None:
-    import matplotlib
+    # a Figure on the Agg canvas, without pyplot: its import, backend switch and figure registry
+    # draw nothing more, at the end of every run
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig = Figure(figsize=(8, 4.5), dpi=110)
+    FigureCanvasAgg(fig)  # attaches itself to fig: savefig renders through it
+    ax = fig.subplots()
     groups = {"baseline": (ranking.BASELINE,), "kept": (ranking.KEEP,), "discarded": ("discard",)}
     styles = {"baseline": ("s", "tab:gray"), "kept": ("o", "tab:green"),
               "discarded": ("x", "tab:orange")}
@@ -116,9 +118,10 @@ def write_plot(path: Path, records: list[dict[str, Any]], metric: str, goal: str
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
+    # Laid out now: with tight_layout's engine left in place savefig would draw it all twice.
+    fig.set_layout_engine(None)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, path)
 
 

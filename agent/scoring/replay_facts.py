@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import platform
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
 from sandbox.untrusted import (
     MAX_SCHEDULE_BYTES,
     UntrustedFileError,
@@ -28,10 +31,13 @@ MAX_CHECKPOINT = 2**34  # bytes of model.safetensors: 16 GiB, far above any CPU-
 
 
 def torch_version() -> str:
-    """This process's torch release, without the build tag (2.13.0, not 2.13.0+cpu)."""
-    import torch
-
-    return torch.__version__.split("+")[0]
+    """This machine's torch release, without the build tag (2.13.0, not 2.13.0+cpu): the
+    imported torch's, else the installed one's as pip recorded it, without importing torch (two
+    seconds of a core that a repository goal's controller, or a verify whose replays are all
+    cached, would spend for this string alone)."""
+    torch = sys.modules.get("torch")
+    version = torch.__version__ if torch is not None else importlib.metadata.version("torch")
+    return version.split("+")[0]
 
 
 def replay_facts(run: Mapping[str, Any], *, time_budget: float, threads: int,
@@ -39,8 +45,6 @@ def replay_facts(run: Mapping[str, Any], *, time_budget: float, threads: int,
     """The facts of one scored run: seed, steps, threads, where the schedule switched to stage
     2, corpus fingerprint, Python and torch versions, and the sha256 of the checkpoint it saved
     and of the schedule it followed (its progress at every step, which a replay follows)."""
-    from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-
     steps = (run.get("metrics") or {}).get("steps")  # the template's METRIC steps
     facts: dict[str, Any] = {"seed": run["seed"], "time_budget": time_budget,
                              "steps": int(steps) if isinstance(steps, int | float) else None,

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import openai
-
 from agent.planners import openai_endpoint
 from agent.planners.base import PlannerError
-from agent.planners.local_model import default_cache_dir, find_gguf, load_model
+from agent.planners.converted_cache import default_cache_dir
+from agent.planners.local_model import find_gguf, load_model
 from sandbox.env import free_cpus
 
 LOCAL = "local"  # the model name that means the bundled model (agent.goal.spec.TeacherSettings)
@@ -81,6 +80,8 @@ class OpenAITeacher:
         self.model = model
         self.name = f"openai:{model}"
         self.temperature = temperature
+        import openai  # about a second to import: only once a teacher is made
+
         # the SDK retries connection errors, 408, 409, 429 and 5xx with backoff
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout,
                                     max_retries=max_retries)
@@ -90,6 +91,8 @@ class OpenAITeacher:
         return str(self.client.base_url).rstrip("/")
 
     def write(self, prompt: str, *, max_tokens: int, seed: int) -> str:
+        import openai  # imported by __init__ already: a lookup
+
         try:
             response = self.client.chat.completions.create(
                 model=self.model, max_tokens=max_tokens, seed=seed, temperature=self.temperature,

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.planners import local_model
-from agent.planners.local_model import KEYS_FILE, LoadedModel, converted_dir, with_int8_linears
+from agent.planners import converted_cache
+from agent.planners.converted_cache import KEYS_FILE, converted_dir
+from agent.planners.local_model import LoadedModel, with_int8_linears
 
 
 def _fresh() -> None:
-    local_model._hashed.cache_clear()  # a new process: nothing remembered in memory
+    converted_cache._hashed.cache_clear()  # a new process: nothing remembered in memory
 
 
 def test_the_content_key_is_hashed_once_and_again_when_the_file_changes(tmp_path: Path) -> None:

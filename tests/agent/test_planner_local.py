@@ -15,9 +15,10 @@ from agent.goal.knob_values import read_knob_values
 from agent.goal.spec import load_goal
 from agent.planners import local_model
 from agent.planners.base import ExperimentSummary, Failure, KnobEdit, PlanContext, PlannerError
+from agent.planners.converted_cache import default_cache_dir
 from agent.planners.knob_text import config_key
 from agent.planners.local import LocalPlanner, find_gguf
-from agent.planners.local_model import default_cache_dir, generate, load_model, schema_index
+from agent.planners.local_model import generate, load_model, schema_index
 from agent.planners.local_prompt import (
     candidate_changes,
     history_rows,

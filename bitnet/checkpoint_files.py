@@ -1,0 +1,6 @@
+"""The files of a checkpoint directory, named once: bitnet.checkpoint writes and reads them, and
+the controller's records of a run (agent.scoring.replay_facts) and its checkpoint references
+name them without importing torch (two seconds of a core in every controller)."""
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
