@@ -9,6 +9,7 @@ edit, and a deleted or corrupt checkpoints.sqlite.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from openai_server import proposal, text
 from agent.loop.launch import resume_run, start_run
 from agent.rundir import control
 from sandbox.errors import WorkspaceError
+from sandbox.proctree import group_members
 from sandbox.workspace import Workspace
 
 CLI = [sys.executable, "-m", "agent.cli"]
@@ -214,9 +216,25 @@ def killed_mid_experiment(tmp_path: Path) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One killed run, left as the kill left it: each damage test resumes its own copy (a run
+    directory may move), where each made and killed its own run (a controller's start-up and
+    four experiments each time)."""
+    run_dir = killed_mid_experiment(tmp_path_factory.mktemp("killed"))
+    # the copies are taken once nothing of the killed run still writes into it
+    current = json.loads((run_dir / "sandbox.json").read_text())["current"]
+    if current and current.get("pid"):
+        wait_for(lambda: not group_members(int(current["pid"])), what="the orphaned run gone")
+    return run_dir
+
+
+@pytest.mark.xdist_group("killed-run")  # one worker: the killed run is made once
 @pytest.mark.parametrize("damage", ["deleted", "garbage"])
-def test_resume_without_readable_checkpoints_rebuilds_from_the_records(tmp_path, damage):
-    run_dir = killed_mid_experiment(tmp_path)
+def test_resume_without_readable_checkpoints_rebuilds_from_the_records(tmp_path, killed_run,
+                                                                       damage):
+    run_dir = tmp_path / "runs" / killed_run.name
+    shutil.copytree(killed_run, run_dir, symlinks=True)
     checkpoints = run_dir / "checkpoints.sqlite"
     dropped = None
     for side in run_dir.glob("checkpoints.sqlite*"):  # with its write-ahead log, which SQLite

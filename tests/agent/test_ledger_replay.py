@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from agent.claims.claim import GOAL_FILE, INIT, SCHEDULE, build_claim
+from agent.claims.replay_cache import ReplayCache
 from agent.claims.verdict import TOLERANCE
 from agent.rundir import ranking
 from agent.rundir.experiment_record import TEST_KEY
@@ -96,6 +97,37 @@ def test_a_claims_before_is_the_baseline_mean_the_keep_rule_used(kept_run):
     assert body["test"] == {"before": statistics.fmean(r[TEST_KEY] for r in records[:2]),
                             "after": records[2][TEST_KEY]}
     assert [r["test"] for r in body["before_runs"]] == [r[TEST_KEY] for r in baselines]
+
+
+class FreshReplays(ReplayCache):
+    """The verifier's replay cache, less its kept runs: every run is replayed, then kept."""
+
+    def get(self, key: str) -> dict | None:
+        return None
+
+
+def test_a_fabricated_test_score_is_judged_false(kept_run):
+    """Replays check the held-out test score as well as the validation score: a claim whose
+    test score after was lowered is false on the replay of its claimed run alone. That run is
+    replayed afresh (its cgroups are checked), then kept in the session's replay cache: ahead of
+    test_an_honest_claim_verifies_on_replay here, it is the one replay of it the tests make."""
+    from agent.claims.replay import replay_claim
+    from ledger.rules import FALSE
+    from sandbox.confine import confinement
+
+    _, run_dir, _ = kept_run
+    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
+    test = claim.body["test"]
+    forged = {**claim.body, "test": {**test, "after": test["after"] * 0.9}}
+    before = cgroups_made_by(os.getpid())
+    verdict = replay_claim(forged, claim.artifacts, confinement(),
+                           cache=FreshReplays(ReplayCache.default().root))
+    assert cgroups_made_by(os.getpid()) <= before  # its runs and (fork) servers left no cgroup
+    assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
+    # no test number in it: a reason reaches planners through the ledger tools
+    assert verdict.reason == (f"replayed the claimed run: its {TEST_KEY} is not the claimed "
+                              f"one, outside the {TOLERANCE:.1%} tolerance")
+    assert verdict.before_replayed is None  # its before runs were never replayed
 
 
 def test_an_honest_claim_verifies_on_replay(kept_run):
@@ -202,7 +234,6 @@ def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_
     verifier's cached one (conftest's session cache, as `ledger verify` keeps it): the subject here
     is the contract, and test_a_fabricated_test_score_is_judged_false replays it afresh."""
     from agent.claims.replay import replay_claim
-    from agent.claims.replay_cache import ReplayCache
     from ledger.evm_ledger import open_evm_ledger
     from ledger.rules import FALSE
     from sandbox.confine import confinement
@@ -242,27 +273,6 @@ def test_on_the_evm_a_fabricated_metric_is_challenged_replayed_and_slashed(kept_
         assert book.chain_state(honest)["state"] == "REWARDED"
         assert book.chain_points(alice) == reward_points(claim.body["metric"]) > 0
         assert book.audit().ok
-
-
-def test_a_fabricated_test_score_is_judged_false(kept_run):
-    """Replays check the held-out test score as well as the validation score: a claim whose
-    test score after was lowered is false on the replay of its claimed run alone."""
-    from agent.claims.replay import replay_claim
-    from ledger.rules import FALSE
-    from sandbox.confine import confinement
-
-    _, run_dir, _ = kept_run
-    claim = build_claim(run_dir, 2, stake=DEFAULT_STAKE)
-    test = claim.body["test"]
-    forged = {**claim.body, "test": {**test, "after": test["after"] * 0.9}}
-    before = cgroups_made_by(os.getpid())
-    verdict = replay_claim(forged, claim.artifacts, confinement())
-    assert cgroups_made_by(os.getpid()) <= before  # its runs and (fork) servers left no cgroup
-    assert verdict.verdict == FALSE and verdict.replayed == claim.body["metric"]["after"]
-    # no test number in it: a reason reaches planners through the ledger tools
-    assert verdict.reason == (f"replayed the claimed run: its {TEST_KEY} is not the claimed "
-                              f"one, outside the {TOLERANCE:.1%} tolerance")
-    assert verdict.before_replayed is None  # its before runs were never replayed
 
 
 def test_a_claim_that_cannot_be_replayed_at_all_is_false(kept_run):
@@ -389,7 +399,6 @@ def test_a_verifier_replays_each_run_once(kept_run):
     replay cache (this session's, conftest): the same claim replayed again trains nothing and
     gets the same verdict, and the claimed run is kept under its key."""
     from agent.claims.replay import replay_claim
-    from agent.claims.replay_cache import ReplayCache
     from sandbox.confine import confinement
 
     _, run_dir, _ = kept_run
@@ -412,7 +421,6 @@ def test_a_verifier_replays_each_run_once(kept_run):
 def test_a_replay_is_kept_under_everything_it_depends_on(tmp_path):
     """Another commit, goal file, fact, schedule, init checkpoint or confinement is another run;
     a run that did not finish is not kept (on a busy machine it may next time)."""
-    from agent.claims.replay_cache import ReplayCache
 
     base = dict(commit="a" * 40, goal_file=b"goal", facts={"seed": 1, "steps": 20},
                 schedule=b"[0.0]", init=None, confined=True)

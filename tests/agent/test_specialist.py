@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from openai_server import proposal, text
 
+from agent.loop import train_once
 from agent.loop.launch import start_run
 from agent.rundir.runs import RunError
 from bitnet.checkpoint import checkpoint_hash, checkpoint_lineage, load_checkpoint
@@ -32,15 +33,31 @@ def corpus(root: Path, name: str, line: str) -> Path:
     return path
 
 
+# the shortest budget: training stops at the first step boundary after it (one step), and a base
+# and specialists a step from it are all these tests need
+BUDGET = 0.1
+
+
 def train(root: Path, *args: str) -> Path:
+    """`magnet-agent train ARGS`, the command itself, in a subprocess."""
     env = {**os.environ, "MAGNET_CACHE_DIR": str(root / "cache")}
     runs = root / "runs"
     before = set(runs.iterdir()) if runs.is_dir() else set()
-    # the shortest budget: training stops at the first step boundary after it (one step), and
-    # a base and specialists a step from it are all these tests need
-    done = subprocess.run([CLI, "train", "--budget", "0.1", "--runs-dir", str(runs), *args],
+    done = subprocess.run([CLI, "train", "--budget", str(BUDGET), "--runs-dir", str(runs), *args],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = set(runs.iterdir()) - before
+    return run_dir
+
+
+def train_in_process(root: Path, corpus: Path) -> Path:
+    """A base: what `magnet-agent train` runs (agent.loop.train_once: the same run and sandbox),
+    without the 2.5 CPU-s of another interpreter's start-up; the specialist is the command's."""
+    runs = root / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    with pytest.MonkeyPatch.context() as mp:  # module fixtures cannot monkeypatch
+        mp.setenv("MAGNET_CACHE_DIR", str(root / "cache"))
+        assert train_once.train("bitnet-lm", f"text:{corpus}", BUDGET, 1337, str(runs)) == 0
     (run_dir,) = set(runs.iterdir()) - before
     return run_dir
 
@@ -55,15 +72,22 @@ def relative_distance(a: Path, b: Path) -> float:
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("specialist")
-    return root, train(root, "--corpus", f"text:{corpus(root, 'a', 'The quick brown fox')}")
+    return root, train_in_process(root, corpus(root, "a", "The quick brown fox"))
 
 
-def test_train_init_starts_from_the_base_and_records_it(base_run):
+@pytest.fixture(scope="module")
+def specialist(base_run) -> Path:
+    """`train --init BASE` on another topic; the research run below starts from it in turn."""
     root, base = base_run
+    topic = corpus(root, "b", "A lazy dog sleeps in the sun")
+    return train(root, "--init", str(base), "--corpus", f"text:{topic}", "--seed", "7")
+
+
+def test_train_init_starts_from_the_base_and_records_it(base_run, specialist):
+    _, base = base_run
     base_ckpt = base / "outputs" / "exp-000"
     assert checkpoint_lineage(base_ckpt) == []  # from random weights
-    topic = corpus(root, "b", "A lazy dog sleeps in the sun")
-    special = train(root, "--init", str(base), "--corpus", f"text:{topic}", "--seed", "7")
+    special = specialist
 
     # the run keeps its own copy of the base, and the checkpoint names it
     assert checkpoint_hash(special / "init") == checkpoint_hash(base_ckpt)
@@ -77,11 +101,6 @@ def test_train_init_starts_from_the_base_and_records_it(base_run):
     # random start would be as far as the weights are large (relative distance ~1.4)
     assert relative_distance(special / "outputs" / "exp-000", base_ckpt) < 0.3
     assert json.loads((special / "run.json").read_text())["init"] == str(base_ckpt.resolve())
-
-    # a specialist of the specialist remembers both
-    again = train(root, "--init", f"{special.name}:0", "--corpus", f"text:{topic}")
-    assert checkpoint_lineage(again / "outputs" / "exp-000") == [
-        checkpoint_hash(special / "outputs" / "exp-000"), checkpoint_hash(base_ckpt)]
 
 
 def test_train_init_refuses_what_is_not_a_checkpoint(base_run):
@@ -113,11 +132,14 @@ STEPS = "1"  # the research run's baselines start from the base: one step shows 
 INIT_LINE = "        self.config = config  # bitnet.checkpoint writes config.json from it"
 
 
-def test_research_run_from_a_base(base_run, tmp_path, openai_server, monkeypatch):
-    root, base = base_run
+def test_research_run_from_a_base(base_run, specialist, tmp_path, openai_server, monkeypatch):
+    """Its base is the specialist above, named RUN:EXP: a specialist of the specialist, whose
+    checkpoints remember both (one run of a base less than a `train --init` of its own)."""
+    root, first_base = base_run
+    base = specialist
     topic = corpus(tmp_path, "topic", "Lorem ipsum dolor sit amet")
     goal = tmp_path / "GOAL.md"
-    goal.write_text(GOAL.format(corpus=topic, init=base.name))
+    goal.write_text(GOAL.format(corpus=topic, init=f"{base.name}:0"))
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(root / "cache"))
     monkeypatch.setenv("MAGNET_STEPS", STEPS)  # the goal's `env:` passes it: fixed steps
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
@@ -136,7 +158,8 @@ def test_research_run_from_a_base(base_run, tmp_path, openai_server, monkeypatch
     base_hash = checkpoint_hash(base / "outputs" / "exp-000")
     assert records[0]["status"] == "baseline"
     baseline_ckpt = run_dir / "outputs" / "exp-000"
-    assert checkpoint_lineage(baseline_ckpt) == [base_hash]
+    assert checkpoint_lineage(baseline_ckpt) == [
+        base_hash, checkpoint_hash(first_base / "outputs" / "exp-000")]
     assert load_checkpoint(baseline_ckpt).config == load_checkpoint(base / "outputs" /
                                                                     "exp-000").config
     # a model.py the base's weights do not fit fails in one line, and the run goes on

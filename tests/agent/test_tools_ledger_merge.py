@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from goal_repo import MODES_TRAIN, goal_text, make_goal
 from openai_server import ScriptedServer, calls, proposal
+from openai_server import text as text_reply  # `text`: the goals' text below
 from test_ledger_replay import ledger_cli
 from test_specialist import corpus
 
@@ -233,9 +234,11 @@ CONTRACT_LINE = next(x for x in TRAIN.splitlines() if x.startswith("# --- the co
 # no warm-up: starting from a trained base, STEPS steps are too few to spend 30 of them warming
 # up; and a comment line fewer, so it is simpler code too. The runs take a fixed number of steps
 # (MAGNET_STEPS, passed by the goal's `env:`), not 3 s: on a loaded machine 3 s gave baselines
-# of 1.1 and 4.9 bits per byte, and the judge could not see the gain. 20 steps, not 40: the keep
-# is as clear (measured: +6.4 standard errors at 40 steps, +248 at 20)
-STEPS = "20"
+# of 1.1 and 4.9 bits per byte, and the judge could not see the gain. 5 steps, not 20: the keep
+# is as clear (measured: +6.4 standard errors at 40 steps, +248 at 20, +1406 at 10, +9116 at 5),
+# and the three runs of the research run and the three replays of its claim train a quarter as
+# long
+STEPS = "5"
 NO_WARMUP = {"hypothesis": "no warm-up from a trained base", "rationale": "scripted", "edits": [
     {"path": "train.py", "search": "WARMUP_STEPS = 30", "replace": "WARMUP_STEPS = 1"},
     {"path": "train.py", "search": CONTRACT_LINE + "\n", "replace": ""}]}
@@ -285,10 +288,13 @@ def specialists(kept) -> dict[str, Any]:
         server.push(proposal(NO_WARMUP),
                     calls(("record_contribution", {})),
                     calls(("merge_specialists", {})),
-                    # clearly worse: discarded on one run (a little weight decay was in the
-                    # band a second run confirms, at 20 steps)
-                    proposal({"hypothesis": "warm up again",
-                              "edits": [{"knob": "WARMUP_STEPS", "value": 30}]}))
+                    # the budget's last experiment, after the tools: an edit that changes
+                    # nothing, refused before it runs (a training run no test reads saved),
+                    # then the LLM's diagnosis of the refusal
+                    proposal({"hypothesis": "keep the warm-up off", "edits": [
+                        {"path": "train.py", "search": "WARMUP_STEPS = 1",
+                         "replace": "WARMUP_STEPS = 1"}]}),
+                    text_reply("The edit changed nothing."))
         tuned = start_run(goal, runs_dir=runs)
         pending, offered = server.pending, server.offered_tools(1)
     return {"root": root, "base_run": base_run, "base": base, "tuned": tuned, "trained": trained,

@@ -22,6 +22,7 @@ CLI = str(Path(sys.executable).with_name("magnet-agent"))
 SECRETS = {"OPENAI_API_KEY": "sk-test-do-not-leak", "HF_TOKEN": "hf_do_not_leak",
            "DATABASE_URL": "postgres://user:hunter2@db/x", "MYSQL_PWD": "pw-do-not-leak",
            "KUBECONFIG": "/root/.kube/do-not-leak", "PYTHONPATH": "/do-not-leak"}
+BUDGET = "1"  # --budget, seconds
 
 
 def training_environ(runs: Path) -> dict[str, str] | None:
@@ -48,13 +49,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
            "MAGNET_CACHE_DIR": str(root / "cache"),
            "MAGNET_SEED": "99"}  # an inherited MAGNET_* setting must not reach the run either
     runs = root / "runs"
-    proc = subprocess.Popen([CLI, "train", "--budget", "2", "--corpus", f"text:{corpus}",
+    # one second of training: the run, its scoring and its records are what is checked here
+    proc = subprocess.Popen([CLI, "train", "--budget", BUDGET, "--corpus", f"text:{corpus}",
                              "--seed", "7", "--runs-dir", str(runs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen = None
     while seen is None and proc.poll() is None:
         seen = training_environ(runs)
-        time.sleep(0.05)
+        # a look at every process costs ~6 ms of CPU; the training process lives for its
+        # second of training and more, so a few looks a second see it
+        time.sleep(0.2)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stdout + stderr
     assert seen is not None, "the training process was never seen"
@@ -115,7 +119,7 @@ def test_the_training_process_sees_the_sandbox_environment(trained):
     run_dir, _, seen = trained
     assert not set(SECRETS) & set(seen), sorted(seen)
     assert not any(v in value for v in SECRETS.values() for value in seen.values())
-    assert seen["MAGNET_SEED"] == "7" and seen["MAGNET_TIME_BUDGET"] == "2"
+    assert seen["MAGNET_SEED"] == "7" and seen["MAGNET_TIME_BUDGET"] == BUDGET
     assert seen["MAGNET_CORPUS"].startswith("text:")  # from the goal's `corpus:`
     # its training split alone (bitnet.data.train_dir), from a corpus that is sealed
     train_data = Path(seen["MAGNET_TRAIN_DATA"])

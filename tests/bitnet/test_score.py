@@ -18,7 +18,13 @@ from bitnet import logits_server
 from bitnet.checkpoint import config_from_hf, save_checkpoint
 from bitnet.evaluate import eval_batches, evaluate_bpb, scored_bytes
 from bitnet.model import BitNetConfig, BitNetLM
-from bitnet.score import CausalityError, ScoreError, checkpoint_seq_len, score_checkpoint
+from bitnet.score import (
+    CausalityError,
+    Score,
+    ScoreError,
+    checkpoint_seq_len,
+    score_checkpoint,
+)
 
 TEMPLATE_MODEL = Path(__file__).parents[2] / "bitnet" / "templates" / "bitnet-lm" / "model.py"
 SEQ_LEN = 32
@@ -82,15 +88,33 @@ def in_process_bpb(code_dir: Path, checkpoint: Path, val: np.ndarray) -> tuple[f
     return evaluate_bpb(model, val, SEQ_LEN, eval_bytes=EVAL)
 
 
-def score(checkpoint: Path, code_dir: Path, val: np.ndarray, **kwargs):
+@pytest.fixture(scope="module")
+def test_split() -> np.ndarray:
+    """Other real text than `val` (this folder's tests), with a DEL byte (never in `val`) every
+    20 bytes: a model can tell these windows from validation ones."""
+    text = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("test_*.py")))
+    data = np.frombuffer(text, dtype=np.uint8).copy()
+    data[::20] = 127
+    return data
+
+
+def score(checkpoint: Path, code_dir: Path, val: np.ndarray, **kwargs) -> Score:
     return score_checkpoint(val, checkpoint, logits_server.command(checkpoint, code_dir),
                             timeout=TIMEOUT, eval_bytes=EVAL, **kwargs)
 
 
-def test_scorer_matches_evaluate_bpb(tmp_path, checkpoint, val):
-    code = model_code(tmp_path / "code")
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory, checkpoint, val, test_split) -> tuple[Path, Score]:
+    """The template's model.py, and its score on both splits: one pair of servers for the
+    tests of what an honest model scores (each pair costs seconds of CPU to start)."""
+    code = model_code(tmp_path_factory.mktemp("honest") / "code")
+    return code, score(checkpoint, code, val, test=test_split)
+
+
+@pytest.mark.xdist_group("honest-scoring")  # one worker makes the module's `honest` once
+def test_scorer_matches_evaluate_bpb(checkpoint, val, honest):
+    code, result = honest
     expected, n_bytes = in_process_bpb(code, checkpoint, val)
-    result = score(checkpoint, code, val)
     # same code, weights, batches and thread count: identical in practice (measured 0.0); the
     # margin allows float32 sums whose order depends on thread scheduling
     assert result.val_bpb == pytest.approx(expected, abs=1e-6)
@@ -118,20 +142,10 @@ def test_a_model_that_looks_ahead_is_refused(tmp_path, checkpoint, val, edit):
         score(checkpoint, code, val)
 
 
-@pytest.fixture(scope="module")
-def test_split() -> np.ndarray:
-    """Other real text than `val` (this folder's tests), with a DEL byte (never in `val`) every
-    20 bytes: a model can tell these windows from validation ones."""
-    text = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("test_*.py")))
-    data = np.frombuffer(text, dtype=np.uint8).copy()
-    data[::20] = 127
-    return data
-
-
-def test_test_bytes_are_scored_as_if_alone_and_val_is_unchanged(tmp_path, checkpoint, val,
-                                                                  test_split):
-    code = model_code(tmp_path / "code")
-    both = score(checkpoint, code, val, test=test_split)
+@pytest.mark.xdist_group("honest-scoring")
+def test_test_bytes_are_scored_as_if_alone_and_val_is_unchanged(checkpoint, val, test_split,
+                                                                  honest):
+    code, both = honest
     # each split alone, as evaluate_bpb scores it in-process: what the scorer gives for one
     # split (test_scorer_matches_evaluate_bpb), without two more pairs of servers to start
     val_alone, val_bytes = in_process_bpb(code, checkpoint, val)

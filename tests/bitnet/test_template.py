@@ -20,6 +20,7 @@ from sandbox.confine import confinement
 
 TEMPLATE = Path(__file__).parents[2] / "bitnet" / "templates" / "bitnet-lm"
 TRAIN = TEMPLATE / "train.py"
+STEPS = 2  # the fixed-step runs: enough to show the steps are taken, the seed used
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,11 @@ def run_train(tmp_path: Path, train_data: Path | None, *, confined: bool = False
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, text_corpus) -> tuple[dict, Path]:
-    """train.py at its defaults for 4 steps (seed 7), under the real confinement: its metrics
-    and its output directory."""
+    """train.py at its defaults for STEPS steps (seed 7), under the real confinement: its
+    metrics and its output directory."""
     root = tmp_path_factory.mktemp("first")
-    metrics, _ = run_train(root, text_corpus, confined=True, MAGNET_STEPS="4", MAGNET_SEED="7")
+    metrics, _ = run_train(root, text_corpus, confined=True, MAGNET_STEPS=str(STEPS),
+                           MAGNET_SEED="7")
     return metrics, root / "out"
 
 
@@ -94,9 +96,10 @@ def test_fixed_steps_are_deterministic_and_write_a_loadable_checkpoint(
     tmp_path, text_corpus, first_run
 ):
     first, out = first_run
-    second, _ = run_train(tmp_path / "b", text_corpus, MAGNET_STEPS="4", MAGNET_SEED="7")
-    other_seed, _ = run_train(tmp_path / "c", text_corpus, MAGNET_STEPS="4", MAGNET_SEED="8")
-    assert first["steps"] == 4
+    second, _ = run_train(tmp_path / "b", text_corpus, MAGNET_STEPS=str(STEPS), MAGNET_SEED="7")
+    other_seed, _ = run_train(tmp_path / "c", text_corpus, MAGNET_STEPS=str(STEPS),
+                              MAGNET_SEED="8")
+    assert first["steps"] == STEPS
     assert first["train_loss"] == second["train_loss"]  # confined or not, the same run
     assert first["train_loss"] != other_seed["train_loss"]
     # progress only: the score (val_bpb) is the evaluator's, from bytes train.py never sees
@@ -106,7 +109,7 @@ def test_fixed_steps_are_deterministic_and_write_a_loadable_checkpoint(
 
     written = json.loads((out / "metrics.json").read_text())
     assert written["train_loss"] == first["train_loss"] and "val_bpb" not in written
-    assert len(json.loads((out / "schedule.json").read_text())) == 4
+    assert len(json.loads((out / "schedule.json").read_text())) == STEPS
     model = load_checkpoint(out)
     assert model.num_parameters() == first["params"]
 
@@ -121,11 +124,12 @@ def test_without_its_training_split_train_py_names_the_fix_in_one_line(tmp_path,
 
 
 def test_time_budget_stops_training(tmp_path, text_corpus):
-    metrics, stdout = run_train(tmp_path, text_corpus, MAGNET_TIME_BUDGET="3")
+    budget = 1.0  # seconds: as telling as a longer one, and every second is a CPU-second
+    metrics, stdout = run_train(tmp_path, text_corpus, MAGNET_TIME_BUDGET=f"{budget:g}")
     assert metrics["steps"] >= 1
     # stops at the first step boundary after the budget: overshoot is about one step
     mean_step = metrics["train_seconds"] / metrics["steps"]
-    assert 3.0 <= metrics["train_seconds"] < 3.0 + 2 * mean_step + 0.5
+    assert budget <= metrics["train_seconds"] < budget + 2 * mean_step + 0.5
 
 
 @pytest.mark.parametrize("tied", [False, True])

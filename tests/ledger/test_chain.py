@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
-from eth_account.signers.local import LocalAccount
-from web3 import Web3
-from web3.types import TxReceipt
 
 from ledger import chain
 from ledger.chain import ChainError, LedgerContract
+
+if TYPE_CHECKING:  # annotations only: web3 and eth-account cost every worker ~1 s to collect
+    from eth_account.signers.local import LocalAccount
+    from web3 import Web3
+    from web3.types import TxReceipt
 
 WINDOW = 3600  # seconds
 MIN_STAKE = 1000  # wei

@@ -7,11 +7,10 @@ import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from web3 import Web3
 
 from ledger import chain
 from ledger.canonical import LedgerError
@@ -21,6 +20,9 @@ from ledger.evm_ledger import TESTER_PARAMS, EvmLedger, account, fund, open_evm_
 from ledger.open import open_ledger
 from ledger.rules import DEFAULT_STAKE, FALSE, HONEST, VERIFY_POINTS, reward_points
 from ledger.sqlite_store import SqliteStore
+
+if TYPE_CHECKING:  # annotations only: web3 costs every worker ~1 s to collect
+    from web3 import Web3
 
 METRIC = {"name": "val_loss", "before": 2.0, "after": 1.9, "goal": "minimize"}
 POINTS = reward_points(METRIC)  # 500
