@@ -26,7 +26,10 @@ def fork_and_stay():  # a thread's children move to another thread only when it 
 kept, forked = [], threading.Event()
 threading.Thread(target=fork_and_stay, daemon=True).start()
 forked.wait()
-shell = subprocess.Popen(["setsid", "sh", "-c", "sleep 30 & echo started; wait"],
+# "started" once the background child is `sleep`, not still the shell it forked from (its
+# memory changes at the exec): the tree must hold still while the two ways read it
+shell = subprocess.Popen(["setsid", "sh", "-c", "sleep 30 & until read c < /proc/$!/comm && "
+                          "[ $c = sleep ]; do :; done; echo started; wait"],
                          stdout=subprocess.PIPE, text=True)
 shell.stdout.readline()
 zombie = subprocess.Popen(["true"])
