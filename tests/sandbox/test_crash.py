@@ -1,16 +1,21 @@
 """A controller killed with SIGKILL at any moment leaves a workspace that reopens consistent."""
 
+import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
-from sandbox import BEST_TAG, Workspace, exp_ref
+from sandbox import BEST_TAG, Workspace, exp_ref, limits
 from sandbox.layout import GIT_DIR
+from sandbox.limits import Limits
 from sandbox.runner import processes_with_env
 
 CONTROLLER = Path(__file__).with_name("controller.py")
@@ -25,14 +30,50 @@ time.sleep(600)
 """
 
 
+# A controller killed here leaves its run's cgroups behind, and any other MAGNET process that
+# makes cgroups beside them (another xdist worker's run) removes them as stale, killing the
+# orphans before this test's recovery can: each controller runs in a cgroup of its own, whose
+# children nobody else sweeps, removed after the test.
+PRIVATE_CGROUPS: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_private_cgroups() -> Iterator[None]:
+    yield
+    while PRIVATE_CGROUPS:
+        directory = PRIVATE_CGROUPS.pop()
+        for left in directory.glob("magnet-*"):  # the killed controller's: kill what is in them
+            Limits(cgroups={"left": left}).remove(timeout=5.0)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def _own_cgroups() -> list[Path]:
+    made = []
+    for parent in limits._parents().values():
+        directory = parent / f"crash-test-{os.getpid()}-{secrets.token_hex(3)}"
+        with contextlib.suppress(OSError):
+            directory.mkdir()
+            made.append(directory)
+    PRIVATE_CGROUPS.extend(made)
+    return made
+
+
 def controller(run_dir: Path, decision: str, crash_at: int, command: str,
                *extra: str) -> subprocess.Popen:
+    own = _own_cgroups()
+
+    def join() -> None:  # in the child, before it runs anything
+        for directory in own:
+            (directory / "cgroup.procs").write_text(str(os.getpid()))
+
     return subprocess.Popen(
         [sys.executable, str(CONTROLLER), str(run_dir), decision, str(crash_at), command,
          *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=join,
     )
 
 
