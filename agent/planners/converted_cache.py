@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bitnet.checkpoint_files import WEIGHTS_FILE  # the Hugging Face name, as ours
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MAGNET_MODEL_CACHE") or Path.home() / ".cache/magnet/models")
@@ -30,7 +32,7 @@ def read_weights(gguf: Path, cache_dir: Path, use_cache: bool) -> tuple[Any, Any
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cached = converted_dir(gguf, cache_dir)
-    if use_cache and (cached / "model.safetensors").is_file():
+    if use_cache and (cached / WEIGHTS_FILE).is_file():
         try:
             return (AutoTokenizer.from_pretrained(cached, local_files_only=True),
                     AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32,
@@ -51,7 +53,7 @@ def converted_dir(gguf: Path, cache_dir: Path) -> Path:
 
 
 def is_converted(gguf: Path, cache_dir: Path) -> bool:
-    return (converted_dir(gguf, cache_dir) / "model.safetensors").is_file()
+    return (converted_dir(gguf, cache_dir) / WEIGHTS_FILE).is_file()
 
 
 KEYS_FILE = "gguf-keys.json"  # in the cache: each GGUF's content key, by path, size and mtime
@@ -109,7 +111,7 @@ def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
         config.pop("quantization_config", None)  # the saved weights are plain float32
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         tokenizer.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"))  # handles the tied embeddings
+        save_model(model, str(tmp / WEIGHTS_FILE))  # handles the tied embeddings
         tmp.rename(target)  # atomic: a concurrent reader sees all of it or nothing
     except OSError:
         pass
