@@ -75,6 +75,14 @@ def test_the_parents_replay_sees_nothing_the_claimed_one_left(tmp_path):
         for path in (output_dir(ws.run_dir, 0) / "model.safetensors", log_path(ws.run_dir, 0)):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("the first replay's")
+        # links out of the run and a FIFO: removed as entries, never followed or read
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "keep.txt").write_text("not the run's")
+        (output_dir(ws.run_dir, 0) / "link").symlink_to(outside)
+        (ws.run_dir / "outputs" / "exp-000-run2").symlink_to(outside)
+        (ws.path / "link").symlink_to(outside)
+        os.mkfifo(log_path(ws.run_dir, 0).with_name("fifo"))
         staging = ws.run_dir / "outputs" / f"{STAGING_PREFIX}1-2"
         staging.mkdir()
         (init / "model.safetensors").write_bytes(b"tampered")
@@ -88,6 +96,7 @@ def test_the_parents_replay_sees_nothing_the_claimed_one_left(tmp_path):
         assert (ws.path / "train.py").read_text() == "N_LAYER = 4\n"
         assert (ws.path / "model.py").read_text() == "# the model\n"
         assert list((ws.run_dir / "outputs").iterdir()) == [staging]
+        assert [p.name for p in outside.iterdir()] == ["keep.txt"]
         assert list((ws.run_dir / "logs").iterdir()) == []
         assert init_dir(ws.run_dir).stat().st_ino == bound
         assert {p.name: p.read_bytes() for p in init.iterdir()} == INIT_FILES
