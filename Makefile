@@ -5,9 +5,15 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean llama-server-run bubblewrap llama-cpp inference-bench
+.PHONY: setup run test bench clean llama-server-run bubblewrap bytecode llama-cpp inference-bench
 
-setup: $(VENV)/.installed bubblewrap
+setup: $(VENV)/.installed bubblewrap bytecode
+
+# MAGNET's modules compiled once (up-to-date ones are skipped), so the many processes a run
+# starts read bytecode instead of compiling the sources each time, also where
+# PYTHONDONTWRITEBYTECODE is set (Python then never writes the cache itself)
+bytecode: $(VENV)/.installed
+	$(BIN)/python -m compileall -q -j 0 agent bitnet sandbox ledger merge bench >/dev/null
 
 # experiment code runs under bubblewrap; installed here where we may (root with apt), else the
 # command to run is printed and `magnet-agent run` refuses to start without --unconfined
@@ -41,9 +47,10 @@ run: setup
 # the tests mostly wait on processes, so 5 workers share the cores (how the suite is split:
 # tests/conftest.py); then the 15 slowest tests
 PYTEST_ARGS ?= -n 5 --dist loadgroup --no-loadscope-reorder --durations=15
+# PYTHONDONTWRITEBYTECODE cleared: the five workers then share pytest's rewritten test modules
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python bench/bitnet_train.py

@@ -28,7 +28,7 @@ from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
 from agent.scoring.replay_facts import replay_facts
 from agent.scoring.warm_servers import SharedView, WarmServers
-from bitnet.logits_server import THREADS
+from bitnet.logits_server import ALLOCATOR_ENV, THREADS
 from sandbox.confine import Confinement
 from sandbox.env import free_cpus, run_environ
 from sandbox.layout import OUTPUTS_DIR
@@ -261,9 +261,10 @@ class Scorer:
 
     def _server_environ(self, out_dir: Path) -> dict[str, str]:
         """The servers' environment: their thread count fixed (THREADS), not the machine's
-        load of the moment, so the fork servers begun at the head start fit the first scoring."""
+        load of the moment, so the fork servers begun at the head start fit the first scoring;
+        their allocator set for forward passes (ALLOCATOR_ENV)."""
         return run_environ(time_budget=self.goal.spec.budget.grace, seed=0, output_dir=out_dir,
-                           threads=THREADS, passed=self.goal.spec.env)
+                           threads=THREADS, passed=self.goal.spec.env, extra=ALLOCATOR_ENV)
 
     def _warm_servers(self) -> None:
         """Start the next run's servers now, if that run will be warm-started (sandbox.warm)."""

@@ -10,11 +10,13 @@ import shutil
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import sandbox.env
 from agent.goal.spec import Goal, load_goal
 from agent.scoring.scorer import INVALID_METRIC, Scorer
+from bitnet.logits_server import ALLOCATOR_ENV
 from sandbox import Workspace
 from sandbox.confine import confinement
 from sandbox.layout import OUTPUTS_DIR
@@ -106,6 +108,10 @@ def test_the_first_run_and_its_scoring_fork_from_the_head_start(tmp_path: Path, 
             scorer.head_start(mem_limit=mem_limit)
             trainer, servers = ws.warm.zygote, list(scorer.servers.zygotes)
             assert trainer is not None and len(servers) == 2
+            # the servers' allocator keeps freed memory for the next pass; the run's is glibc's
+            for zygote in servers:
+                assert ALLOCATOR_ENV.items() <= _python_environ(zygote.proc.pid).items()
+            assert not ALLOCATOR_ENV.keys() & _python_environ(trainer.proc.pid).keys()
             assert ws.warm.warm is not None  # the first run's process, to be forked
             monkeypatch.setattr(sandbox.env, "free_cpus", lambda: 2)  # an idle one
             ws.begin(0, "the template as it is")
@@ -118,3 +124,10 @@ def test_the_first_run_and_its_scoring_fork_from_the_head_start(tmp_path: Path, 
             assert ws.warm.ran_in is not None  # the run was a warm one
         finally:
             scorer.close()
+
+
+def _python_environ(pid: int) -> dict[str, str]:
+    """The environment of the Python process under a confinement's process `pid` (bwrap)."""
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    python = next(p for p in tree if any("zygote_main" in part for part in p.cmdline()))
+    return python.environ()
