@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 
 from sandbox.gitcli import IDENTITY_EMAIL, IDENTITY_NAME, Git
+from sandbox.removal import remove_path
 
 _EXCLUDE = "__pycache__/\n*.pyc\n.pytest_cache/\n"
 # what a killed git leaves behind besides refs/**/*.lock
@@ -42,12 +42,7 @@ def drop_planted_git(work_tree: Path) -> None:
     """A `.git` the experiment left in the work tree: MAGNET's git never reads it (it is told
     its git directory), but a person running git in the work tree would, with whatever filters
     or fsmonitor it names."""
-    planted = work_tree / ".git"
-    if planted.is_dir() and not planted.is_symlink():
-        shutil.rmtree(planted, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            planted.unlink()
+    remove_path(work_tree / ".git", ignore_errors=True)
 
 
 def clear_git_locks(git_dir: Path) -> None:

@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 import re
-import shutil
 import statistics
 import tempfile
 import time
@@ -44,6 +43,7 @@ from ledger.canonical import sha256_hex
 from sandbox.confine import Confinement
 from sandbox.gitcli import Git, GitError, run_git
 from sandbox.layout import LOGS_DIR, OUTPUTS_DIR
+from sandbox.removal import remove_path
 from sandbox.warm import STAGING_PREFIX
 from sandbox.workspace import Workspace
 
@@ -206,21 +206,14 @@ class _Replays:
         for name in (OUTPUTS_DIR, LOGS_DIR):
             for path in (ws.run_dir / name).glob("*"):
                 if not path.name.startswith(STAGING_PREFIX):
-                    _remove(path)
+                    remove_path(path)
         if self.goal.spec.init is not None:  # refilled in place: the runs' views bind its folder
             target = init_dir(ws.run_dir)
             for path in target.iterdir():
-                _remove(path)
+                remove_path(path)
             with tempfile.TemporaryDirectory(dir=ws.run_dir) as scratch:
                 for path in unpack_init(self.artifacts[INIT], Path(scratch)).iterdir():
                     path.rename(target / path.name)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def _check_machine(facts: Mapping[str, Any]) -> None:

@@ -11,7 +11,6 @@ again, and clears what a cut-off attempt left otherwise.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from agent.tools.base import (
     as_tool_errors,
     standing_exp,
 )
+from sandbox.removal import remove_path
 
 MergeMethod = MergeSettings.model_fields["method"].annotation  # the goal's methods, one list
 Options = dict[str, float | int | bool | list[float]]  # `weights` is one number per model
@@ -98,11 +98,7 @@ def _result(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 def _clear(out_dir: Path) -> None:
     """Remove what an attempt cut off before merge.json left (a half-written checkpoint)."""
     for name in [*OUTPUTS, f"{SUMMARY_FILE}.tmp"]:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        remove_path(out_dir / name)
 
 
 MERGE_SPECIALISTS = Tool(
