@@ -123,11 +123,11 @@ class LocalPlanner:
     # --- loading -------------------------------------------------------------------------------
 
     def warm_up(self, context: PlanContext) -> None:
-        """Begin loading the model in a thread, where its converted weights are cached (~4 s,
-        mostly one thread: beside a scoring, it costs the run about half of that), then read
-        what the first prompt begins with (`context`'s goal and grids: the same in every
-        prompt of the run) into the prompt cache. A first conversion (~30 s, progress bars on
-        stderr) is left to the first proposal."""
+        """Begin loading the model in a thread, where its converted weights are cached (about a
+        CPU-second, on one thread: beside a scoring), then read what the first prompt begins
+        with (`context`'s goal and grids: the same in every prompt of the run) into the prompt
+        cache. A first conversion (~30 s, progress bars on stderr) is left to the first
+        proposal."""
         if self._loaded is None and self._loading is None and self.use_cache:
             self._loading = threading.Thread(target=self._load_in_background, args=(context,),
                                              name="local-planner-load", daemon=True)
@@ -149,7 +149,7 @@ class LocalPlanner:
             prefill(self._loaded, segments[:1], self._prompt_cache, threads=self.threads)
 
     def load(self, threads: int | None = None) -> None:
-        """Load the model once: ~30 s from the GGUF the first time, then ~4 s from the cache
+        """Load the model once: ~30 s from the GGUF the first time, then ~1 s from the cache
         (waiting for warm_up's load, where one began); on `threads` threads (default: the
         planner's, else every CPU)."""
         loading = self._loading
@@ -186,9 +186,8 @@ class LocalPlanner:
         rows = history_rows(context.history)
         while True:
             messages = build_messages(context, rows, self.grid_size)
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False,
-                                                   add_generation_prompt=True)
-            size = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+            prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            size = len(tokenizer.encode(prompt))
             if size <= self.max_prompt_tokens or not rows:
                 return prompt, rows, size
             rows = rows[max(1, len(rows) // 4):]  # keep the recent three quarters

