@@ -2,7 +2,7 @@
 alone (transformers' AutoTokenizer took 1.3 CPU-s, mostly its imports): encoding, decoding, the
 chat template rendered as transformers renders it (a sandboxed jinja2 environment, blocks
 trimmed), and each token's text as outlines spells it for its automata. Checked against
-transformers' tokenizer and outlines' adapter in tests/agent/test_llama_decoder.py.
+transformers' tokenizer and outlines' adapter in tests/agent/test_planner_local.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-TOKENIZER = "tokenizer.json"  # what transformers' save_pretrained writes (converted_cache)
-TOKENIZER_CONFIG = "tokenizer_config.json"
-CHAT_TEMPLATE = "chat_template.jinja"
+from bitnet.hf_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE  # transformers' names
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves a chat template
 SPIECE_UNDERLINE = "\u2581"  # SentencePiece's word mark, which outlines reads as a space
 
 
@@ -29,14 +29,14 @@ class ChatTokenizer:
     def from_dir(cls, directory: Path) -> ChatTokenizer:
         from tokenizers import Tokenizer
 
-        config = json.loads((directory / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
-        template_file = directory / CHAT_TEMPLATE
+        config = json.loads((directory / TOKENIZER_CONFIG_FILE).read_text(encoding="utf-8"))
+        template_file = directory / CHAT_TEMPLATE_FILE
         template = (template_file.read_text(encoding="utf-8") if template_file.is_file()
                     else config.get("chat_template"))
         if not isinstance(template, str) or not isinstance(config.get("eos_token"), str):
             raise ValueError(f"{directory} has no chat template or end-of-sequence token")
         special = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
-        return cls(Tokenizer.from_file(str(directory / TOKENIZER)), template, special)
+        return cls(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), template, special)
 
     @classmethod
     def of(cls, tokenizer: Any) -> ChatTokenizer:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bitnet.checkpoint_files import WEIGHTS_FILE  # the Hugging Face name, as ours
+from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE  # the Hugging Face names, as ours
 
 
 def default_cache_dir() -> Path:
@@ -109,7 +109,7 @@ def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
         tmp.chmod(0o755)  # mkdtemp makes it private; the weights are public
         config = json.loads(model.config.to_json_string())
         config.pop("quantization_config", None)  # the saved weights are plain float32
-        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         tokenizer.save_pretrained(tmp)
         save_model(model, str(tmp / WEIGHTS_FILE))  # handles the tied embeddings
         tmp.rename(target)  # atomic: a concurrent reader sees all of it or nothing

@@ -1,14 +1,13 @@
 """The local planner's model computed here: SmolLM2 (a LLaMA decoder) read from the converted
 cache (agent.planners.converted_cache: config.json and float32 safetensors), without
-transformers. Importing transformers and building its model took ~3 of the planner's ~5 CPU-s
-load, taken from a scoring's cores; this is the same computation as transformers'
-modeling_llama (RMSNorm, rotary positions, grouped-query attention through sdpa, a SiLU-gated
-MLP, tied output layer), checked against it in tests/agent/test_llama_decoder.py.
+transformers. Its import, tokenizer and model took 3.4 of the planner's 5 CPU-s load, taken from
+a scoring's cores (now 1.0 in all). The same computation as transformers' modeling_llama
+(RMSNorm, rotary positions, grouped-query attention through sdpa, a SiLU-gated MLP, a tied
+output layer), checked against it in tests/agent/test_planner_local.py.
 
 The linear layers are torch.nn.Linear, so the planner's int8 conversion
 (agent.planners.local_model.with_int8_linears) applies to them as to transformers' own.
 """
-
 from __future__ import annotations
 
 import json
@@ -19,8 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-WEIGHTS = "model.safetensors"  # converted_cache's file names
-CONFIG = "config.json"
+from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE  # the converted cache's names
 
 
 class KVCache:
@@ -190,10 +188,10 @@ def load_decoder(converted: Path) -> LlamaDecoder:
     """The decoder of a converted cache directory, its float32 weights mapped from the file."""
     from safetensors.torch import load_file
 
-    config = json.loads((converted / CONFIG).read_text(encoding="utf-8"))
+    config = json.loads((converted / CONFIG_FILE).read_text(encoding="utf-8"))
     with torch.device("meta"):  # no random initialisation of weights about to be replaced
         decoder = LlamaDecoder(config)
-    return from_state_dict(decoder, load_file(converted / WEIGHTS))
+    return from_state_dict(decoder, load_file(converted / WEIGHTS_FILE))
 
 
 def decoder_of(model: Any) -> LlamaDecoder:

