@@ -36,7 +36,11 @@ class ChatTokenizer:
         if not isinstance(template, str) or not isinstance(config.get("eos_token"), str):
             raise ValueError(f"{directory} has no chat template or end-of-sequence token")
         special = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
-        return cls(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), template, special)
+        try:
+            tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        except Exception as err:  # tokenizers raises a plain Exception for a damaged file
+            raise ValueError(f"unreadable {TOKENIZER_FILE} in {directory}: {err}") from None
+        return cls(tokenizer, template, special)
 
     @classmethod
     def of(cls, tokenizer: Any) -> ChatTokenizer:
@@ -88,4 +92,7 @@ def _compiled(template: str) -> Any:
                                                 extensions=[loopcontrols])
     environment.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
     environment.globals["raise_exception"] = raise_exception
-    return environment.from_string(template)
+    try:
+        return environment.from_string(template)
+    except TemplateError as err:
+        raise ValueError(f"the chat template does not compile: {err}") from None

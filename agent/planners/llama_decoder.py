@@ -8,6 +8,7 @@ output layer), checked against it in tests/agent/test_planner_local.py.
 The linear layers are torch.nn.Linear, so the planner's int8 conversion
 (agent.planners.local_model.with_int8_linears) applies to them as to transformers' own.
 """
+
 from __future__ import annotations
 
 import json
@@ -186,12 +187,17 @@ def _inverse_frequencies(config: dict[str, Any]) -> torch.Tensor:
 
 def load_decoder(converted: Path) -> LlamaDecoder:
     """The decoder of a converted cache directory, its float32 weights mapped from the file."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     config = json.loads((converted / CONFIG_FILE).read_text(encoding="utf-8"))
     with torch.device("meta"):  # no random initialisation of weights about to be replaced
         decoder = LlamaDecoder(config)
-    return from_state_dict(decoder, load_file(converted / WEIGHTS_FILE))
+    try:
+        weights = load_file(converted / WEIGHTS_FILE)
+    except SafetensorError as err:  # a plain Exception: told apart from a bug here
+        raise ValueError(f"unreadable weights in {converted}: {err}") from None
+    return from_state_dict(decoder, weights)
 
 
 def decoder_of(model: Any) -> LlamaDecoder:

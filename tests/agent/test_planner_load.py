@@ -74,3 +74,30 @@ def test_the_int8_layers_are_pytorchs_own_to_the_last_bit() -> None:
         assert torch.equal(ours.weight().int_repr(), theirs.weight().int_repr())
         assert ours.weight().q_scale() == theirs.weight().q_scale()
     assert model[2].bias() is None and torch.equal(model[0].bias(), reference[0].bias())
+
+
+def test_a_damaged_converted_cache_is_refused_as_such(tmp_path: Path) -> None:
+    """What the planner's load reads from the cache, damaged, raises ValueError, on which
+    local_model.load_model converts the GGUF again instead of failing the run."""
+    from agent.planners.chat_tokenizer import ChatTokenizer
+    from agent.planners.llama_decoder import load_decoder
+    from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
+    from bitnet.hf_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, byte_tokenizer
+
+    config = {"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2,
+              "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 16,
+              "vocab_size": 32, "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"truncated")
+    with pytest.raises(ValueError, match="unreadable weights"):
+        load_decoder(tmp_path)
+    (tmp_path / TOKENIZER_CONFIG_FILE).write_text(json.dumps(
+        {"eos_token": "<|im_end|>", "chat_template": "{{ messages[0]['content'] }}"}))
+    (tmp_path / TOKENIZER_FILE).write_text('{"version": "1.0", "model": {"type": "BPE"')
+    with pytest.raises(ValueError, match="unreadable tokenizer.json"):
+        ChatTokenizer.from_dir(tmp_path)
+    byte_tokenizer().save(str(tmp_path / TOKENIZER_FILE))  # readable, and the template not
+    (tmp_path / TOKENIZER_CONFIG_FILE).write_text(json.dumps(
+        {"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}"}))
+    with pytest.raises(ValueError, match="does not compile"):
+        ChatTokenizer.from_dir(tmp_path)
