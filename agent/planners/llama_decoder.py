@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE  # the converted cache's names
+from bitnet.model import RMSNorm, apply_rotary  # transformers' LLaMA norm and rotation, as ours
 
 
 class KVCache:
@@ -54,16 +55,6 @@ class KVCache:
         return twin
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-
-
 class Attention(nn.Module):
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -79,7 +70,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(1, length, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(1, length, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(1, length, -1, self.head_dim).transpose(1, 2)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k, v = cache.extend(layer, k, v)
         if past and length > 1:  # new positions after cached ones: an explicit causal mask,
             # and the key-value heads repeated, as transformers' sdpa path does with a mask
@@ -90,11 +81,6 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=length > 1, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(1, length, -1))
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class MLP(nn.Module):
