@@ -9,12 +9,15 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE  # the Hugging Face names, as ours
+from sandbox.removal import remove_path
+
+T = TypeVar("T")
 
 
 def default_cache_dir() -> Path:
@@ -31,20 +34,30 @@ def read_weights(gguf: Path, cache_dir: Path, use_cache: bool) -> tuple[Any, Any
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cached = converted_dir(gguf, cache_dir)
-    if use_cache and (cached / WEIGHTS_FILE).is_file():
-        try:
-            return (AutoTokenizer.from_pretrained(cached, local_files_only=True),
-                    AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32,
-                                                         local_files_only=True))
-        except (OSError, ValueError, RuntimeError):
-            shutil.rmtree(cached, ignore_errors=True)  # damaged: convert the GGUF again
+    if use_cache and (loaded := read_converted(gguf, cache_dir, lambda cached: (
+            AutoTokenizer.from_pretrained(cached, local_files_only=True),
+            AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32,
+                                                 local_files_only=True)))) is not None:
+        return loaded
     where, name = gguf.parent, gguf.name
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, local_files_only=True)
     if use_cache:
-        _save_converted(tokenizer, model, cached)
+        _save_converted(tokenizer, model, converted_dir(gguf, cache_dir))
     return tokenizer, model
+
+
+def read_converted(gguf: Path, cache_dir: Path, read: Callable[[Path], T]) -> T | None:
+    """`read(the GGUF's converted directory)`; None where there is none, or where it is damaged
+    (then removed, so the next load converts the GGUF again)."""
+    cached = converted_dir(gguf, cache_dir)
+    if not (cached / WEIGHTS_FILE).is_file():
+        return None
+    try:
+        return read(cached)
+    except (OSError, ValueError, RuntimeError, KeyError):
+        remove_path(cached, ignore_errors=True)
+        return None
 
 
 def converted_dir(gguf: Path, cache_dir: Path) -> Path:
@@ -117,4 +130,4 @@ def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
         pass
     finally:
         if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_path(tmp, ignore_errors=True)

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.planners.base import PlannerError
-from agent.planners.converted_cache import converted_dir, is_converted, read_weights
+from agent.planners.converted_cache import is_converted, read_converted, read_weights
 from sandbox.env import available_cpus, free_cpus
-from sandbox.removal import remove_path
 
 if TYPE_CHECKING:
     from agent.planners.chat_tokenizer import ChatTokenizer
@@ -78,14 +77,10 @@ def load_model(gguf: Path, cache_dir: Path, *, use_cache: bool = True,
     from agent.planners.llama_decoder import decoder_of, load_decoder
 
     torch.set_num_threads(threads or available_cpus())  # fast conversion when cold
-    if use_cache and is_converted(gguf, cache_dir):
-        converted = converted_dir(gguf, cache_dir)
-        try:
-            tokenizer, model = ChatTokenizer.from_dir(converted), load_decoder(converted)
-        except (OSError, ValueError, RuntimeError, KeyError):  # damaged: converted again
-            remove_path(converted, ignore_errors=True)
-        else:
-            return LoadedModel(tokenizer, model, *vocabulary_of(tokenizer))
+    if use_cache and (cached := read_converted(gguf, cache_dir, lambda converted: (
+            ChatTokenizer.from_dir(converted), load_decoder(converted)))) is not None:
+        tokenizer, model = cached
+        return LoadedModel(tokenizer, model, *vocabulary_of(tokenizer))
     hf_tokenizer, hf_model = load_transformers(gguf, cache_dir, use_cache=use_cache)
     tokenizer = ChatTokenizer.of(hf_tokenizer)
     return LoadedModel(tokenizer, decoder_of(hf_model), *vocabulary_of(tokenizer))

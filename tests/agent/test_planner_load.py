@@ -101,3 +101,25 @@ def test_a_damaged_converted_cache_is_refused_as_such(tmp_path: Path) -> None:
         {"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}"}))
     with pytest.raises(ValueError, match="does not compile"):
         ChatTokenizer.from_dir(tmp_path)
+
+
+def test_a_damaged_converted_copy_is_removed_and_read_again_from_the_gguf(tmp_path: Path) -> None:
+    """converted_cache.read_converted, which the planner's load and transformers' (the teacher's)
+    both go through: nothing cached gives None without reading; a copy its reader refuses is
+    removed, so the next load converts the GGUF again."""
+    from bitnet.checkpoint_files import WEIGHTS_FILE
+
+    gguf, cache = tmp_path / "tiny.gguf", tmp_path / "cache"
+    gguf.write_bytes(b"GGUF tiny")
+    _fresh()
+
+    def refuse(directory: Path) -> None:
+        raise ValueError(f"unreadable weights in {directory}")
+
+    assert converted_cache.read_converted(gguf, cache, refuse) is None  # nothing to read
+    copy = converted_dir(gguf, cache)
+    copy.mkdir(parents=True)
+    (copy / WEIGHTS_FILE).write_bytes(b"not safetensors")
+    assert converted_cache.read_converted(gguf, cache, lambda d: d.name) == copy.name
+    assert converted_cache.read_converted(gguf, cache, refuse) is None
+    assert not copy.exists() and (cache / KEYS_FILE).is_file()  # the key stays
