@@ -73,8 +73,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, config: BitNetConfig) -> None:
         super().__init__()
-        dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+        inv_freq = inverse_frequencies(config.head_dim, config.rope_theta)
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float)
         freqs = torch.outer(positions, inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
@@ -88,6 +87,11 @@ class RotaryEmbedding(nn.Module):
                 f"{self.cos.shape[0]}: raise it in the config or shorten the input"
             )
         return self.cos[:seq_len], self.sin[:seq_len]
+
+
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """RoPE's frequency per pair of dimensions, as transformers' default rope computes them."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

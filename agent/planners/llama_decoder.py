@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE  # the converted cache's names
-from bitnet.model import RMSNorm, apply_rotary  # transformers' LLaMA norm and rotation, as ours
+from bitnet.model import RMSNorm, apply_rotary, inverse_frequencies  # LLaMA's, as ours
 
 
 class KVCache:
@@ -164,11 +164,10 @@ def _head_dim(config: dict[str, Any]) -> int:
 
 
 def _inverse_frequencies(config: dict[str, Any]) -> torch.Tensor:
-    """The rotary embedding's frequencies, as transformers' default rope computes them."""
+    """The rotary embedding's frequencies, from transformers' config (its default rope)."""
     rope = config.get("rope_parameters") or {}
-    theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
-    dim = _head_dim(config)
-    return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+    return inverse_frequencies(_head_dim(config),
+                               float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
 
 
 def load_decoder(converted: Path) -> LlamaDecoder:
