@@ -8,14 +8,27 @@ after a 64-token prompt, in its own process (so its resident memory is its own):
   hf bitnet   transformers' BitNetForCausalLM on the `hf` export (packed ternary), generate()
   llama.cpp   llama-cpp-python on the `gguf` export (TQ2_0), when it is installed
 plus the bytes per parameter of the ternary layers on disk, and the memory-bandwidth bound: the
-bytes one decoded token must read divided by this machine's measured copy bandwidth. With
-llama.cpp installed (`make llama-cpp`), its next-byte logits on the GGUF are compared with ours
-for the smaller model (bench/llamacpp_check.py: llama.cpp's BitNet graph gates the FFN with SiLU
-where ours squares a ReLU, so they differ; it prints by how much and why).
+bytes one decoded token must read divided by this machine's measured copy bandwidth. The models
+are the llama.cpp-computable variant (SiLU-gated FFN, tied lm_head), so llama.cpp computes
+them as we do.
+
+With llama.cpp installed (`make llama-cpp`), llama.cpp as a reader of the same checkpoint:
+  - for the smaller model, its next-byte logits against ours (bench/llamacpp_check.py);
+  - for two models trained here for `--train-steps` steps on portable-code from the template
+    (FFN_ACT "silu", TIE_EMBEDDINGS True): the template's default shape, whose row lengths
+    (96, 384) are exported as F16 (llama.cpp then multiplies fp16 activations, no int8), and a
+    one-layer 256-wide one with a 256-wide FFN (TQ2_0 everywhere, and Q8_K's 256-blocks are our
+    per-token rows, so the same int8 grid): llama.cpp's bits per byte on our
+    evaluator's windows of the validation bytes (bitnet.llamacpp.llamacpp_bpb) against our
+    evaluator's (bitnet.evaluate.evaluate_bpb), and how many greedy tokens the two engines agree
+    on (bitnet.generate, same sampling code) from a few prompts.
 
 usage: python bench/inference.py [--sizes 20M,100M] [--new 128] [--prompt 64] [--repeats 2]
+                                 [--train-steps 150]
 Ends with `RESULT speedup_vs_dense=<x> speedup_vs_hf=<x> bytes_per_param=<b>
-[speedup_vs_llamacpp=<x>]` for the ~100M model.
+[speedup_vs_llamacpp=<x> llamacpp_bpb_diff_pct=<%> llamacpp_bpb_diff_pct_tq2=<%>
+llamacpp_greedy_match=<matched>/<total>]`: speeds for the ~100M model, bits per byte
+(llama.cpp's minus ours, in percent of ours) for the trained template-shaped and 256-wide models.
 """
 
 from __future__ import annotations
@@ -41,6 +54,10 @@ SIZES = {  # hidden, intermediate, layers, heads, kv heads: the template's propo
 }
 ENGINES = ("ours", "dense fp32", "hf bitnet", "llama.cpp")
 CONTEXT = 256  # max_position_embeddings: prompt + new tokens fit
+# trained for llama.cpp's bits per byte: template constants besides FFN_ACT="silu", tied
+PARITY_MODELS = {"template": {}, "256-wide": {"N_EMBD": 256, "N_LAYER": 1, "MLP_RATIO": 1}}
+PARITY_PROMPTS = ["def ", "import os\n", "class Foo(", "    return "]
+PARITY_NEW = 64  # greedy tokens compared per prompt
 
 
 def make_checkpoint(size: str, out: Path) -> Path:
@@ -50,9 +67,10 @@ def make_checkpoint(size: str, out: Path) -> Path:
     from bitnet.model import BitNetConfig, BitNetLM
 
     torch.manual_seed(0)
-    # tied: llama.cpp's BitNet graph takes the logits from the embedding (no slot for a head)
+    # the llama.cpp-computable variant: its BitNet graph gates with SiLU and takes the logits
+    # from the embedding (no slot for a head)
     config = BitNetConfig(vocab_size=256, max_position_embeddings=CONTEXT,
-                          tie_word_embeddings=True, **SIZES[size])
+                          tie_word_embeddings=True, hidden_act="silu", **SIZES[size])
     return save_checkpoint(BitNetLM(config), out)
 
 
@@ -130,17 +148,15 @@ def _hf(checkpoint: Path, exports: Path, prompt: list[int], new: int,
 
 def _llamacpp(checkpoint: Path, exports: Path, prompt: list[int], new: int,
               threads: int) -> tuple[float, int]:
-    import llama_cpp
+    """llama.cpp computing, bitnet.generate's loop sampling (as `generate --engine llama.cpp`),
+    F32 KV cache like ours."""
+    from bitnet.generate import generate
+    from bitnet.llamacpp import LlamaCppModel
 
-    llm = llama_cpp.Llama(str(exports / "model.gguf"), n_ctx=CONTEXT, n_threads=threads,
-                          n_batch=CONTEXT, logits_all=False, verbose=False)
-    llm.eval(prompt)
-    start = time.perf_counter()
-    token = prompt[-1]
-    for _ in range(new):
-        llm.eval([token])
-        token = int(llm.scores[llm.n_tokens - 1].argmax())
-    return new / (time.perf_counter() - start), (exports / "model.gguf").stat().st_size
+    model = LlamaCppModel(exports / "model.gguf", CONTEXT, n_threads=threads)
+    generate(model, prompt, max_new_tokens=4)  # warm-up
+    result = generate(model, prompt, max_new_tokens=new)
+    return result.tokens_per_s, (exports / "model.gguf").stat().st_size
 
 
 def _time(fn) -> float:
@@ -184,6 +200,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="runs per engine; the best counts")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--train-steps", type=int, default=150,
+                        help="training steps of each model llama.cpp's bits per byte is "
+                             "measured on (steps, not seconds: trained alike under any load)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--exports", type=Path, help=argparse.SUPPRESS)
@@ -202,6 +221,9 @@ def measure(args: argparse.Namespace) -> dict:
     engines = [e for e in ENGINES if e != "llama.cpp" or have_llamacpp()]
     results: dict = {"bandwidth": copy_bandwidth(), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="magnet-inference-") as tmp:
+        if "llama.cpp" in engines:  # the trained models first: the figures that matter most
+            results["parity"] = {name: parity(Path(tmp) / f"parity-{name}", constants, args)
+                                 for name, constants in PARITY_MODELS.items()}
         for size in args.sizes.split(","):
             base = Path(tmp) / size
             checkpoint = make_checkpoint(size, base / "checkpoint")
@@ -226,6 +248,53 @@ def measure(args: argparse.Namespace) -> dict:
 
                 check(checkpoint, exports / "check.gguf", show_table=False)
     return results
+
+
+def parity(work: Path, constants: dict, args: argparse.Namespace) -> dict:
+    """Train the template (silu, tied, `constants`) and compare llama.cpp with ours on it."""
+    from ffn_act import train, variant_template
+
+    from bitnet.checkpoint import load_checkpoint
+    from bitnet.data import load_corpus
+    from bitnet.evaluate import evaluate_bpb
+    from bitnet.export_gguf import export_gguf
+    from bitnet.generate import generate
+    from bitnet.infer import InferenceModel
+    from bitnet.llamacpp import LlamaCppModel, llamacpp_bpb
+
+    corpus = load_corpus("portable-code")
+    code = variant_template(work / "code", "silu", True, **constants)
+    out = work / "checkpoint"
+    metrics = train(code, out, corpus, 0, seed=1337, threads=1, steps=args.train_steps)
+    model = load_checkpoint(out)
+    seq_len = model.config.max_position_embeddings
+    rows = export_gguf(out, work / "model.gguf")
+    start = time.perf_counter()
+    ours, n_bytes = evaluate_bpb(model, corpus.val, seq_len)
+    ours_s, start = time.perf_counter() - start, time.perf_counter()
+    llama, llama_bytes = llamacpp_bpb(work / "model.gguf", corpus.val, seq_len)
+    llama_s = time.perf_counter() - start
+    assert llama_bytes == n_bytes
+    fast, engine = InferenceModel.from_model(model), LlamaCppModel(work / "model.gguf", seq_len)
+    matched = prompts_equal = 0
+    for prompt in PARITY_PROMPTS:
+        a = generate(fast, prompt, max_new_tokens=PARITY_NEW).token_ids
+        b = generate(engine, prompt, max_new_tokens=PARITY_NEW).token_ids
+        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), PARITY_NEW)
+        matched += same
+        prompts_equal += same == PARITY_NEW
+    engine.close()
+    row = {"params": metrics["params"], "steps": metrics["steps"],
+           "types": sorted({qtype for _, qtype, _ in rows}), "bpb_ours": ours,
+           "bpb_llamacpp": llama, "bytes": n_bytes, "diff_pct": 100 * (llama - ours) / ours,
+           "greedy_matched": matched, "greedy_total": PARITY_NEW * len(PARITY_PROMPTS),
+           "prompts_all_equal": prompts_equal, "seconds_ours": ours_s, "seconds_llamacpp": llama_s}
+    print(f"llama.cpp parity, {work.name.removeprefix('parity-')} model ({row['params']:,} "
+          f"params, {row['steps']} steps, {'/'.join(row['types'])}): bits per byte ours "
+          f"{ours:.4f}, llama.cpp {llama:.4f} ({row['diff_pct']:+.3f}%) on {n_bytes:,} bytes; "
+          f"greedy tokens equal before the first difference {matched}/{row['greedy_total']}",
+          flush=True)
+    return row
 
 
 def report(results: dict, args: argparse.Namespace) -> None:
@@ -260,6 +329,13 @@ def report(results: dict, args: argparse.Namespace) -> None:
             f"bytes_per_param={bpp:.3f}")
     if "llama.cpp" in big:
         line += f" speedup_vs_llamacpp={ours / big['llama.cpp']['tokens_per_s']:.2f}"
+    if "parity" in results:
+        template, wide = results["parity"]["template"], results["parity"]["256-wide"]
+        matched = sum(r["greedy_matched"] for r in results["parity"].values())
+        total = sum(r["greedy_total"] for r in results["parity"].values())
+        line += (f" llamacpp_bpb_diff_pct={template['diff_pct']:.3f}"
+                 f" llamacpp_bpb_diff_pct_tq2={wide['diff_pct']:.3f}"
+                 f" llamacpp_greedy_match={matched}/{total}")
     Path(__file__).with_suffix(".json").write_text(json.dumps(results, indent=1))
     print(line)
 

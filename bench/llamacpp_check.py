@@ -2,14 +2,15 @@
 
     .venv/bin/python bench/llamacpp_check.py [CHECKPOINT_DIR] [--out FILE.gguf]
 
-Without a checkpoint it builds small random models (hidden 256, tied lm_head: llama.cpp's bitnet
-graph takes logits from token_embd) with intermediate sizes 256, 512 and 384, so every
-activation-quantisation case is covered: Q8_K blocks equal to our per-token rows, Q8_K blocks
-finer than them, and F16 rows. For each prompt it prints the max |logit difference| and the
-argmax agreement of llama.cpp against (a) our model and (b) our model run with llama.cpp's
-semantics (SiLU-gated FFN, its activation quantisation), with an F32 and the default F16 KV
-cache. An untied checkpoint is exported (complete file, `output.weight`) but llama.cpp refuses it;
-then only (b) against (a) is printed: how far llama.cpp's graph is from our model.
+Without a checkpoint it builds small random llama.cpp-computable models (hidden 256, SiLU gate,
+tied lm_head) with intermediate sizes 256, 512 and 384, so every activation-quantisation case is
+covered: Q8_K blocks equal to our per-token rows, Q8_K blocks finer than them, and F16 rows. For
+each prompt it prints the max |logit difference| and the argmax agreement of llama.cpp against
+(a) our model and (b) our model run with llama.cpp's semantics (SiLU-gated FFN, its activation
+quantisation), with an F32 and the default F16 KV cache. A checkpoint llama.cpp cannot compute
+(relu2, or an untied lm_head: bitnet.export_gguf.llamacpp_blockers) is exported all the same;
+llama.cpp is run on it only when it loads (an untied one it refuses), and (b) against (a) shows
+how far llama.cpp's graph is from that model.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from bitnet.export_gguf import (  # noqa: E402
     format_table,
     llamacpp_differences,
     llamacpp_graph_logits,
-    llamacpp_logits,
+    llamacpp_notice,
 )
+from bitnet.llamacpp import llamacpp_logits  # noqa: E402
 from bitnet.model import BitNetConfig, BitNetLM  # noqa: E402
 
 PROMPTS = [
@@ -52,6 +54,7 @@ def random_checkpoint(out: Path, intermediate: int, seed: int = 0) -> Path:
         num_key_value_heads=2,
         max_position_embeddings=128,
         tie_word_embeddings=True,
+        hidden_act="silu",
     )
     model = BitNetLM(config)
     with torch.no_grad():  # trained-looking norms, so a mixed-up norm would show
@@ -71,8 +74,9 @@ def check(checkpoint: Path, gguf_path: Path, show_table: bool = True) -> None:
     print(f"\n== {checkpoint}  ({gguf_path.stat().st_size} bytes)")
     if show_table:
         print(format_table(rows))
-    for note in llamacpp_differences(model.config):
-        print(f"  differs: {note}")
+    notice = llamacpp_notice(model.config)
+    for note in [notice] if notice else llamacpp_differences(model.config):
+        print(f"  {note}")
     header = f"{'prompt':>6} {'len':>4} | {'graph vs ours':>16}"
     loads = model.config.tie_word_embeddings
     if loads:

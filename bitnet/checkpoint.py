@@ -1,4 +1,5 @@
-"""Checkpoints in Hugging Face format: `config.json` + `model.safetensors`.
+"""Checkpoints in Hugging Face format: `config.json` + `model.safetensors`, and the tokenizer
+the model was trained with (`tokenizer.json` + `tokenizer_config.json`, bitnet.tokenizer).
 
 The directory loads both here (`load_checkpoint`) and in transformers as a `BitNetForCausalLM`
 with online-quantised `AutoBitLinear` layers (the latent fp32 weights are stored; transformers
@@ -20,7 +21,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
+from bitnet.hf_tokenizer import N_BYTES
 from bitnet.model import BitNetConfig, BitNetLM
+from bitnet.tokenizer import TextTokenizer
 
 
 class CheckpointError(ValueError):
@@ -28,14 +31,21 @@ class CheckpointError(ValueError):
 
 
 def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32,
-              lineage: Sequence[str] = (), corpus: str | None = None) -> dict:
+              lineage: Sequence[str] = (), corpus: str | None = None,
+              tokenizer: TextTokenizer | None = None) -> dict:
     """The `config.json` transformers needs for BitNetForCausalLM with online quantisation.
 
     `magnet.lineage` lists the `checkpoint_hash` of the checkpoint training started from, then
     that one's lineage (empty for random weights); `magnet.base` is its first entry. Merges check
     that their inputs descend from one base. `magnet.corpus` is what it was trained on (a
-    specialist is compared with others on that corpus's validation split).
+    specialist is compared with others on that corpus's validation split). `magnet.tokenizer`
+    is the tokenizer's spec ("bytes" or "bpe:N") and `magnet.tokenizer_sha256` its fingerprint,
+    when it is given (without one, a 256-id model is taken to be a byte model).
     """
+    if tokenizer is not None:
+        tokenizer_facts = {"tokenizer": tokenizer.spec, "tokenizer_sha256": tokenizer.fingerprint}
+    else:
+        tokenizer_facts = {"tokenizer": "bytes" if config.vocab_size == N_BYTES else None}
     return {
         "architectures": ["BitNetForCausalLM"],
         "model_type": "bitnet",
@@ -46,7 +56,7 @@ def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32,
         "num_attention_heads": config.num_attention_heads,
         "num_key_value_heads": config.num_key_value_heads,
         "head_dim": config.head_dim,
-        "hidden_act": "relu2",
+        "hidden_act": config.hidden_act,
         "max_position_embeddings": config.max_position_embeddings,
         "rms_norm_eps": config.rms_norm_eps,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
@@ -63,7 +73,7 @@ def hf_config(config: BitNetConfig, dtype: torch.dtype = torch.float32,
             "linear_class": "autobitlinear",
             "quantization_mode": "online",
         },
-        "magnet": {"tokenizer": "bytes", "base": lineage[0] if lineage else None,
+        "magnet": {**tokenizer_facts, "base": lineage[0] if lineage else None,
                    "lineage": list(lineage), "corpus": corpus},
     }
 
@@ -77,12 +87,20 @@ def config_from_hf(data: dict) -> BitNetConfig:
 
 
 def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, *,
-                    lineage: Sequence[str] = (), corpus: str | None = None) -> Path:
+                    lineage: Sequence[str] = (), corpus: str | None = None,
+                    tokenizer: TextTokenizer | None = None) -> Path:
     """Write config.json and model.safetensors atomically (a reader never sees half a file);
     `lineage` is `descent(init)` when the model was trained from a checkpoint `init`, `corpus`
-    the spec of the corpus it was trained on."""
+    the spec of the corpus it was trained on, `tokenizer` the one it was trained with (its files
+    are written beside them, so `AutoTokenizer.from_pretrained(out_dir)` loads it)."""
     out = Path(out_dir)
+    if tokenizer is not None and tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"the model has {model.config.vocab_size} ids but its tokenizer "
+                         f"{tokenizer.spec} has {tokenizer.vocab_size}; build the model with "
+                         "vocab_size=tokenizer.vocab_size")
     out.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        tokenizer.save(out, model_max_length=model.config.max_position_embeddings)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight")  # safetensors refuses shared storage; HF re-ties on load
@@ -90,7 +108,7 @@ def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, *,
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
     os.replace(tmp_weights, out / WEIGHTS_FILE)
     tmp_config = out / (CONFIG_FILE + ".tmp")
-    config = hf_config(model.config, model.lm_head.weight.dtype, lineage, corpus)
+    config = hf_config(model.config, model.lm_head.weight.dtype, lineage, corpus, tokenizer)
     tmp_config.write_text(json.dumps(config, indent=2))
     os.replace(tmp_config, out / CONFIG_FILE)
     return out

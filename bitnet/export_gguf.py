@@ -18,25 +18,33 @@ Types:
 De-quantised ternary tensor x scale == `bitnet.quant.quantize_weight(latent)` bit for bit, and the
 F32 tensors equal the checkpoint's; `check_gguf` verifies both by reading the file back.
 
-What llama.cpp computes from this file differs from our model (`llamacpp_differences`):
-  - FFN activation: llama.cpp's bitnet graph gates with SiLU (silu(gate) * up), ours with squared
-    ReLU. We write `bitnet.hidden_activation = "relu2"` (the key upstream's bitnet graph reads),
-    but llama.cpp maps no string to gated relu^2, so it falls back to SiLU; the 0.3.36 build here
-    ignores the key. Not expressible today: the logits differ at the level of the model itself.
+What llama.cpp computes from this file (`llamacpp_blockers`, `llamacpp_differences`):
+  - FFN activation: llama.cpp's bitnet graph gates with SiLU (silu(gate) * up). We write
+    `bitnet.hidden_activation` = the model's `hidden_act` (the key upstream's graph reads: "silu"
+    maps to SiLU, "relu2" to nothing, so it falls back to SiLU; older builds ignore the key). A
+    relu2 model is therefore not computable there: its logits differ at the level of the model.
   - lm_head: the graph computes logits with `token_embd` (weights tied). An untied lm_head is
     written as `output.weight`, so the file is complete, but llama.cpp then refuses it ("wrong
-    number of tensors").
+    number of tensors"). Not computable either.
+  A model with hidden_act "silu" and a tied lm_head (the template's FFN_ACT / TIE_EMBEDDINGS) is
+  computed as trained, up to rounding:
   - Activation quantisation: TQ2_0 matmuls quantise activations to Q8_K, absmax int8 per
     256-block (ours: per token over the whole row). Identical grid when the row is 256 long;
     finer for longer rows (e.g. down_proj's input). F16 weights see fp16 activations, no int8.
-  - KV cache: F16 by default in llama.cpp (ours fp32); pass type_k=type_v=F32 to compare.
+  - KV cache: F16 by default in llama.cpp (ours fp32); bitnet.llamacpp asks for F32.
 RoPE (rotate-half = llama.cpp's NEOX type, which its bitnet arch uses), GQA, SubLN placement,
 RMSNorm eps, and attention scale 1/sqrt(head_dim) are the same. `llamacpp_graph_logits` runs our
-model with llama.cpp's semantics; llama.cpp's logits match it to float rounding.
+model with llama.cpp's semantics; llama.cpp's logits match it to float rounding, and its bits
+per byte on the validation windows match our evaluator's (bitnet.llamacpp, tests/bitnet/
+test_llamacpp_parity.py).
 
-Vocabulary: our 256 byte ids as a `gpt2` (byte-level BPE) vocabulary: token i is GPT-2's printable
-stand-in for byte i, plus one merge that can never apply (llama.cpp needs a merges array, gguf
-refuses an empty one), so llama.cpp's tokenizer maps UTF-8 text to exactly our ids and back.
+Vocabulary: the checkpoint's tokenizer (bitnet.tokenizer) as a `gpt2` (byte-level BPE) vocabulary
+with the `gpt-2` pre-tokenizer (GPT-2's regex split, as the trained tokenizers split text): token
+i spelled in GPT-2's printable stand-ins for its bytes (ids 0..255 are the single bytes), and the
+merges as "left right" in rank order, as in tokenizer.json. The byte tokenizer has no merges; it
+gets one that can never apply (llama.cpp needs a merges array, gguf refuses an empty one). So
+llama.cpp's tokenizer maps UTF-8 text to exactly our ids and back (llama-cpp-python 0.3.36, with
+portable-prose's bpe:4096: all 69 documents of the first 400 KB of its validation split).
 llama.cpp's gpt2 defaults make id 11 (byte 0x0B) BOS/EOS; BOS is not added.
 """
 
@@ -53,13 +61,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitnet.checkpoint import CheckpointError, load_checkpoint
-from bitnet.model import BitNetConfig, BitNetLM, BitNetMLP
+from bitnet.checkpoint import load_checkpoint
+from bitnet.export_hf import checkpoint_tokenizer
+from bitnet.hf_tokenizer import byte_symbols, to_symbols
+from bitnet.model import FFN_ACTIVATIONS, BitNetConfig, BitNetLM, BitNetMLP
 from bitnet.quant import BitLinear, quantize_activation, quantize_weight, ternary_codes
+from bitnet.tokenizer import TextTokenizer
 
 ARCH = "bitnet"
 QK_K = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.TQ2_0][0]  # 256
-HIDDEN_ACT = "relu2"  # `bitnet.hidden_activation`, as in HF's config; see the module docstring
+LLAMACPP_ACT = "silu"  # the only FFN gate llama.cpp's bitnet graph computes
 DEAD_MERGE = "\u0100\u0100 \u0100\u0100"  # two 2-char symbols no merge creates: never applies
 
 _F32 = gguf.GGMLQuantizationType.F32
@@ -94,15 +105,16 @@ def ternary_type(in_features: int) -> gguf.GGMLQuantizationType:
 
 def byte_tokens() -> list[str]:
     """GPT-2's byte-to-unicode table: token i is the printable character standing for byte i."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
-    tokens, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            tokens.append(chr(b))
-        else:
-            tokens.append(chr(256 + extra))
-            extra += 1
-    return tokens
+    return list(byte_symbols())
+
+
+def vocabulary(tokenizer: TextTokenizer) -> tuple[list[str], list[str]]:
+    """A tokenizer as llama.cpp's `gpt2` vocabulary: each token spelled in GPT-2's symbols (as
+    tokenizer.json spells it), and its merges as "left right" in rank order (DEAD_MERGE alone
+    for the byte tokenizer)."""
+    tokens = [to_symbols(token) for token in tokenizer.tokens]
+    merges = [f"{tokens[left]} {tokens[right]}" for left, right in tokenizer.merges]
+    return tokens, merges or [DEAD_MERGE]
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -152,11 +164,16 @@ def _shape(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> tuple:
     return tuple(int(n) for n in data.shape)
 
 
-def _check_expressible(config: BitNetConfig) -> None:
-    if config.vocab_size != 256:
-        raise CheckpointError(
-            f"vocab_size {config.vocab_size}: the GGUF export writes the 256-byte vocabulary only"
-        )
+def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: TextTokenizer) -> None:
+    """llama.cpp's byte-level BPE (`gpt2` model, GPT-2's regex split: `gpt-2` pre-tokenizer)."""
+    tokens, merges = vocabulary(tokenizer)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * len(tokens))
+    writer.add_token_merges(merges)
+    writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
 
 
 def _add_metadata(writer: gguf.GGUFWriter, config: BitNetConfig, name: str) -> None:
@@ -174,14 +191,7 @@ def _add_metadata(writer: gguf.GGUFWriter, config: BitNetConfig, name: str) -> N
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_string(f"{ARCH}.hidden_activation", HIDDEN_ACT)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(byte_tokens())
-    writer.add_token_types([gguf.TokenType.NORMAL] * config.vocab_size)
-    writer.add_token_merges([DEAD_MERGE])
-    writer.add_add_bos_token(False)
-    writer.add_add_eos_token(False)
+    writer.add_string(f"{ARCH}.hidden_activation", config.hidden_act)
 
 
 def export_gguf(checkpoint_dir: Path, out_path: Path, *, verify: bool = True) -> list[TensorRow]:
@@ -192,13 +202,14 @@ def export_gguf(checkpoint_dir: Path, out_path: Path, *, verify: bool = True) ->
     A missing or corrupt checkpoint raises `CheckpointError`; a failed check `GGUFCheckError`.
     """
     model = load_checkpoint(checkpoint_dir)
-    _check_expressible(model.config)
+    tokenizer = checkpoint_tokenizer(checkpoint_dir, model.config.vocab_size)
     tensors = _tensors(model)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     writer = gguf.GGUFWriter(str(tmp), ARCH)
     _add_metadata(writer, model.config, Path(checkpoint_dir).resolve().name or ARCH)
+    _add_vocabulary(writer, tokenizer)
     for name, data, qtype in tensors:
         writer.add_tensor(name, data, raw_dtype=qtype)
     writer.write_header_to_file()
@@ -249,19 +260,30 @@ def check_gguf(path: Path, model: BitNetLM) -> int:
     return len(found)
 
 
-def llamacpp_differences(config: BitNetConfig) -> list[str]:
-    """How llama.cpp's bitnet graph, given this export, computes differently from our model."""
-    notes = [
-        "FFN: llama.cpp gates with SiLU (silu(gate) * up); ours is relu(gate)^2 * up "
-        f"(`{ARCH}.hidden_activation={HIDDEN_ACT}` is written but llama.cpp has no gated relu^2)",
-        "KV cache: llama.cpp's default is F16 (ours fp32)",
-    ]
+def llamacpp_blockers(config: BitNetConfig) -> list[str]:
+    """Why llama.cpp's bitnet graph cannot compute this model from its export (empty: it can)."""
+    blockers = []
+    if config.hidden_act != LLAMACPP_ACT:
+        blockers.append(f"its bitnet graph gates the FFN with SiLU, this model with "
+                        f"{config.hidden_act}")
     if not config.tie_word_embeddings:
-        notes.insert(
-            0,
-            "lm_head is untied: written as output.weight, which llama.cpp's bitnet "
-            "graph has no slot for (it refuses the file; logits come from token_embd)",
-        )
+        blockers.append("it takes logits from the embedding, this model has an untied lm_head")
+    return blockers
+
+
+def llamacpp_notice(config: BitNetConfig) -> str | None:
+    """One line for a model llama.cpp cannot compute (None when it can): why, and the fix."""
+    blockers = llamacpp_blockers(config)
+    if not blockers:
+        return None
+    return (f"llama.cpp cannot compute this model ({'; '.join(blockers)}); the file holds its "
+            f'weights exactly. For one it runs, train with FFN_ACT = "{LLAMACPP_ACT}" and '
+            "TIE_EMBEDDINGS = True (the template's constants)")
+
+
+def llamacpp_differences(config: BitNetConfig) -> list[str]:
+    """How llama.cpp's computation of a computable export rounds differently from our model."""
+    notes = []
     for name, rows in (("q/k/v/o/gate/up", config.hidden_size), ("down", config.intermediate_size)):
         if rows % QK_K:
             notes.append(
@@ -286,18 +308,14 @@ def _llamacpp_bitlinear(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(_q8k_or_f16(x), quantize_weight(self.weight), self.bias)
 
 
-def _silu_mlp(self: BitNetMLP, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(self.ffn_sub_norm(F.silu(self.gate_proj(x)) * self.up_proj(x)))
-
-
 def _llamacpp_twin(model: BitNetLM) -> BitNetLM:
-    """A copy of `model` whose projections and FFNs compute the way llama.cpp's do."""
+    """A copy of `model` whose projections and FFN gates compute the way llama.cpp's do."""
     twin = copy.deepcopy(model)
     for module in twin.modules():
         if isinstance(module, BitLinear):
             module.forward = types.MethodType(_llamacpp_bitlinear, module)
         elif isinstance(module, BitNetMLP):
-            module.forward = types.MethodType(_silu_mlp, module)
+            module.act_fn = FFN_ACTIVATIONS[LLAMACPP_ACT]  # whatever hidden_activation says
     return twin
 
 
@@ -307,31 +325,6 @@ def llamacpp_graph_logits(model: BitNetLM, ids: Sequence[int]) -> np.ndarray:
     SiLU-gated FFN and llama.cpp's activation quantisation (lm_head as in the model)."""
     logits, _ = _llamacpp_twin(model)(torch.tensor([list(ids)]))
     return logits[0].numpy()
-
-
-def llamacpp_logits(
-    gguf_path: Path, ids: Sequence[int], *, f32_kv: bool = True, n_threads: int = 1
-) -> np.ndarray:
-    """Next-token logits at every position from llama.cpp (llama-cpp-python), token ids fed
-    directly. `f32_kv` stores the KV cache in F32 (llama.cpp's default is F16)."""
-    import llama_cpp  # optional: only this check needs it
-
-    kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_kv else {}
-    llm = llama_cpp.Llama(
-        str(gguf_path),
-        n_ctx=max(len(ids), 1),
-        n_threads=n_threads,
-        n_threads_batch=n_threads,
-        logits_all=True,
-        verbose=False,
-        flash_attn=False,
-        **kv,
-    )
-    try:
-        llm.eval(list(ids))
-        return np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()
 
 
 def format_table(rows: Sequence[TensorRow]) -> str:

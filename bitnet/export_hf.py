@@ -8,8 +8,9 @@ bitlinear, quantization_mode: offline}`, `integrations/bitnet.py`). Every BitLin
                           in bits 0-1, 2-3, 4-5, 6-7 (transformers' `pack_weights`)
     <layer>.weight_scale  float32 [1]: s = 1/mean|W|, the factor W was multiplied by before
                           rounding; transformers computes y = (x_int8 @ t^T) / (x_scale * s)
-Embeddings, norms and lm_head keep the checkpoint's fp32 values. The byte-level tokenizer is
-written next to them (`bitnet.hf_tokenizer`).
+Embeddings, norms and lm_head keep the checkpoint's fp32 values. The checkpoint's tokenizer
+(bitnet.tokenizer: the byte tokenizer when it carries none, a trained BPE's merges otherwise) is
+written next to them, so `AutoTokenizer.from_pretrained(out)` encodes text to the model's ids.
 
 Logits are equal to our model's up to float32 rounding, not bit for bit: our BitLinear
 multiplies rescaled (fake-quantised) values, x_q/x_scale @ (t/s)^T, while transformers'
@@ -29,10 +30,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE, hf_config, load_checkpoint
-from bitnet.hf_tokenizer import save_byte_tokenizer
+from bitnet.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    hf_config,
+    load_checkpoint,
+)
 from bitnet.model import BitNetLM
 from bitnet.quant import BitLinear, ternary_codes
+from bitnet.tokenizer import TextTokenizer, load_tokenizer
 
 # What the published packed BitNet checkpoints declare; transformers then builds BitLinear
 # layers holding uint8 codes and a weight_scale (lm_head is left alone by default).
@@ -80,6 +87,21 @@ def packed_state_dict(model: BitNetLM) -> dict[str, torch.Tensor]:
     return state
 
 
+def checkpoint_tokenizer(checkpoint_dir: str | os.PathLike, vocab_size: int) -> TextTokenizer:
+    """The tokenizer a checkpoint carries (bytes when none), which must have its config's
+    vocab_size; CheckpointError (one line) otherwise. What both exports write."""
+    try:
+        tokenizer = load_tokenizer(checkpoint_dir)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    if tokenizer.vocab_size != vocab_size:
+        raise CheckpointError(
+            f"{Path(checkpoint_dir) / CONFIG_FILE}: vocab_size {vocab_size} is not its tokenizer's"
+            f" {tokenizer.vocab_size} ({tokenizer.spec}): save the checkpoint with the tokenizer"
+            " it was trained with")
+    return tokenizer
+
+
 def export_hf(checkpoint_dir: Path, out_dir: Path) -> Path:
     """Write `checkpoint_dir` to `out_dir` as a packed-ternary BitNetForCausalLM + tokenizer.
 
@@ -90,14 +112,16 @@ def export_hf(checkpoint_dir: Path, out_dir: Path) -> Path:
     if out_dir.resolve() == checkpoint_dir.resolve():
         raise ExportError(f"{out_dir} is the checkpoint itself: export to another directory")
     model = load_checkpoint(checkpoint_dir)
+    tokenizer = checkpoint_tokenizer(checkpoint_dir, model.config.vocab_size)
     state = packed_state_dict(model)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out_dir / WEIGHTS_FILE)
-    save_byte_tokenizer(out_dir, model_max_length=model.config.max_position_embeddings)
-    config = hf_config(model.config) | {"quantization_config": OFFLINE_QUANTIZATION}
+    tokenizer.save(out_dir, model_max_length=model.config.max_position_embeddings)
+    config = (hf_config(model.config, tokenizer=tokenizer)
+              | {"quantization_config": OFFLINE_QUANTIZATION})
     tmp = out_dir / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, out_dir / CONFIG_FILE)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitnet.model import BitNetConfig, BitNetLM, RMSNorm, apply_rotary
+from bitnet.model import FFN_ACTIVATIONS, BitNetConfig, BitNetLM, RMSNorm, apply_rotary
 from bitnet.quant import BitLinear, activation_codes, ternary_codes
 
 # Random-init models for speed measurements: the bitnet-lm template's proportions (FFN 4x
@@ -159,6 +159,7 @@ class _Layer(nn.Module):
         self.gate_up_proj = _fuse([mlp.gate_proj, mlp.up_proj])
         self.ffn_sub_norm = _norm(mlp.ffn_sub_norm)
         self.down_proj = _fuse([mlp.down_proj])
+        self.act_fn = FFN_ACTIVATIONS[config.hidden_act]  # the gate the model was trained with
 
     def forward(
         self,
@@ -195,7 +196,7 @@ class _Layer(nn.Module):
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).split(
             [self.ffn_size, self.ffn_size], dim=-1
         )
-        return x + self.down_proj(self.ffn_sub_norm(F.relu(gate).square() * up))
+        return x + self.down_proj(self.ffn_sub_norm(self.act_fn(gate) * up))
 
 
 class InferenceModel(nn.Module):
@@ -204,6 +205,7 @@ class InferenceModel(nn.Module):
     def __init__(self, model: BitNetLM) -> None:
         super().__init__()
         self.config = model.config
+        self.tokenizer = None  # a TextTokenizer, set by load_for_inference (None: bytes)
         inner = model.model
         self.embed_tokens = nn.Embedding.from_pretrained(
             inner.embed_tokens.weight.detach().float().clone(), freeze=True
@@ -284,9 +286,16 @@ class InferenceModel(nn.Module):
 def load_for_inference(checkpoint_dir: str | os.PathLike) -> InferenceModel:
     """Load a training checkpoint (config.json + model.safetensors) as an InferenceModel.
 
-    The fp32 latent weights are read once, converted, and dropped. Errors are
-    `bitnet.checkpoint.CheckpointError` with a one-line message.
+    The fp32 latent weights are read once, converted, and dropped; the checkpoint's tokenizer
+    (bitnet.tokenizer: bytes when it carries none) is attached as `.tokenizer`, for
+    bitnet.generate. Errors are `bitnet.checkpoint.CheckpointError` with a one-line message.
     """
-    from bitnet.checkpoint import load_checkpoint
+    from bitnet.checkpoint import CheckpointError, load_checkpoint
+    from bitnet.tokenizer import load_tokenizer
 
-    return InferenceModel.from_model(load_checkpoint(checkpoint_dir))
+    model = InferenceModel.from_model(load_checkpoint(checkpoint_dir))
+    try:
+        model.tokenizer = load_tokenizer(checkpoint_dir)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    return model

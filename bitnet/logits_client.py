@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from bitnet.logits_server import HEADER, VOCAB
+from bitnet.logits_server import HEADER, VOCAB, id_dtype
 
 _STDERR_TAIL = 4096  # bytes of a server's stderr kept for error messages
 # the argv that starts a server, or a callable that gives one already started (warm, forked)
@@ -37,8 +37,12 @@ class ScoreError(RuntimeError):
 class LogitsClient:
     """One logits server process: requests with deadlines, replies checked, always reaped."""
 
-    def __init__(self, argv: ServerStart, role: str, deadline: float, timeout: float) -> None:
+    def __init__(self, argv: ServerStart, role: str, deadline: float, timeout: float,
+                 vocab: int = VOCAB) -> None:
+        """`vocab`: the checkpoint's vocabulary size (validated by the caller): the ids' width on
+        the wire and the logits a position's reply holds."""
         self.role, self.deadline, self.timeout = role, deadline, timeout
+        self.vocab, self.id_dtype = vocab, id_dtype(vocab)
         self.stderr_tail = bytearray()
         if callable(argv):  # already started (agent.scoring.warm_servers): told to go
             self.proc = argv(role)
@@ -74,7 +78,8 @@ class LogitsClient:
         return self.receive(windows.shape, what)
 
     def send(self, windows: np.ndarray, what: str) -> None:
-        data = memoryview(HEADER.pack(*windows.shape) + np.ascontiguousarray(windows).tobytes())
+        ids = np.ascontiguousarray(windows, dtype=self.id_dtype)
+        data = memoryview(HEADER.pack(*windows.shape) + ids.tobytes())
         while data:
             self._wait(self.stdin, writing=True, what=what)
             try:
@@ -86,7 +91,7 @@ class LogitsClient:
 
     def receive(self, shape: tuple[int, int], what: str) -> np.ndarray:
         """The reply to a request for `shape` windows: float32 logits, every one finite."""
-        buf = bytearray(shape[0] * shape[1] * VOCAB * 4)
+        buf = bytearray(shape[0] * shape[1] * self.vocab * 4)
         view, got = memoryview(buf), 0
         while got < len(buf):
             self._wait(self.stdout, writing=False, what=what)
@@ -97,7 +102,7 @@ class LogitsClient:
             if n == 0:
                 raise self._failed(f"after {got} of the {len(buf)} bytes of its reply to {what}")
             got += n
-        logits = np.frombuffer(buf, dtype="<f4").reshape(*shape, VOCAB)
+        logits = np.frombuffer(buf, dtype="<f4").reshape(*shape, self.vocab)
         if not np.isfinite(logits).all():
             raise ScoreError(
                 f"the {self.role} logits server sent NaN or infinite logits for {what}"

@@ -6,10 +6,11 @@ This is the untrusted half of scoring (bitnet.score is the trusted half): it imp
 workspace's `model.py`, builds `model.BitNetLM(config)` from the checkpoint's config.json and
 loads model.safetensors into it, then answers requests until told to quit.
 
-Protocol (all little-endian):
-  request  two uint32, B (windows) and T (bytes per window), then B*T uint8 token ids;
+Protocol (all little-endian), with V the vocabulary size of the checkpoint's config.json:
+  request  two uint32, B (windows) and T (tokens per window), then B*T token ids, uint8 when
+           V is 256 (a byte model: the ids are the bytes) and uint16 for a larger vocabulary;
            B = 0 means quit
-  reply    B*T*256 float32 logits, window after window, position after position
+  reply    B*T*V float32 logits, window after window, position after position
 A load error is one line on stderr and exit status 2; an error while serving, status 3.
 
 Replies go to a private copy of the original stdout; fd 1 and sys.stdout point at stderr
@@ -28,8 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-HEADER = struct.Struct("<II")  # windows B, bytes per window T
-VOCAB = 256
+import numpy as np
+
+HEADER = struct.Struct("<II")  # windows B, tokens per window T
+VOCAB = 256  # a byte model's vocabulary (bitnet.evaluate.BYTE_VOCAB)
+MAX_VOCAB = 1 << 16  # ids travel as uint16 at most
 # bitnet.score's servers, side by side: batch b is scored by SERVERS[b % 2], checked by the other
 SERVERS = ("first", "second")
 # threads a server computes with: the same logits on every machine, whatever its cores or load
@@ -42,6 +46,11 @@ THREADS = 1
 # next pass (its peak is no higher). Measured on the 4-layer baseline's forward passes: 10-25%
 # less CPU. Training runs gain nothing from it (measured), so it is the servers' alone.
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def id_dtype(vocab: int) -> np.dtype:
+    """How token ids travel: one byte each for a byte model, two for a larger vocabulary."""
+    return np.dtype(np.uint8) if vocab <= VOCAB else np.dtype("<u2")
 
 
 def command(
@@ -91,21 +100,24 @@ def load_model(checkpoint_dir: Path, model_code_dir: Path, threads: int = THREAD
 
 
 def serve(model, requests, replies) -> None:
-    """Answer requests (binary streams in, out) until the quit request."""
-    import numpy as np
+    """Answer requests (binary streams in, out) until the quit request; the vocabulary is the
+    model's config's (model.config.vocab_size, as read from config.json)."""
     import torch
 
     torch.set_grad_enabled(False)
+    vocab = int(model.config.vocab_size)
+    dtype = id_dtype(vocab)
     while True:
         n_windows, length = HEADER.unpack(_read_exactly(requests, HEADER.size))
         if n_windows == 0:
             return
-        tokens = np.frombuffer(_read_exactly(requests, n_windows * length), dtype=np.uint8)
+        raw = _read_exactly(requests, n_windows * length * dtype.itemsize)
+        tokens = np.frombuffer(raw, dtype=dtype)
         logits, _ = model(torch.from_numpy(tokens.astype(np.int64)).view(n_windows, length))
-        if tuple(logits.shape) != (n_windows, length, VOCAB):
+        if tuple(logits.shape) != (n_windows, length, vocab):
             raise ValueError(
                 f"model returned logits of shape {tuple(logits.shape)}, "
-                f"expected {(n_windows, length, VOCAB)}"
+                f"expected {(n_windows, length, vocab)}"
             )
         replies.write(logits.float().contiguous().numpy().astype("<f4", copy=False).tobytes())
         replies.flush()

@@ -5,8 +5,10 @@ Module names match Hugging Face's so a state_dict loads there unchanged:
     self_attn.attn_sub_norm, post_attention_layernorm, mlp.{gate,up,down}_proj,
     mlp.ffn_sub_norm}, model.norm, lm_head
 SubLN puts an extra RMSNorm right before each output projection (o_proj, down_proj), which keeps
-the activations entering those quantised layers well scaled. The FFN is gated with squared ReLU.
-Embeddings, norms and lm_head stay in full precision; every other projection is a BitLinear.
+the activations entering those quantised layers well scaled. The FFN is gated by `hidden_act`:
+squared ReLU ("relu2", the BitNet b1.58 paper's and transformers' default) or SiLU ("silu", the
+gate llama.cpp's `bitnet` graph computes). Embeddings, norms and lm_head stay in full precision;
+every other projection is a BitLinear.
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitnet.quant import BitLinear
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()  # as transformers' ReLUSquaredActivation
+
+
+# `hidden_act` names, as transformers' ACT2FN spells them (its BitNetForCausalLM reads the same
+# config.json field), and the gate each computes.
+FFN_ACTIVATIONS = {"relu2": relu_squared, "silu": F.silu}
 
 
 @dataclass
@@ -33,8 +44,15 @@ class BitNetConfig:
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    # transformers' BitNetConfig default; a config.json without the field was trained with it
+    hidden_act: str = "relu2"
 
     def __post_init__(self) -> None:
+        if self.hidden_act not in FFN_ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not an FFN activation here: use one of "
+                f"{', '.join(map(repr, FFN_ACTIVATIONS))}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
@@ -136,9 +154,10 @@ class BitNetMLP(nn.Module):
         self.up_proj = linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = linear(config.intermediate_size, config.hidden_size, bias=False)
         self.ffn_sub_norm = RMSNorm(config.intermediate_size, config.rms_norm_eps)
+        self.act_fn = FFN_ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.relu(self.gate_proj(x)).square() * self.up_proj(x)
+        hidden = self.act_fn(self.gate_proj(x)) * self.up_proj(x)
         return self.down_proj(self.ffn_sub_norm(hidden))
 
 

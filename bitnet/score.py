@@ -22,6 +22,13 @@ whatever the checking server does, as it never sees byte c of the original (wind
 overlap, and the two servers are separate sandboxes that cannot talk). c ranges over [1, L-1],
 so every scored position can be the checked one; a model that reads ahead at only a fraction f
 of positions still escapes with probability about (1-f)**causal_windows.
+
+Tokenized models (a vocabulary over 256): the servers get token ids and answer V logits a
+position, V being config.json's vocab_size, validated here and matched against the checkpoint's
+tokenizer (bitnet.tokenizer; a caller may pass the trusted copy instead), which encodes the
+windows here, as bitnet.evaluate describes. The causality check alters the same byte windows at
+the same cuts; the original and the altered window are encoded, and the logits over the token
+prefix the two share must be equal (it ends at or before the cut: a token may span the cut).
 """
 
 from __future__ import annotations
@@ -37,22 +44,38 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
 from bitnet.checkpoint import CONFIG_FILE
-from bitnet.evaluate import EVAL_BYTES, batch_nats, eval_batches, scored_bytes
+from bitnet.evaluate import (
+    BYTE_VOCAB,
+    EVAL_BYTES,
+    Request,
+    batch_nats,
+    batch_windows,
+    encode_batch,
+    eval_batches,
+    is_bytes,
+    pad_ids,
+    scored_bytes,
+    window_ids,
+)
 from bitnet.logits_client import LogitsClient, ScoreError, ServerStart
-from bitnet.logits_server import SERVERS
+from bitnet.logits_server import MAX_VOCAB, SERVERS
 from bitnet.torch_threads import num_threads
+
+if TYPE_CHECKING:
+    from bitnet.tokenizer import TextTokenizer
 
 CAUSAL_WINDOWS = 8  # windows checked for look-ahead, each at one random cut
 # Same code, weights and thread count give bit-identical logits (measured: 0.0 on a trained
 # template model, variants batched 8 vs originals 32); the margin absorbs float32 kernels that
 # depend on the batch shape. A leak smaller than this moves each log-probability by at most
-# 2 * CAUSAL_ATOL nats, under 3e-4 bits per byte.
+# 2 * CAUSAL_ATOL nats, under 3e-4 bits per byte. A tokenized model's altered windows are padded
+# to other lengths than its scoring batches: measured 1.9e-6 on a 2-layer BPE model.
 CAUSAL_ATOL = 1e-4
 SEQ_LEN_RANGE = (8, 8192)  # accepted max_position_embeddings
 _CONFIG_LIMIT = 1 << 20  # bytes read of a config.json at most
@@ -84,6 +107,7 @@ def score_checkpoint(
     eval_bytes: int = EVAL_BYTES,
     causal_windows: int = CAUSAL_WINDOWS,
     seed: int | None = None,
+    tokenizer: TextTokenizer | None = None,
 ) -> Score:
     """Score the checkpoint through two logits servers started with `server_argv` (or given,
     started, by it when it is a callable: `server_argv(role)`).
@@ -93,8 +117,9 @@ def score_checkpoint(
     says whether to score them (the test split costs as much as the validation split: a caller
     skips it for a run whose score cannot matter). `timeout` bounds the whole scoring (both
     servers' start-up included); `seq_len` defaults to the checkpoint's max_position_embeddings;
-    `seed` fixes the causality check (tests only: by default it is secret). Raises ScoreError
-    (CausalityError for a look-ahead).
+    `seed` fixes the causality check (tests only: by default it is secret). `tokenizer`: the
+    model's, for a vocabulary over 256 (default: the one the checkpoint carries); its vocabulary
+    must be config.json's. Raises ScoreError (CausalityError for a look-ahead).
     """
     start = time.monotonic()
     if isinstance(server_argv, str) or not server_argv:
@@ -105,17 +130,20 @@ def score_checkpoint(
         raise ValueError(f"causal_windows must be 1 or more, got {causal_windows}")
     if seq_len is None:
         seq_len = checkpoint_seq_len(checkpoint_dir)
+    vocab = checkpoint_vocab_size(checkpoint_dir)
+    tokenizer = _tokenizer(checkpoint_dir, vocab, tokenizer)
     rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
-    splits = [_Split(val, seq_len, eval_bytes, causal_windows, rng)]
+    splits = [_Split(val, seq_len, eval_bytes, causal_windows, rng, tokenizer, vocab)]
     if test is not None:
-        splits.append(_Split(test, seq_len, eval_bytes, causal_windows, rng))
+        splits.append(_Split(test, seq_len, eval_bytes, causal_windows, rng, tokenizer, vocab))
     deadline = start + timeout
     # this process's torch on one thread while the servers score: its second OpenMP thread
     # would spin at every barrier beside the two busy servers, on cycles they need (measured:
     # 0.65 against 0.22 CPU-seconds of this process for the 4-layer baseline's two splits); the
     # sums do not depend on it (batch_nats gives the same float on one thread or two)
-    with num_threads(1), LogitsClient(server_argv, SERVERS[0], deadline, timeout) as first, \
-            LogitsClient(server_argv, SERVERS[1], deadline, timeout) as second:
+    with num_threads(1), \
+            LogitsClient(server_argv, SERVERS[0], deadline, timeout, vocab) as first, \
+            LogitsClient(server_argv, SERVERS[1], deadline, timeout, vocab) as second:
         servers = (first, second)
         splits[0].score(servers, "validation")
         if test is not None and (test_if is None or test_if(splits[0].bpb())):
@@ -137,9 +165,19 @@ class _Split:
     them before any reply) and, once scored, its summed loss and the originals to check."""
 
     def __init__(self, data: np.ndarray, seq_len: int, eval_bytes: int, k: int,
-                 rng: np.random.Generator) -> None:
-        self.batches = eval_batches(data, seq_len, eval_bytes)
+                 rng: np.random.Generator, tokenizer: TextTokenizer | None = None,
+                 vocab: int = BYTE_VOCAB) -> None:
+        self.batches = eval_batches(data, seq_len, eval_bytes, batch_windows(seq_len, vocab))
         self.checks = _pick_checks(data, self.batches, seq_len, k, rng)
+        try:  # the model's input: the windows themselves, or their tokens (bitnet.evaluate)
+            self.requests: list[Request] = [encode_batch(b, tokenizer) for b in self.batches]
+            if not is_bytes(tokenizer):
+                assert tokenizer is not None
+                self.checks = [[_tokenized(check, self.requests, tokenizer) for check in request]
+                               for request in self.checks]
+        except ValueError as err:
+            raise ScoreError(str(err)) from err
+        self.unit = "byte" if is_bytes(tokenizer) else "token"
         self.n_bytes = scored_bytes(self.batches)
         self.nats: float | None = None
         self.name = ""
@@ -154,9 +192,9 @@ class _Split:
         nats = [0.0] * len(self.batches)  # summed in batch order: the same float every time
         self.replies = [None] * len(self.checks)  # each set as its reply comes
         work: list[list[_Request]] = [[] for _ in servers]
-        for i, batch in enumerate(self.batches):
+        for i, (ids, _) in enumerate(self.requests):
             what = f"{name} batch {i + 1} of {len(self.batches)}"
-            work[_scorer_of(i)].append((batch, what, functools.partial(self._scored, i, nats)))
+            work[_scorer_of(i)].append((ids, what, functools.partial(self._scored, i, nats)))
         for r, request in enumerate(self.checks):
             work[_checker(request)].append((_variants(request),
                                             f"the {name} causality-check windows",
@@ -165,8 +203,9 @@ class _Split:
         self.nats = sum(nats)
 
     def _scored(self, i: int, nats: list[float], logits: np.ndarray) -> None:
-        batch = self.batches[i]
-        nats[i] = batch_nats(torch.from_numpy(logits), torch.from_numpy(batch.astype(np.int64)))
+        ids, lengths = self.requests[i]
+        nats[i] = batch_nats(torch.from_numpy(logits), torch.from_numpy(ids.astype(np.int64)),
+                             lengths)
         for check in itertools.chain(*self.checks):
             if check.batch == i:
                 self.originals[i, check.row] = logits[check.row, : check.cut].copy()
@@ -186,10 +225,10 @@ class _Split:
             if worst > CAUSAL_ATOL:
                 position = int(np.argmax(diff > CAUSAL_ATOL))
                 raise CausalityError(
-                    f"the model's predictions at position {position} of a {len(logits)}-byte"
-                    f" window changed (by {worst:.3g}) when only the bytes from position"
-                    f" {check.cut} on changed ({self.name} bytes): it looks ahead (or its"
-                    " logits are not deterministic)"
+                    f"the model's predictions at position {position} of a {len(logits)}-"
+                    f"{self.unit} window changed (by {worst:.3g}) when only the {self.unit}s from"
+                    f" position {check.cut} on changed ({self.name} bytes): it looks ahead (or"
+                    " its logits are not deterministic)"
                 )
         return worst_all
 
@@ -197,6 +236,55 @@ class _Split:
 def checkpoint_seq_len(checkpoint_dir: str | os.PathLike) -> int:
     """max_position_embeddings from the checkpoint's config.json, validated."""
     path = Path(checkpoint_dir) / CONFIG_FILE
+    config = _read_config(path)
+    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    low, high = SEQ_LEN_RANGE
+    if type(value) is not int or not low <= value <= high:
+        raise ScoreError(
+            f"{path}: max_position_embeddings must be an integer from {low} to {high}, "
+            f"got {str(value)[:40]}"
+        )
+    return value
+
+
+def checkpoint_vocab_size(checkpoint_dir: str | os.PathLike) -> int:
+    """vocab_size from the checkpoint's config.json, validated: what the servers' model answers
+    with. 256 (bytes) when config.json leaves it out, as BitNetConfig does, or has none (a
+    server cannot load such a checkpoint anyway)."""
+    path = Path(checkpoint_dir) / CONFIG_FILE
+    if not os.path.lexists(path):
+        return BYTE_VOCAB
+    config = _read_config(path)
+    value = config.get("vocab_size", BYTE_VOCAB) if isinstance(config, dict) else None
+    if type(value) is not int or not BYTE_VOCAB <= value <= MAX_VOCAB:
+        raise ScoreError(f"{path}: vocab_size must be an integer from {BYTE_VOCAB} to "
+                         f"{MAX_VOCAB}, got {str(value)[:40]}")
+    return value
+
+
+def _tokenizer(checkpoint_dir: str | os.PathLike, vocab: int,
+               given: TextTokenizer | None) -> TextTokenizer | None:
+    """The tokenizer the windows are encoded with: None for a byte model (the windows are its
+    input), else `given` or the checkpoint's, whose vocabulary must be config.json's."""
+    if vocab == BYTE_VOCAB and is_bytes(given):
+        return None
+    if given is None:
+        from bitnet.tokenizer import load_tokenizer
+
+        try:
+            given = load_tokenizer(checkpoint_dir)
+        except (OSError, ValueError) as err:
+            raise ScoreError(f"the checkpoint's tokenizer cannot be read: {err}") from err
+    if given.vocab_size != vocab:
+        raise ScoreError(
+            f"{Path(checkpoint_dir) / CONFIG_FILE}: vocab_size {vocab} is not the tokenizer's"
+            f" {given.vocab_size} ({given.spec}): save the checkpoint with its tokenizer"
+        )
+    return given
+
+
+def _read_config(path: Path) -> object:
+    """A config.json's JSON, read without trusting it (size, file type)."""
     try:  # O_NONBLOCK: a FIFO planted as config.json must not hang the controller
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with open(fd, "rb") as f:
@@ -208,21 +296,14 @@ def checkpoint_seq_len(checkpoint_dir: str | os.PathLike) -> int:
         config = json.loads(raw)
     except (OSError, ValueError) as err:
         raise ScoreError(f"{path} cannot be read as JSON ({err})") from err
-    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
-    low, high = SEQ_LEN_RANGE
-    if type(value) is not int or not low <= value <= high:
-        raise ScoreError(
-            f"{path}: max_position_embeddings must be an integer from {low} to {high}, "
-            f"got {str(value)[:40]}"
-        )
-    return value
+    return config
 
 
 class _Check(NamedTuple):
     batch: int  # where the original window is in the evaluation
     row: int
     cut: int  # the logits before this position must not change
-    variant: np.ndarray  # the window with its bytes from `cut` on replaced
+    variant: np.ndarray  # the window with its bytes from `cut` on replaced (or its tokens)
 
 
 def _pick_checks(
@@ -255,6 +336,19 @@ def _check(
     if variant[cut] == original[cut]:  # the first replaced byte must really change
         variant[cut] = (int(original[cut]) + int(rng.integers(1, 256))) % 256
     return _Check(b, row, cut, variant)
+
+
+def _tokenized(check: _Check, requests: list[Request], tokenizer: TextTokenizer) -> _Check:
+    """A byte check as token ids: the altered window encoded, its cut moved to the end of the
+    token prefix it shares with the original (a token may span the byte cut). The two differ
+    after that prefix: both stand for different bytes of one length."""
+    ids, lengths = requests[check.batch]
+    assert lengths is not None
+    original = ids[check.row, : lengths[check.row]]
+    variant = window_ids(check.variant, tokenizer)
+    n = min(len(original), len(variant))
+    differ = np.flatnonzero(original[:n] != variant[:n])
+    return check._replace(cut=int(differ[0]) if len(differ) else n, variant=variant)
 
 
 def _scorer_of(batch: int) -> int:
@@ -290,4 +384,7 @@ def _serve(servers: Sequence[LogitsClient], work: Sequence[Sequence[_Request]]) 
 
 
 def _variants(request: list[_Check]) -> np.ndarray:
-    return np.stack([check.variant for check in request])
+    variants = [check.variant for check in request]
+    if len({len(v) for v in variants}) == 1:
+        return np.stack(variants)
+    return pad_ids(variants)[0]  # token windows of several lengths: padded as for scoring

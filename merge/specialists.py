@@ -21,6 +21,7 @@ from bitnet.checkpoint import (
     save_checkpoint,
 )
 from bitnet.model import BitNetLM
+from bitnet.tokenizer import load_tokenizer
 from merge.methods import MergeError, merge
 
 
@@ -71,5 +72,7 @@ def merge_specialists(inputs: MergeInputs, method: str, out_dir: str | os.PathLi
                          ) from None
     merged = copy.deepcopy(base)
     merged.load_state_dict(state)
-    save_checkpoint(merged, out_dir, lineage=descent(inputs.base))
+    # the base's tokenizer, which its specialists trained with (the template checks that)
+    save_checkpoint(merged, out_dir, lineage=descent(inputs.base),
+                    tokenizer=load_tokenizer(inputs.base))
     return Merged(base, specialists, merged.eval())

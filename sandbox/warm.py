@@ -46,8 +46,9 @@ from sandbox.zygote import ForkedChild, Zygote, ZygoteError, usable
 CHILD = Path(__file__).with_name("warm_child.py")
 STAGING_PREFIX = ".warm-"  # staging output directories, next to the runs' own
 # what a run sets differently from the one before: applied at the go, not at start-up
+# (MAGNET_TOKENIZER: the experiment's tokenizer folder, bitnet.tokenizer.TOKENIZER_ENV)
 PER_RUN = frozenset({"MAGNET_SEED", "MAGNET_STEPS", "MAGNET_TIME_BUDGET", "MAGNET_SCHEDULE",
-                     OUTPUT_DIR_VAR, "OMP_NUM_THREADS", "MKL_NUM_THREADS"})
+                     "MAGNET_TOKENIZER", OUTPUT_DIR_VAR, "OMP_NUM_THREADS", "MKL_NUM_THREADS"})
 SWITCH = "MAGNET_WARM_START"  # "0": every run starts cold (to measure what warm starts save)
 PYTHONS = ("python", "python3", os.path.basename(sys.executable))
 

@@ -44,6 +44,7 @@ MODULES = (
     "tests/agent/test_checkpoint_ref.py",  # a finished run
     "tests/bitnet/test_template.py",  # template training runs
     "tests/bitnet/test_generate.py",  # a model trained in-process
+    "tests/bitnet/test_llamacpp_parity.py",  # two models trained in-process
     "tests/bitnet/test_data.py",  # corpus caches
     "tests/bitnet/test_portable.py",  # corpus caches
     "tests/merge/test_diloco_torchft.py",  # corpora and a base checkpoint

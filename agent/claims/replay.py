@@ -12,8 +12,10 @@ what the claim carries (goal file, commit ids, bundle, before runs) cannot be re
 claim whose claimed run is already off is judged without replaying its before runs.
 
 Refused before anything runs (no verdict, so nobody is slashed for the verifier's machine): a
-corpus whose bytes differ here, an unsealed corpus, another torch version, a claim that starts
-from a checkpoint it does not carry, a claim made before claims carried their before runs.
+corpus whose bytes differ here, a tokenizer that trains differently here (another `tokenizers`
+release) or that the commit does not declare, an unsealed corpus, another torch version, a
+claim that starts from a checkpoint it does not carry, a claim made before claims carried their
+before runs.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ class _Replays:
             raise RunError(f"the unbundled workspace is not at commit {commit[:12]}")
         for facts, _ in runs:
             _check_corpus(scorer, facts)
+            _check_tokenizer(scorer, facts, self.on_line)
         scorer.prepare()
         ws.begin(ws.next_exp, f"replay of {commit[:12]}")
         results = []
@@ -235,6 +238,26 @@ def _check_corpus(scorer: Scorer, facts: Mapping[str, Any]) -> None:
         raise ReplayRefused(
             f"corpus {claimed['name']} on this machine has sha256 {here[:12]}, the claim was "
             f"trained on {claimed['sha256'][:12]}; {corpus_origin(claimed['name'])}")
+
+
+def _check_tokenizer(scorer: Scorer, facts: Mapping[str, Any],
+                     on_line: Callable[[str], None] | None) -> None:
+    """The commit's tokenizer, trained here on the same corpus (first if need be), must be the
+    one the claimed run trained with; a claim from before tokenizers used the byte tokenizer."""
+    here = scorer.tokenizer(on_line)
+    if here is None:  # a repository's goal: no tokenizer of MAGNET's
+        return
+    claimed = facts.get("tokenizer") or {"spec": "bytes", "sha256": None}
+    if claimed.get("spec") != here.spec:
+        raise ReplayRefused(f"the claimed run's facts name tokenizer {claimed.get('spec')}, but "
+                            f"its commit's train.py declares {here.spec}: the claim does not "
+                            "describe its own code")
+    if claimed["sha256"] is not None and claimed["sha256"] != here.tokenizer.fingerprint:
+        library = claimed.get("tokenizers")
+        raise ReplayRefused(
+            f"tokenizer {here.spec} trained here has fingerprint {here.tokenizer.fingerprint[:12]}"
+            f", the claimed run's had {str(claimed['sha256'])[:12]}"
+            + (f"; replay it where `pip install tokenizers=={library}` holds" if library else ""))
 
 
 def _open_claim(body: Mapping[str, Any], artifacts: Mapping[str, bytes],

@@ -69,13 +69,23 @@ def export(ref: str, fmt: str, out: str | None, runs_dir: str | None) -> int:
                       "loads it as BitNetForCausalLM", markup=False, soft_wrap=True)
     else:
         from bitnet.checkpoint import load_checkpoint
-        from bitnet.export_gguf import export_gguf, format_table, llamacpp_differences
+        from bitnet.export_gguf import (
+            export_gguf,
+            format_table,
+            llamacpp_differences,
+            llamacpp_notice,
+        )
 
+        config = load_checkpoint(checkpoint).config
+        notice = llamacpp_notice(config)
+        if notice:  # before writing: the file is still written, for its weights
+            console.print(notice, markup=False, soft_wrap=True)
         rows = export_gguf(checkpoint, target)
         console.print(format_table(rows), markup=False)
         console.print(f"wrote {target} (verified by reading it back)", markup=False,
                       soft_wrap=True)
-        differences = llamacpp_differences(load_checkpoint(checkpoint).config)
-        for line in differences:
-            console.print(f"llama.cpp will differ: {line}", markup=False, soft_wrap=True)
+        if not notice:
+            for line in llamacpp_differences(config):
+                console.print(f"llama.cpp rounds differently: {line}", markup=False,
+                              soft_wrap=True)
     return 0

@@ -1,7 +1,8 @@
 """`magnet-agent generate RUN|CHECKPOINT --prompt TEXT`: stream text from a trained model.
 
 Batch 1 on the CPU with bitnet.generate (ternary weights as int8 codes, integer matmuls, a KV
-cache), one thread: decoding is memory-bound, and a second thread that shares a busy core
+cache; `--engine llama.cpp`: the model's GGUF export in llama-cpp-python, same sampling), one
+thread: decoding is memory-bound, and a second thread that shares a busy core
 stalls every matmul (bitnet.generate explains). `--json` prints the result instead.
 """
 
@@ -16,6 +17,7 @@ from agent.cli.errors import fail, first_line
 
 COMMANDS = ("generate",)
 THREADS = 1
+ENGINES = ("ours", "llama.cpp")
 
 
 def add_commands(commands: options.Subparsers) -> None:
@@ -27,6 +29,9 @@ def add_commands(commands: options.Subparsers) -> None:
     generate.add_argument("--top-k", type=int, default=0, help="0: off")
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--engine", choices=ENGINES, default="ours",
+                          help="ours: int8 ternary kernels in PyTorch; llama.cpp: the GGUF export "
+                               "in llama-cpp-python (`make llama-cpp`; a SiLU, tied model)")
     options.json_flag(generate, "{text, prompt_tokens, new_tokens, tokens_per_s, ...}")
     options.runs_dir(generate)
 
@@ -58,17 +63,26 @@ def generate(args: argparse.Namespace) -> int:
     from agent.rundir.checkpoint_ref import resolve_checkpoint
     from bitnet.generate import generate as run
     from bitnet.infer import load_for_inference
+    from bitnet.tokenizer import load_tokenizer
 
     if refused := _refused_setting(args):
         raise ValueError(refused)
-    model = load_for_inference(resolve_checkpoint(args.checkpoint, args.runs_dir))
+    checkpoint = resolve_checkpoint(args.checkpoint, args.runs_dir)
+    if args.engine == "llama.cpp":  # LlamaCppError (a ValueError): not installed, or cannot run it
+        from bitnet.llamacpp import from_checkpoint
+
+        model = from_checkpoint(checkpoint, n_threads=THREADS)
+    else:
+        model = load_for_inference(checkpoint)
+    # the prompt is encoded, and the new ids decoded, with the tokenizer the checkpoint carries
+    tokenizer = load_tokenizer(checkpoint)  # TokenizerError (a ValueError): damaged
     stream = None if args.json else _print
     if stream is not None:
         _print(args.prompt)
     result = run(model, args.prompt, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k or None,
                  top_p=args.top_p if args.top_p < 1 else None, seed=args.seed,
-                 on_token=stream, threads=THREADS)
+                 on_token=stream, threads=THREADS, tokenizer=tokenizer)
     if args.json:
         print(json.dumps({"text": result.text, "prompt": args.prompt,
                           "prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens,

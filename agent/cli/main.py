@@ -22,13 +22,14 @@ from agent.cli import (
     repl,
     review,
     run,
+    tokenizer,
     train,
 )
 from agent.cli.fast_exit import run_and_exit
 
 # in the order `--help` lists them
-COMMAND_MODULES: tuple[ModuleType, ...] = (run, train, export, generate, merge, diloco, ledger,
-                                            generate_data, repl, review)
+COMMAND_MODULES: tuple[ModuleType, ...] = (run, train, tokenizer, export, generate, merge, diloco,
+                                            ledger, generate_data, repl, review)
 
 
 def _version() -> str:

@@ -31,6 +31,12 @@ def add_commands(commands: options.Subparsers) -> None:
     train.add_argument("--init", metavar="RUN|RUN:EXP|CHECKPOINT",
                        help="start from this checkpoint instead of random weights: a specialist "
                             "of that base")
+    train.add_argument("--preset", metavar="NAME",
+                       help="a named model size (bitnet.presets: tiny ... genkidama-618m), set "
+                            "as the template's PRESET constant")
+    train.add_argument("--tokenizer", metavar="bytes|bpe:N",
+                       help="the template's TOKENIZER: bytes, or a byte-level BPE of N entries "
+                            "trained on the corpus's training split (first, if it is not yet)")
     options.unconfined(train)
     options.runs_dir(train)
 
@@ -46,9 +52,27 @@ def main(args: argparse.Namespace) -> int:
     if args.budget <= 0:
         return fail("--budget must be a positive number of seconds")
     corpus = DEFAULT_CORPUS if args.corpus is None else args.corpus
+    if args.preset is not None:
+        from bitnet.presets import preset
+
+        try:
+            preset(args.preset)
+        except ValueError as err:
+            return fail(f"--preset: {err}")
+        if args.init is not None:
+            return fail("--preset sets the model's shape, which --init takes from its checkpoint: "
+                        "give one of them")
+    if args.tokenizer is not None:
+        from bitnet.tokenizer import TokenizerError, canonical_spec
+
+        try:
+            args.tokenizer = canonical_spec(args.tokenizer)
+        except TokenizerError as err:
+            return fail(f"--tokenizer: {err}")
     try:
         return train(args.template, corpus, args.budget, args.seed, args.runs_dir,
-                     unconfined=args.unconfined, init=args.init, name=args.name)
+                     unconfined=args.unconfined, init=args.init, name=args.name,
+                     preset=args.preset, tokenizer=args.tokenizer)
     except (GoalError, RunError, SandboxError) as err:
         return fail(str(err))
     except KeyboardInterrupt:

@@ -34,7 +34,7 @@ MAX_PROCESSES = 100_000
 MAX_SEED = 2**31 - 1  # numpy and torch take seeds below 2**32; runs add a few to it
 # knobs that set a template model's shapes: with `init:` the base checkpoint sets them instead
 SHAPE_KNOBS = {"bitnet-lm": ("N_LAYER", "N_EMBD", "N_HEAD", "N_KV_HEAD", "MLP_RATIO", "SEQ_LEN",
-                             "TIE_EMBEDDINGS")}
+                             "TIE_EMBEDDINGS", "FFN_ACT")}
 
 
 class GoalError(ValueError):

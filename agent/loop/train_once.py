@@ -29,19 +29,26 @@ from agent.rundir.runs import RunError, new_run_id, runs_root
 from agent.scoring.progress import STEP_LINE
 from agent.scoring.scorer import Scorer
 from sandbox.confine import confinement
+from sandbox.edits import SearchReplace
+from sandbox.errors import EditError
 from sandbox.metrics import parse_metric_line
 from sandbox.templates import template_dir
 from sandbox.workspace import Workspace
 
 NAME = "train"  # run ids are train-YYYYmmdd-HHMMSS unless --name says otherwise
 METRIC = "val_bpb"
+PRESET_LINE = "PRESET = None"  # the template's constant --preset sets (bitnet.presets)
+TOKENIZER_LINE = 'TOKENIZER = "bytes"'  # the template's constant --tokenizer sets
 
 
 def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | None,
-          *, unconfined: bool = False, init: str | None = None, name: str = NAME) -> int:
+          *, unconfined: bool = False, init: str | None = None, name: str = NAME,
+          preset: str | None = None, tokenizer: str | None = None) -> int:
     """Run it; 0 when it reported val_bpb. `init` (RUN, RUN:EXP or a checkpoint directory):
-    start from that checkpoint, i.e. train a specialist of it. Raises RunError, GoalError or
-    SandboxError (one line each) when the run cannot start."""
+    start from that checkpoint, i.e. train a specialist of it. `preset` (a bitnet.presets name):
+    set the template's PRESET constant to it, an edit the run's first commit carries; likewise
+    `tokenizer` ("bytes" or "bpe:N") its TOKENIZER, trained first when it must be. Raises
+    RunError, GoalError or SandboxError (one line each) when the run cannot start."""
     console = Console()
     confined = confinement(unconfined=unconfined)  # no bubblewrap: one line with the fix
     init_path = find_init(init, runs_dir) if init is not None else None
@@ -55,7 +62,9 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
         copy_init(init_path, run_dir)
     spec = goal.spec
     start = f" from {init}" if init is not None else ""
-    hypothesis = f"baseline: {template} on {corpus} for {budget:g}s{start}, seed {seed}"
+    size = f" at preset {preset}" if preset is not None else ""
+    size += f" with tokenizer {tokenizer}" if tokenizer not in (None, "bytes") else ""
+    hypothesis = f"baseline: {template}{size} on {corpus} for {budget:g}s{start}, seed {seed}"
     status: dict[str, Any] = {"pid": os.getpid(), "exp": 0, "hypothesis": hypothesis,
                               "experiments": 0, "budget": spec.budget.model_dump()}
     console.print(f"[bold]training[/] {template} on {corpus}{start} for {budget:g}s → {run_dir}",
@@ -71,6 +80,10 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
         scorer = Scorer(goal, ws, confined)
         scorer.prepare()
         ws.begin(0, hypothesis)
+        if preset is not None:
+            set_preset(ws, template, preset)
+        if tokenizer not in (None, "bytes"):  # "bytes" is the template's own
+            set_tokenizer(ws, template, tokenizer, corpus, console)
         try:
             result = _run(scorer, console)
         except KeyboardInterrupt:
@@ -112,6 +125,33 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
     console.print(f"checkpoint: {ws.output_dir(0)}  log: {log}\n"
                   f"review: magnet-agent show {run_dir.name} 0", soft_wrap=True)
     return 0
+
+
+def set_preset(ws: Workspace, template: str, name: str) -> None:
+    """`PRESET = None` -> `PRESET = 'NAME'` in the workspace's train.py (the template applies
+    the named shape itself); RunError when the template has no such constant."""
+    try:
+        ws.apply([SearchReplace("train.py", PRESET_LINE, f"PRESET = {name!r}")])
+    except EditError:
+        raise RunError(f"template {template} has no `{PRESET_LINE}` line in train.py to set "
+                       "--preset with: drop --preset, or add that constant") from None
+
+
+def set_tokenizer(ws: Workspace, template: str, spec: str, corpus: str,
+                  console: Console) -> None:
+    """`TOKENIZER = "bytes"` -> `TOKENIZER = "SPEC"` in the workspace's train.py, then that
+    tokenizer trained on the corpus if it is not yet (with progress, before the run's clock);
+    RunError when the template has no such constant."""
+    from agent.scoring.run_tokenizer import describe, ensure_shown
+
+    try:
+        ws.apply([SearchReplace("train.py", TOKENIZER_LINE, f"TOKENIZER = {spec!r}")])
+    except EditError:
+        raise RunError(f"template {template} has no `{TOKENIZER_LINE}` line in train.py to set "
+                       "--tokenizer with: drop --tokenizer, or add that constant") from None
+    folder = ensure_shown(corpus, spec, console)
+    if folder is not None:
+        console.print(describe(folder), soft_wrap=True, highlight=False)
 
 
 def write_goal(run_dir: Path, template: str, corpus: str, budget: float, seed: int,

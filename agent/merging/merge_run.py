@@ -107,9 +107,10 @@ def merge_errors() -> tuple[type[Exception], ...]:
     """What a merge refuses its inputs with, one line each (imported here: they bring torch)."""
     from bitnet.checkpoint import CheckpointError
     from bitnet.data import CorpusError
+    from bitnet.tokenizer import TokenizerError
     from merge.methods import MergeError
 
-    return RunError, CheckpointError, CorpusError, MergeError
+    return RunError, CheckpointError, CorpusError, MergeError, TokenizerError
 
 
 def _corpora(dirs: list[Path], given: list[str] | None) -> list[str]:

@@ -29,7 +29,9 @@ from sandbox.knobs import KnobSpec
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 CHARS_PER_TOKEN = 3.5
-DEFAULT_TOKEN_BUDGET = 6000
+# the template's two files whole (~4,900 tokens by this estimate), the brief and a few rows,
+# with room left for a reply in an 8,192-token context (llama.cpp's server as README runs it)
+DEFAULT_TOKEN_BUDGET = 7000
 MAX_ROWS = 40  # newest experiments shown as table rows even when the budget would allow more
 MIN_ROWS = 5  # newest rows kept verbatim however tight the budget
 MAX_KEPT_LISTED = 8  # kept experiments named in the summary line

@@ -41,10 +41,12 @@ def torch_version() -> str:
 
 
 def replay_facts(run: Mapping[str, Any], *, time_budget: float, threads: int,
-                 corpus: Any | None, out_dir: Path | None) -> dict[str, Any]:
+                 corpus: Any | None, out_dir: Path | None,
+                 tokenizer: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The facts of one scored run: seed, steps, threads, where the schedule switched to stage
-    2, corpus fingerprint, Python and torch versions, and the sha256 of the checkpoint it saved
-    and of the schedule it followed (its progress at every step, which a replay follows)."""
+    2, corpus fingerprint, tokenizer (spec and fingerprint, agent.scoring.run_tokenizer), Python
+    and torch versions, and the sha256 of the checkpoint it saved and of the schedule it
+    followed (its progress at every step, which a replay follows)."""
     steps = (run.get("metrics") or {}).get("steps")  # the template's METRIC steps
     facts: dict[str, Any] = {"seed": run["seed"], "time_budget": time_budget,
                              "steps": int(steps) if isinstance(steps, int | float) else None,
@@ -52,6 +54,7 @@ def replay_facts(run: Mapping[str, Any], *, time_budget: float, threads: int,
                              "torch": torch_version()}
     facts["corpus"] = ({"name": corpus.name, "sha256": corpus.sha256} if corpus is not None
                        else None)
+    facts["tokenizer"] = dict(tokenizer) if tokenizer is not None else None
     facts["schedule_sha256"] = facts["switch_step"] = None
     facts["checkpoint_sha256"] = None
     if out_dir is None:

@@ -27,6 +27,7 @@ from agent.rundir.init_checkpoint import ENV_NAME as INIT_ENV
 from agent.rundir.init_checkpoint import init_dir
 from agent.scoring.private_paths import private_paths
 from agent.scoring.replay_facts import replay_facts
+from agent.scoring.run_tokenizer import RunTokenizer, run_tokenizer
 from agent.scoring.warm_servers import SharedView, WarmServers
 from bitnet.logits_server import ALLOCATOR_ENV, THREADS
 from sandbox.confine import Confinement
@@ -107,16 +108,36 @@ class Scorer:
         self.mem_limit = (spec.memory_limit_mb or 0) * 2**20 or None
         self.output_limit = int(spec.output_limit_mb * 2**20)
         self.servers = WarmServers()  # used only when the workspace warm-starts its runs
+        self._run_tokenizer: RunTokenizer | None = None  # the run in flight's (run())
 
     @cached_property
     def confinement(self) -> Confinement:
-        """What runs see: the training split (built on first use), not the held-out bytes."""
+        """What runs see: the training split (built on first use) and the tokenizers trained on
+        it (all made of the training split alone), not the held-out bytes."""
         corpus = corpus_of(self.goal)
         entry = self.corpus.entry if corpus else None
         held_out = [entry / f"{split}.bin" for split in ("val", "test")] if entry else []
         return self._confinement.with_paths(
-            readable=[*_corpus_paths(corpus), *self._starts_from, *self.goal.spec.readable],
+            readable=[*_corpus_paths(corpus), *self._tokenizers_root(), *self._starts_from,
+                      *self.goal.spec.readable],
             hidden=held_out)
+
+    def _tokenizers_root(self) -> list[Path]:
+        """The corpus's tokenizer folder (bitnet.tokenizer.tokenizers_root), made now: the
+        confinement binds what exists, and a tokenizer trained later lands inside it."""
+        if corpus_of(self.goal) is None:
+            return []
+        from bitnet.tokenizer import tokenizers_root
+
+        root = tokenizers_root(self.corpus)
+        root.mkdir(exist_ok=True)
+        return [root]
+
+    def tokenizer(self, on_line: Callable[[str], None] | None = None) -> RunTokenizer | None:
+        """The tokenizer the experiment in the workspace trains with (agent.scoring.
+        run_tokenizer), trained first where it must be; None for a repository goal."""
+        corpus = corpus_of(self.goal)
+        return run_tokenizer(corpus, self.ws.path, on_line) if corpus is not None else None
 
     def prepare(self) -> None:
         """Build what the runs read but may not write (the corpus cache), before the first."""
@@ -137,6 +158,9 @@ class Scorer:
         spec = self.goal.spec
         budget = time_budget or spec.budget.per_experiment
         env = run_env(self.goal, self.ws.run_dir)
+        # before the run's clock: a tokenizer it has not got yet is trained now
+        self._run_tokenizer = tokenizer = self.tokenizer(on_line)
+        env |= tokenizer.env() if tokenizer is not None else {}
         self._imported()
         steps, threads = None, free_cpus()  # decided here, so the facts can say how many
         if replay is not None:
@@ -159,7 +183,8 @@ class Scorer:
         out_dir = self.ws.output_dir(self.ws.current["exp"], repeat)  # type: ignore[index]
         scored["replay"] = replay_facts(scored, time_budget=budget, threads=threads,
                                         out_dir=out_dir,
-                                        corpus=self.corpus if corpus_of(self.goal) else None)
+                                        corpus=self.corpus if corpus_of(self.goal) else None,
+                                        tokenizer=tokenizer.facts() if tokenizer else None)
         return scored
 
     def head_start(self, *, mem_limit: int | None = None) -> None:
@@ -310,7 +335,9 @@ class Scorer:
             score = score_checkpoint(self.validation, out_dir, server,
                                      timeout=self.goal.spec.budget.grace,
                                      test=self.corpus.test, test_if=test_if,
-                                     causal_windows=CAUSAL_WINDOWS)
+                                     causal_windows=CAUSAL_WINDOWS,
+                                     # the controller's copy, not the one the run saved
+                                     tokenizer=self._scoring_tokenizer())
         except ScoreError as err:
             over = (f" (its model code ran past the memory limit of "
                     f"{(self.mem_limit or 0) / 2**20:.0f} MiB)" if limits.oom_kills() else "")
@@ -318,6 +345,13 @@ class Scorer:
         finally:
             limits.remove()
         return score.val_bpb, score.test_bpb, ""
+
+
+    def _scoring_tokenizer(self) -> Any:
+        """The tokenizer the run in flight was given (bitnet.tokenizer.TextTokenizer): the
+        evaluator scores with it, so a checkpoint saved with another is not scored."""
+        tokenizer = self._run_tokenizer or self.tokenizer()
+        return tokenizer.tokenizer if tokenizer is not None else None
 
 
 def _corpus_paths(corpus: str | None) -> list[Path]:

@@ -27,8 +27,8 @@ from sandbox.templates import template_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 GOALS = [ROOT / "goals" / "pycode-bitnet.md", ROOT / "goals" / "pyprose-bitnet.md"]
-RELU2 = "hidden = F.relu(self.gate_proj(x)).square() * self.up_proj(x)"
-SILU = "hidden = F.silu(self.gate_proj(x)) * self.up_proj(x)"
+GATE = "hidden = self.act_fn(self.gate_proj(x)) * self.up_proj(x)"  # FFN_ACT's activation
+GELU = "hidden = F.gelu(self.gate_proj(x)) * self.up_proj(x)"  # one FFN_ACT cannot choose
 
 
 @pytest.mark.parametrize("goal_path", GOALS, ids=lambda p: p.stem)
@@ -81,9 +81,9 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
     openai_server.push(proposal({
-        "hypothesis": "SiLU instead of squared ReLU in the gated FFN",
+        "hypothesis": "GELU instead of the configured activation in the gated FFN",
         "rationale": "a smoother gate may train faster in few steps",
-        "edits": [{"path": "model.py", "search": RELU2, "replace": SILU}],
+        "edits": [{"path": "model.py", "search": GATE, "replace": GELU}],
     }))
 
     run_dir = start_run(goal, runs_dir=tmp_path / "runs")
@@ -109,9 +109,9 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
 
     assert git("show", "--format=", "--name-only", record["commit"]).split() == ["model.py"]
     edited = git("show", f"{record['commit']}:model.py")
-    assert SILU in edited and RELU2 not in edited
+    assert GELU in edited and GATE not in edited
     kept = git("show", "HEAD:model.py")
-    assert (SILU in kept) == (record["status"] == "keep")  # a discarded edit is reverted
+    assert (GELU in kept) == (record["status"] == "keep")  # a discarded edit is reverted
 
     # The score came from the edited model: re-evaluating the experiment's checkpoint with the
     # committed model.py gives the evaluator's val_bpb; the original model.py does not.

@@ -44,7 +44,10 @@ def test_export_hf_and_gguf_beside_a_plain_checkpoint(checkpoint):
                str(checkpoint.parent / "m.gguf"))
     assert done.returncode == 0, done.stderr
     assert "TQ2_0" in done.stdout and "verified by reading it back" in done.stdout
-    assert "llama.cpp will differ: FFN" in done.stdout
+    # relu2: one line, before the table, says llama.cpp cannot compute it and why
+    notice = "llama.cpp cannot compute this model (its bitnet graph gates the FFN with SiLU, " \
+             "this model with relu2)"
+    assert notice in done.stdout and done.stdout.index(notice) < done.stdout.index("TQ2_0")
     assert (checkpoint.parent / "m.gguf").stat().st_size > 0
 
 
@@ -83,3 +86,14 @@ def test_generate_streams_and_reports_json(checkpoint):
 def test_generate_refuses_bad_settings_in_one_line(checkpoint):
     done = cli("generate", str(checkpoint), "--prompt", "x", "--top-p", "0")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--top-p" in done.stderr
+
+
+def test_generate_with_llamacpp_refuses_a_relu2_model_in_one_line(checkpoint):
+    """Without llama-cpp-python (CI) the line says how to install it; with it, why llama.cpp
+    cannot compute this relu2 model. Either way nothing is generated."""
+    from bitnet.llamacpp import available
+
+    done = cli("generate", str(checkpoint), "--prompt", "x", "--engine", "llama.cpp")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert ("gates the FFN with SiLU" if available() else "make llama-cpp") in done.stderr

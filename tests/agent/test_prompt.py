@@ -11,6 +11,7 @@ from agent.goal.knob_values import read_knob_values
 from agent.goal.spec import load_goal
 from agent.planners.base import ExperimentSummary, Failure, PlanContext, ProposalReply
 from agent.planners.prompt import (
+    DEFAULT_TOKEN_BUDGET,
     MAX_ROWS,
     MIN_ROWS,
     PROMPTS_DIR,
@@ -180,7 +181,7 @@ def test_real_goal_fits_the_default_budget_with_its_whole_script():
                       best_metric=2.91, baseline_metric=3.05, last_failure=FAILURE)
     messages = build_messages(ctx)
     user = messages[1]["content"]
-    assert messages_tokens(messages) <= 6000
+    assert messages_tokens(messages) <= DEFAULT_TOKEN_BUDGET
     assert len(files) >= 2  # train.py and model.py
     for code in files.values():  # every editable file, whole
         assert code.rstrip() in user

@@ -11,10 +11,12 @@ from bitnet.export_gguf import (
     byte_tokens,
     check_gguf,
     export_gguf,
+    llamacpp_blockers,
     llamacpp_differences,
     llamacpp_graph_logits,
-    llamacpp_logits,
+    llamacpp_notice,
 )
+from bitnet.llamacpp import LlamaCppError, llamacpp_logits
 from bitnet.model import BitNetConfig, BitNetLM
 from bitnet.quant import quantize_weight
 
@@ -25,7 +27,7 @@ PROMPTS = [
 ]
 
 
-def tiny(intermediate=512, layers=2, tied=True, seed=0) -> BitNetLM:
+def tiny(intermediate=512, layers=2, tied=True, seed=0, act="relu2") -> BitNetLM:
     torch.manual_seed(seed)
     config = BitNetConfig(
         hidden_size=256,
@@ -35,6 +37,7 @@ def tiny(intermediate=512, layers=2, tied=True, seed=0) -> BitNetLM:
         num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=tied,
+        hidden_act=act,
     )
     model = BitNetLM(config)
     with torch.no_grad():  # norm gains away from 1, so a swapped or missing norm shows
@@ -121,7 +124,9 @@ def test_metadata(tmp_path):
     assert value("bitnet.rope.dimension_count") == 64
     assert value("bitnet.rope.freq_base") == pytest.approx(10000.0)
     assert value("bitnet.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
-    assert value("bitnet.hidden_activation") == "relu2"
+    assert value("bitnet.hidden_activation") == "relu2"  # the model's own gate, whatever it is
+    _, silu = export(tmp_path / "silu", tiny(layers=1, act="silu"))
+    assert gguf.GGUFReader(str(silu)).fields["bitnet.hidden_activation"].contents() == "silu"
     assert value("tokenizer.ggml.model") == "gpt2"
     assert value("tokenizer.ggml.tokens") == byte_tokens()
     tokens = byte_tokens()  # GPT-2's byte-to-unicode table
@@ -137,7 +142,27 @@ def test_untied_head_is_written(tmp_path):
     np.testing.assert_array_equal(
         tensors["output.weight"].data, model.lm_head.weight.detach().numpy()
     )
-    assert any("untied" in note for note in llamacpp_differences(model.config))
+    assert any("untied" in note for note in llamacpp_blockers(model.config))
+
+
+@pytest.mark.parametrize(("act", "tied", "why"), [
+    ("silu", True, None),
+    ("relu2", True, "gates the FFN with SiLU, this model with relu2"),
+    ("silu", False, "untied lm_head"),
+    ("relu2", False, "relu2; it takes logits from the embedding, this model has an untied"),
+])
+def test_what_llama_cpp_can_compute(act, tied, why):
+    """Only a SiLU-gated, tied model is computable; otherwise one line says why and the fix."""
+    config = BitNetConfig(hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                          num_key_value_heads=2, tie_word_embeddings=tied, hidden_act=act)
+    notice = llamacpp_notice(config)
+    if why is None:
+        assert notice is None and llamacpp_blockers(config) == []
+        assert llamacpp_differences(config) == [  # rounding only: Q8_K blocks on down_proj
+            "down: activations are int8 per 256-block (Q8_K), ours per token over all 512"]
+    else:
+        assert "\n" not in notice and why in notice
+        assert 'FFN_ACT = "silu" and TIE_EMBEDDINGS = True' in notice
 
 
 def test_check_catches_a_changed_weight(tmp_path):
@@ -161,26 +186,27 @@ def test_missing_or_corrupt_checkpoint(tmp_path):
     assert not list(tmp_path.glob("*.gguf*"))
 
 
-def test_graph_logits_is_ours_with_silu():
-    """llamacpp_graph_logits differs from our model exactly by the FFN activation (rows of 256:
-    Q8_K blocks are our per-token rows)."""
-    model = tiny(intermediate=256, layers=1)
+def test_graph_logits_is_ours_for_a_silu_model():
+    """llamacpp_graph_logits is our SiLU model itself when every row is 256 long (Q8_K blocks are
+    our per-token rows); a relu2 model it computes with SiLU, as llama.cpp does."""
     ids = list(PROMPTS[0])
-    for layer in model.model.layers:
-        layer.mlp.forward = lambda x, m=layer.mlp: m.down_proj(
-            m.ffn_sub_norm(torch.nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
-        )
+    silu = tiny(intermediate=256, layers=1, act="silu")
     with torch.no_grad():
-        ours_silu = model(torch.tensor([ids]))[0][0].numpy()
-    np.testing.assert_allclose(llamacpp_graph_logits(model, ids), ours_silu, atol=1e-6)
+        ours = silu(torch.tensor([ids]))[0][0].numpy()
+    np.testing.assert_allclose(llamacpp_graph_logits(silu, ids), ours, atol=1e-6)
+    relu2 = tiny(intermediate=256, layers=1)
+    relu2.load_state_dict(silu.state_dict())
+    np.testing.assert_allclose(llamacpp_graph_logits(relu2, ids), ours, atol=1e-6)
+    with torch.no_grad():
+        assert np.abs(relu2(torch.tensor([ids]))[0][0].numpy() - ours).max() > 0.1
 
 
 @pytest.mark.parametrize("intermediate", [512, 384])
 def test_llama_cpp_reads_it(tmp_path, intermediate):
-    """llama.cpp loads the file and computes what its bitnet graph should from it; against our
-    own model the logits differ (SiLU instead of relu^2), which is printed, not asserted."""
+    """llama.cpp loads the file and computes what its bitnet graph should from it (a SiLU, tied
+    model: llama.cpp's semantics differ from ours in activation rounding only)."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    model = tiny(intermediate=intermediate)
+    model = tiny(intermediate=intermediate, act="silu")
     _, out = export(tmp_path, model)
     for prompt in PROMPTS:
         ids = list(prompt)
@@ -205,5 +231,5 @@ def test_llama_cpp_reads_it(tmp_path, intermediate):
 def test_llama_cpp_refuses_untied_head(tmp_path):
     pytest.importorskip("llama_cpp")
     _, out = export(tmp_path, tiny(tied=False, layers=1))
-    with pytest.raises(ValueError, match="Failed to load"):
+    with pytest.raises(LlamaCppError, match="llama.cpp cannot load .*Failed to load"):
         llamacpp_logits(out, [1, 2, 3])

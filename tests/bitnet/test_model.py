@@ -14,18 +14,20 @@ SMALL = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_att
              num_key_value_heads=2, max_position_embeddings=64)
 
 
+@pytest.mark.parametrize("act", ["relu2", "silu"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_logits_match_huggingface_bitnet(tmp_path, tied):
+def test_logits_match_huggingface_bitnet(tmp_path, tied, act):
     transformers = pytest.importorskip("transformers")
     # transformers wraps its quantisers in torch.compile, whose fused kernels round some
     # products differently in the last bit, and one flipped int8 step moves a logit by up to
     # ~1 (in float64 too: it quantises in float32). With the compiler off both sides run the
     # same float32 operations eagerly, so any difference at all is a real one: tolerance zero.
-    model = trained_like(BitNetConfig(**SMALL, tie_word_embeddings=tied))
+    model = trained_like(BitNetConfig(**SMALL, tie_word_embeddings=tied, hidden_act=act))
     save_checkpoint(model, tmp_path)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     hf_model.eval()
     assert type(hf_model).__name__ == "BitNetForCausalLM"
+    assert hf_model.config.hidden_act == act  # transformers' ACT2FN gate is ours
     assert type(hf_model.model.layers[0].mlp.down_proj).__name__ == "AutoBitLinear"
     assert set(hf_model.state_dict()) == set(model.state_dict())
 
@@ -67,6 +69,28 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path):
 def test_rejects_inconsistent_config():
     with pytest.raises(ValueError, match="not divisible by num_attention_heads"):
         BitNetConfig(hidden_size=100, num_attention_heads=3)
+    with pytest.raises(ValueError, match="hidden_act 'gelu' .* use one of 'relu2', 'silu'"):
+        BitNetConfig(hidden_act="gelu")
+
+
+def test_activation_is_in_the_config_and_old_checkpoints_are_relu2(tmp_path):
+    """hidden_act round-trips through config.json; a config.json from before the field existed
+    loads as relu2, the gate those checkpoints were trained with, and gives their logits."""
+    x = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
+    silu = trained_like(BitNetConfig(**SMALL, hidden_act="silu"))
+    save_checkpoint(silu, tmp_path / "silu")
+    loaded = load_checkpoint(tmp_path / "silu")
+    assert loaded.config.hidden_act == "silu" and torch.equal(loaded(x)[0], silu(x)[0])
+
+    relu2 = trained_like(BitNetConfig(**SMALL))
+    save_checkpoint(relu2, tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["hidden_act"]
+    config_path.write_text(json.dumps(config))
+    old = load_checkpoint(tmp_path / "old")
+    assert old.config.hidden_act == "relu2" and torch.equal(old(x)[0], relu2(x)[0])
+    assert not torch.equal(old(x)[0], loaded(x)[0])
 
 
 def test_small_model_learns_a_pattern():

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitnet.model import BitNetConfig
+from bitnet.model import FFN_ACTIVATIONS, BitNetConfig
+from bitnet.quant import int8_linear, int8_matmul_applies
 
 
 class Quantize(torch.autograd.Function):
@@ -25,9 +26,15 @@ class Quantize(torch.autograd.Function):
 
 
 class BitLinear(nn.Linear):
-    """nn.Linear with ternary weights ({-1, 0, 1} * mean|W|) and per-token int8 activations."""
+    """nn.Linear with ternary weights ({-1, 0, 1} * mean|W|) and per-token int8 activations.
+
+    A training step computes the same product on the integer codes (bitnet.quant.int8_linear:
+    faster, equal up to float rounding); change the quantisation here and drop that branch.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if int8_matmul_applies(x, self.weight):
+            return int8_linear(x, self.weight, self.bias)
         x_scale = 127.0 / x.detach().abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
         w_scale = 1.0 / self.weight.detach().abs().mean().clamp(min=1e-5)
         x_q = Quantize.apply(x, x_scale, -128, 127)
@@ -87,7 +94,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Gated feed-forward with squared ReLU, SubLN before down_proj."""
+    """Gated feed-forward, act(gate) * up, SubLN before down_proj.
+
+    act is config.hidden_act (train.py's FFN_ACT): "relu2" = relu(x)^2, "silu" = x * sigmoid(x)
+    (what llama.cpp's bitnet graph computes, so a GGUF export runs there as trained).
+    """
 
     def __init__(self, config: BitNetConfig) -> None:
         super().__init__()
@@ -95,9 +106,10 @@ class MLP(nn.Module):
         self.up_proj = BitLinear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = BitLinear(config.intermediate_size, config.hidden_size, bias=False)
         self.ffn_sub_norm = RMSNorm(config.intermediate_size, config.rms_norm_eps)
+        self.act_fn = FFN_ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.relu(self.gate_proj(x)).square() * self.up_proj(x)
+        hidden = self.act_fn(self.gate_proj(x)) * self.up_proj(x)
         return self.down_proj(self.ffn_sub_norm(hidden))
 
 

@@ -1,9 +1,11 @@
-"""Train a small BitNet b1.58 byte-level language model within a fixed CPU time budget.
+"""Train a small BitNet b1.58 language model within a fixed CPU time budget.
 
 Read it top to bottom: constants, data, model (its code is in model.py), optimiser, schedule,
 loop, report. MAGNET's training-code contract:
   MAGNET_TRAIN_DATA   the corpus's training split (bitnet.data.train_dir): all it can see
   MAGNET_CORPUS       the corpus's name, recorded in the checkpoint
+  MAGNET_TOKENIZER    for a TOKENIZER other than "bytes": the folder MAGNET trained it into
+                      (bitnet.tokenizer): its files and the training split already encoded
   MAGNET_TIME_BUDGET  seconds of training (the loop stops itself when they are spent)
   MAGNET_STEPS        if set, train exactly this many steps instead, at the progress per step
                       in MAGNET_SCHEDULE if set (a schedule.json written here): a replay
@@ -12,10 +14,13 @@ loop, report. MAGNET's training-code contract:
   MAGNET_INIT_CHECKPOINT  if set, start from that checkpoint (a specialist of a common base):
                       its shapes win over the constants
   prints `METRIC name=value` lines (train_loss, steps, ...): progress, not the score.
+The controller reads TOKENIZER below as written (a plain string, never by running this file) and
+trains that tokenizer on the training split before the run's clock starts.
 The score (val_bpb) is the evaluator's alone: the controller scores the saved checkpoint on
 validation bytes this code never sees (bitnet.score, checking that no prediction depends on
 later bytes), so all of the budget goes to training. The checkpoint must load as
-`model.BitNetLM(config)` from its config.json (save_checkpoint writes both files).
+`model.BitNetLM(config)` from its config.json (save_checkpoint writes both files, and the
+tokenizer's).
 """
 
 import json
@@ -29,16 +34,20 @@ import torch
 from model import BitNetLM  # model.py, next to this file: the architecture
 
 from bitnet.checkpoint import CheckpointError, descent, load_checkpoint, save_checkpoint
-from bitnet.data import VOCAB_SIZE, CorpusError, get_batch, load_train
+from bitnet.data import get_batch
 from bitnet.model import BitNetConfig
+from bitnet.presets import preset
+from bitnet.training_data import TrainingDataError, check_base_tokenizer, training_split
 
 # --- tunable constants ---
+TOKENIZER = "bytes"  # "bytes": one token per byte; "bpe:N": a byte-level BPE of N entries
+PRESET = None  # None: the shape below; or a named size, e.g. "genkidama-618m" (bitnet.presets)
 N_LAYER = 4
 N_EMBD = 96  # hidden size
 N_HEAD = 4
 N_KV_HEAD = 2  # fewer key/value heads than query heads = grouped-query attention
 MLP_RATIO = 4  # intermediate size = MLP_RATIO * N_EMBD
-SEQ_LEN = 128  # context length in bytes
+SEQ_LEN = 128  # context length in tokens (bytes for the byte tokenizer)
 BATCH_SIZE = 16
 LEARNING_RATE = 4e-3  # peak; BitNet tolerates (and wants) higher rates than dense models
 STAGE2_LR_RATIO = 0.4  # at half time the LR drops to this fraction of the peak...
@@ -47,8 +56,24 @@ BETA1 = 0.9
 BETA2 = 0.95
 WARMUP_STEPS = 30
 GRAD_CLIP = 1.0
-TIE_EMBEDDINGS = False
+# A tied lm_head (the embedding matrix) and a SiLU FFN gate: the pair llama.cpp's bitnet graph
+# computes, so a GGUF export runs there as trained. Measured at equal steps (bench/ffn_act.py) it
+# scores as relu2 + untied did; FFN_ACT = "relu2" (squared ReLU), tied, scored 0.09 bit/byte
+# lower, but llama.cpp cannot run it.
+TIE_EMBEDDINGS = True
+FFN_ACT = "silu"
 LOG_EVERY = 25
+
+# --- a named size (bitnet.presets) replaces the shape and batch above ---
+INTERMEDIATE_SIZE = MLP_RATIO * N_EMBD
+if PRESET is not None:
+    try:
+        size = preset(PRESET)
+    except ValueError as err:
+        raise SystemExit(f"PRESET: {err}") from None
+    N_LAYER, N_EMBD, N_HEAD, N_KV_HEAD = size.layers, size.hidden, size.heads, size.kv_heads
+    INTERMEDIATE_SIZE, SEQ_LEN, BATCH_SIZE = size.ffn, size.context, size.batch_size
+    TIE_EMBEDDINGS = size.tie
 
 # --- the contract ---
 TIME_BUDGET = float(os.environ.get("MAGNET_TIME_BUDGET", "60"))
@@ -60,19 +85,16 @@ OUTPUT_DIR = Path(os.environ.get("MAGNET_OUTPUT_DIR", "out"))
 INIT_CHECKPOINT = os.environ.get("MAGNET_INIT_CHECKPOINT")
 CORPUS = os.environ.get("MAGNET_CORPUS", "unnamed")  # see bitnet.data
 TRAIN_DATA = os.environ.get("MAGNET_TRAIN_DATA")
+TOKENIZER_DIR = os.environ.get("MAGNET_TOKENIZER")
 
 torch.manual_seed(SEED)
 generator = torch.Generator().manual_seed(SEED)
 
-# --- data ---
-if not TRAIN_DATA:
-    raise SystemExit("MAGNET_TRAIN_DATA is not set: run this with magnet-agent, or set it to "
-                     "$(python -m bitnet.data portable-code)")
+# --- data: the training split as token ids of TOKENIZER (bitnet.training_data) ---
 try:
-    train_data = load_train(TRAIN_DATA)
-except CorpusError as err:
-    raise SystemExit(f"MAGNET_TRAIN_DATA: {err}") from None
-print(f"corpus {CORPUS}: {len(train_data):,} training bytes")
+    tokenizer, train_data = training_split(TOKENIZER, TRAIN_DATA, TOKENIZER_DIR, CORPUS)
+except TrainingDataError as err:
+    raise SystemExit(str(err)) from None
 
 # --- model ---
 if INIT_CHECKPOINT:  # a specialist: the base's weights, and so its shapes and context length
@@ -81,18 +103,23 @@ if INIT_CHECKPOINT:  # a specialist: the base's weights, and so its shapes and c
     except CheckpointError as err:
         raise SystemExit(f"MAGNET_INIT_CHECKPOINT cannot start this model: {err}") from None
     config, lineage = model.config, descent(INIT_CHECKPOINT)
+    try:
+        check_base_tokenizer(INIT_CHECKPOINT, tokenizer)
+    except TrainingDataError as err:
+        raise SystemExit(str(err)) from None
     SEQ_LEN = config.max_position_embeddings
     print(f"starting from {INIT_CHECKPOINT} (base {lineage[0][:12]})")
 else:
     config = BitNetConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=tokenizer.vocab_size,
         hidden_size=N_EMBD,
-        intermediate_size=MLP_RATIO * N_EMBD,
+        intermediate_size=INTERMEDIATE_SIZE,
         num_hidden_layers=N_LAYER,
         num_attention_heads=N_HEAD,
         num_key_value_heads=N_KV_HEAD,
         max_position_embeddings=SEQ_LEN,
         tie_word_embeddings=TIE_EMBEDDINGS,
+        hidden_act=FFN_ACT,
     )
     model, lineage = BitNetLM(config), []
 n_params = model.num_parameters()
@@ -160,7 +187,7 @@ while True:
 train_seconds = time.perf_counter() - train_start
 
 # --- report: the checkpoint is what the evaluator scores ---
-save_checkpoint(model, OUTPUT_DIR, lineage=lineage, corpus=CORPUS)
+save_checkpoint(model, OUTPUT_DIR, lineage=lineage, corpus=CORPUS, tokenizer=tokenizer)
 metrics = {
     "train_loss": round(smoothed_loss or float("nan"), 6),
     "steps": step,
