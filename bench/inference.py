@@ -23,12 +23,25 @@ With llama.cpp installed (`make llama-cpp`), llama.cpp as a reader of the same c
     evaluator's (bitnet.evaluate.evaluate_bpb), and how many greedy tokens the two engines agree
     on (bitnet.generate, same sampling code) from a few prompts.
 
+Trained-tokenizer rows (`--rows bpe`): the same four engines on checkpoints that carry a bpe:4096
+tokenizer trained on portable-code (bitnet.tokenizer.ensure_tokenizer), at the template's
+default shape and the ~20M one (`--bpe-sizes`); the prompt is 64 of its tokens. A BPE token
+stands for several bytes, so besides tokens/s each row gives bytes of text per second: tokens/s
+times the tokenizer's mean bytes per token on portable-code's validation split (what a decoded
+token is worth on that text; random weights emit other tokens). With llama.cpp, the template
+trained with that tokenizer (`--train-steps` steps), scored as above: llama.cpp fed each window's
+token ids as our evaluator encodes them (bitnet.evaluate.window_ids).
+
 usage: python bench/inference.py [--sizes 20M,100M] [--new 128] [--prompt 64] [--repeats 2]
-                                 [--train-steps 150]
+                                 [--train-steps 150] [--rows bytes,bpe]
+                                 [--bpe-sizes template,20M]
 Ends with `RESULT speedup_vs_dense=<x> speedup_vs_hf=<x> bytes_per_param=<b>
 [speedup_vs_llamacpp=<x> llamacpp_bpb_diff_pct=<%> llamacpp_bpb_diff_pct_tq2=<%>
 llamacpp_greedy_match=<matched>/<total>]`: speeds for the ~100M model, bits per byte
-(llama.cpp's minus ours, in percent of ours) for the trained template-shaped and 256-wide models.
+(llama.cpp's minus ours, in percent of ours) for the trained template-shaped and 256-wide models;
+then, for the BPE rows, `speedup_vs_dense_bpe=<x> speedup_vs_hf_bpe=<x> bytes_per_param_bpe=<b>
+text_bytes_per_s_bpe=<B/s> [speedup_vs_llamacpp_bpe=<x> llamacpp_bpb_diff_pct_bpe=<%>
+llamacpp_greedy_match_bpe=<matched>/<total>]` for the last BPE size and the trained BPE model.
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SIZES = {  # hidden, intermediate, layers, heads, kv heads: the template's proportions, scaled
+    "template": dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4,
+                     num_attention_heads=4, num_key_value_heads=2),  # its defaults
     "20M": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
                 num_attention_heads=8, num_key_value_heads=4),
     "100M": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
@@ -58,9 +73,13 @@ CONTEXT = 256  # max_position_embeddings: prompt + new tokens fit
 PARITY_MODELS = {"template": {}, "256-wide": {"N_EMBD": 256, "N_LAYER": 1, "MLP_RATIO": 1}}
 PARITY_PROMPTS = ["def ", "import os\n", "class Foo(", "    return "]
 PARITY_NEW = 64  # greedy tokens compared per prompt
+CORPUS = "portable-code"  # the parity models train on it, the BPE rows' tokenizer too
+BPE_SPEC = "bpe:4096"  # the trained-tokenizer rows' tokenizer
+PROMPT_TEXT = b"def fibonacci(n):\n    "  # repeated to the prompt's length in tokens
 
 
-def make_checkpoint(size: str, out: Path) -> Path:
+def make_checkpoint(size: str, out: Path, tokenizer=None) -> Path:
+    """Random weights at `size`, over bytes or `tokenizer` (saved with the checkpoint)."""
     import torch
 
     from bitnet.checkpoint import save_checkpoint
@@ -69,9 +88,10 @@ def make_checkpoint(size: str, out: Path) -> Path:
     torch.manual_seed(0)
     # the llama.cpp-computable variant: its BitNet graph gates with SiLU and takes the logits
     # from the embedding (no slot for a head)
-    config = BitNetConfig(vocab_size=256, max_position_embeddings=CONTEXT,
+    vocab = 256 if tokenizer is None else tokenizer.vocab_size
+    config = BitNetConfig(vocab_size=vocab, max_position_embeddings=CONTEXT,
                           tie_word_embeddings=True, hidden_act="silu", **SIZES[size])
-    return save_checkpoint(BitNetLM(config), out)
+    return save_checkpoint(BitNetLM(config), out, tokenizer=tokenizer)
 
 
 # --- workers: one engine, one process ---------------------------------------------------------
@@ -81,8 +101,12 @@ def worker(engine: str, checkpoint: Path, exports: Path, prompt_len: int, new: i
            threads: int) -> dict:
     import torch
 
+    from bitnet.tokenizer import load_tokenizer
+
     torch.set_num_threads(threads)
-    prompt = list((b"def fibonacci(n):\n    " * 8)[:prompt_len])
+    # prompt_len tokens of the checkpoint's tokenizer (bytes: ids are the bytes)
+    ids = load_tokenizer(checkpoint).encode(PROMPT_TEXT * prompt_len)
+    prompt = [int(i) for i in ids[:prompt_len]]
     run = {"ours": _ours, "dense fp32": _dense, "hf bitnet": _hf, "llama.cpp": _llamacpp}[engine]
     tokens_per_s, weight_bytes = run(checkpoint, exports, prompt, new, threads)
     return {"tokens_per_s": tokens_per_s, "weight_bytes": weight_bytes, "rss_mb": _peak_rss_mb()}
@@ -101,7 +125,7 @@ def _ours(checkpoint: Path, exports: Path, prompt: list[int], new: int,
           threads: int) -> tuple[float, int]:
     from bitnet.infer import load_for_inference
 
-    return _decode(load_for_inference(checkpoint), prompt, new)
+    return _decode(load_for_inference(checkpoint), checkpoint, prompt, new)
 
 
 def _dense(checkpoint: Path, exports: Path, prompt: list[int], new: int,
@@ -116,14 +140,16 @@ def _dense(checkpoint: Path, exports: Path, prompt: list[int], new: int,
     trained = load_checkpoint(checkpoint)
     dense = BitNetLM(trained.config, linear=nn.Linear)
     dense.load_state_dict(trained.state_dict())
-    return _decode(InferenceModel.from_model(dense.eval()), prompt, new)
+    return _decode(InferenceModel.from_model(dense.eval()), checkpoint, prompt, new)
 
 
-def _decode(model, prompt: list[int], new: int) -> tuple[float, int]:
+def _decode(model, checkpoint: Path, prompt: list[int], new: int) -> tuple[float, int]:
     from bitnet.generate import generate
+    from bitnet.tokenizer import load_tokenizer
 
-    generate(model, prompt, max_new_tokens=4)  # warm-up: first-call allocations
-    result = generate(model, prompt, max_new_tokens=new)
+    tokenizer = load_tokenizer(checkpoint)  # a BPE model's ids are not bytes
+    generate(model, prompt, max_new_tokens=4, tokenizer=tokenizer)  # warm-up: allocations
+    result = generate(model, prompt, max_new_tokens=new, tokenizer=tokenizer)
     return result.tokens_per_s, sum(model.weight_bytes().values())
 
 
@@ -152,8 +178,10 @@ def _llamacpp(checkpoint: Path, exports: Path, prompt: list[int], new: int,
     F32 KV cache like ours."""
     from bitnet.generate import generate
     from bitnet.llamacpp import LlamaCppModel
+    from bitnet.tokenizer import load_tokenizer
 
-    model = LlamaCppModel(exports / "model.gguf", CONTEXT, n_threads=threads)
+    model = LlamaCppModel(exports / "model.gguf", CONTEXT, n_threads=threads,
+                          tokenizer=load_tokenizer(checkpoint))
     generate(model, prompt, max_new_tokens=4)  # warm-up
     result = generate(model, prompt, max_new_tokens=new)
     return result.tokens_per_s, (exports / "model.gguf").stat().st_size
@@ -203,10 +231,20 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=150,
                         help="training steps of each model llama.cpp's bits per byte is "
                              "measured on (steps, not seconds: trained alike under any load)")
+    parser.add_argument("--rows", default="bytes,bpe",
+                        help="which rows to measure: bytes (the --sizes byte models and the "
+                             "byte parity models), bpe (the --bpe-sizes models over "
+                             f"{BPE_SPEC} and the BPE parity model), or both")
+    parser.add_argument("--bpe-sizes", default="template,20M",
+                        help=f"shapes of the {BPE_SPEC} rows, of {', '.join(SIZES)}")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--exports", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    rows = set(args.rows.split(","))
+    sizes = args.sizes.split(",") + args.bpe_sizes.split(",")
+    if not rows or rows - {"bytes", "bpe"} or set(sizes) - set(SIZES):
+        parser.error(f"--rows takes bytes, bpe or both; sizes are {', '.join(SIZES)}")
     if args.worker:
         print(json.dumps(worker(args.worker, args.checkpoint, args.exports, args.prompt,
                                 args.new, args.threads)))
@@ -214,44 +252,87 @@ def main() -> None:
     report(measure(args), args)
 
 
-def measure(args: argparse.Namespace) -> dict:
-    from bitnet.export_gguf import export_gguf
-    from bitnet.export_hf import export_hf, summarize_hf_export
+def merge_saved(results: dict, args: argparse.Namespace) -> dict:
+    """What bench/inference.json and .png show: this run's rows, and for a run of only some
+    --rows the other rows the file holds (its table and RESULT line are only this run's)."""
+    saved = Path(__file__).with_suffix(".json")
+    rows = set(args.rows.split(","))
+    if rows == {"bytes", "bpe"} or not saved.exists():
+        return results
+    old = json.loads(saved.read_text())
+    kept = {name: row for name, row in old.get("sizes", {}).items()
+            if (row.get("tokenizer", "bytes") == "bytes") != ("bytes" in rows)}
+    keys = ("parity",) if "bpe" in rows else ("parity_bpe", "bytes_per_token_bpe")
+    merged = {**{k: old[k] for k in keys if k in old}, **results}
+    merged["sizes"] = {**kept, **results["sizes"]} if "bpe" in rows else {
+        **results["sizes"], **kept}
+    return merged
 
+
+def measure(args: argparse.Namespace) -> dict:
     engines = [e for e in ENGINES if e != "llama.cpp" or have_llamacpp()]
+    rows = args.rows.split(",")
     results: dict = {"bandwidth": copy_bandwidth(), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="magnet-inference-") as tmp:
         if "llama.cpp" in engines:  # the trained models first: the figures that matter most
-            results["parity"] = {name: parity(Path(tmp) / f"parity-{name}", constants, args)
-                                 for name, constants in PARITY_MODELS.items()}
-        for size in args.sizes.split(","):
-            base = Path(tmp) / size
-            checkpoint = make_checkpoint(size, base / "checkpoint")
-            exports = base / "exports"
-            export_hf(checkpoint, exports / "hf")
-            export_gguf(checkpoint, exports / "model.gguf")
-            summary = summarize_hf_export(exports / "hf")
-            row: dict = {"bytes_per_param": summary.bytes_per_param,
-                         "export_bytes": sum(t.nbytes for t in summary.tensors)}
-            for engine in engines:
-                runs = [run_engine(engine, checkpoint, exports, args)
-                        for _ in range(args.repeats)]
-                row[engine] = {"tokens_per_s": max(r["tokens_per_s"] for r in runs),
-                               "rss_mb": statistics.median(r["rss_mb"] for r in runs),
-                               "weight_bytes": runs[0]["weight_bytes"]}
-                print(f"{size} {engine}: {row[engine]['tokens_per_s']:.1f} tokens/s, "
-                      f"{row[engine]['rss_mb']:.0f} MB", flush=True)
-            results["sizes"][size] = row
-            if "llama.cpp" in engines and size == args.sizes.split(",")[0]:
-                # llama.cpp as a reader: its logits against ours, and what it computes otherwise
-                from llamacpp_check import check
+            if "bytes" in rows:
+                results["parity"] = {name: parity(Path(tmp) / f"parity-{name}", constants, args)
+                                     for name, constants in PARITY_MODELS.items()}
+            if "bpe" in rows:
+                results["parity_bpe"] = parity(Path(tmp) / "parity-template-bpe", {}, args,
+                                               bpe=True)
+        if "bytes" in rows:
+            for i, size in enumerate(args.sizes.split(",")):
+                # llama.cpp as a reader: its logits against ours, for the first size
+                results["sizes"][size] = measure_size(size, Path(tmp) / size, None, engines,
+                                                      args, check_logits=i == 0)
+        if "bpe" in rows:
+            from bitnet.data import load_corpus
+            from bitnet.tokenizer import ensure_tokenizer, load_tokenizer
 
-                check(checkpoint, exports / "check.gguf", show_table=False)
+            tokenizer = load_tokenizer(ensure_tokenizer(CORPUS, BPE_SPEC))
+            sample = load_corpus(CORPUS).val[: 2**20].tobytes()
+            results["bytes_per_token_bpe"] = len(sample) / len(tokenizer.encode(sample))
+            for size in args.bpe_sizes.split(","):
+                name = f"{size} {BPE_SPEC}"
+                results["sizes"][name] = measure_size(name, Path(tmp) / f"{size}-bpe", tokenizer,
+                                                      engines, args, size=size)
     return results
 
 
-def parity(work: Path, constants: dict, args: argparse.Namespace) -> dict:
-    """Train the template (silu, tied, `constants`) and compare llama.cpp with ours on it."""
+def measure_size(name: str, base: Path, tokenizer, engines: list[str], args: argparse.Namespace,
+                 *, size: str | None = None, check_logits: bool = False) -> dict:
+    """One table row: a random checkpoint of `size` (default: `name`) over bytes or
+    `tokenizer`, exported, and each engine's best of --repeats runs."""
+    from bitnet.export_gguf import export_gguf
+    from bitnet.export_hf import export_hf, summarize_hf_export
+
+    checkpoint = make_checkpoint(size or name, base / "checkpoint", tokenizer)
+    exports = base / "exports"
+    export_hf(checkpoint, exports / "hf")
+    export_gguf(checkpoint, exports / "model.gguf")
+    summary = summarize_hf_export(exports / "hf")
+    row: dict = {"tokenizer": "bytes" if tokenizer is None else tokenizer.spec,
+                 "vocab_size": 256 if tokenizer is None else tokenizer.vocab_size,
+                 "bytes_per_param": summary.bytes_per_param,
+                 "export_bytes": sum(t.nbytes for t in summary.tensors)}
+    for engine in engines:
+        runs = [run_engine(engine, checkpoint, exports, args) for _ in range(args.repeats)]
+        row[engine] = {"tokens_per_s": max(r["tokens_per_s"] for r in runs),
+                       "rss_mb": statistics.median(r["rss_mb"] for r in runs),
+                       "weight_bytes": runs[0]["weight_bytes"]}
+        print(f"{name} {engine}: {row[engine]['tokens_per_s']:.1f} tokens/s, "
+              f"{row[engine]['rss_mb']:.0f} MB", flush=True)
+    if check_logits and "llama.cpp" in engines:
+        from llamacpp_check import check
+
+        check(checkpoint, exports / "check.gguf", show_table=False)
+    return row
+
+
+def parity(work: Path, constants: dict, args: argparse.Namespace, *, bpe: bool = False) -> dict:
+    """Train the template (silu, tied, `constants`; over BPE_SPEC when `bpe`) and compare
+    llama.cpp with ours on it."""
     from ffn_act import train, variant_template
 
     from bitnet.checkpoint import load_checkpoint
@@ -261,35 +342,45 @@ def parity(work: Path, constants: dict, args: argparse.Namespace) -> dict:
     from bitnet.generate import generate
     from bitnet.infer import InferenceModel
     from bitnet.llamacpp import LlamaCppModel, llamacpp_bpb
+    from bitnet.tokenizer import ensure_tokenizer, load_tokenizer
 
-    corpus = load_corpus("portable-code")
+    corpus = load_corpus(CORPUS)
+    if bpe:  # the template reads TOKENIZER, and MAGNET_TOKENIZER for the folder it is trained in
+        constants = {**constants, "TOKENIZER": BPE_SPEC}
+        os.environ["MAGNET_TOKENIZER"] = str(ensure_tokenizer(CORPUS, BPE_SPEC))
     code = variant_template(work / "code", "silu", True, **constants)
     out = work / "checkpoint"
-    metrics = train(code, out, corpus, 0, seed=1337, threads=1, steps=args.train_steps)
-    model = load_checkpoint(out)
+    try:
+        metrics = train(code, out, corpus, 0, seed=1337, threads=1, steps=args.train_steps)
+    finally:
+        os.environ.pop("MAGNET_TOKENIZER", None)
+    model, tokenizer = load_checkpoint(out), load_tokenizer(out)  # the bytes unless bpe
     seq_len = model.config.max_position_embeddings
     rows = export_gguf(out, work / "model.gguf")
     start = time.perf_counter()
-    ours, n_bytes = evaluate_bpb(model, corpus.val, seq_len)
+    ours, n_bytes = evaluate_bpb(model, corpus.val, seq_len, tokenizer=tokenizer)
     ours_s, start = time.perf_counter() - start, time.perf_counter()
-    llama, llama_bytes = llamacpp_bpb(work / "model.gguf", corpus.val, seq_len)
+    llama, llama_bytes = llamacpp_bpb(work / "model.gguf", corpus.val, seq_len,
+                                      tokenizer=tokenizer)
     llama_s = time.perf_counter() - start
     assert llama_bytes == n_bytes
-    fast, engine = InferenceModel.from_model(model), LlamaCppModel(work / "model.gguf", seq_len)
+    fast = InferenceModel.from_model(model)
+    engine = LlamaCppModel(work / "model.gguf", seq_len, tokenizer=tokenizer)
     matched = prompts_equal = 0
     for prompt in PARITY_PROMPTS:
-        a = generate(fast, prompt, max_new_tokens=PARITY_NEW).token_ids
+        a = generate(fast, prompt, max_new_tokens=PARITY_NEW, tokenizer=tokenizer).token_ids
         b = generate(engine, prompt, max_new_tokens=PARITY_NEW).token_ids
         same = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), PARITY_NEW)
         matched += same
         prompts_equal += same == PARITY_NEW
     engine.close()
-    row = {"params": metrics["params"], "steps": metrics["steps"],
+    row = {"tokenizer": tokenizer.spec, "params": metrics["params"], "steps": metrics["steps"],
            "types": sorted({qtype for _, qtype, _ in rows}), "bpb_ours": ours,
            "bpb_llamacpp": llama, "bytes": n_bytes, "diff_pct": 100 * (llama - ours) / ours,
            "greedy_matched": matched, "greedy_total": PARITY_NEW * len(PARITY_PROMPTS),
            "prompts_all_equal": prompts_equal, "seconds_ours": ours_s, "seconds_llamacpp": llama_s}
-    print(f"llama.cpp parity, {work.name.removeprefix('parity-')} model ({row['params']:,} "
+    print(f"llama.cpp parity, {work.name.removeprefix('parity-')} model ({tokenizer.spec}, "
+          f"{row['params']:,} "
           f"params, {row['steps']} steps, {'/'.join(row['types'])}): bits per byte ours "
           f"{ours:.4f}, llama.cpp {llama:.4f} ({row['diff_pct']:+.3f}%) on {n_bytes:,} bytes; "
           f"greedy tokens equal before the first difference {matched}/{row['greedy_total']}",
@@ -303,32 +394,36 @@ def report(results: dict, args: argparse.Namespace) -> None:
 
     table = Table(title=f"batch-1 decoding: {args.new} new tokens after {args.prompt}, "
                         f"{args.threads} threads")
-    for column in ("model", "engine", "tokens/s", "ours is", "RSS MB"):
+    for column in ("model", "engine", "tokens/s", "text bytes/s", "ours is", "RSS MB",
+                   "bytes/param"):
         table.add_column(column, justify="left" if column in ("model", "engine") else "right")
     for size, row in results["sizes"].items():
         ours = row["ours"]["tokens_per_s"]
+        per_token = _bytes_per_token(results, row)
         for engine in ENGINES:
             if engine in row:
                 speed = row[engine]["tokens_per_s"]
-                table.add_row(size, engine, f"{speed:.1f}", f"{ours / speed:.2f}x as fast",
-                              f"{row[engine]['rss_mb']:.0f}")
+                table.add_row(size, engine, f"{speed:.1f}", f"{speed * per_token:.0f}",
+                              f"{ours / speed:.2f}x as fast", f"{row[engine]['rss_mb']:.0f}",
+                              f"{row['bytes_per_param']:.3f}" if engine == "ours" else "")
     Console().print(table)
-    big = results["sizes"][list(results["sizes"])[-1]]
-    bpp = big["bytes_per_param"]
-    ours = big["ours"]["tokens_per_s"]
-    bandwidth = results["bandwidth"]
-    for what, nbytes in (("ours (int8 codes)", big["ours"]["weight_bytes"]),
-                         ("2-bit packed (the hf export)", big["export_bytes"])):
-        bound = bandwidth / nbytes  # every weight is read once per decoded token
-        print(f"memory-bandwidth bound, {what}: {nbytes / 2**20:.0f} MB per token at "
-              f"{bandwidth / 1e9:.1f} GB/s = {bound:.0f} tokens/s; ours reaches "
-              f"{100 * ours / bound:.0f}%")
-    plot(results, args)
-    line = (f"RESULT speedup_vs_dense={ours / big['dense fp32']['tokens_per_s']:.2f} "
-            f"speedup_vs_hf={ours / big['hf bitnet']['tokens_per_s']:.2f} "
-            f"bytes_per_param={bpp:.3f}")
-    if "llama.cpp" in big:
-        line += f" speedup_vs_llamacpp={ours / big['llama.cpp']['tokens_per_s']:.2f}"
+    if "bytes_per_token_bpe" in results:
+        print(f"{BPE_SPEC} on {CORPUS}'s validation split: "
+              f"{results['bytes_per_token_bpe']:.2f} bytes per token (text bytes/s = tokens/s x "
+              "that)")
+    line = "RESULT"
+    byte_rows = [r for r in results["sizes"].values() if r.get("tokenizer", "bytes") == "bytes"]
+    if byte_rows:
+        big = byte_rows[-1]
+        ours = big["ours"]["tokens_per_s"]
+        bandwidth = results["bandwidth"]
+        for what, nbytes in (("ours (int8 codes)", big["ours"]["weight_bytes"]),
+                             ("2-bit packed (the hf export)", big["export_bytes"])):
+            bound = bandwidth / nbytes  # every weight is read once per decoded token
+            print(f"memory-bandwidth bound, {what}: {nbytes / 2**20:.0f} MB per token at "
+                  f"{bandwidth / 1e9:.1f} GB/s = {bound:.0f} tokens/s; ours reaches "
+                  f"{100 * ours / bound:.0f}%")
+        line += _speeds(big, "")
     if "parity" in results:
         template, wide = results["parity"]["template"], results["parity"]["256-wide"]
         matched = sum(r["greedy_matched"] for r in results["parity"].values())
@@ -336,8 +431,35 @@ def report(results: dict, args: argparse.Namespace) -> None:
         line += (f" llamacpp_bpb_diff_pct={template['diff_pct']:.3f}"
                  f" llamacpp_bpb_diff_pct_tq2={wide['diff_pct']:.3f}"
                  f" llamacpp_greedy_match={matched}/{total}")
-    Path(__file__).with_suffix(".json").write_text(json.dumps(results, indent=1))
+    bpe_rows = [r for r in results["sizes"].values() if r.get("tokenizer", "bytes") != "bytes"]
+    if bpe_rows:
+        big = bpe_rows[-1]
+        line += _speeds(big, "_bpe")
+        line += (" text_bytes_per_s_bpe="
+                 f"{big['ours']['tokens_per_s'] * results['bytes_per_token_bpe']:.0f}")
+    if "parity_bpe" in results:
+        bpe = results["parity_bpe"]
+        line += (f" llamacpp_bpb_diff_pct_bpe={bpe['diff_pct']:.3f}"
+                 f" llamacpp_greedy_match_bpe={bpe['greedy_matched']}/{bpe['greedy_total']}")
+    shown = merge_saved(results, args)
+    plot(shown, args)
+    Path(__file__).with_suffix(".json").write_text(json.dumps(shown, indent=1))
     print(line)
+
+
+def _bytes_per_token(results: dict, row: dict) -> float:
+    return 1.0 if row.get("tokenizer", "bytes") == "bytes" else results["bytes_per_token_bpe"]
+
+
+def _speeds(row: dict, suffix: str) -> str:
+    """The RESULT keys of one row: our speed over the other engines', bytes per parameter."""
+    ours = row["ours"]["tokens_per_s"]
+    keys = (f" speedup_vs_dense{suffix}={ours / row['dense fp32']['tokens_per_s']:.2f}"
+            f" speedup_vs_hf{suffix}={ours / row['hf bitnet']['tokens_per_s']:.2f}"
+            f" bytes_per_param{suffix}={row['bytes_per_param']:.3f}")
+    if "llama.cpp" in row:
+        keys += f" speedup_vs_llamacpp{suffix}={ours / row['llama.cpp']['tokens_per_s']:.2f}"
+    return keys
 
 
 def plot(results: dict, args: argparse.Namespace) -> None:
@@ -348,7 +470,7 @@ def plot(results: dict, args: argparse.Namespace) -> None:
 
     sizes = list(results["sizes"])
     engines = [e for e in ENGINES if all(e in results["sizes"][s] for s in sizes)]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(7, 2 * len(sizes)), 4), dpi=110)
     width = 0.8 / len(engines)
     for i, engine in enumerate(engines):
         speeds = [results["sizes"][s][engine]["tokens_per_s"] for s in sizes]

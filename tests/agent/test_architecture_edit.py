@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from openai_server import proposal
-from safetensors.torch import load_file
 
 from agent.goal.knob_values import read_knob_values, top_level_assignments
 from agent.goal.spec import load_goal
 from agent.loop.launch import start_run
-from bitnet.checkpoint import config_from_hf
+from bitnet.checkpoint import config_from_hf, load_checkpoint
 from bitnet.data import load_corpus
 from bitnet.evaluate import evaluate_bpb
 from sandbox.edits import KnobSet, apply_edits
@@ -28,7 +27,7 @@ from sandbox.templates import template_dir
 ROOT = Path(__file__).resolve().parents[2]
 GOALS = [ROOT / "goals" / "pycode-bitnet.md", ROOT / "goals" / "pyprose-bitnet.md"]
 GATE = "hidden = self.act_fn(self.gate_proj(x)) * self.up_proj(x)"  # FFN_ACT's activation
-GELU = "hidden = F.gelu(self.gate_proj(x)) * self.up_proj(x)"  # one FFN_ACT cannot choose
+RELU = "hidden = F.relu(self.gate_proj(x)) * self.up_proj(x)"  # plain ReLU: FFN_ACT has none
 
 
 @pytest.mark.parametrize("goal_path", GOALS, ids=lambda p: p.stem)
@@ -81,9 +80,9 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
     openai_server.push(proposal({
-        "hypothesis": "GELU instead of the configured activation in the gated FFN",
+        "hypothesis": "plain ReLU instead of the configured activation in the gated FFN",
         "rationale": "a smoother gate may train faster in few steps",
-        "edits": [{"path": "model.py", "search": GATE, "replace": GELU}],
+        "edits": [{"path": "model.py", "search": GATE, "replace": RELU}],
     }))
 
     run_dir = start_run(goal, runs_dir=tmp_path / "runs")
@@ -109,9 +108,9 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
 
     assert git("show", "--format=", "--name-only", record["commit"]).split() == ["model.py"]
     edited = git("show", f"{record['commit']}:model.py")
-    assert GELU in edited and GATE not in edited
+    assert RELU in edited and GATE not in edited
     kept = git("show", "HEAD:model.py")
-    assert (GELU in kept) == (record["status"] == "keep")  # a discarded edit is reverted
+    assert (RELU in kept) == (record["status"] == "keep")  # a discarded edit is reverted
 
     # The score came from the edited model: re-evaluating the experiment's checkpoint with the
     # committed model.py gives the evaluator's val_bpb; the original model.py does not.
@@ -121,7 +120,6 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
     scored = record["runs"][0]
     out = run_dir / "outputs" / f"exp-{exp:03d}"
     config = config_from_hf(json.loads((out / "config.json").read_text()))
-    state = load_file(str(out / "model.safetensors"))
     val = load_corpus(f"text:{corpus}", cache_dir=cache).val
     original = (template_dir("bitnet-lm") / "model.py").read_text()
     scores = {}
@@ -136,8 +134,7 @@ def test_an_architecture_edit_in_model_py_runs_and_is_recorded(tmp_path, openai_
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            model = module.BitNetLM(config)
-            model.load_state_dict(state)
+            model = load_checkpoint(out, module.BitNetLM)  # strict; a tied head's one tensor
             scores[name] = round(evaluate_bpb(model, val, config.max_position_embeddings)[0], 6)
     finally:
         torch.set_num_threads(threads)

@@ -182,17 +182,18 @@ def test_bpe_greedy_generation_from_the_command_line(bpe_exported):
     and the new ids decoded with the checkpoint's tokenizer, multi-byte tokens among them, and
     the text our engine decodes greedily."""
     tokenizer, _, checkpoint, _ = bpe_exported
-    args = ["generate", str(checkpoint), "--prompt", "def ", "--max-new-tokens", "24",
+    prompt = "    return"  # no trailing space: GPT-2's split puts a space before the word
+    args = ["generate", str(checkpoint), "--prompt", prompt, "--max-new-tokens", "24",
             "--engine", "llama.cpp", "--json", "--temperature", "0"]
     done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     engine = from_checkpoint(checkpoint)
     assert engine.tokenizer.spec == tokenizer.spec
-    library = generate(engine, "def ", max_new_tokens=24, temperature=0)
+    library = generate(engine, prompt, max_new_tokens=24, temperature=0)
     engine.close()
-    ours = generate(load_for_inference(checkpoint), "def ", max_new_tokens=24, temperature=0)
-    assert result["new_tokens"] == 24 and result["prompt_tokens"] == len(tokenizer.encode(b"def "))
+    ours = generate(load_for_inference(checkpoint), prompt, max_new_tokens=24, temperature=0)
+    assert result["new_tokens"] == 24
+    assert result["prompt_tokens"] == len(tokenizer.encode(prompt)) < len(prompt)
     assert result["text"] == library.text == ours.text
-    assert max(library.token_ids) >= 256  # BPE tokens, decoded to their bytes
-    assert len(result["text"].encode()) > 24
+    assert max(library.token_ids) >= 256  # merged tokens among them, decoded to their bytes
