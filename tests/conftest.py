@@ -65,6 +65,7 @@ UNITS = {m: m for m in (*MODULES, *KEPT_RUN)}
 # once the other workers have long units of their own: ahead of them, all five workers waited
 # for it and the suite's first half minute ran on one core of two.
 LONG_FIRST = (
+    "tests/agent/test_tokenizer_train.py",
     "tests/agent/test_tools_ledger_merge.py",
     "tests/agent/test_teacher.py",
     "tests/agent/test_specialist.py",
