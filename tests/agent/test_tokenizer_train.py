@@ -186,7 +186,7 @@ def test_train_with_a_tokenizer_trains_it_first_and_records_it(trained_run, corp
 
 @pytest.fixture(scope="module")
 def switched_run(corpus, tmp_path_factory, on_one_cpu):
-    """A research run (scripted planner, real training and evaluator, 10 steps a run) whose
+    """A research run (scripted planner, real training and evaluator, 4 steps a run) whose
     experiment 2 switches the template from bytes to bpe:512, and is kept."""
     root = tmp_path_factory.mktemp("switched")
     goal = root / "GOAL.md"
@@ -207,7 +207,7 @@ Lower val_bpb in a fixed number of training steps.
     switch = {"hypothesis": f"a {SPEC} tokenizer", "rationale": "scripted", "edits": [
         {"path": "train.py", "search": TEMPLATE_LINE, "replace": f'TOKENIZER = "{SPEC}"'}]}
     with ScriptedServer() as server, pytest.MonkeyPatch.context() as mp:
-        for name, value in {"MAGNET_CACHE_DIR": str(root / "cache"), "MAGNET_STEPS": "10",
+        for name, value in {"MAGNET_CACHE_DIR": str(root / "cache"), "MAGNET_STEPS": "4",
                             "OPENAI_BASE_URL": server.base_url,
                             "OPENAI_API_KEY": "sk-test-not-a-secret"}.items():
             mp.setenv(name, value)
