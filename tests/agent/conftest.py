@@ -23,7 +23,8 @@ HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from openai_server import ScriptedServer, proposal  # noqa: E402 - needs the path above
+from goal_texts import KEPT_GOAL  # noqa: E402 - needs the path above
+from openai_server import ScriptedServer, proposal  # noqa: E402
 
 from agent.loop.launch import start_run  # noqa: E402
 from ledger.keys import generate_key  # noqa: E402
@@ -36,20 +37,6 @@ from ledger.keys import generate_key  # noqa: E402
 # replay of its baselines train half as long as at 20, and the gain is clearer (measured: +15.6
 # standard errors at 10 steps, +9.9 at 20; the keep needs 2).
 KEPT_STEPS = "10"
-KEPT_GOAL = """---
-name: ledger-replay
-template: bitnet-lm
-editable: [train.py, model.py]
-command: python train.py
-corpus: text:{corpus}
-metric: {{name: val_bpb, goal: minimize}}
-budget: {{per_experiment: 3s, grace: 120s, experiments: 1, wall: 10m}}
-planner: openai
-model: scripted-model
-env: [MAGNET_STEPS]
----
-Lower val_bpb in a fixed number of training steps.
-"""
 ONE_LAYER_NO_WARMUP = {
     "hypothesis": "one layer, no warm-up", "rationale": "scripted", "edits": [
         {"path": "train.py", "search": "N_LAYER = 4", "replace": "N_LAYER = 1"},

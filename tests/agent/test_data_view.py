@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from goal_texts import PEEK_GOAL
 
 from agent.goal.spec import load_goal
 from agent.scoring.scorer import TRAIN_DATA_ENV, Scorer, run_env
@@ -17,17 +18,6 @@ from sandbox.workspace import Workspace
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
                                 reason="bubblewrap is not installed (make setup installs it)")
 
-GOAL = """---
-name: peeker
-template: bitnet-lm
-editable: [train.py, model.py]
-command: python train.py
-corpus: text:{corpus}
-metric: {{name: val_bpb, goal: minimize}}
-budget: {{per_experiment: 20s, experiments: 1, wall: 5m}}
----
-Lower val_bpb.
-"""
 # what experiment code would do to train on held-out bytes: find them next to its training
 # split, in the cache, or in the corpus's own files
 PEEK = """import os, pathlib
@@ -59,7 +49,7 @@ def test_a_run_reads_its_training_split_and_not_the_held_out_bytes(tmp_path, mon
     built = load_corpus(f"text:{corpus}")
     assert b"VALIDATION SECRET" in bytes(built.val) and b"TEST SECRET" in bytes(built.test)
     goal_path = tmp_path / "GOAL.md"
-    goal_path.write_text(GOAL.format(corpus=corpus))
+    goal_path.write_text(PEEK_GOAL.format(corpus=corpus))
     goal = load_goal(goal_path)
 
     with Workspace.create(tmp_path / "run", template="bitnet-lm",

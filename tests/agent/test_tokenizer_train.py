@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from goal_texts import KEPT_GOAL, PEEK_GOAL
 from openai_server import ScriptedServer, proposal
 
 from agent.claims.claim import build_claim
@@ -110,17 +111,7 @@ print(f"METRIC secrets_seen={{seen}}")
 def test_a_run_reads_its_tokenizer_and_not_the_held_out_bytes(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("MAGNET_CACHE_DIR", str(tmp_path / "cache"))
     goal_path = tmp_path / "GOAL.md"
-    goal_path.write_text(f"""---
-name: peeker
-template: bitnet-lm
-editable: [train.py, model.py]
-command: python train.py
-corpus: text:{corpus}
-metric: {{name: val_bpb, goal: minimize}}
-budget: {{per_experiment: 20s, experiments: 1, wall: 5m}}
----
-Lower val_bpb.
-""")
+    goal_path.write_text(PEEK_GOAL.format(corpus=corpus))
     goal = load_goal(goal_path)
     built = load_corpus(f"text:{corpus}")
     assert HELD_OUT_WORD.encode() in bytes(built.val)
@@ -190,20 +181,7 @@ def switched_run(corpus, tmp_path_factory, on_one_cpu):
     experiment 2 switches the template from bytes to bpe:512, and is kept."""
     root = tmp_path_factory.mktemp("switched")
     goal = root / "GOAL.md"
-    goal.write_text(f"""---
-name: tokenizer-switch
-template: bitnet-lm
-editable: [train.py, model.py]
-command: python train.py
-corpus: text:{corpus}
-metric: {{name: val_bpb, goal: minimize}}
-budget: {{per_experiment: 3s, grace: 120s, experiments: 1, wall: 10m}}
-planner: openai
-model: scripted-model
-env: [MAGNET_STEPS]
----
-Lower val_bpb in a fixed number of training steps.
-""")
+    goal.write_text(KEPT_GOAL.format(corpus=corpus))
     switch = {"hypothesis": f"a {SPEC} tokenizer", "rationale": "scripted", "edits": [
         {"path": "train.py", "search": TEMPLATE_LINE, "replace": f'TOKENIZER = "{SPEC}"'}]}
     with ScriptedServer() as server, pytest.MonkeyPatch.context() as mp:

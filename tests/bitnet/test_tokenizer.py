@@ -154,12 +154,18 @@ def test_auto_tokenizer_reads_the_same_ids_from_its_files(trained, tmp_path):
     assert len(tokenizer.encode(text)) < len(text.encode())  # it does merge
 
 
-def test_checkpoints_carry_their_tokenizer(trained, tmp_path):
+def tiny_checkpoint(trained, tmp_path: Path) -> tuple:
+    """(tokenizer, config, checkpoint dir): a one-layer model saved with the trained BPE."""
     tokenizer = load_tokenizer(trained[2])
     config = BitNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
                           intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                           num_key_value_heads=1, max_position_embeddings=16)
-    out = save_checkpoint(BitNetLM(config), tmp_path / "ckpt", tokenizer=tokenizer)
+    return tokenizer, config, save_checkpoint(BitNetLM(config), tmp_path / "ckpt",
+                                              tokenizer=tokenizer)
+
+
+def test_checkpoints_carry_their_tokenizer(trained, tmp_path):
+    tokenizer, config, out = tiny_checkpoint(trained, tmp_path)
     magnet = json.loads((out / "config.json").read_text())["magnet"]
     assert magnet["tokenizer"] == f"bpe:{VOCAB}"
     assert magnet["tokenizer_sha256"] == tokenizer.fingerprint
@@ -175,11 +181,7 @@ def test_checkpoints_carry_their_tokenizer(trained, tmp_path):
 
 
 def test_damaged_or_mismatched_tokenizer_files_are_refused_in_one_line(trained, tmp_path):
-    tokenizer = load_tokenizer(trained[2])
-    config = BitNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
-                          intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                          num_key_value_heads=1, max_position_embeddings=16)
-    out = save_checkpoint(BitNetLM(config), tmp_path / "ckpt", tokenizer=tokenizer)
+    tokenizer, config, out = tiny_checkpoint(trained, tmp_path)
 
     def refused(says: str, where: Path) -> None:
         with pytest.raises(TokenizerError, match=says) as err:
