@@ -4,3 +4,5 @@ name them without importing torch (two seconds of a core in every controller).""
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"  # the model's tokenizer (bitnet.tokenizer, bitnet.hf_tokenizer)
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

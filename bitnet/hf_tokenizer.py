@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+from bitnet.checkpoint_files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+
 N_BYTES = 256  # ids 0..255: the single bytes, in byte-value order
 
 

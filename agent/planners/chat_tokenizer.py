@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bitnet.hf_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE  # transformers' names
+from bitnet.checkpoint_files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE  # transformers' names
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves a chat template
 SPIECE_UNDERLINE = "\u2581"  # SentencePiece's word mark, which outlines reads as a space

@@ -15,7 +15,12 @@ from agent.rundir import ranking
 from agent.rundir.names import RUN_FILE
 from agent.rundir.records import RunRecords
 from agent.rundir.runs import RunError, find_run, parse_exp, run_goal_spec
-from bitnet.checkpoint_files import CONFIG_FILE, WEIGHTS_FILE
+from bitnet.checkpoint_files import (
+    CONFIG_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 from sandbox.layout import MAX_REPEATS
 from sandbox.reader import RunReader
 from sandbox.untrusted import MissingFileError, UntrustedFileError, check_regular
@@ -47,9 +52,9 @@ def resolve_checkpoint(ref: str, runs_dir: str | Path | None = None) -> Path:
 
 
 def checked(checkpoint: Path) -> Path:
-    """`checkpoint`, once its config and weights are regular files (not links, FIFOs or
-    devices); a missing one is left for the loader to name."""
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
+    """`checkpoint`, once its config, weights and tokenizer files are regular files (not links,
+    FIFOs or devices); a missing one is left for the loader to name."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
         try:
             check_regular(checkpoint, [name])
         except MissingFileError:

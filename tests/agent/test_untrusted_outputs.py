@@ -16,6 +16,7 @@ from agent.rundir.init_checkpoint import copy_init, find_init, init_dir, pack_in
 from agent.rundir.runs import RunError
 from agent.scoring.replay_facts import SCHEDULE_FILE, replay_facts
 from bitnet.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from bitnet.checkpoint_files import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from sandbox import RunLimits, run_command, run_environ
 from sandbox.confine import confinement
 from sandbox.layout import output_dir
@@ -109,3 +110,19 @@ def test_a_claim_carries_no_linked_schedule_or_init_file(left: tuple[Path, Path]
     with pytest.raises(RunError, match=f"base checkpoint is refused: .*{WEIGHTS_FILE} is a "
                                        "symlink"):
         pack_init(run_dir)
+
+
+@pytest.mark.parametrize("name", [TOKENIZER_FILE, TOKENIZER_CONFIG_FILE])
+def test_export_and_generate_refuse_a_linked_tokenizer_file(tmp_path: Path, name: str) -> None:
+    """A checkpoint carries its tokenizer (issue #22): what a run left there is read by export,
+    generate and merge, so a link to a host file is refused like linked weights are."""
+    secret = tmp_path / "host" / "ledger.key"
+    secret.parent.mkdir()
+    secret.write_bytes(SECRET)
+    out = tmp_path / "checkpoint"
+    out.mkdir()
+    (out / CONFIG_FILE).write_text(json.dumps({"model_type": "bitnet"}))
+    (out / WEIGHTS_FILE).write_bytes(b"\0" * 8)
+    (out / name).symlink_to(secret)
+    with pytest.raises(RunError, match=f"checkpoint refused: .*{name} is a symlink"):
+        resolve_checkpoint(str(out))
