@@ -114,19 +114,26 @@ def save_checkpoint(model: nn.Module, out_dir: str | os.PathLike, *,
     return out
 
 
+def load_config(path: str | os.PathLike) -> BitNetConfig:
+    """A checkpoint directory's config, without reading its weights (which must be there);
+    CheckpointError (one line) for a missing file or a corrupt config."""
+    ckpt = Path(path)
+    config_path = ckpt / CONFIG_FILE
+    for needed in (config_path, ckpt / WEIGHTS_FILE):
+        if not needed.is_file():
+            raise CheckpointError(f"{needed} is missing: point to a directory made by training")
+    try:
+        return config_from_hf(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_path} is corrupt ({err}): re-export the model") from err
+
+
 def load_checkpoint(path: str | os.PathLike,
                     model_class: Callable[[BitNetConfig], nn.Module] = BitNetLM) -> BitNetLM:
     """Load a checkpoint directory written by `save_checkpoint` (or exported from HF) into
     `model_class(config)` (a template's own copy of the model, say)."""
-    ckpt = Path(path)
-    config_path, weights_path = ckpt / CONFIG_FILE, ckpt / WEIGHTS_FILE
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise CheckpointError(f"{needed} is missing: point to a directory made by training")
-    try:
-        config = config_from_hf(json.loads(config_path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{config_path} is corrupt ({err}): re-export the model") from err
+    config = load_config(path)
+    weights_path = Path(path) / WEIGHTS_FILE
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:

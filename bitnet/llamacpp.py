@@ -186,12 +186,12 @@ def from_checkpoint(checkpoint_dir: str | os.PathLike, *, n_threads: int = 1) ->
     CheckpointError for a bad checkpoint."""
     import tempfile
 
-    from bitnet.checkpoint import load_checkpoint
+    from bitnet.checkpoint import load_config
     from bitnet.export_gguf import LLAMACPP_ACT, export_gguf, llamacpp_blockers
     from bitnet.export_hf import checkpoint_tokenizer
 
     require()
-    config = load_checkpoint(checkpoint_dir).config
+    config = load_config(checkpoint_dir)  # the weights are read once, by the export
     tokenizer = checkpoint_tokenizer(checkpoint_dir, config.vocab_size)
     if blockers := llamacpp_blockers(config):
         raise LlamaCppError(

@@ -68,7 +68,7 @@ def export(ref: str, fmt: str, out: str | None, runs_dir: str | None) -> int:
         console.print(f"wrote {target}: AutoModelForCausalLM.from_pretrained({str(target)!r}) "
                       "loads it as BitNetForCausalLM", markup=False, soft_wrap=True)
     else:
-        from bitnet.checkpoint import load_checkpoint
+        from bitnet.checkpoint import load_config
         from bitnet.export_gguf import (
             export_gguf,
             format_table,
@@ -76,7 +76,7 @@ def export(ref: str, fmt: str, out: str | None, runs_dir: str | None) -> int:
             llamacpp_notice,
         )
 
-        config = load_checkpoint(checkpoint).config
+        config = load_config(checkpoint)  # the weights are read once, by the export
         notice = llamacpp_notice(config)
         if notice:  # before writing: the file is still written, for its weights
             console.print(notice, markup=False, soft_wrap=True)

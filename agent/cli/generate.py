@@ -63,7 +63,6 @@ def generate(args: argparse.Namespace) -> int:
     from agent.rundir.checkpoint_ref import resolve_checkpoint
     from bitnet.generate import generate as run
     from bitnet.infer import load_for_inference
-    from bitnet.tokenizer import load_tokenizer
 
     if refused := _refused_setting(args):
         raise ValueError(refused)
@@ -74,15 +73,13 @@ def generate(args: argparse.Namespace) -> int:
         model = from_checkpoint(checkpoint, n_threads=THREADS)
     else:
         model = load_for_inference(checkpoint)
-    # the prompt is encoded, and the new ids decoded, with the tokenizer the checkpoint carries
-    tokenizer = load_tokenizer(checkpoint)  # TokenizerError (a ValueError): damaged
     stream = None if args.json else _print
     if stream is not None:
         _print(args.prompt)
     result = run(model, args.prompt, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k or None,
                  top_p=args.top_p if args.top_p < 1 else None, seed=args.seed,
-                 on_token=stream, threads=THREADS, tokenizer=tokenizer)
+                 on_token=stream, threads=THREADS)  # with the tokenizer the model carries
     if args.json:
         print(json.dumps({"text": result.text, "prompt": args.prompt,
                           "prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens,

@@ -130,11 +130,7 @@ def train(template: str, corpus: str, budget: float, seed: int, runs_dir: str | 
 def set_preset(ws: Workspace, template: str, name: str) -> None:
     """`PRESET = None` -> `PRESET = 'NAME'` in the workspace's train.py (the template applies
     the named shape itself); RunError when the template has no such constant."""
-    try:
-        ws.apply([SearchReplace("train.py", PRESET_LINE, f"PRESET = {name!r}")])
-    except EditError:
-        raise RunError(f"template {template} has no `{PRESET_LINE}` line in train.py to set "
-                       "--preset with: drop --preset, or add that constant") from None
+    _set_constant(ws, template, PRESET_LINE, f"PRESET = {name!r}", "--preset")
 
 
 def set_tokenizer(ws: Workspace, template: str, spec: str, corpus: str,
@@ -144,14 +140,20 @@ def set_tokenizer(ws: Workspace, template: str, spec: str, corpus: str,
     RunError when the template has no such constant."""
     from agent.scoring.run_tokenizer import describe, ensure_shown
 
-    try:
-        ws.apply([SearchReplace("train.py", TOKENIZER_LINE, f"TOKENIZER = {spec!r}")])
-    except EditError:
-        raise RunError(f"template {template} has no `{TOKENIZER_LINE}` line in train.py to set "
-                       "--tokenizer with: drop --tokenizer, or add that constant") from None
+    _set_constant(ws, template, TOKENIZER_LINE, f"TOKENIZER = {spec!r}", "--tokenizer")
     folder = ensure_shown(corpus, spec, console)
     if folder is not None:
         console.print(describe(folder), soft_wrap=True, highlight=False)
+
+
+def _set_constant(ws: Workspace, template: str, line: str, new: str, option: str) -> None:
+    """Replace the template's `line` in the workspace's train.py, an edit the run's first
+    commit carries; RunError naming `option` when the template has no such line."""
+    try:
+        ws.apply([SearchReplace("train.py", line, new)])
+    except EditError:
+        raise RunError(f"template {template} has no `{line}` line in train.py to set {option} "
+                       f"with: drop {option}, or add that constant") from None
 
 
 def write_goal(run_dir: Path, template: str, corpus: str, budget: float, seed: int,
