@@ -65,7 +65,7 @@ Request = tuple[np.ndarray, "np.ndarray | None"]
 def is_bytes(tokenizer: TextTokenizer | None) -> bool:
     """Whether `tokenizer` is the byte tokenizer (ids 0..255 are the bytes, and there are no
     others), so windows are the model's input as they are."""
-    return tokenizer is None or tokenizer.vocab_size == BYTE_VOCAB
+    return tokenizer is None or tokenizer.is_bytes
 
 
 def batch_windows(seq_len: int, vocab_size: int) -> int:

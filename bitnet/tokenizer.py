@@ -132,7 +132,6 @@ class TextTokenizer:
         self.merges: tuple[tuple[int, int], ...] = tuple((int(a), int(b)) for a, b in merges)
         self.tokens: tuple[bytes, ...] = tuple(tokens)
         self.vocab_size = len(tokens)
-        self.token_byte_lengths = np.array([len(t) for t in tokens], dtype=np.int64)
         canonical = json.dumps({"format": FORMAT, "merges": self.merges}, separators=(",", ":"))
         self.fingerprint = hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
@@ -179,10 +178,6 @@ class TextTokenizer:
             parts.append(np.asarray(next(next_text), dtype=TOKEN_DTYPE) if is_text else
                          np.array([ord(c) - 0xDC00 for c in piece], dtype=TOKEN_DTYPE))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
-
-    def encode_batch(self, items: Iterable[bytes]) -> list[np.ndarray]:
-        """`encode` of each item (a batch of windows, say)."""
-        return [self.encode(item) for item in items]
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> bytes:
         """The bytes `ids` stand for; IndexError for an id outside the vocabulary."""
