@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from bitnet.checkpoint import load_checkpoint
 from bitnet.export_hf import checkpoint_tokenizer
-from bitnet.hf_tokenizer import byte_symbols, to_symbols
+from bitnet.hf_tokenizer import to_symbols
 from bitnet.model import FFN_ACTIVATIONS, BitNetConfig, BitNetLM, BitNetMLP
 from bitnet.quant import BitLinear, quantize_activation, quantize_weight, ternary_codes
 from bitnet.tokenizer import TextTokenizer
@@ -101,11 +101,6 @@ def ternary_and_scale(layer: BitLinear) -> tuple[np.ndarray, np.float32]:
 
 def ternary_type(in_features: int) -> gguf.GGMLQuantizationType:
     return _TQ2 if in_features % QK_K == 0 else _F16
-
-
-def byte_tokens() -> list[str]:
-    """GPT-2's byte-to-unicode table: token i is the printable character standing for byte i."""
-    return list(byte_symbols())
 
 
 def vocabulary(tokenizer: TextTokenizer) -> tuple[list[str], list[str]]:

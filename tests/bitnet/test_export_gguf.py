@@ -8,7 +8,6 @@ import torch
 from bitnet.checkpoint import CheckpointError, save_checkpoint
 from bitnet.export_gguf import (
     GGUFCheckError,
-    byte_tokens,
     check_gguf,
     export_gguf,
     llamacpp_blockers,
@@ -16,6 +15,7 @@ from bitnet.export_gguf import (
     llamacpp_graph_logits,
     llamacpp_notice,
 )
+from bitnet.hf_tokenizer import byte_symbols
 from bitnet.llamacpp import LlamaCppError, llamacpp_logits
 from bitnet.model import BitNetConfig, BitNetLM
 from bitnet.quant import quantize_weight
@@ -128,8 +128,8 @@ def test_metadata(tmp_path):
     _, silu = export(tmp_path / "silu", tiny(layers=1, act="silu"))
     assert gguf.GGUFReader(str(silu)).fields["bitnet.hidden_activation"].contents() == "silu"
     assert value("tokenizer.ggml.model") == "gpt2"
-    assert value("tokenizer.ggml.tokens") == byte_tokens()
-    tokens = byte_tokens()  # GPT-2's byte-to-unicode table
+    assert value("tokenizer.ggml.tokens") == list(byte_symbols())
+    tokens = list(byte_symbols())  # GPT-2's byte-to-unicode table
     assert len(set(tokens)) == 256
     assert (tokens[ord("A")], tokens[ord(" ")], tokens[ord("\n")]) == ("A", "\u0120", "\u010a")
 
